@@ -1,0 +1,50 @@
+'use strict'
+
+// The connecting side of npm p2p-socket: a TCP server on 127.0.0.1 where every
+// accepted connection gets its own dht.connect() to the shared key, piped both
+// ways. Prints {"port":N,"ready":true} once the TCP server listens.
+
+const net = require('net')
+const DHT = require('hyperdht')
+const common = require('./common')
+const { log, emit, fail, parseCli, requireOpt, parseHex, parsePort, parseBootstrap, FREE_UDP_PORT, onShutdown, pipeBoth } = common
+
+const USAGE = 'node client.js --bootstrap host:port[,host:port...] --key HEX64 --port P   (P = 0 picks a free port)'
+
+async function main() {
+  const args = parseCli(
+    { bootstrap: { type: 'string' }, key: { type: 'string' }, port: { type: 'string' } },
+    USAGE
+  )
+  const bootstrap = parseBootstrap(requireOpt(args, 'bootstrap', USAGE))
+  const remoteKey = parseHex(requireOpt(args, 'key', USAGE), 32, 'key')
+  const port = parsePort(requireOpt(args, 'port', USAGE), 'port')
+
+  const dht = new DHT({ bootstrap, host: '127.0.0.1', port: FREE_UDP_PORT, ephemeral: true })
+  // npm p2p-socket uses one client identity per process for all its connections.
+  const keyPair = DHT.keyPair()
+  let nextId = 1
+
+  const tcpServer = net.createServer({ allowHalfOpen: true }, (tcp) => {
+    const id = `conn${nextId++}`
+    log(`${id}: tcp ${tcp.remoteAddress}:${tcp.remotePort} accepted, connecting to ${remoteKey.toString('hex')}`)
+    const encrypted = dht.connect(remoteKey, { keyPair })
+    encrypted.on('open', () => log(`${id}: dht connection open`))
+    pipeBoth(id, { name: 'tcp', stream: tcp }, { name: 'dht', stream: encrypted })
+  })
+
+  onShutdown(async () => {
+    tcpServer.close()
+    await dht.destroy()
+  })
+
+  await new Promise((resolve, reject) => {
+    tcpServer.once('error', reject)
+    tcpServer.listen({ host: '127.0.0.1', port }, resolve)
+  })
+  const bound = tcpServer.address().port
+  log(`listening on 127.0.0.1:${bound}`)
+  emit({ port: bound, ready: true })
+}
+
+main().catch((err) => fail(err.stack || String(err)))
