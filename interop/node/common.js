@@ -130,6 +130,9 @@ function pipeBoth(id, a, b) {
     from.stream.on('close', () => {
       log(`${id}: ${from.name} closed`)
       endIfOpen(to.stream)
+      // `to` may be paused waiting for a 'drain' that will never come now; let it
+      // read on (into the void) so it reaches its own end and closes too.
+      to.stream.resume()
     })
   }
   oneWay(a, b)
