@@ -1,0 +1,206 @@
+//! Real TCP services and clients for the tunnel tests, with every byte accounted for by length
+//! and sha256. Data is pseudo-random (so a shifted or repeated chunk cannot hash the same) and
+//! generated on the fly (so 100 MiB costs no memory).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// What arrived on one side of a connection, and what that side sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub received: u64,
+    pub received_sha: String,
+    pub sent: u64,
+    pub sent_sha: String,
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), in chunks.
+pub struct Pattern(u64);
+
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        Pattern(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes `len` pattern bytes; returns their sha256.
+pub fn send_pattern(w: &mut impl Write, len: u64, seed: u64) -> std::io::Result<String> {
+    let mut p = Pattern::new(seed);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        p.fill(&mut buf[..n]);
+        w.write_all(&buf[..n])?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The sha256 `send_pattern` produces, without sending.
+pub fn pattern_sha(len: u64, seed: u64) -> String {
+    send_pattern(&mut std::io::sink(), len, seed).unwrap()
+}
+
+/// Reads to EOF; returns the length and sha256.
+pub fn read_all(r: &mut impl Read) -> std::io::Result<(u64, String)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((total, hex::encode(h.finalize())));
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Sends `send` bytes (then half-closes) while reading everything the other side sends.
+pub fn exchange(stream: TcpStream, send: u64, seed: u64) -> std::io::Result<Tally> {
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut writer = stream.try_clone()?;
+    let sender = thread::spawn(move || {
+        let sha = send_pattern(&mut writer, send, seed)?;
+        writer.shutdown(Shutdown::Write)?;
+        Ok::<_, std::io::Error>(sha)
+    });
+    let (received, received_sha) = read_all(&mut &stream)?;
+    let sent_sha = sender.join().expect("sender thread")?;
+    Ok(Tally {
+        received,
+        received_sha,
+        sent: send,
+        sent_sha,
+    })
+}
+
+/// How the test service treats each connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// Send `send` bytes and read to EOF at the same time, then close.
+    Exchange { send: u64, seed: u64 },
+    /// Send `send` bytes and close at once without reading (HTTP/1.0 style).
+    SendAndClose { send: u64, seed: u64 },
+    /// Echo everything back; half-close when the client does.
+    Echo,
+    /// Say `banner` first, then echo.
+    Banner(&'static [u8]),
+}
+
+/// A TCP service on 127.0.0.1 that reports a [`Tally`] per connection.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub tallies: mpsc::Receiver<Tally>,
+}
+
+impl Service {
+    pub fn start(behaviour: Behaviour) -> Service {
+        Self::start_seq(move |_| behaviour)
+    }
+
+    /// Like [`Service::start`], with the behaviour of the n-th connection (from 0) chosen by `pick`.
+    pub fn start_seq(pick: impl Fn(u64) -> Behaviour + Send + 'static) -> Service {
+        Self::serve_on(TcpListener::bind("127.0.0.1:0").expect("bind test service"), pick)
+    }
+
+    /// A service on a given port (to bring back a service that was down).
+    pub fn start_on(port: u16, behaviour: Behaviour) -> Service {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind test service port");
+        Self::serve_on(listener, move |_| behaviour)
+    }
+
+    fn serve_on(listener: TcpListener, pick: impl Fn(u64) -> Behaviour + Send + 'static) -> Service {
+        let addr = listener.local_addr().unwrap();
+        let (tx, tallies) = mpsc::channel();
+        thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(conn) = conn else { break };
+                let tx = tx.clone();
+                let behaviour = pick(n as u64);
+                thread::spawn(move || {
+                    if let Ok(t) = serve(conn, behaviour) {
+                        let _ = tx.send(t);
+                    }
+                });
+            }
+        });
+        Service { addr, tallies }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The next connection's tally.
+    pub fn next_tally(&self, timeout: Duration) -> Tally {
+        self.tallies
+            .recv_timeout(timeout)
+            .expect("the service saw no finished connection in time")
+    }
+}
+
+fn serve(conn: TcpStream, behaviour: Behaviour) -> std::io::Result<Tally> {
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    match behaviour {
+        Behaviour::Exchange { send, seed } => exchange(conn, send, seed),
+        Behaviour::SendAndClose { send, seed } => {
+            let mut w = conn;
+            let sent_sha = send_pattern(&mut w, send, seed)?;
+            drop(w);
+            Ok(Tally {
+                received: 0,
+                received_sha: String::new(),
+                sent: send,
+                sent_sha,
+            })
+        }
+        Behaviour::Echo | Behaviour::Banner(_) => {
+            let mut w = conn.try_clone()?;
+            let mut sent = 0u64;
+            if let Behaviour::Banner(b) = behaviour {
+                w.write_all(b)?;
+                sent += b.len() as u64;
+            }
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut received = 0u64;
+            let mut r = conn;
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                received += n as u64;
+                w.write_all(&buf[..n])?;
+                sent += n as u64;
+            }
+            w.shutdown(Shutdown::Write)?;
+            let sha = hex::encode(h.finalize());
+            Ok(Tally {
+                received,
+                received_sha: sha.clone(),
+                sent,
+                sent_sha: sha,
+            })
+        }
+    }
+}
