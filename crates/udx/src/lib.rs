@@ -11,11 +11,45 @@
 //! stream.connect_on_first_packet(remote_id);        // adopt the address of whoever sends first
 //! // stream: AsyncRead + AsyncWrite; poll_shutdown sends END (half-close); drop/destroy sends DESTROY
 //! ```
+//!
+//! # Design
+//!
+//! Each socket has one driver task ([`socket`]) that owns every stream's protocol state
+//! ([`conn`]): it drains the UDP socket with non-blocking reads, demultiplexes by stream id,
+//! acks once per received burst (with SACK blocks when packets are missing), detects loss
+//! RACK-style and by timeout, and sends new data as the congestion window ([`congestion`])
+//! and the pacer allow. Handles exchange bytes with the driver through a small per-stream
+//! buffer ([`shared`]), so a `write` returns as soon as its bytes are queued and a `read`
+//! takes whole received bursts.
+//!
+//! Wire facts (header, flags, SACK layout, END/DESTROY sequencing, MTU probe padding) follow
+//! libudx exactly; see [`wire`]. Timing and congestion control are local policy.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod congestion;
+mod conn;
+mod outbox;
+mod rtt;
+mod shared;
+mod socket;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::shared::{CloseReason, Event, StreamShared};
+use crate::socket::{lock, SocketCore};
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +63,23 @@ pub enum UdxError {
     /// The stream was destroyed (by us, by the peer, or because the peer stopped answering).
     #[error("stream closed")]
     StreamClosed,
+    /// `connect` was called on a stream that is already connected (or waits for its first
+    /// packet); a stream has exactly one peer.
+    #[error("stream is already connected; create a new stream for another peer")]
+    AlreadyConnected,
 }
+
+/// Kernel socket buffers we ask for: deep enough that a burst of a full window is not
+/// dropped by our own socket (the kernel caps this at `net.core.{r,w}mem_max`).
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// A UDP socket that carries many UDX streams (demultiplexed by stream id) and passes every
 /// other datagram to whoever called [`UdxSocket::take_datagrams`] (the DHT RPC layer).
 /// Cheap to clone; the socket closes when the last clone and the last stream are gone.
 #[derive(Clone)]
-pub struct UdxSocket {}
+pub struct UdxSocket {
+    core: Arc<SocketCore>,
+}
 
 /// A datagram that is not UDX stream traffic.
 #[derive(Debug, Clone)]
@@ -49,68 +93,313 @@ pub struct Datagram {
 impl UdxSocket {
     /// Binds a UDP socket.
     pub async fn bind(addr: SocketAddr) -> Result<UdxSocket, UdxError> {
-        let _ = addr;
-        todo!()
+        let domain = socket2::Domain::for_address(addr);
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if addr.is_ipv6() {
+            // Dual stack like libudx, so IPv4 peers reach an IPv6 wildcard socket.
+            let _ = sock.set_only_v6(false);
+        }
+        // Best effort: a smaller buffer only means more drops under bursts.
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())?;
+        let udp = tokio::net::UdpSocket::from_std(sock.into())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = SocketCore {
+            udp: Arc::new(udp),
+            v6: addr.is_ipv6(),
+            events: tx,
+            registry: Arc::new(Mutex::new(HashSet::new())),
+            datagrams: Arc::new(Mutex::new(None)),
+        };
+        tokio::spawn(socket::Driver::new(&core, rx).run());
+        Ok(UdxSocket {
+            core: Arc::new(core),
+        })
     }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        todo!()
+        self.core.udp.local_addr()
     }
+
     /// Sends one datagram now (best effort, like UDP).
     pub fn send_to(&self, data: &[u8], addr: SocketAddr) -> io::Result<()> {
-        let _ = (data, addr);
-        todo!()
+        match self
+            .core
+            .udp
+            .try_send_to(data, socket::to_socket_family(addr, self.core.v6))
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A full socket buffer drops the datagram, exactly as the network may.
+                tracing::trace!(%addr, "socket buffer full, datagram dropped");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
+
     /// Sets the IP TTL for following datagrams (holepunching sends low-TTL probes).
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        let _ = ttl;
-        todo!()
+        let sock = socket2::SockRef::from(&*self.core.udp);
+        if self.core.v6 {
+            sock.set_unicast_hops_v6(ttl)?;
+            // IPv4 peers of a dual-stack socket go out with the IPv4 TTL.
+            let _ = sock.set_ttl_v4(ttl);
+            Ok(())
+        } else {
+            sock.set_ttl_v4(ttl)
+        }
     }
+
     /// Current IP TTL.
     pub fn ttl(&self) -> io::Result<u32> {
-        todo!()
+        let sock = socket2::SockRef::from(&*self.core.udp);
+        if self.core.v6 {
+            sock.unicast_hops_v6()
+        } else {
+            sock.ttl_v4()
+        }
     }
+
     /// Takes the channel of non-stream datagrams. Calling it again replaces the previous receiver.
     pub fn take_datagrams(&self) -> tokio::sync::mpsc::UnboundedReceiver<Datagram> {
-        todo!()
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.core.datagrams) = Some(tx);
+        rx
     }
+
     /// Registers a stream with local id `local_id` on this socket. Not yet connected: packets for it
     /// are held (bounded) until `connect` / `connect_on_first_packet`.
     pub fn create_stream(&self, local_id: u32) -> Result<UdxStream, UdxError> {
-        let _ = local_id;
-        todo!()
+        if !lock(&self.core.registry).insert(local_id) {
+            return Err(UdxError::StreamIdInUse(local_id));
+        }
+        let shared = StreamShared::new(local_id);
+        self.core.send_event(Event::Register(shared.clone()));
+        Ok(UdxStream {
+            shared,
+            core: self.core.clone(),
+        })
+    }
+
+    /// Number of stream ids registered on this socket: open streams plus dropped ones still
+    /// finishing in the background. Useful to check that streams do not leak.
+    pub fn stream_count(&self) -> usize {
+        lock(&self.core.registry).len()
     }
 }
 
 /// One reliable stream. Implements `tokio::io::AsyncRead` and `AsyncWrite`.
-pub struct UdxStream {}
+///
+/// * `write` returns as soon as the bytes are queued (up to a send buffer sized from the
+///   congestion window); `flush` has nothing to do, as queued bytes are already on their way.
+/// * `shutdown` sends END (half-close): reading goes on until the peer's END, after which
+///   reads return 0 (EOF) once everything before it was read.
+/// * Dropping the handle before `shutdown` sends DESTROY. Dropping it after `shutdown`
+///   lets the stream finish in the background until the peer acknowledged everything.
+pub struct UdxStream {
+    shared: Arc<StreamShared>,
+    core: Arc<SocketCore>,
+}
 
 impl UdxStream {
     /// Our stream id (the peer sends to it).
     pub fn local_id(&self) -> u32 {
-        todo!()
+        self.shared.local_id
     }
+
     /// Starts the stream towards `remote_id` at `addr`.
     pub fn connect(&self, remote_id: u32, addr: SocketAddr) -> Result<(), UdxError> {
-        let _ = (remote_id, addr);
-        todo!()
+        {
+            let mut st = self.shared.lock();
+            if st.closed.is_some() {
+                return Err(UdxError::StreamClosed);
+            }
+            if st.connect_requested {
+                return Err(UdxError::AlreadyConnected);
+            }
+            st.connect_requested = true;
+            st.remote_addr = Some(addr);
+            for w in st.connect_wakers.drain(..) {
+                w.wake();
+            }
+        }
+        self.core
+            .send_event(Event::Connect(self.shared.clone(), remote_id, Some(addr)));
+        Ok(())
     }
+
     /// Starts the stream towards `remote_id` at the address of the first packet that arrives for it
     /// (hyperdht's "firewall" hook: the side that cannot be dialled waits for the other to send).
     pub fn connect_on_first_packet(&self, remote_id: u32) {
-        let _ = remote_id;
-        todo!()
+        {
+            let mut st = self.shared.lock();
+            if st.connect_requested || st.closed.is_some() {
+                return;
+            }
+            st.connect_requested = true;
+        }
+        self.core
+            .send_event(Event::Connect(self.shared.clone(), remote_id, None));
     }
+
     /// The peer address, once connected.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        todo!()
+        self.shared.lock().remote_addr
     }
+
     /// Resolves once the stream has a peer address (after connect or the first packet).
     pub async fn connected(&self) -> Result<SocketAddr, UdxError> {
-        todo!()
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(addr) = st.remote_addr {
+                return Poll::Ready(Ok(addr));
+            }
+            if st.closed.is_some() {
+                return Poll::Ready(Err(UdxError::StreamClosed));
+            }
+            if !st.connect_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                st.connect_wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
+
     /// Aborts: sends DESTROY and fails pending reads and writes.
     pub fn destroy(&self) {
-        todo!()
+        {
+            let mut st = self.shared.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(CloseReason::Destroyed);
+            st.wake_all();
+        }
+        self.core.send_event(Event::Destroy(self.shared.clone()));
+    }
+
+    fn wake_driver(&self) {
+        if self.shared.claim_wake() {
+            self.core.send_event(Event::Wake(self.shared.clone()));
+        }
+    }
+}
+
+impl Drop for UdxStream {
+    fn drop(&mut self) {
+        self.core.send_event(Event::Dropped(self.shared.clone()));
+    }
+}
+
+impl AsyncRead for UdxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        if st.closed == Some(CloseReason::Destroyed) {
+            return Poll::Ready(Err(CloseReason::Destroyed.to_io_error()));
+        }
+        let mut copied = 0;
+        while buf.remaining() > 0 {
+            let Some(front) = st.recv_queue.front_mut() else {
+                break;
+            };
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                st.recv_queue.pop_front();
+            }
+            copied += n;
+        }
+        if copied > 0 {
+            let left = self
+                .shared
+                .recv_buffered
+                .fetch_sub(copied, Ordering::AcqRel)
+                - copied;
+            drop(st);
+            if left < conn::RECV_WINDOW / 2
+                && self
+                    .shared
+                    .window_update_wanted
+                    .swap(false, Ordering::AcqRel)
+            {
+                // We advertised a small window earlier: tell the sender there is room again.
+                self.shared.window_update_due.store(true, Ordering::Release);
+                self.wake_driver();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if st.recv_eof || st.finished {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(reason) = st.closed {
+            return Poll::Ready(Err(reason.to_io_error()));
+        }
+        st.read_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for UdxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut st = self.shared.lock();
+        if let Some(reason) = st.closed {
+            return Poll::Ready(Err(reason.to_io_error()));
+        }
+        if st.write_shutdown || st.finished {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown: this UDX stream's write side has ended",
+            )));
+        }
+        let room = st.send_limit.saturating_sub(st.send_outstanding);
+        if room == 0 {
+            st.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = room.min(data.len());
+        st.send_buf.extend_from_slice(&data[..n]);
+        st.send_outstanding += n;
+        drop(st);
+        self.wake_driver();
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.shared.lock().closed {
+            Some(reason) => Poll::Ready(Err(reason.to_io_error())),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        {
+            let mut st = self.shared.lock();
+            if let Some(reason) = st.closed {
+                return Poll::Ready(Err(reason.to_io_error()));
+            }
+            if st.write_shutdown || st.finished {
+                return Poll::Ready(Ok(()));
+            }
+            st.write_shutdown = true;
+        }
+        self.wake_driver();
+        Poll::Ready(Ok(()))
     }
 }

@@ -1,0 +1,897 @@
+//! One stream's protocol state: sequencing, acks and SACKs, retransmission, loss detection,
+//! congestion control, END / DESTROY. Owned by the socket driver; free of I/O (packets go
+//! into an [`Outbox`], time comes in as an argument), so the driver decides when to send.
+//!
+//! Sequence numbers are u64 internally and never wrap; the wire carries their low 32 bits
+//! (see [`wire::unwrap_seq`]). Both directions start at 0, as hyperdht expects.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::congestion::{Congestion, Pacer};
+use crate::outbox::Outbox;
+use crate::rtt::RttEstimator;
+use crate::shared::{CloseReason, StreamShared};
+use crate::wire::{self, Header};
+
+/// Receive window we advertise (libudx's default `recv_rwnd_max`).
+pub(crate) const RECV_WINDOW: usize = 4 << 20;
+/// Payload per packet at libudx's base MTU of 1200 (minus IPv4 + UDP + UDX headers), which
+/// every path that carries UDX at all must carry.
+const BASE_PAYLOAD: usize = 1200 - 48;
+/// Payload at libudx's MTU ceiling of 1500, reached by probing.
+const MAX_PAYLOAD: usize = 1500 - 48;
+/// A probe is given up after this many losses (libudx: `UDX_MTU_MAX_PROBES`).
+const MTU_MAX_PROBES: u32 = 3;
+/// Consecutive retransmission timeouts without progress after which the peer is declared
+/// gone (libudx: `UDX_MAX_RTO_TIMEOUTS`).
+const MAX_RTO_TIMEOUTS: u32 = 6;
+/// Exponential backoff of the RTO stops at this multiple so a dead peer is detected in
+/// bounded time (~4 s at the minimum RTO, ~19 s before any RTT sample).
+const MAX_BACKOFF_SHIFT: u32 = 2;
+/// How far ahead of the cumulative ack we buffer out-of-order packets.
+const MAX_OUT_OF_ORDER: u64 = 65536;
+/// Packets held for a stream that is registered but not connected yet.
+const MAX_HELD_PACKETS: usize = 256;
+/// A dropped-after-shutdown stream waits at most this long for the peer to end too.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lower bound of the reordering window used by loss detection.
+const MIN_REORDER_WINDOW: Duration = Duration::from_micros(500);
+/// The send buffer holds at least this much beyond the congestion window.
+const SEND_BUFFER_HEADROOM: usize = 1 << 20;
+/// And at most this much in total.
+const MAX_SEND_BUFFER: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SentState {
+    InFlight,
+    Lost,
+    Acked,
+}
+
+/// A packet sent and not yet cumulatively acknowledged.
+struct Sent {
+    data: Bytes,
+    flags: u8,
+    time_sent: Instant,
+    retransmitted: bool,
+    state: SentState,
+    /// MTU-probe padding this packet carries (0 for normal packets).
+    padding: u8,
+}
+
+/// Path MTU discovery, libudx style: a full data packet is padded (data offset, at most 255
+/// bytes) up to a candidate size, which is adopted when that packet is acknowledged. A lost
+/// probe is resent without its padding, so probing never costs data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MtuState {
+    /// Want to probe a payload of `target` bytes; `losses` probes of it were lost so far.
+    Searching {
+        target: usize,
+        losses: u32,
+    },
+    /// A probe is in flight.
+    Probing {
+        target: usize,
+        losses: u32,
+    },
+    Done,
+}
+
+/// The next probe after `current` works, aiming at `ceiling`.
+fn next_probe(current: usize, ceiling: usize) -> MtuState {
+    // Steps smaller than libudx's 32 bytes are not worth a probe.
+    if ceiling < current + 32 {
+        return MtuState::Done;
+    }
+    MtuState::Searching {
+        target: ceiling.min(current + u8::MAX as usize),
+        losses: 0,
+    }
+}
+
+/// Where the peer is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Remote {
+    pub(crate) id: u32,
+    pub(crate) addr: SocketAddr,
+}
+
+pub(crate) struct Conn {
+    pub(crate) shared: Arc<StreamShared>,
+    local_id: u32,
+    pub(crate) remote: Option<Remote>,
+    /// `connect_on_first_packet` was called with this remote id.
+    connect_on_first: Option<u32>,
+    held: Vec<(Bytes, SocketAddr)>,
+    closed: Option<CloseReason>,
+    handle_dropped: bool,
+    linger_deadline: Option<Instant>,
+
+    // receive side
+    rcv_nxt: u64,
+    out_of_order: BTreeMap<u64, (u8, Bytes)>,
+    remote_end: Option<u64>,
+    eof_delivered: bool,
+    read_acc: BytesMut,
+    ack_needed: bool,
+
+    // send side
+    snd_una: u64,
+    snd_nxt: u64,
+    sent: VecDeque<Sent>,
+    retransmit: VecDeque<u64>,
+    in_flight: usize,
+    send_rwnd: u32,
+    wl1: u32,
+    wl2: u32,
+    pending: Bytes,
+    end_requested: bool,
+    end_seq: Option<u64>,
+    end_acked: bool,
+    acked_bytes: usize,
+    newly_acked: usize,
+    cwnd_limited: bool,
+    payload: usize,
+    mtu: MtuState,
+
+    rtt: RttEstimator,
+    cc: Congestion,
+    pacer: Pacer,
+    /// Send time and sequence of the most recently sent packet known delivered (RACK).
+    rack: Option<(Instant, u64)>,
+    rack_rtt: Duration,
+    loss_check_needed: bool,
+
+    rto_deadline: Option<Instant>,
+    rto_timeouts: u32,
+    loss_deadline: Option<Instant>,
+    pacing_deadline: Option<Instant>,
+    probe_deadline: Option<Instant>,
+    /// The deadline the driver has scheduled for us (to avoid duplicate timer entries).
+    pub(crate) scheduled: Option<Instant>,
+    /// Queued in the driver's active list.
+    pub(crate) active: bool,
+
+    /// Statistics.
+    pub(crate) stats: ConnStats,
+}
+
+/// Counters kept per stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnStats {
+    pub(crate) packets_sent: u64,
+    pub(crate) retransmits: u64,
+    pub(crate) rto_count: u64,
+}
+
+impl Conn {
+    pub(crate) fn new(shared: Arc<StreamShared>, now: Instant) -> Conn {
+        Conn {
+            local_id: shared.local_id,
+            shared,
+            remote: None,
+            connect_on_first: None,
+            held: Vec::new(),
+            closed: None,
+            handle_dropped: false,
+            linger_deadline: None,
+            rcv_nxt: 0,
+            out_of_order: BTreeMap::new(),
+            remote_end: None,
+            eof_delivered: false,
+            read_acc: BytesMut::new(),
+            ack_needed: false,
+            snd_una: 0,
+            snd_nxt: 0,
+            sent: VecDeque::new(),
+            retransmit: VecDeque::new(),
+            in_flight: 0,
+            send_rwnd: RECV_WINDOW as u32,
+            wl1: 0,
+            wl2: 0,
+            pending: Bytes::new(),
+            end_requested: false,
+            end_seq: None,
+            end_acked: false,
+            acked_bytes: 0,
+            newly_acked: 0,
+            cwnd_limited: false,
+            payload: BASE_PAYLOAD,
+            mtu: next_probe(BASE_PAYLOAD, MAX_PAYLOAD),
+            rtt: RttEstimator::default(),
+            cc: Congestion::default(),
+            pacer: Pacer::new(now),
+            rack: None,
+            rack_rtt: Duration::ZERO,
+            loss_check_needed: false,
+            rto_deadline: None,
+            rto_timeouts: 0,
+            loss_deadline: None,
+            pacing_deadline: None,
+            probe_deadline: None,
+            scheduled: None,
+            active: false,
+            stats: ConnStats::default(),
+        }
+    }
+
+    /// True once the driver should forget this stream (and free its id).
+    pub(crate) fn is_finished(&self) -> bool {
+        if self.closed.is_some() {
+            return true;
+        }
+        let write_done = self.end_acked;
+        let read_done = self.eof_delivered;
+        if self.handle_dropped && self.remote.is_none() {
+            return true;
+        }
+        write_done && read_done
+    }
+
+    /// Starts the stream towards `remote`; returns held packets to replay through
+    /// [`Conn::on_packet`].
+    pub(crate) fn connect(
+        &mut self,
+        remote_id: u32,
+        addr: Option<SocketAddr>,
+    ) -> Vec<(Bytes, SocketAddr)> {
+        if self.remote.is_some() || self.closed.is_some() {
+            return Vec::new();
+        }
+        match addr.or_else(|| self.held.first().map(|(_, a)| *a)) {
+            Some(addr) => {
+                self.set_remote(remote_id, addr);
+                std::mem::take(&mut self.held)
+            }
+            None => {
+                self.connect_on_first = Some(remote_id);
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_remote(&mut self, id: u32, addr: SocketAddr) {
+        self.remote = Some(Remote { id, addr });
+        self.connect_on_first = None;
+        let mut st = self.shared.lock();
+        st.remote_addr = Some(addr);
+        for w in st.connect_wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// A packet for this stream arrived before it was connected. Returns true if the stream
+    /// should process it now (it just got connected by it), false if it was held or dropped.
+    pub(crate) fn accept_unconnected(&mut self, packet: &[u8], from: SocketAddr) -> bool {
+        if let Some(remote_id) = self.connect_on_first {
+            self.set_remote(remote_id, from);
+            return true;
+        }
+        if self.held.len() < MAX_HELD_PACKETS {
+            self.held.push((Bytes::copy_from_slice(packet), from));
+        }
+        false
+    }
+
+    fn advertised_window(&self) -> u32 {
+        let buffered = self.shared.recv_buffered.load(Ordering::Acquire) + self.read_acc.len();
+        let window = RECV_WINDOW.saturating_sub(buffered);
+        if window < RECV_WINDOW / 2 {
+            self.shared
+                .window_update_wanted
+                .store(true, Ordering::Release);
+        }
+        window as u32
+    }
+
+    fn header(&self, flags: u8, seq: u64) -> Header {
+        Header {
+            flags,
+            data_offset: 0,
+            stream_id: self.remote.map_or(0, |r| r.id),
+            recv_window: self.advertised_window(),
+            seq: seq as u32,
+            ack: self.rcv_nxt as u32,
+        }
+    }
+
+    // ---------------------------------------------------------------- receive path
+
+    /// Processes one UDX packet addressed to this stream (header already parsed).
+    pub(crate) fn on_packet(&mut self, hdr: &Header, body: &[u8], now: Instant, out: &mut Outbox) {
+        if self.closed.is_some() {
+            return;
+        }
+        if hdr.flags & wire::FLAG_HEARTBEAT != 0 {
+            // libudx answers probes with an ack and looks at nothing else.
+            self.send_ack(out);
+            return;
+        }
+        let Some((sacks, payload)) = wire::split_body(hdr, body) else {
+            return;
+        };
+
+        let seq = wire::unwrap_seq(self.rcv_nxt, hdr.seq);
+        if seq >= self.rcv_nxt {
+            if hdr.flags & (wire::FLAG_DATA | wire::FLAG_END) != 0 && !self.eof_delivered {
+                self.on_data(seq, hdr.flags, payload);
+            }
+            if hdr.flags & wire::FLAG_END != 0 {
+                self.remote_end = Some(seq);
+            }
+            if hdr.flags & wire::FLAG_DESTROY != 0 {
+                self.close(CloseReason::Reset);
+                return;
+            }
+        }
+        if hdr.flags & (wire::FLAG_DATA | wire::FLAG_END) != 0 {
+            // Also for duplicates: the peer evidently missed our ack.
+            self.ack_needed = true;
+        }
+
+        self.on_ack(hdr, seq, sacks, now);
+    }
+
+    fn on_data(&mut self, seq: u64, flags: u8, payload: &[u8]) {
+        if seq == self.rcv_nxt {
+            self.deliver(flags, payload);
+            self.rcv_nxt += 1;
+            // Packets that were waiting for this one.
+            while let Some(entry) = self.out_of_order.first_entry() {
+                if *entry.key() != self.rcv_nxt {
+                    break;
+                }
+                let (flags, data) = entry.remove();
+                self.deliver(flags, &data);
+                self.rcv_nxt += 1;
+            }
+        } else if seq - self.rcv_nxt < MAX_OUT_OF_ORDER {
+            self.out_of_order.entry(seq).or_insert_with(|| {
+                let data = if flags & wire::FLAG_DATA != 0 {
+                    Bytes::copy_from_slice(payload)
+                } else {
+                    Bytes::new()
+                };
+                (flags, data)
+            });
+        }
+    }
+
+    fn deliver(&mut self, flags: u8, payload: &[u8]) {
+        // libudx hands out the payload only of DATA packets (an END-only packet's is ignored).
+        // Nobody reads a dropped handle: acknowledge the data but do not keep it.
+        if flags & wire::FLAG_DATA != 0 && !self.handle_dropped {
+            self.read_acc.extend_from_slice(payload);
+        }
+    }
+
+    fn on_ack(&mut self, hdr: &Header, seq: u64, sacks: wire::SackBlocks<'_>, now: Instant) {
+        let ack = wire::unwrap_seq(self.snd_una, hdr.ack);
+        if ack > self.snd_nxt {
+            return; // acks something we never sent
+        }
+        // Window update, accepted only from packets not older than the last one that set it
+        // (RFC 793's SND.WL1/WL2 rule, as libudx applies it).
+        let seq32 = seq as u32;
+        if (self.wl1.wrapping_sub(seq32) as i32) < 0
+            || (self.wl1 == seq32 && (self.wl2.wrapping_sub(hdr.ack) as i32) <= 0)
+        {
+            self.send_rwnd = hdr.recv_window;
+            self.wl1 = seq32;
+            self.wl2 = hdr.ack;
+        }
+        let newly = (ack - self.snd_una) as usize;
+        for idx in 0..newly {
+            self.mark_delivered(idx, now);
+        }
+        self.sent.drain(..newly);
+        self.snd_una = ack;
+        for (start, end) in sacks {
+            let start = wire::unwrap_seq(self.snd_una, start).max(self.snd_una);
+            let end = wire::unwrap_seq(self.snd_una, end).min(self.snd_nxt);
+            for s in start..end {
+                self.mark_delivered((s - self.snd_una) as usize, now);
+            }
+        }
+    }
+
+    /// Accounts the packet at `idx` (relative to `snd_una`) as delivered, once.
+    fn mark_delivered(&mut self, idx: usize, now: Instant) {
+        let seq = self.snd_una + idx as u64;
+        let pkt = &mut self.sent[idx];
+        match pkt.state {
+            SentState::Acked => return,
+            SentState::InFlight => self.in_flight -= 1,
+            SentState::Lost => {}
+        }
+        pkt.state = SentState::Acked;
+        let data = std::mem::take(&mut pkt.data);
+        let (flags, time_sent, retransmitted, padding) =
+            (pkt.flags, pkt.time_sent, pkt.retransmitted, pkt.padding);
+        self.newly_acked += 1;
+        self.acked_bytes += data.len();
+        self.loss_check_needed = true;
+        if flags & wire::FLAG_END != 0 {
+            self.end_acked = true;
+        }
+        let rtt = now.saturating_duration_since(time_sent);
+        if !retransmitted {
+            self.rtt.on_sample(rtt);
+        }
+        if !retransmitted || rtt >= self.rtt.min_rtt() {
+            self.rack_rtt = rtt;
+            if self.rack.is_none_or(|(t, s)| (time_sent, seq) > (t, s)) {
+                self.rack = Some((time_sent, seq));
+            }
+        }
+        if padding > 0 {
+            self.on_probe_acked(data.len() + padding as usize);
+        }
+    }
+
+    fn on_probe_acked(&mut self, size: usize) {
+        if let MtuState::Probing { target, .. } = self.mtu {
+            if size == target {
+                self.payload = target;
+                self.mtu = next_probe(target, MAX_PAYLOAD);
+            }
+        }
+    }
+
+    fn on_probe_lost(&mut self) {
+        if let MtuState::Probing { target, losses } = self.mtu {
+            let losses = losses + 1;
+            self.mtu = if losses >= MTU_MAX_PROBES {
+                // This size does not pass: try half-way between what works and it.
+                next_probe(self.payload, (self.payload + target) / 2)
+            } else {
+                MtuState::Searching { target, losses }
+            };
+        }
+    }
+
+    // ---------------------------------------------------------------- after a batch
+
+    /// Runs once after a burst of received packets or events: congestion control, loss
+    /// detection, hand-off to the application. Then sends what may be sent.
+    pub(crate) fn service(&mut self, now: Instant, out: &mut Outbox, budget: usize) -> bool {
+        // From here on, a change by the handle needs a new Wake to be noticed.
+        self.shared.clear_wake();
+        if self.closed.is_none() {
+            self.after_acks(now);
+        }
+        if self.shared.window_update_due.swap(false, Ordering::AcqRel) {
+            self.ack_needed = true;
+        }
+        self.sync_shared();
+        if self.closed.is_some() || self.remote.is_none() {
+            return false;
+        }
+        let more = self.transmit(now, out, budget);
+        if self.ack_needed {
+            self.send_ack(out);
+        }
+        more
+    }
+
+    fn after_acks(&mut self, now: Instant) {
+        if self.newly_acked > 0 {
+            // Grow only a window that is in use: either sending stopped at it since the last
+            // ack, or at least half of it was in flight.
+            let used =
+                self.cwnd_limited || 2 * (self.in_flight + self.newly_acked) >= self.cc.window();
+            self.cwnd_limited = false;
+            self.cc.on_acked(self.newly_acked, self.snd_una, used);
+            self.newly_acked = 0;
+            self.rto_timeouts = 0;
+            self.rto_deadline = (self.snd_una < self.snd_nxt).then(|| now + self.rtt.rto());
+            if let Some(srtt) = self.rtt.srtt() {
+                self.pacer
+                    .set_rate(self.cc.pacing_rate(self.payload, srtt), self.payload);
+            }
+        }
+        if self.loss_check_needed {
+            self.loss_check_needed = false;
+            self.detect_losses(now);
+        }
+        if let Some(end) = self.remote_end {
+            if self.rcv_nxt > end && !self.eof_delivered {
+                self.eof_delivered = true;
+            }
+        }
+        if self.handle_dropped
+            && self.end_acked
+            && self.linger_deadline.is_none()
+            && !self.eof_delivered
+        {
+            self.linger_deadline = Some(now + LINGER_TIMEOUT);
+        }
+    }
+
+    /// RACK (RFC 8985), simplified: a packet is lost when a packet sent after it has been
+    /// delivered and it is overdue by more than the latest RTT plus a reordering window.
+    fn detect_losses(&mut self, now: Instant) {
+        let Some((rack_time, rack_seq)) = self.rack else {
+            return;
+        };
+        let reo_wnd = (self.rtt.min_rtt() / 4).max(MIN_REORDER_WINDOW);
+        let mut next: Option<Instant> = None;
+        let mut lost = 0;
+        let end = rack_seq
+            .saturating_sub(self.snd_una)
+            .min(self.sent.len() as u64) as usize;
+        for idx in 0..end {
+            let pkt = &mut self.sent[idx];
+            if pkt.state != SentState::InFlight || pkt.time_sent > rack_time {
+                continue;
+            }
+            let deadline = pkt.time_sent + self.rack_rtt + reo_wnd;
+            if deadline <= now {
+                pkt.state = SentState::Lost;
+                let was_probe = pkt.padding > 0;
+                self.in_flight -= 1;
+                self.retransmit.push_back(self.snd_una + idx as u64);
+                lost += 1;
+                if was_probe {
+                    self.sent[idx].padding = 0;
+                    self.on_probe_lost();
+                }
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        self.loss_deadline = next;
+        if lost > 0 {
+            tracing::trace!(stream = self.local_id, lost, "packets lost");
+            self.cc.on_loss(self.snd_nxt);
+        }
+    }
+
+    /// Moves received data and ack progress across to the handle, and takes new writes.
+    fn sync_shared(&mut self) {
+        let eof = self.eof_delivered;
+        let limit = (self.cc.window() * self.payload + SEND_BUFFER_HEADROOM).min(MAX_SEND_BUFFER);
+        let mut st = self.shared.lock();
+        if !self.read_acc.is_empty() {
+            let chunk = self.read_acc.split().freeze();
+            self.shared
+                .recv_buffered
+                .fetch_add(chunk.len(), Ordering::AcqRel);
+            st.recv_queue.push_back(chunk);
+            if let Some(w) = st.read_waker.take() {
+                w.wake();
+            }
+        }
+        if eof && !st.recv_eof {
+            st.recv_eof = true;
+            if let Some(w) = st.read_waker.take() {
+                w.wake();
+            }
+        }
+        let limit_grew = limit > st.send_limit;
+        st.send_limit = limit;
+        if self.acked_bytes > 0 || limit_grew {
+            st.send_outstanding -= self.acked_bytes;
+            self.acked_bytes = 0;
+            if st.send_outstanding < st.send_limit {
+                if let Some(w) = st.write_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        if self.pending.is_empty() && self.end_seq.is_none() {
+            if !st.send_buf.is_empty() {
+                self.pending = st.send_buf.split().freeze();
+            }
+            self.end_requested = st.write_shutdown;
+        }
+        if self.end_acked && self.eof_delivered {
+            st.finished = true;
+            st.wake_all();
+        }
+    }
+
+    // ---------------------------------------------------------------- send path
+
+    /// Sends retransmissions and new data as far as window, pacing and `budget` allow.
+    /// Returns true when it stopped only because the budget ran out.
+    fn transmit(&mut self, now: Instant, out: &mut Outbox, budget: usize) -> bool {
+        let Some(remote) = self.remote else {
+            return false;
+        };
+        let mut sent = 0;
+        while sent < budget {
+            // Retransmissions first; like libudx they ignore the peer's receive window
+            // (it may have shrunk while the data was in flight).
+            if let Some(&seq) = self.retransmit.front() {
+                if seq < self.snd_una
+                    || self.sent[(seq - self.snd_una) as usize].state != SentState::Lost
+                {
+                    self.retransmit.pop_front();
+                    continue;
+                }
+                if self.in_flight >= self.cc.window() {
+                    self.cwnd_limited = true;
+                    break;
+                }
+                let idx = (seq - self.snd_una) as usize;
+                let len = wire::HEADER_SIZE + self.sent[idx].data.len();
+                if let Err(at) = self.pacer.check(now, len) {
+                    self.pacing_deadline = Some(at);
+                    break;
+                }
+                self.retransmit.pop_front();
+                let hdr = self.header(self.sent[idx].flags, seq);
+                let pkt = &mut self.sent[idx];
+                pkt.state = SentState::InFlight;
+                pkt.retransmitted = true;
+                pkt.time_sent = now;
+                out.push_packet(remote.addr, &hdr, 0, &pkt.data);
+                self.in_flight += 1;
+                self.pacer.on_sent(len);
+                self.stats.retransmits += 1;
+                self.stats.packets_sent += 1;
+                self.arm_rto(now);
+                sent += 1;
+                continue;
+            }
+
+            if self.pending.is_empty() && !(self.end_requested && self.end_seq.is_none()) {
+                break;
+            }
+            let rwnd_packets = match self.send_rwnd as usize {
+                0 => 0,
+                w => (w / self.payload).max(1),
+            };
+            if self.in_flight >= self.cc.window().min(rwnd_packets) {
+                self.cwnd_limited |= self.in_flight >= self.cc.window();
+                if self.send_rwnd == 0 && self.in_flight == 0 && self.probe_deadline.is_none() {
+                    // Zero window: probe until the peer reopens it (libudx sends a
+                    // heartbeat, whose ack carries the current window).
+                    self.probe_deadline = Some(now + self.rtt.rto());
+                }
+                break;
+            }
+            self.probe_deadline = None;
+
+            // Probe only with a full packet, and only once the path has carried an ack.
+            let padding = match self.mtu {
+                MtuState::Searching { target, .. }
+                    if self.pending.len() >= self.payload && self.rack.is_some() =>
+                {
+                    (target - self.payload) as u8
+                }
+                _ => 0,
+            };
+            let len = wire::HEADER_SIZE + padding as usize + self.payload.min(self.pending.len());
+            if let Err(at) = self.pacer.check(now, len) {
+                self.pacing_deadline = Some(at);
+                break;
+            }
+            if let (MtuState::Searching { target, losses }, true) = (self.mtu, padding > 0) {
+                self.mtu = MtuState::Probing { target, losses };
+            }
+            let data = self.pending.split_to(self.payload.min(self.pending.len()));
+            let mut flags = if data.is_empty() { 0 } else { wire::FLAG_DATA };
+            if self.pending.is_empty() && self.end_requested {
+                flags |= wire::FLAG_END;
+                self.end_seq = Some(self.snd_nxt);
+            }
+            let seq = self.snd_nxt;
+            let mut hdr = self.header(flags, seq);
+            hdr.data_offset = padding;
+            out.push_packet(remote.addr, &hdr, padding as usize, &data);
+            self.sent.push_back(Sent {
+                data,
+                flags,
+                time_sent: now,
+                retransmitted: false,
+                state: SentState::InFlight,
+                padding,
+            });
+            self.snd_nxt += 1;
+            self.in_flight += 1;
+            self.pacer.on_sent(len);
+            self.stats.packets_sent += 1;
+            if self.out_of_order.is_empty() {
+                // The data packet carries our cumulative ack and window; SACK info would need
+                // a separate ack.
+                self.ack_needed = false;
+            }
+            self.arm_rto(now);
+            sent += 1;
+            if self.pending.is_empty() && self.end_seq.is_none() {
+                // Take whatever the writer queued meanwhile.
+                self.sync_shared();
+            }
+        }
+        sent >= budget
+    }
+
+    fn arm_rto(&mut self, now: Instant) {
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rtt.rto());
+        }
+    }
+
+    fn send_ack(&mut self, out: &mut Outbox) {
+        let Some(remote) = self.remote else {
+            self.ack_needed = true; // sent once connected
+            return;
+        };
+        self.ack_needed = false;
+        let mut blocks: Vec<(u32, u32)> = Vec::new();
+        let mut iter = self.out_of_order.keys().copied();
+        if let Some(first) = iter.next() {
+            let (mut start, mut end) = (first, first + 1);
+            for s in iter {
+                if s == end {
+                    end += 1;
+                    continue;
+                }
+                blocks.push((start as u32, end as u32));
+                if blocks.len() == wire::MAX_SACKS {
+                    break;
+                }
+                (start, end) = (s, s + 1);
+            }
+            if blocks.len() < wire::MAX_SACKS {
+                blocks.push((start as u32, end as u32));
+            }
+        }
+        let flags = if blocks.is_empty() {
+            0
+        } else {
+            wire::FLAG_SACK
+        };
+        let hdr = self.header(flags, self.snd_nxt);
+        out.push_ack(remote.addr, &hdr, &blocks);
+    }
+
+    fn send_control(&mut self, flags: u8, out: &mut Outbox) {
+        if let Some(remote) = self.remote {
+            let hdr = self.header(flags, self.snd_nxt);
+            out.push_packet(remote.addr, &hdr, 0, &[]);
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+        [
+            self.rto_deadline,
+            self.loss_deadline,
+            self.pacing_deadline,
+            self.probe_deadline,
+            self.linger_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub(crate) fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.pacing_deadline.is_some_and(|t| t <= now) {
+            self.pacing_deadline = None;
+        }
+        if self.loss_deadline.is_some_and(|t| t <= now) {
+            self.loss_deadline = None;
+            self.detect_losses(now);
+        }
+        if self.rto_deadline.is_some_and(|t| t <= now) {
+            self.on_rto(now);
+        }
+        if self.probe_deadline.is_some_and(|t| t <= now) {
+            self.probe_deadline = Some(now + self.rtt.rto() * 2);
+            self.send_control(wire::FLAG_HEARTBEAT, out);
+        }
+        if self.linger_deadline.is_some_and(|t| t <= now) {
+            tracing::debug!(
+                stream = self.local_id,
+                "peer did not end a dropped stream in time, destroying it"
+            );
+            self.destroy(out);
+        }
+    }
+
+    fn on_rto(&mut self, now: Instant) {
+        if self.snd_una == self.snd_nxt {
+            self.rto_deadline = None;
+            return;
+        }
+        self.rto_timeouts += 1;
+        self.stats.rto_count += 1;
+        if self.rto_timeouts >= MAX_RTO_TIMEOUTS {
+            tracing::debug!(
+                stream = self.local_id,
+                "peer stopped answering, closing stream"
+            );
+            self.close(CloseReason::TimedOut);
+            return;
+        }
+        // Everything still in flight is presumed lost; resend in sequence order.
+        self.retransmit.clear();
+        for (idx, pkt) in self.sent.iter_mut().enumerate() {
+            match pkt.state {
+                SentState::Acked => continue,
+                SentState::InFlight => {
+                    pkt.state = SentState::Lost;
+                    if pkt.padding > 0 {
+                        // The path went silent; do not keep probing it.
+                        pkt.padding = 0;
+                        self.mtu = MtuState::Done;
+                    }
+                }
+                SentState::Lost => {}
+            }
+            self.retransmit.push_back(self.snd_una + idx as u64);
+        }
+        self.in_flight = 0;
+        self.loss_deadline = None;
+        self.cc.on_rto(self.snd_nxt);
+        let backoff = 1u32 << self.rto_timeouts.min(MAX_BACKOFF_SHIFT);
+        self.rto_deadline = Some(now + self.rtt.rto() * backoff);
+    }
+
+    // ---------------------------------------------------------------- lifecycle
+
+    /// Local destroy: tell the peer (if connected) and fail the handle.
+    pub(crate) fn destroy(&mut self, out: &mut Outbox) {
+        if self.closed.is_some() {
+            return;
+        }
+        // libudx's DESTROY takes the next sequence number, so the peer sees it as current.
+        self.send_control(wire::FLAG_DESTROY, out);
+        self.snd_nxt += 1;
+        self.sent.push_back(Sent {
+            data: Bytes::new(),
+            flags: wire::FLAG_DESTROY,
+            time_sent: Instant::now(),
+            retransmitted: false,
+            state: SentState::Acked,
+            padding: 0,
+        });
+        self.close(CloseReason::Destroyed);
+    }
+
+    /// The application dropped its handle: abort if it never shut down its write side,
+    /// otherwise linger in the background until what it wrote is acknowledged.
+    pub(crate) fn on_handle_dropped(&mut self, out: &mut Outbox) {
+        self.handle_dropped = true;
+        let shutdown = self.shared.lock().write_shutdown;
+        if self.remote.is_some() && !shutdown {
+            self.destroy(out);
+        }
+        // Received but unread data is of no use to anyone now.
+        let mut st = self.shared.lock();
+        st.recv_queue.clear();
+        self.shared.recv_buffered.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn close(&mut self, reason: CloseReason) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.closed = Some(reason);
+        self.rto_deadline = None;
+        self.loss_deadline = None;
+        self.pacing_deadline = None;
+        self.probe_deadline = None;
+        self.linger_deadline = None;
+        self.sent.clear();
+        self.retransmit.clear();
+        self.out_of_order.clear();
+        let mut st = self.shared.lock();
+        st.closed.get_or_insert(reason);
+        st.wake_all();
+    }
+}
