@@ -18,6 +18,7 @@ use crate::outbox::Outbox;
 use crate::rtt::RttEstimator;
 use crate::shared::{CloseReason, StreamShared};
 use crate::wire::{self, Header};
+use crate::StreamStats;
 
 /// Receive window we advertise (libudx's default `recv_rwnd_max`).
 pub(crate) const RECV_WINDOW: usize = 4 << 20;
@@ -159,15 +160,7 @@ pub(crate) struct Conn {
     pub(crate) active: bool,
 
     /// Statistics.
-    pub(crate) stats: ConnStats,
-}
-
-/// Counters kept per stream.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ConnStats {
-    pub(crate) packets_sent: u64,
-    pub(crate) retransmits: u64,
-    pub(crate) rto_count: u64,
+    pub(crate) stats: StreamStats,
 }
 
 impl Conn {
@@ -217,7 +210,7 @@ impl Conn {
             probe_deadline: None,
             scheduled: None,
             active: false,
-            stats: ConnStats::default(),
+            stats: StreamStats::default(),
         }
     }
 
@@ -308,6 +301,7 @@ impl Conn {
         if self.closed.is_some() {
             return;
         }
+        self.stats.packets_received += 1;
         if hdr.flags & wire::FLAG_HEARTBEAT != 0 {
             // libudx answers probes with an ack and looks at nothing else.
             self.send_ack(out);
@@ -538,6 +532,7 @@ impl Conn {
                 self.in_flight -= 1;
                 self.retransmit.push_back(self.snd_una + idx as u64);
                 lost += 1;
+                self.stats.packets_lost += 1;
                 if was_probe {
                     self.sent[idx].padding = 0;
                     self.on_probe_lost();
@@ -556,8 +551,13 @@ impl Conn {
     /// Moves received data and ack progress across to the handle, and takes new writes.
     fn sync_shared(&mut self) {
         let eof = self.eof_delivered;
+        self.stats.srtt = self.rtt.srtt();
+        self.stats.cwnd = self.cc.window();
+        self.stats.in_flight = self.in_flight;
+        self.stats.max_payload = self.payload;
         let limit = (self.cc.window() * self.payload + SEND_BUFFER_HEADROOM).min(MAX_SEND_BUFFER);
         let mut st = self.shared.lock();
+        st.stats = self.stats;
         if !self.read_acc.is_empty() {
             let chunk = self.read_acc.split().freeze();
             self.shared
@@ -809,7 +809,7 @@ impl Conn {
             return;
         }
         self.rto_timeouts += 1;
-        self.stats.rto_count += 1;
+        self.stats.rto_timeouts += 1;
         if self.rto_timeouts >= MAX_RTO_TIMEOUTS {
             tracing::debug!(
                 stream = self.local_id,

@@ -33,6 +33,7 @@ mod outbox;
 mod rtt;
 mod shared;
 mod socket;
+mod udp_io;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -114,7 +115,7 @@ impl UdxSocket {
             registry: Arc::new(Mutex::new(HashSet::new())),
             datagrams: Arc::new(Mutex::new(None)),
         };
-        tokio::spawn(socket::Driver::new(&core, rx).run());
+        tokio::spawn(socket::Driver::new(&core, rx)?.run());
         Ok(UdxSocket {
             core: Arc::new(core),
         })
@@ -193,6 +194,29 @@ impl UdxSocket {
     }
 }
 
+/// Counters and estimates of one stream (a snapshot, refreshed as the stream makes progress).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Packets sent, retransmissions included.
+    pub packets_sent: u64,
+    /// Packets received for this stream.
+    pub packets_received: u64,
+    /// Retransmitted packets.
+    pub retransmits: u64,
+    /// Packets declared lost by loss detection (not counting timeouts).
+    pub packets_lost: u64,
+    /// Retransmission timeouts.
+    pub rto_timeouts: u64,
+    /// Smoothed round-trip time, once measured.
+    pub srtt: Option<std::time::Duration>,
+    /// Congestion window in packets.
+    pub cwnd: usize,
+    /// Packets in flight.
+    pub in_flight: usize,
+    /// Payload bytes per packet (grows with MTU probing from 1152 to at most 1452).
+    pub max_payload: usize,
+}
+
 /// One reliable stream. Implements `tokio::io::AsyncRead` and `AsyncWrite`.
 ///
 /// * `write` returns as soon as the bytes are queued (up to a send buffer sized from the
@@ -268,6 +292,11 @@ impl UdxStream {
             Poll::Pending
         })
         .await
+    }
+
+    /// Counters and estimates of this stream.
+    pub fn stats(&self) -> StreamStats {
+        self.shared.lock().stats
     }
 
     /// Aborts: sends DESTROY and fails pending reads and writes.

@@ -3,11 +3,9 @@
 //! They are laid out back to back in one buffer that is reused, so building a burst costs
 //! no allocation, and a burst for one peer is contiguous (ready for batched sends).
 
-use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::UdpSocket;
-
+use crate::udp_io::UdpIo;
 use crate::wire::{Header, HEADER_SIZE};
 
 #[derive(Debug, Clone, Copy)]
@@ -68,19 +66,39 @@ impl Outbox {
     }
 
     /// Writes queued datagrams until done (true) or the socket buffer is full (false: wait
-    /// for writability and call again).
-    /// `v6` says whether the socket is IPv6 (IPv4 destinations are then v4-mapped).
-    pub(crate) fn flush(&mut self, udp: &UdpSocket, v6: bool) -> bool {
-        while let Some(seg) = self.segments.get(self.next) {
-            let data = &self.buf[seg.start..seg.start + seg.len];
-            match udp.try_send_to(data, crate::socket::to_socket_family(seg.addr, v6)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                // UDP is best effort: an unreachable or refused destination loses this
-                // datagram only (retransmission and timeouts deal with the consequences).
-                Err(e) => tracing::debug!(addr = %seg.addr, error = %e, "UDP send failed"),
+    /// for writability and call again). Runs of equal-sized datagrams to the same peer go out
+    /// as one segmented (GSO) send where the platform supports it.
+    pub(crate) fn flush(&mut self, io: &UdpIo) -> bool {
+        let max_segments = io.max_segments();
+        while let Some(first) = self.segments.get(self.next).copied() {
+            let mut count = 1;
+            let mut end = first.start + first.len;
+            while count < max_segments {
+                let Some(seg) = self.segments.get(self.next + count) else {
+                    break;
+                };
+                // GSO: same destination, contiguous, same size (only the last may be shorter).
+                if seg.addr != first.addr
+                    || seg.start != end
+                    || seg.len > first.len
+                    || end - first.start + seg.len > io.max_gso_bytes()
+                {
+                    break;
+                }
+                end += seg.len;
+                count += 1;
+                if seg.len < first.len {
+                    break;
+                }
             }
-            self.next += 1;
+            let segment_size = (count > 1).then_some(first.len);
+            if io
+                .send(first.addr, &self.buf[first.start..end], segment_size)
+                .is_err()
+            {
+                return false; // WouldBlock
+            }
+            self.next += count;
         }
         self.buf.clear();
         self.segments.clear();

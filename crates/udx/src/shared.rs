@@ -105,6 +105,8 @@ pub(crate) struct SharedState {
     pub(crate) closed: Option<CloseReason>,
     /// Both directions ended cleanly and the driver let go of the stream.
     pub(crate) finished: bool,
+    /// Snapshot of the driver's counters, refreshed whenever it syncs with the handle.
+    pub(crate) stats: crate::StreamStats,
 }
 
 impl SharedState {

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::conn::Conn;
 use crate::outbox::Outbox;
 use crate::shared::{CloseReason, Event, StreamShared};
+use crate::udp_io::{RecvBuffers, UdpIo};
 use crate::wire::{Header, HEADER_SIZE};
 use crate::Datagram;
 
@@ -29,8 +30,6 @@ const RECV_BATCH: usize = 64;
 const SEND_BUDGET: usize = 64;
 /// Send queued datagrams once this many are waiting, to bound the outbox.
 const FLUSH_THRESHOLD: usize = 128;
-/// Largest datagram we accept (anything bigger is truncated by the kernel and ignored).
-const MAX_DATAGRAM: usize = 65536;
 
 /// The parts of a socket that handles and the driver share.
 pub(crate) struct SocketCore {
@@ -75,8 +74,7 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
 }
 
 pub(crate) struct Driver {
-    udp: Arc<UdpSocket>,
-    v6: bool,
+    io: Arc<UdpIo>,
     events: mpsc::UnboundedReceiver<Event>,
     /// Every `UdxSocket` and `UdxStream` handle is gone.
     handles_gone: bool,
@@ -90,10 +88,12 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub(crate) fn new(core: &SocketCore, events: mpsc::UnboundedReceiver<Event>) -> Driver {
-        Driver {
-            udp: core.udp.clone(),
-            v6: core.v6,
+    pub(crate) fn new(
+        core: &SocketCore,
+        events: mpsc::UnboundedReceiver<Event>,
+    ) -> io::Result<Driver> {
+        Ok(Driver {
+            io: Arc::new(UdpIo::new(core.udp.clone(), core.v6)?),
             events,
             handles_gone: false,
             registry: core.registry.clone(),
@@ -103,11 +103,12 @@ impl Driver {
             next_active: Vec::new(),
             timers: BinaryHeap::new(),
             out: Outbox::default(),
-        }
+        })
     }
 
     pub(crate) async fn run(mut self) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut bufs = RecvBuffers::new();
+        let io = self.io.clone();
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         loop {
@@ -119,13 +120,16 @@ impl Driver {
             }
 
             let mut received = 0;
+            let mut drained = false;
             while received < RECV_BATCH {
-                match self.udp.try_recv_from(&mut buf) {
-                    Ok((len, from)) => {
-                        received += 1;
-                        self.on_datagram(&buf[..len], normalize(from), now);
+                match io.recv(&mut bufs, |data, from| {
+                    self.on_datagram(data, normalize(from), now)
+                }) {
+                    Ok(0) => {
+                        drained = true;
+                        break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Ok(n) => received += n,
                     Err(e) => {
                         // e.g. ICMP errors surfacing on Linux; the socket itself is fine.
                         tracing::trace!(error = %e, "UDP receive error");
@@ -135,9 +139,9 @@ impl Driver {
 
             self.fire_timers(now);
             let more = self.service(now);
-            let flushed = self.out.flush(&self.udp, self.v6);
+            let flushed = self.out.flush(&self.io);
 
-            if flushed && (more || received == RECV_BATCH) {
+            if flushed && (more || !drained) {
                 // More work is ready: let other tasks run, then go on without waiting.
                 tokio::task::yield_now().await;
                 continue;
@@ -155,8 +159,8 @@ impl Driver {
                     Some(ev) => self.on_event(ev, Instant::now()),
                     None => self.handles_gone = true,
                 },
-                _ = self.udp.readable() => {}
-                _ = self.udp.writable(), if !flushed => {}
+                _ = self.io.udp.readable() => {}
+                _ = self.io.udp.writable(), if !flushed => {}
                 _ = &mut sleep, if has_timer => {}
             }
         }
@@ -296,7 +300,7 @@ impl Driver {
                 }
             }
             if self.out.pending() >= FLUSH_THRESHOLD {
-                self.out.flush(&self.udp, self.v6);
+                self.out.flush(&self.io);
             }
         }
         self.active = std::mem::take(&mut self.next_active);

@@ -1,0 +1,129 @@
+//! Batched UDP I/O: `recvmmsg` with GRO on receive and GSO on send (through `quinn-udp`,
+//! which wraps the platform calls behind a safe API and falls back to one datagram per call
+//! where the OS lacks them).
+//!
+//! Per-packet system calls are what limits a user-space transport on loopback and fast
+//! links: with GSO a burst of up to 64 equal-sized packets to one peer leaves in one
+//! `sendmsg`, and with GRO the kernel hands a burst from one peer up in one buffer.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Receive buffers per `recvmmsg` call.
+const RECV_BUFFERS: usize = 16;
+/// Size of each receive buffer: a whole GRO batch (or the largest UDP datagram) fits.
+const RECV_BUFFER_SIZE: usize = 65536;
+/// Upper bound for the payload of one GSO send (IPv4's 65,507-byte limit, with room to spare).
+const MAX_GSO_BYTES: usize = 64000;
+
+/// The socket plus the state of its offloads.
+pub(crate) struct UdpIo {
+    pub(crate) udp: Arc<UdpSocket>,
+    state: UdpSocketState,
+    v6: bool,
+}
+
+/// Reusable receive buffers.
+pub(crate) struct RecvBuffers {
+    storage: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl RecvBuffers {
+    pub(crate) fn new() -> Self {
+        RecvBuffers {
+            storage: (0..RECV_BUFFERS)
+                .map(|_| vec![0u8; RECV_BUFFER_SIZE])
+                .collect(),
+            meta: vec![RecvMeta::default(); RECV_BUFFERS],
+        }
+    }
+}
+
+impl UdpIo {
+    pub(crate) fn new(udp: Arc<UdpSocket>, v6: bool) -> io::Result<UdpIo> {
+        let state = UdpSocketState::new((&*udp).into())?;
+        Ok(UdpIo { udp, state, v6 })
+    }
+
+    /// Reads what is queued (one system call, several datagrams) and hands every datagram
+    /// to `on_datagram`. Returns the number of datagrams, `Ok(0)` if none were waiting.
+    pub(crate) fn recv(
+        &self,
+        bufs: &mut RecvBuffers,
+        mut on_datagram: impl FnMut(&[u8], SocketAddr),
+    ) -> io::Result<usize> {
+        let mut storage = bufs.storage.iter_mut();
+        let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] =
+            std::array::from_fn(|_| IoSliceMut::new(storage.next().expect("RECV_BUFFERS buffers")));
+        let meta = &mut bufs.meta;
+        let n = match self.udp.try_io(Interest::READABLE, || {
+            self.state.recv((&*self.udp).into(), &mut slices, meta)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut count = 0;
+        for (slice, meta) in slices.iter().zip(meta.iter()).take(n) {
+            let data = &slice[..meta.len];
+            // With GRO one buffer holds several datagrams of `stride` bytes (the last one
+            // may be shorter).
+            let stride = if meta.stride == 0 {
+                meta.len.max(1)
+            } else {
+                meta.stride
+            };
+            for datagram in data.chunks(stride) {
+                on_datagram(datagram, meta.addr);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// How many datagrams one send may carry.
+    pub(crate) fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// Sends `contents` to `dest`: one datagram, or with `segment_size` several of that
+    /// size (the last may be shorter). Only `WouldBlock` is reported; other errors lose the
+    /// datagrams, as UDP may.
+    pub(crate) fn send(
+        &self,
+        dest: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: crate::socket::to_socket_family(dest, self.v6),
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        match self.udp.try_io(Interest::WRITABLE, || {
+            self.state.try_send((&*self.udp).into(), &transmit)
+        }) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                // Unreachable or refused destination: retransmission and timeouts deal
+                // with the consequences.
+                tracing::debug!(addr = %dest, error = %e, "UDP send failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Largest GSO send in bytes.
+    pub(crate) fn max_gso_bytes(&self) -> usize {
+        MAX_GSO_BYTES
+    }
+}
