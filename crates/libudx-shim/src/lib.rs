@@ -112,7 +112,9 @@ impl UdxRuntime {
 
     /// A new socket, unbound until [`UdxSocket::bind`].
     pub async fn create_socket(&self) -> Result<UdxSocket> {
-        Ok(UdxSocket::default())
+        Ok(UdxSocket {
+            bound: Arc::new(OnceLock::new()),
+        })
     }
 
     /// A new stream with our stream id `local_id`, on no socket until [`UdxStream::connect`] or
@@ -126,7 +128,7 @@ impl UdxRuntime {
 }
 
 /// A UDP socket carrying DHT datagrams and UDX streams. Clones share one socket.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct UdxSocket {
     bound: Arc<OnceLock<udx::UdxSocket>>,
 }
