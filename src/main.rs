@@ -1,1 +1,270 @@
-fn main() {}
+//! `p2p-socket`: the command line. It parses, reports and waits for Ctrl-C; the tunnel itself
+//! is the `p2p-socket` library crate.
+
+mod demo;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgAction, Parser, Subcommand};
+use p2p_socket::identity::{default_identity_path, Identity, KeyPair, PublicKey};
+use p2p_socket::{BootstrapNode, Connect, ConnectOptions, NetworkOptions, Share, ShareOptions};
+use tracing_subscriber::EnvFilter;
+
+/// Share a local TCP port with anyone, peer to peer, end-to-end encrypted, over HyperDHT.
+///
+/// Alice runs `p2p-socket share --port 8080` and sends Bob the key it prints. Bob runs
+/// `p2p-socket connect --port 8080 --key <key>`, and his localhost:8080 reaches hers.
+/// No account, no server in the middle; the peers find each other through the public
+/// HyperDHT network (or a private one, see `bootstrap`).
+#[derive(Parser, Debug)]
+#[command(name = "p2p-socket", version, propagate_version = true)]
+struct Cli {
+    /// DHT bootstrap nodes, host:port[,host:port...]. Default: the public HyperDHT nodes.
+    #[arg(
+        long,
+        global = true,
+        env = "P2P_SOCKET_BOOTSTRAP",
+        value_name = "HOST:PORT,..."
+    )]
+    bootstrap: Option<String>,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+
+    /// Only print errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Share a local port: prints a key; whoever has it can connect.
+    Share {
+        /// Port of the local service to share.
+        #[arg(short, long)]
+        port: u16,
+        /// Host of the local service.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// Identity file; with one (see `create-id`) the key stays the same across restarts.
+        /// Without one, a new key is made for this run.
+        #[arg(long, value_name = "PATH")]
+        identity: Option<PathBuf>,
+    },
+    /// Connect to a share: listens locally and forwards every connection to the sharer.
+    Connect {
+        /// The key the sharer printed (64 hex characters).
+        #[arg(short, long, visible_alias = "remote-key")]
+        key: String,
+        /// Local port to listen on (0 picks a free one).
+        #[arg(short, long, default_value_t = 0)]
+        port: u16,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+    },
+    /// Create an identity file so `share` keeps the same key across restarts (compatible with
+    /// the npm p2p-socket's identity.json).
+    CreateId {
+        /// Derive the identity from these words instead of at random (anyone who knows them can
+        /// derive the key too). Words are joined without spaces, as the npm p2p-socket does.
+        #[arg(short, long, value_name = "WORDS", num_args = 1..)]
+        seed: Vec<String>,
+        /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        identity: Option<PathBuf>,
+    },
+    /// Run a DHT bootstrap node, the entry point of a private network.
+    Bootstrap {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: IpAddr,
+        /// UDP port to listen on.
+        #[arg(long, default_value_t = p2p_socket::dht::DEFAULT_BOOTSTRAP_PORT)]
+        port: u16,
+    },
+    /// Show the whole thing working on this machine, no internet needed: a private DHT, a
+    /// share of a built-in web page, a connect, and a verified fetch through the tunnel.
+    Demo,
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,p2p_socket=info,p2p_socket_cli=info",
+        (false, 1) => "info,p2p_socket=debug,p2p_socket_cli=debug,udx=debug",
+        (false, _) => "debug,p2p_socket=trace,udx=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn network(cli_bootstrap: &Option<String>) -> Result<NetworkOptions> {
+    let bootstrap = match cli_bootstrap {
+        Some(list) => {
+            let nodes = NetworkOptions::parse_bootstrap_list(list)?;
+            if nodes.is_empty() {
+                bail!("--bootstrap is empty; give host:port, or leave it out to use the public network");
+            }
+            nodes
+        }
+        None => Vec::new(),
+    };
+    Ok(NetworkOptions::with_bootstrap(bootstrap))
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Share {
+            port,
+            host,
+            identity,
+        } => {
+            share(
+                network(&cli.bootstrap)?,
+                port,
+                host,
+                identity,
+                &cli.bootstrap,
+            )
+            .await
+        }
+        Command::Connect { key, port, host } => {
+            let remote: PublicKey = key.parse().context("the --key is not a p2p-socket key")?;
+            connect(
+                network(&cli.bootstrap)?,
+                remote,
+                SocketAddr::new(host, port),
+            )
+            .await
+        }
+        Command::CreateId { seed, identity } => {
+            let path = identity.unwrap_or_else(default_identity_path);
+            let seed = seed.concat();
+            let (identity, path) = Identity::save_new(&path, Some(seed.as_str()))?;
+            println!("Wrote a new identity to {}", path.display());
+            println!("Its public key: {}", identity.public_key());
+            println!("`p2p-socket share` run in this directory now keeps the same key for the same --host and --port.");
+            Ok(())
+        }
+        Command::Bootstrap { host, port } => {
+            let peers = match &cli.bootstrap {
+                Some(list) => NetworkOptions::parse_bootstrap_list(list)?,
+                None => Vec::new(),
+            };
+            let node = BootstrapNode::start(host, port, &peers)
+                .await
+                .context("could not start the bootstrap node")?;
+            let addr = node.local_addr()?;
+            println!("Bootstrap node running on {addr} (UDP).");
+            println!(
+                "Point peers at it with: --bootstrap <this machine's address>:{}",
+                addr.port()
+            );
+            wait_for_shutdown().await?;
+            node.close().await;
+            Ok(())
+        }
+        Command::Demo => demo::run().await,
+    }
+}
+
+async fn share(
+    network: NetworkOptions,
+    port: u16,
+    host: String,
+    identity: Option<PathBuf>,
+    bootstrap: &Option<String>,
+) -> Result<()> {
+    if port == 0 {
+        bail!("--port 0 is not a service port; give the port your local service listens on");
+    }
+    let identity_path = identity.clone().unwrap_or_else(default_identity_path);
+    let key_pair = match Identity::load_optional(&identity_path)? {
+        Some(id) => {
+            tracing::info!(path = %identity_path.display(), "using identity");
+            id.share_key_pair(&host, port)
+        }
+        None if identity.is_some() => bail!(
+            "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
+            identity_path.display(),
+            identity_path.display()
+        ),
+        None => KeyPair::generate(),
+    };
+    let share = Share::start(ShareOptions {
+        network,
+        key_pair,
+        service_host: host.clone(),
+        service_port: port,
+    })
+    .await
+    .context("could not start sharing")?;
+    let key = share.public_key();
+    let bootstrap_flag = bootstrap
+        .as_ref()
+        .map(|b| format!(" --bootstrap {b}"))
+        .unwrap_or_default();
+    println!("Sharing {host}:{port}. Key:");
+    println!("{key}");
+    println!("On the other machine run:");
+    println!("  p2p-socket connect --port {port} --key {key}{bootstrap_flag}");
+    wait_for_shutdown().await?;
+    eprintln!("stopping: withdrawing the announcement");
+    share.close().await;
+    Ok(())
+}
+
+async fn connect(network: NetworkOptions, remote: PublicKey, listen: SocketAddr) -> Result<()> {
+    let connect = Connect::start(ConnectOptions {
+        network,
+        key_pair: KeyPair::generate(),
+        remote,
+        listen,
+    })
+    .await
+    .context("could not connect")?;
+    println!("Listening on {}", connect.local_addr());
+    println!("Connections to it reach the sharer of {remote}.");
+    wait_for_shutdown().await?;
+    connect.close().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_shutdown() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot watch for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot watch for Ctrl-C")?;
+    Ok(())
+}

@@ -86,7 +86,7 @@ impl NodeTestnet {
 pub struct NodeServer {
     /// Hex public key that clients connect to.
     pub public_key: String,
-    _process: ChildProcess,
+    pub process: ChildProcess,
 }
 
 impl NodeServer {
@@ -111,7 +111,7 @@ impl NodeServer {
             .to_owned();
         NodeServer {
             public_key,
-            _process: process,
+            process,
         }
     }
 }
@@ -120,7 +120,7 @@ impl NodeServer {
 pub struct NodeClient {
     /// The TCP port it listens on (the OS-picked one when started with 0).
     pub port: u16,
-    _process: ChildProcess,
+    pub process: ChildProcess,
 }
 
 impl NodeClient {
@@ -139,9 +139,6 @@ impl NodeClient {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or_else(|| panic!("`node {script}` port is not a TCP port: {ready}"));
-        NodeClient {
-            port,
-            _process: process,
-        }
+        NodeClient { port, process }
     }
 }

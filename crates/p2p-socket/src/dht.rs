@@ -1,0 +1,284 @@
+//! Joining HyperDHT: where the bootstrap nodes are, and the DHT node every share and connect
+//! runs. The RPC and routing come from `peeroxide-dht`; its UDP socket is our own transport's, so
+//! the tunnel's streams share it exactly as Node's hyperdht shares `dht.socket`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use peeroxide_dht::hyperdht::{self, HyperDhtConfig, HyperDhtHandle, ServerEvent};
+use peeroxide_dht::messages::Ipv4Peer;
+use peeroxide_dht::rpc::DhtConfig;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::error::{Error, Result};
+
+/// The public HyperDHT bootstrap nodes, the same ones Node's hyperdht uses.
+pub const PUBLIC_BOOTSTRAP: [&str; 3] = [
+    "node1.hyperdht.org:49737",
+    "node2.hyperdht.org:49737",
+    "node3.hyperdht.org:49737",
+];
+
+/// The port HyperDHT bootstrap nodes listen on by convention.
+pub const DEFAULT_BOOTSTRAP_PORT: u16 = 49737;
+
+/// How long joining may take before we call the bootstrap nodes unreachable. dht-rpc retries a
+/// request a few times over about a second each, so this leaves room for a slow network without
+/// making a typo in `--bootstrap` hang.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which DHT to join, and where to bind. The default is the public HyperDHT network.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    /// Bootstrap nodes as `host:port`. Empty means the public HyperDHT network.
+    pub bootstrap: Vec<String>,
+    /// Address the DHT's UDP socket binds to. `None` picks: loopback when every bootstrap node
+    /// is on this machine (such a network cannot reach anyone else, and advertising LAN
+    /// addresses to its peers would only send packets out of the machine for nothing), all
+    /// interfaces otherwise.
+    pub bind_host: Option<IpAddr>,
+}
+
+impl NetworkOptions {
+    /// Options for a private network reached through `bootstrap`.
+    pub fn with_bootstrap<I, S>(bootstrap: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            bootstrap: bootstrap.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Parses a comma-separated `host:port[,host:port...]` list, as `--bootstrap` takes it.
+    pub fn parse_bootstrap_list(list: &str) -> Result<Vec<String>> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (host, port) = s
+                    .rsplit_once(':')
+                    .ok_or_else(|| Error::BadBootstrapAddress(s.to_string()))?;
+                match port.parse::<u16>() {
+                    Ok(p) if p != 0 && !host.is_empty() => Ok(s.to_string()),
+                    _ => Err(Error::BadBootstrapAddress(s.to_string())),
+                }
+            })
+            .collect()
+    }
+
+    fn bootstrap_or_public(&self) -> Vec<String> {
+        if self.bootstrap.is_empty() {
+            PUBLIC_BOOTSTRAP.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.bootstrap.clone()
+        }
+    }
+}
+
+/// Resolves `host:port` entries to IPv4 socket addresses. Names that do not resolve are dropped
+/// (the public list has three names; one being down must not stop us), but if nothing resolves
+/// the user learns which names failed.
+async fn resolve(nodes: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let lookup = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(node));
+        match lookup.await {
+            Ok(Ok(addrs)) => {
+                if let Some(a) = addrs.into_iter().find(SocketAddr::is_ipv4) {
+                    out.push(a);
+                }
+            }
+            Ok(Err(e)) => debug!(node, error = %e, "bootstrap name did not resolve"),
+            Err(_) => debug!(node, "bootstrap name lookup timed out"),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::BootstrapUnreachable {
+            nodes: nodes.join(", "),
+        });
+    }
+    Ok(out)
+}
+
+/// A running DHT node: the handle for queries, the events for a server, and the UDP socket
+/// that our streams share with the RPC.
+pub struct DhtNode {
+    handle: HyperDhtHandle,
+    socket: udx::UdxSocket,
+    events: Option<mpsc::UnboundedReceiver<ServerEvent>>,
+    task: tokio::task::JoinHandle<()>,
+    // Kept alive for the DHT's sockets; peeroxide-dht creates everything through it.
+    _runtime: libudx::UdxRuntime,
+}
+
+impl DhtNode {
+    /// Joins the DHT as a short-lived, firewalled node (what share and connect are): it asks
+    /// the network, it does not store records for others.
+    pub async fn join(opts: &NetworkOptions) -> Result<DhtNode> {
+        let nodes = opts.bootstrap_or_public();
+        let resolved = resolve(&nodes).await?;
+        let bind_host = opts.bind_host.unwrap_or_else(|| {
+            if resolved.iter().all(|a| a.ip().is_loopback()) {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }
+        });
+        // peeroxide's config structs are non-exhaustive: start from the defaults.
+        let mut config = DhtConfig::default();
+        config.bootstrap = resolved.iter().map(SocketAddr::to_string).collect();
+        config.host = bind_host.to_string();
+        config.port = 0;
+        config.ephemeral = Some(true);
+        config.firewalled = true;
+        let node = Self::spawn(config).await?;
+        let joined = tokio::time::timeout(JOIN_TIMEOUT, node.handle.bootstrapped()).await;
+        let table = node.handle.table_size().await.unwrap_or(0);
+        if joined.is_err() || table == 0 {
+            node.destroy().await;
+            return Err(Error::BootstrapUnreachable {
+                nodes: nodes.join(", "),
+            });
+        }
+        info!(routing_table = table, "joined the DHT");
+        Ok(node)
+    }
+
+    /// Runs a persistent DHT node on a fixed address, as a bootstrap node for a private network
+    /// (or as one more node of it, when `bootstrap` names others).
+    pub async fn serve(host: IpAddr, port: u16, bootstrap: &[String]) -> Result<DhtNode> {
+        let resolved = if bootstrap.is_empty() {
+            Vec::new()
+        } else {
+            resolve(bootstrap).await?
+        };
+        // Fail here with a clear message rather than deep inside the RPC layer.
+        drop(
+            std::net::UdpSocket::bind((host, port)).map_err(|source| Error::Bind {
+                addr: SocketAddr::new(host, port).to_string(),
+                source,
+            })?,
+        );
+        let mut config = DhtConfig::default();
+        config.bootstrap = resolved.iter().map(SocketAddr::to_string).collect();
+        config.host = host.to_string();
+        config.port = port;
+        config.ephemeral = Some(false);
+        config.firewalled = false;
+        Self::spawn(config).await
+    }
+
+    async fn spawn(config: DhtConfig) -> Result<DhtNode> {
+        let runtime = libudx::UdxRuntime::new().map_err(|e| Error::Dht(e.to_string()))?;
+        let mut hyper = HyperDhtConfig::default();
+        hyper.dht = config;
+        let (join, handle, events) = hyperdht::spawn(&runtime, hyper).await?;
+        let socket = handle
+            .server_socket()
+            .await?
+            .and_then(|s| s.inner().cloned())
+            .ok_or_else(|| Error::Dht("the DHT has no bound socket".into()))?;
+        let task = tokio::spawn(async move {
+            match join.await {
+                Ok(Ok(())) => debug!("DHT node stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "DHT node failed"),
+                Err(e) => tracing::warn!(error = %e, "DHT node task failed"),
+            }
+        });
+        Ok(DhtNode {
+            handle,
+            socket,
+            events: Some(events),
+            task,
+            _runtime: runtime,
+        })
+    }
+
+    /// The peeroxide-dht handle, for queries and requests.
+    pub(crate) fn handle(&self) -> &HyperDhtHandle {
+        &self.handle
+    }
+
+    /// The UDP socket that carries both the DHT RPC and our streams.
+    pub(crate) fn socket(&self) -> &udx::UdxSocket {
+        &self.socket
+    }
+
+    /// Takes the stream of handshakes addressed to servers on this node. Only one server may.
+    pub(crate) fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<ServerEvent>> {
+        self.events.take()
+    }
+
+    /// The address of the DHT's UDP socket.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    /// The addresses we can tell a peer to reach us on: the sampled public address if the DHT
+    /// learned one, and the local address of our socket (all interface addresses when bound to
+    /// the wildcard, so peers on the same LAN can skip the NAT).
+    pub(crate) async fn reachable_addresses(&self) -> Vec<Ipv4Peer> {
+        let mut out = Vec::new();
+        if let Ok(Some(remote)) = self.handle.remote_address().await {
+            out.push(remote);
+        }
+        let Ok(local) = self.socket.local_addr() else {
+            return out;
+        };
+        let port = local.port();
+        let push = |out: &mut Vec<Ipv4Peer>, ip: Ipv4Addr| {
+            let peer = Ipv4Peer {
+                host: ip.to_string(),
+                port,
+            };
+            if !out.contains(&peer) {
+                out.push(peer);
+            }
+        };
+        match local.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+                    if let IpAddr::V4(ip) = iface.ip() {
+                        if !ip.is_loopback() {
+                            push(&mut out, ip);
+                        }
+                    }
+                }
+            }
+            IpAddr::V4(ip) => push(&mut out, ip),
+            IpAddr::V6(_) => {}
+        }
+        out
+    }
+
+    /// Stops the node and closes its sockets.
+    pub async fn destroy(self) {
+        let _ = self.handle.destroy().await;
+        self.task.abort();
+    }
+}
+
+/// Process-wide source of local UDX stream ids. They only need to be unique per socket; a random
+/// start keeps a restarted process from reusing the ids of its previous run while a peer still
+/// has packets in flight for them.
+pub(crate) fn next_stream_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        rand::random::<u32>() | 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    NEXT.fetch_add(1, Ordering::Relaxed).max(1)
+}
+
+/// Converts a peeroxide address into a socket address.
+pub(crate) fn to_socket_addr(peer: &Ipv4Peer) -> Option<SocketAddr> {
+    let ip: Ipv4Addr = peer.host.parse().ok()?;
+    (peer.port != 0).then(|| SocketAddr::from((ip, peer.port)))
+}

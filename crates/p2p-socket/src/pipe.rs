@@ -1,0 +1,84 @@
+//! Moving bytes between a local TCP connection and an encrypted peer stream.
+//!
+//! The rule that matters: *end, don't destroy*. When one side finishes sending, we pass the end
+//! on (TCP FIN becomes a UDX END and back) and keep the other direction running, so an HTTP/1.0
+//! server that writes its answer and closes still gets every byte to the peer, and protocols that
+//! half-close keep working. Only a failure (a reset, a dead peer) tears both directions down.
+
+use std::io;
+
+use peeroxide_dht::secret_stream::{SecretStream, SecretStreamError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// The secret stream caps a message at 16 MiB; 64 KiB keeps memory per connection small while
+/// amortising the per-message header and tag.
+const CHUNK: usize = 64 * 1024;
+
+/// Bytes moved by one [`pipe`], each direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the local TCP connection to the peer.
+    pub to_peer: u64,
+    /// From the peer to the local TCP connection.
+    pub from_peer: u64,
+}
+
+fn stream_error(e: SecretStreamError) -> io::Error {
+    match e {
+        SecretStreamError::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Copies both ways until both directions have ended, or either fails.
+pub async fn pipe<T>(tcp: TcpStream, peer: SecretStream<T>) -> io::Result<Transferred>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let _ = tcp.set_nodelay(true);
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+    let (mut peer_r, mut peer_w) = peer.into_split();
+
+    let upstream = async {
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = tcp_r.read(&mut buf).await?;
+            if n == 0 {
+                peer_w.shutdown().await.map_err(stream_error)?;
+                debug!(
+                    bytes = total,
+                    "local side ended; passed the end to the peer"
+                );
+                return Ok::<u64, io::Error>(total);
+            }
+            peer_w.write(&buf[..n]).await.map_err(stream_error)?;
+            total += n as u64;
+        }
+    };
+    let downstream = async {
+        let mut total = 0u64;
+        loop {
+            match peer_r.read().await.map_err(stream_error)? {
+                Some(data) => {
+                    tcp_w.write_all(&data).await?;
+                    total += data.len() as u64;
+                }
+                None => {
+                    tcp_w.shutdown().await?;
+                    debug!(
+                        bytes = total,
+                        "peer ended; passed the end to the local side"
+                    );
+                    return Ok::<u64, io::Error>(total);
+                }
+            }
+        }
+    };
+    // try_join: the first error ends both directions (dropping the halves closes the
+    // connection), a clean end of one direction leaves the other running.
+    let (to_peer, from_peer) = tokio::try_join!(upstream, downstream)?;
+    Ok(Transferred { to_peer, from_peer })
+}
