@@ -3,6 +3,7 @@
 
 mod demo;
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -94,9 +95,11 @@ enum Command {
     Demo,
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, demo: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        // The demo prints its own steps; its logs would only bury them.
+        (false, 0) if demo => "warn",
         (false, 0) => "warn,p2p_socket=info,p2p_socket_cli=info",
         (false, 1) => "info,p2p_socket=debug,p2p_socket_cli=debug,udx=debug",
         (false, _) => "debug,p2p_socket=trace,udx=trace",
@@ -105,6 +108,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -126,7 +130,7 @@ fn network(cli_bootstrap: &Option<String>) -> Result<NetworkOptions> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, matches!(cli.command, Command::Demo));
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -118,7 +118,10 @@ impl Service {
 
     /// Like [`Service::start`], with the behaviour of the n-th connection (from 0) chosen by `pick`.
     pub fn start_seq(pick: impl Fn(u64) -> Behaviour + Send + 'static) -> Service {
-        Self::serve_on(TcpListener::bind("127.0.0.1:0").expect("bind test service"), pick)
+        Self::serve_on(
+            TcpListener::bind("127.0.0.1:0").expect("bind test service"),
+            pick,
+        )
     }
 
     /// A service on a given port (to bring back a service that was down).
@@ -127,7 +130,10 @@ impl Service {
         Self::serve_on(listener, move |_| behaviour)
     }
 
-    fn serve_on(listener: TcpListener, pick: impl Fn(u64) -> Behaviour + Send + 'static) -> Service {
+    fn serve_on(
+        listener: TcpListener,
+        pick: impl Fn(u64) -> Behaviour + Send + 'static,
+    ) -> Service {
         let addr = listener.local_addr().unwrap();
         let (tx, tallies) = mpsc::channel();
         thread::spawn(move || {
