@@ -67,14 +67,14 @@ fn rust_connect_to_node_server(bootstrap: &[String]) {
 fn node_client_reaches_rust_share_on_our_dht() {
     require_node();
     let dht = LocalDht::start(NODES);
-    node_client_to_rust_share(&[dht.bootstrap.clone()]);
+    node_client_to_rust_share(std::slice::from_ref(&dht.bootstrap));
 }
 
 #[test]
 fn rust_connect_reaches_node_server_on_our_dht() {
     require_node();
     let dht = LocalDht::start(NODES);
-    rust_connect_to_node_server(&[dht.bootstrap.clone()]);
+    rust_connect_to_node_server(std::slice::from_ref(&dht.bootstrap));
 }
 
 #[test]
