@@ -63,9 +63,16 @@ pub struct ShareProcess {
 
 impl ShareProcess {
     pub fn start(bootstrap: &str, service_port: u16, extra: &[&str]) -> ShareProcess {
+        let port = service_port.to_string();
+        let mut args = vec!["--host", "127.0.0.1", "--port", &port];
+        args.extend_from_slice(extra);
+        Self::start_with(bootstrap, &args)
+    }
+
+    /// `p2p-socket share` with exactly these arguments (plus --bootstrap).
+    pub fn start_with(bootstrap: &str, args: &[&str]) -> ShareProcess {
         let mut cmd = bin();
-        cmd.args(["share", "--host", "127.0.0.1", "--port", &service_port.to_string()]);
-        cmd.args(["--bootstrap", bootstrap]).args(extra);
+        cmd.arg("share").args(args).args(["--bootstrap", bootstrap]);
         let mut process = ChildProcess::spawn(cmd, "share");
         let key = process.wait_for(READY, |line| {
             let l = line.trim();

@@ -47,11 +47,17 @@ impl ChildProcess {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("{} printed no ready line within {timeout:?}; its stderr is above", self.name)
+                    panic!(
+                        "{} printed no ready line within {timeout:?}; its stderr is above",
+                        self.name
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait();
-                    panic!("{} exited ({status:?}) before it was ready; its stderr is above", self.name)
+                    panic!(
+                        "{} exited ({status:?}) before it was ready; its stderr is above",
+                        self.name
+                    )
                 }
             }
         }

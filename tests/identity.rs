@@ -1,0 +1,71 @@
+//! A user switching from the npm p2p-socket keeps the key their peers already have: the same
+//! identity.json, host and port give the same share key (vectors computed with the npm tool's
+//! rules on Node hyperdht 6.34.0, see interop/node/keypair.js).
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::cli::{bin, LocalDht, ShareProcess};
+
+/// `p2p-socket create-id -s abc` in the npm tool writes this identity.
+const NPM_IDENTITY_ABC: &str = r#"{
+  "keyPair": {
+    "publicKey": "204aaed5e86cd99a149c0d51d033261996cdbd67a2becb24dfaa43a4828181e8",
+    "secretKey": "6162636162636162636162636162636162636162636162636162636162636162204aaed5e86cd99a149c0d51d033261996cdbd67a2becb24dfaa43a4828181e8"
+  }
+}"#;
+/// ...and `share -p 8080` (host localhost) then announces this key.
+const NPM_SHARE_KEY_LOCALHOST_8080: &str =
+    "2078f5be017d2a0ca485b232ab02d852837aedc9dc340078bd5ba732a680feba";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("p2p-socket-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn create_id_writes_what_the_npm_tool_writes() {
+    let dir = temp_dir("create-id");
+    let out = bin()
+        .args(["create-id", "--seed", "a", "bc"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(dir.join("identity.json")).unwrap();
+    // The npm tool joins the seed words without spaces: `-s a bc` is the seed "abc".
+    assert_eq!(written, NPM_IDENTITY_ABC);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&dir.join("identity.json").display().to_string()),
+        "says where: {stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn share_with_an_npm_identity_announces_the_npm_key() {
+    let dir = temp_dir("npm-identity");
+    let path = dir.join("identity.json");
+    std::fs::write(&path, NPM_IDENTITY_ABC).unwrap();
+    let dht = LocalDht::start(3);
+    let mut share = ShareProcess::start_with(
+        &dht.bootstrap,
+        &["--port", "8080", "--identity", path.to_str().unwrap()],
+    );
+    assert_eq!(share.key, NPM_SHARE_KEY_LOCALHOST_8080);
+    share.terminate_and_expect_clean_exit();
+
+    // Without an identity the key is new every run, as with the npm tool.
+    let a = ShareProcess::start(&dht.bootstrap, 8080, &[]).key;
+    let b = ShareProcess::start(&dht.bootstrap, 8080, &[]).key;
+    assert_ne!(a, b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
