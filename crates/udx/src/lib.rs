@@ -128,15 +128,21 @@ impl UdxSocket {
 
     /// Sends one datagram now (best effort, like UDP).
     pub fn send_to(&self, data: &[u8], addr: SocketAddr) -> io::Result<()> {
-        match self
-            .core
-            .udp
-            .try_send_to(data, socket::to_socket_family(addr, self.core.v6))
-        {
+        let to = socket::to_socket_family(addr, self.core.v6);
+        match self.core.udp.try_send_to(data, to) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // A full socket buffer drops the datagram, exactly as the network may.
-                tracing::trace!(%addr, "socket buffer full, datagram dropped");
+                // tokio answers WouldBlock from its readiness cache until the reactor has seen
+                // the socket writable once, so on a fresh socket the datagram was never tried
+                // (the DHT's first bootstrap ping was lost this way and cost a 1 s retry).
+                // Let a task wait for writability instead of dropping it.
+                let udp = Arc::clone(&self.core.udp);
+                let data = data.to_vec();
+                tokio::spawn(async move {
+                    if let Err(e) = udp.send_to(&data, to).await {
+                        tracing::debug!(%to, error = %e, "datagram not sent");
+                    }
+                });
                 Ok(())
             }
             Err(e) => Err(e),
