@@ -27,21 +27,18 @@ pub(crate) fn router(home: &HomeSpec) -> String {
         r,
         "-A PREROUTING -i wan -m ttl --ttl-lt {MIN_ARRIVAL_TTL} -j DROP"
     );
+    // Loss and delay shape what leaves the home, as netem on the uplink's egress would: between
+    // two homes each direction gets the sender's loss and delay once. They match packets as
+    // they come in from the LAN, before conntrack and NAT see them.
     if home.loss > 0.0 {
-        // Both directions of the uplink lose packets: inbound from the WAN, outbound as they
-        // come in from the LAN on their way out.
-        for dev in ["wan", "lan"] {
-            let _ = writeln!(
-                r,
-                "-A PREROUTING -i {dev} -m statistic --mode random --probability {:.6} -j DROP",
-                home.loss
-            );
-        }
+        let _ = writeln!(
+            r,
+            "-A PREROUTING -i lan -m statistic --mode random --probability {:.6} -j DROP",
+            home.loss
+        );
     }
     if !home.delay.is_zero() {
-        for dev in ["wan", "lan"] {
-            let _ = writeln!(r, "-A PREROUTING -i {dev} -j NFQUEUE --queue-num {QUEUE}");
-        }
+        let _ = writeln!(r, "-A PREROUTING -i lan -j NFQUEUE --queue-num {QUEUE}");
     }
     r.push_str("COMMIT\n");
     if home.nat == Nat::Open {

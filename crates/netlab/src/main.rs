@@ -32,10 +32,10 @@ enum Command {
         /// The NAT type of each home, in order: open, cone or symmetric.
         #[arg(long, value_delimiter = ',', default_value = "cone,symmetric")]
         homes: Vec<Nat>,
-        /// Share of packets lost on every home's uplink, each direction (e.g. 0.05).
+        /// Share of the packets leaving each home that its uplink loses (e.g. 0.05).
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
-        /// Delay on every home's uplink, each direction, in milliseconds.
+        /// Delay of the packets leaving each home on its uplink, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
         /// The p2p-socket binary that runs the DHT nodes (default: the one built next to netlab).
@@ -247,10 +247,10 @@ fn describe(home: &Home) -> String {
         home.router.netns
     );
     if home.spec.loss > 0.0 {
-        line += &format!("  loss {}% each way", home.spec.loss * 100.0);
+        line += &format!("  loss {}% outbound", home.spec.loss * 100.0);
     }
     if !home.spec.delay.is_zero() {
-        line += &format!("  delay {} ms each way", home.spec.delay.as_millis());
+        line += &format!("  delay {} ms outbound", home.spec.delay.as_millis());
     }
     line
 }

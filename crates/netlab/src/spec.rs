@@ -56,9 +56,9 @@ impl FromStr for Nat {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HomeSpec {
     pub nat: Nat,
-    /// Share of packets dropped at random on the uplink, in each direction (0.0 to 1.0).
+    /// Share of the packets leaving the home that the uplink drops at random (0.0 to 1.0).
     pub loss: f64,
-    /// Time each packet is held on the uplink, in each direction.
+    /// Time the uplink holds each packet leaving the home.
     pub delay: Duration,
 }
 

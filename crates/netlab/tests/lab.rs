@@ -222,20 +222,17 @@ fn round_trips(spec: LabSpec, p: Probe) -> TargetReport {
 
 #[test]
 fn loss_drops_about_the_configured_share() {
-    const LOSS: f64 = 0.2;
+    const LOSS: f64 = 0.3;
     const COUNT: u32 = 1000;
     let r = round_trips(
         LabSpec::homes([Nat::Cone]).loss(LOSS),
         Probe::default().count(COUNT).wait_ms(1000),
     );
-    // A round trip crosses the lossy uplink twice.
-    let expected = (1.0 - LOSS) * (1.0 - LOSS);
+    // The uplink loses what leaves the home; the answers come back whole.
+    let expected = 1.0 - LOSS;
     let measured = f64::from(r.received) / f64::from(COUNT);
     eprintln!(
-        "loss {LOSS} each way: {:.3} of round trips came back (expected {expected:.3}), \
-         one-way loss measured {:.3}",
-        measured,
-        1.0 - measured.sqrt()
+        "loss {LOSS} outbound: {measured:.3} of round trips came back (expected {expected:.3})"
     );
     // Four standard deviations of a binomial of 1000 round trips is about 0.06.
     assert!(
@@ -252,15 +249,12 @@ fn delay_holds_every_packet_on_the_uplink() {
         Probe::default().count(50),
     );
     let (min, max) = (r.rtt_min.unwrap(), r.rtt_max.unwrap());
-    eprintln!("delay {delay:?} each way: round trips {min:?} to {max:?}");
+    eprintln!("delay {delay:?} outbound: round trips {min:?} to {max:?}");
     assert_eq!(r.received, r.sent, "delay must not lose packets");
+    assert!(min >= delay, "round trip {min:?} is shorter than the delay");
     assert!(
-        min >= 2 * delay,
-        "round trip {min:?} is shorter than twice the delay"
-    );
-    assert!(
-        max < 2 * delay + Duration::from_millis(100),
-        "round trip {max:?} is far longer than twice the delay"
+        max < delay + Duration::from_millis(100),
+        "round trip {max:?} is far longer than the delay"
     );
 }
 
