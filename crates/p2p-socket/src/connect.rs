@@ -8,22 +8,26 @@ use std::time::{Duration, Instant};
 
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{
-    decode_handshake_from_bytes, decode_hyper_peer_from_bytes, MODE_FROM_CLIENT, MODE_REPLY,
-    PEER_HANDSHAKE,
+    decode_handshake_from_bytes, decode_hyper_peer_from_bytes, NoisePayload, FIREWALL_OPEN,
+    MODE_FROM_CLIENT, MODE_REPLY, PEER_HANDSHAKE,
 };
 use peeroxide_dht::messages::Ipv4Peer;
-use peeroxide_dht::noise_wrap::NoiseWrap;
+use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
 use peeroxide_dht::rpc::UserRequestParams;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
+use udx::UdxStream;
 
 use crate::dht::{next_stream_id, to_socket_addr, DhtNode, NetworkOptions};
 use crate::error::{Error, Result};
-use crate::handshake::{check_remote, dial_address, message, our_payload};
+use crate::handshake::{check_remote, dial_address, lan_address, message, our_payload};
+use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::identity::{KeyPair, PublicKey};
-use crate::peer::{secure, PeerStream};
+use crate::nat::Firewall;
+use crate::peer::{secure, Path, PeerStream};
 use crate::pipe::pipe;
+use crate::punch_socket::{PunchSocket, RpcMessage};
 
 /// How long finding the sharer may take. A lookup on a healthy DHT takes well under a second on
 /// a LAN and one or two on the internet; past this the key is not announced anywhere we can see.
@@ -35,6 +39,71 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 /// How many of the nodes holding the announcement we ask before giving up on a connection.
 const HANDSHAKE_ATTEMPTS: usize = 3;
 
+/// A handshake sent straight through a punched hole: one round trip, so a short wait, tried
+/// twice (a lost datagram should not cost a whole new punch).
+const ROUTE_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(1000);
+const ROUTE_HANDSHAKE_TRIES: u32 = 2;
+
+/// How often a kept punched socket pings the sharer's end (which answers): NATs forget a UDP
+/// mapping after 30 s or more without traffic.
+const ROUTE_KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+/// A punched socket that heard nothing for this long is given up.
+const ROUTE_DEAD_AFTER: Duration = Duration::from_secs(35);
+
+/// A hole punched to the sharer, kept for the next connections: their handshakes go straight
+/// through it instead of through the DHT, and need no new punch (hyperdht's reusable socket
+/// route).
+struct Route {
+    socket: PunchSocket,
+    server: SocketAddr,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl Route {
+    fn new(socket: PunchSocket, server: SocketAddr) -> Route {
+        let pinger = socket.clone();
+        let keepalive = tokio::spawn(async move {
+            let mut every = tokio::time::interval(ROUTE_KEEPALIVE_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                pinger.probe(server, false);
+            }
+        });
+        Route {
+            socket,
+            server,
+            keepalive,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.socket.last_heard().elapsed() < ROUTE_DEAD_AFTER
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+/// The sharer's answer to a handshake sent through a DHT node.
+struct Answer {
+    hs: NoiseWrapResult,
+    remote: NoisePayload,
+    remote_id: u32,
+    local_id: u32,
+    /// The DHT node the handshake went through.
+    relay: SocketAddr,
+    /// Where that node saw the sharer.
+    server_address: SocketAddr,
+    relayed: bool,
+    /// Our stream on the DHT socket, made before asking when we said we are reachable (the
+    /// sharer then sends first).
+    waiting: Option<UdxStream>,
+}
+
 /// An encrypted connection to a sharer, opened through a DHT node.
 pub struct Connector {
     node: DhtNode,
@@ -43,6 +112,10 @@ pub struct Connector {
     /// DHT nodes that held the sharer's announcement last time: later connections go straight to
     /// them instead of searching again (hyperdht's relay address cache does the same).
     relays: Mutex<Vec<Ipv4Peer>>,
+    route: std::sync::Mutex<Option<Arc<Route>>>,
+    /// One punch at a time: a connection that needs one while another is punching waits, then
+    /// takes the route that punch leaves.
+    punching: Mutex<()>,
 }
 
 impl Connector {
@@ -59,6 +132,8 @@ impl Connector {
             key_pair,
             remote,
             relays: Mutex::new(Vec::new()),
+            route: std::sync::Mutex::new(None),
+            punching: Mutex::new(()),
         };
         let started = Instant::now();
         let relays = connector.lookup().await?;
@@ -78,6 +153,8 @@ impl Connector {
             tokio::time::timeout(LOOKUP_TIMEOUT, self.node.handle().query_find_peer(target))
                 .await
                 .map_err(|_| Error::PeerNotFound)??;
+        self.node
+            .add_nodes(replies.iter().filter_map(|r| to_socket_addr(&r.from)));
         let mut relays: Vec<Ipv4Peer> = Vec::new();
         for reply in replies {
             let Some(value) = reply.value.as_deref() else {
@@ -101,31 +178,179 @@ impl Connector {
 
     /// Opens one encrypted connection to the sharer.
     pub async fn open(&self) -> Result<PeerStream> {
-        let relays = self.relays.lock().await.clone();
-        match self.open_via(&relays).await {
-            Err(Error::HandshakeFailed(why)) => {
-                // The announcement may have moved (the sharer restarted, nodes churned).
-                debug!(%why, "cached DHT nodes failed; searching again");
-                let fresh = self.lookup().await?;
-                *self.relays.lock().await = fresh.clone();
-                self.open_via(&fresh).await
+        Ok(self.open_with_path().await?.0)
+    }
+
+    /// Opens one encrypted connection to the sharer, and says how its packets travel.
+    pub async fn open_with_path(&self) -> Result<(PeerStream, Path)> {
+        // Twice at most: a second time only when another connection punched while we waited
+        // for our turn to punch, or the punched route failed.
+        for _ in 0..2 {
+            if let Some(route) = self.live_route() {
+                match self.open_on_route(&route).await {
+                    Ok(peer) => return Ok((peer, Path::Punched)),
+                    Err(e) => {
+                        debug!(error = %e, "the punched route failed; going through the DHT");
+                        self.forget_route(&route);
+                    }
+                }
             }
-            other => other,
+            let answer = self.handshake().await?;
+            match self.decide(&answer).await? {
+                Decision::Dial(addr) => {
+                    let stream = match answer.waiting {
+                        Some(s) => s,
+                        None => self.node.socket().create_stream(answer.local_id)?,
+                    };
+                    debug!(%addr, "dialling the sharer");
+                    stream.connect(answer.remote_id, addr)?;
+                    let peer = secure(true, stream, &answer.hs, &format!("to {addr}")).await?;
+                    return Ok((peer, Path::Direct));
+                }
+                Decision::Wait => {
+                    let stream = answer
+                        .waiting
+                        .ok_or_else(|| Error::HandshakeFailed("no stream to wait on".into()))?;
+                    debug!("waiting for the sharer to reach us");
+                    stream.connect_on_first_packet(answer.remote_id);
+                    let peer = secure(true, stream, &answer.hs, "from the sharer").await?;
+                    return Ok((peer, Path::Direct));
+                }
+                Decision::Punch => {
+                    let _turn = self.punching.lock().await;
+                    if self.live_route().is_some() {
+                        continue;
+                    }
+                    return Ok((self.punch(answer).await?, Path::Punched));
+                }
+            }
+        }
+        Err(Error::HolepunchFailed(
+            "the hole punched to the sharer stopped working right away".into(),
+        ))
+    }
+
+    fn live_route(&self) -> Option<Arc<Route>> {
+        let route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        route.as_ref().filter(|r| r.alive()).cloned()
+    }
+
+    fn forget_route(&self, dead: &Arc<Route>) {
+        let mut route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        if route.as_ref().is_some_and(|r| Arc::ptr_eq(r, dead)) {
+            *route = None;
         }
     }
 
-    async fn open_via(&self, relays: &[Ipv4Peer]) -> Result<PeerStream> {
-        let target = hash(&self.remote.0);
-        let stream = self.node.socket().create_stream(next_stream_id())?;
+    fn our_firewall(&self) -> Firewall {
+        if self.node.is_open() {
+            Firewall::Open
+        } else {
+            Firewall::Unknown
+        }
+    }
+
+    /// The Noise handshake, first message and the state to read the answer.
+    async fn start_handshake(&self, local_id: u32) -> Result<(NoiseWrap, Vec<u8>)> {
         let noise_kp = peeroxide_dht::noise::Keypair {
             public_key: self.key_pair.public_key,
             secret_key: self.key_pair.secret_key,
         };
         let mut nw = NoiseWrap::new_initiator(noise_kp, self.remote.0);
-        let payload = our_payload(stream.local_id(), self.node.reachable_addresses().await);
+        let payload = our_payload(
+            local_id,
+            self.node.reachable_addresses().await,
+            self.our_firewall(),
+            None,
+        );
         let noise = nw
             .send(&payload)
             .map_err(|e| Error::HandshakeFailed(e.to_string()))?;
+        Ok((nw, noise))
+    }
+
+    /// Reads the sharer's half of the handshake.
+    fn finish_handshake(
+        mut nw: NoiseWrap,
+        noise: &[u8],
+    ) -> Result<(NoisePayload, u32, NoiseWrapResult)> {
+        let remote = nw
+            .recv(noise)
+            .map_err(|e| Error::HandshakeFailed(format!("bad answer: {e}")))?;
+        let remote_id = check_remote(&remote).map_err(Error::Incompatible)?;
+        let hs = nw
+            .finalize()
+            .map_err(|e| Error::HandshakeFailed(e.to_string()))?;
+        Ok((remote, remote_id, hs))
+    }
+
+    /// A connection through a hole punched earlier: the handshake goes straight to the
+    /// sharer's end of it, which answers and connects at once.
+    async fn open_on_route(&self, route: &Route) -> Result<PeerStream> {
+        let local_id = next_stream_id();
+        // The sharer starts sending as soon as it answers: have the stream ready.
+        let stream = route.socket.udx().create_stream(local_id)?;
+        let (nw, noise) = self.start_handshake(local_id).await?;
+        let request = message(MODE_FROM_CLIENT, noise, None);
+        let reply = route
+            .socket
+            .request(
+                route.server,
+                RpcMessage::user(PEER_HANDSHAKE, hash(&self.remote.0), request),
+                ROUTE_HANDSHAKE_TIMEOUT,
+                ROUTE_HANDSHAKE_TRIES,
+            )
+            .await
+            .map_err(|e| Error::HandshakeFailed(format!("through the punched hole: {e}")))?;
+        let answer = reply
+            .value
+            .as_deref()
+            .and_then(|v| decode_handshake_from_bytes(v).ok())
+            .filter(|m| {
+                reply.error == 0
+                    && m.mode == MODE_REPLY
+                    && !m.noise.is_empty()
+                    && reply.from == route.server
+            })
+            .ok_or_else(|| {
+                Error::HandshakeFailed("no usable answer through the punched hole".into())
+            })?;
+        let (_, remote_id, hs) = Self::finish_handshake(nw, &answer.noise)?;
+        stream.connect(remote_id, route.server)?;
+        secure(
+            true,
+            stream,
+            &hs,
+            &format!("through the punched hole to {}", route.server),
+        )
+        .await
+    }
+
+    /// The handshake through the DHT nodes holding the announcement (searching again if those
+    /// we know fail).
+    async fn handshake(&self) -> Result<Answer> {
+        let relays = self.relays.lock().await.clone();
+        match self.handshake_via(&relays).await {
+            Err(Error::HandshakeFailed(why)) => {
+                // The announcement may have moved (the sharer restarted, nodes churned).
+                debug!(%why, "cached DHT nodes failed; searching again");
+                let fresh = self.lookup().await?;
+                *self.relays.lock().await = fresh.clone();
+                self.handshake_via(&fresh).await
+            }
+            other => other,
+        }
+    }
+
+    async fn handshake_via(&self, relays: &[Ipv4Peer]) -> Result<Answer> {
+        let target = hash(&self.remote.0);
+        let local_id = next_stream_id();
+        let waiting = if self.our_firewall() == Firewall::Open {
+            Some(self.node.socket().create_stream(local_id)?)
+        } else {
+            None
+        };
+        let (nw, noise) = self.start_handshake(local_id).await?;
         let request = message(MODE_FROM_CLIENT, noise, None);
 
         let mut last_error = String::from("no DHT node holds the announcement");
@@ -155,46 +380,119 @@ impl Connector {
                     continue;
                 }
             };
-            let remote = nw
-                .recv(&reply.noise)
-                .map_err(|e| Error::HandshakeFailed(format!("bad answer: {e}")))?;
-            let remote_id = check_remote(&remote).map_err(Error::Incompatible)?;
-            let hs = nw
-                .finalize()
-                .map_err(|e| Error::HandshakeFailed(e.to_string()))?;
+            let (remote, remote_id, hs) = Self::finish_handshake(nw, &reply.noise)?;
+            let relay_addr = to_socket_addr(relay)
+                .ok_or_else(|| Error::HandshakeFailed("a DHT node's address is invalid".into()))?;
             // A relayed answer names the address the relaying node saw the sharer at; a direct
             // one came from the sharer itself.
-            let seen_peer = reply.peer_address.unwrap_or_else(|| relay.clone());
-            let seen = to_socket_addr(&seen_peer)
-                .ok_or_else(|| Error::HandshakeFailed("the peer's address is invalid".into()))?;
-            let our_public: Option<Ipv4Addr> = self
-                .node
-                .handle()
-                .remote_address()
-                .await
-                .ok()
-                .flatten()
-                .and_then(|p| p.host.parse().ok());
-            let our_local: Vec<Ipv4Addr> = self
-                .node
-                .reachable_addresses()
-                .await
-                .iter()
-                .filter_map(|p| p.host.parse().ok())
-                .collect();
-            let addr = dial_address(seen, &remote.addresses4, our_public, &our_local);
-            debug!(%addr, remote_stream = remote_id, "handshake done; opening the data path");
-            stream.connect(remote_id, addr)?;
-            return secure(true, stream, &hs, &format!("to {addr}")).await;
+            let relayed = reply.peer_address.is_some();
+            let server_address = match reply.peer_address.as_ref() {
+                Some(p) => to_socket_addr(p).ok_or_else(|| {
+                    Error::HandshakeFailed("the peer's address is invalid".into())
+                })?,
+                None => relay_addr,
+            };
+            return Ok(Answer {
+                hs,
+                remote,
+                remote_id,
+                local_id,
+                relay: relay_addr,
+                server_address,
+                relayed,
+                waiting,
+            });
         }
-        stream.destroy();
         Err(Error::HandshakeFailed(last_error))
+    }
+
+    /// How this connection reaches the sharer (connect.js's `holepunch()` decisions).
+    async fn decide(&self, answer: &Answer) -> Result<Decision> {
+        let our_public = self.node.public_ip().await;
+        let our_local: Vec<Ipv4Addr> = self
+            .node
+            .reachable_addresses()
+            .await
+            .iter()
+            .filter_map(|p| p.host.parse().ok())
+            .collect();
+        let remote = &answer.remote;
+        let holepunchable = remote
+            .holepunch
+            .as_ref()
+            .is_some_and(|h| !h.relays.is_empty());
+        let seen = answer.server_address;
+        let dial = || dial_address(seen, &remote.addresses4, our_public, &our_local);
+        if remote.firewall == FIREWALL_OPEN || !answer.relayed {
+            // Reachable, or it answered us itself: dial it.
+            return Ok(Decision::Dial(dial()));
+        }
+        if answer.waiting.is_some() {
+            // We said we are reachable: a sharer that is not sends first (connect.js waits).
+            return Ok(Decision::Wait);
+        }
+        if !holepunchable {
+            // It offers nothing else; a Node sharer expects exactly this.
+            return Ok(Decision::Dial(dial()));
+        }
+        if let Some(addr) = lan_address(seen, &remote.addresses4, our_public, &our_local) {
+            // Behind the same NAT as us: its LAN address needs no punching.
+            return Ok(Decision::Dial(addr));
+        }
+        Ok(Decision::Punch)
+    }
+
+    async fn punch(&self, answer: Answer) -> Result<PeerStream> {
+        let holepunch = answer
+            .remote
+            .holepunch
+            .as_ref()
+            .ok_or_else(|| Error::HolepunchFailed("the sharer offered no holepunch".into()))?;
+        let (socket, addr) = punch_to_server(&ClientPunch {
+            bind: self.node.bind_ip(),
+            nodes: self.node.known_nodes(),
+            target: hash(&self.remote.0),
+            holepunch,
+            relay: answer.relay,
+            server_address: answer.server_address,
+            remote_firewall: Firewall::from_wire(answer.remote.firewall),
+            secret: answer.hs.holepunch_secret,
+        })
+        .await?;
+        let stream = socket.udx().create_stream(answer.local_id)?;
+        stream.connect(answer.remote_id, addr)?;
+        if answer
+            .remote
+            .udx
+            .as_ref()
+            .is_some_and(|u| u.reusable_socket)
+        {
+            *self.route.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Arc::new(Route::new(socket, addr)));
+        }
+        secure(
+            true,
+            stream,
+            &answer.hs,
+            &format!("through the punched hole to {addr}"),
+        )
+        .await
     }
 
     /// Stops the DHT node.
     pub async fn close(self) {
         self.node.destroy().await;
     }
+}
+
+/// How one connection reaches the sharer.
+enum Decision {
+    /// Send to this address from the DHT socket.
+    Dial(SocketAddr),
+    /// The sharer sends first, to our DHT socket.
+    Wait,
+    /// Punch a hole first.
+    Punch,
 }
 
 /// What to connect to and where to listen.
@@ -281,14 +579,14 @@ async fn accept_loop(
 
 async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<Connector>) {
     let started = Instant::now();
-    let peer = match connector.open().await {
+    let (peer, path) = match connector.open_with_path().await {
         Ok(p) => p,
         Err(e) => {
             warn!(connection = n, %from, error = %e, "could not reach the sharer; closed the local connection");
             return;
         }
     };
-    info!(connection = n, %from, open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
+    info!(connection = n, %from, %path, open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
     match pipe(tcp, peer).await {
         Ok(t) => info!(
             connection = n,

@@ -3,7 +3,8 @@
 //! the tunnel's streams share it exactly as Node's hyperdht shares `dht.socket`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use peeroxide_dht::hyperdht::{self, HyperDhtConfig, HyperDhtHandle, ServerEvent};
@@ -39,6 +40,12 @@ pub struct NetworkOptions {
     /// addresses to its peers would only send packets out of the machine for nothing), all
     /// interfaces otherwise.
     pub bind_host: Option<IpAddr>,
+    /// Never claim to be reachable from the internet, even when the check says so: a share then
+    /// always offers hole punching and a connect never waits to be dialled. For networks where
+    /// the check misleads (a firewall that lets the check's packets in but not others), and for
+    /// exercising the punching path on one machine. The environment variable
+    /// `P2P_SOCKET_FIREWALLED=1` sets it too.
+    pub firewalled: bool,
 }
 
 impl NetworkOptions {
@@ -105,6 +112,28 @@ async fn resolve(nodes: &[String]) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
+/// How many DHT nodes we remember for NAT sampling (which needs four or so).
+const KNOWN_NODES: usize = 16;
+
+/// DHT nodes that answered us lately, most recent first (shared with background tasks).
+#[derive(Clone, Default)]
+pub(crate) struct KnownNodes(Arc<Mutex<Vec<SocketAddr>>>);
+
+impl KnownNodes {
+    pub(crate) fn add(&self, fresh: impl IntoIterator<Item = SocketAddr>) {
+        let mut nodes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for node in fresh {
+            nodes.retain(|n| *n != node);
+            nodes.insert(0, node);
+        }
+        nodes.truncate(KNOWN_NODES);
+    }
+
+    pub(crate) fn list(&self) -> Vec<SocketAddr> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// A running DHT node: the handle for queries, the events for a server, and the UDP socket
 /// that our streams share with the RPC.
 pub struct DhtNode {
@@ -112,6 +141,11 @@ pub struct DhtNode {
     socket: udx::UdxSocket,
     events: Option<mpsc::UnboundedReceiver<ServerEvent>>,
     task: tokio::task::JoinHandle<()>,
+    bind_ip: IpAddr,
+    nodes: KnownNodes,
+    /// Whether anyone on the network can send to our DHT socket unasked (see
+    /// [`crate::nat::check_open`]); false until shown.
+    open: Arc<AtomicBool>,
     // Kept alive for the DHT's sockets; peeroxide-dht creates everything through it.
     _runtime: libudx::UdxRuntime,
 }
@@ -136,7 +170,7 @@ impl DhtNode {
         config.port = 0;
         config.ephemeral = Some(true);
         config.firewalled = true;
-        let node = Self::spawn(config).await?;
+        let node = Self::spawn(config, bind_host).await?;
         let joined = tokio::time::timeout(JOIN_TIMEOUT, node.handle.bootstrapped()).await;
         let table = node.handle.table_size().await.unwrap_or(0);
         if joined.is_err() || table == 0 {
@@ -145,8 +179,45 @@ impl DhtNode {
                 nodes: nodes.join(", "),
             });
         }
+        node.add_nodes(resolved.iter().copied());
+        let firewalled = opts.firewalled
+            || std::env::var("P2P_SOCKET_FIREWALLED").is_ok_and(|v| v == "1" || v == "true");
+        if firewalled {
+            info!("treating this node as firewalled: never claiming to be reachable");
+        } else if bind_host.is_loopback() {
+            // Nothing filters loopback: everyone on this network can send to us.
+            node.open.store(true, Ordering::Relaxed);
+        } else {
+            node.spawn_reachability_check();
+        }
         info!(routing_table = table, "joined the DHT");
         Ok(node)
+    }
+
+    /// Finds out in the background whether we are reachable unasked: the host must take
+    /// packets on fresh ports, and our DHT socket's public port must be its own.
+    fn spawn_reachability_check(&self) {
+        let handle = self.handle.clone();
+        let nodes = self.known_nodes();
+        let open = Arc::clone(&self.open);
+        let bind = self.bind_ip;
+        let local_port = self.socket.local_addr().map(|a| a.port()).unwrap_or(0);
+        tokio::spawn(async move {
+            let public = handle.remote_address().await.ok().flatten();
+            let public_host = public.as_ref().and_then(|p| p.host.parse().ok());
+            let reachable = crate::nat::check_open(bind, public_host, &nodes).await;
+            let is_open = reachable && public.is_some_and(|p| p.port == local_port);
+            open.store(is_open, Ordering::Relaxed);
+            info!(
+                reachable = is_open,
+                "reachability: {}",
+                if is_open {
+                    "others can reach us directly"
+                } else {
+                    "behind a NAT or firewall; peers will punch through"
+                }
+            );
+        });
     }
 
     /// Runs a persistent DHT node on a fixed address, as a bootstrap node for a private network
@@ -170,10 +241,10 @@ impl DhtNode {
         config.port = port;
         config.ephemeral = Some(false);
         config.firewalled = false;
-        Self::spawn(config).await
+        Self::spawn(config, host).await
     }
 
-    async fn spawn(config: DhtConfig) -> Result<DhtNode> {
+    async fn spawn(config: DhtConfig, bind_ip: IpAddr) -> Result<DhtNode> {
         let runtime = libudx::UdxRuntime::new().map_err(|e| Error::Dht(e.to_string()))?;
         let mut hyper = HyperDhtConfig::default();
         hyper.dht = config;
@@ -195,8 +266,42 @@ impl DhtNode {
             socket,
             events: Some(events),
             task,
+            bind_ip,
+            nodes: KnownNodes::default(),
+            open: Arc::new(AtomicBool::new(false)),
             _runtime: runtime,
         })
+    }
+
+    /// Where punch sockets bind: where the DHT's socket is bound.
+    pub(crate) fn bind_ip(&self) -> IpAddr {
+        self.bind_ip
+    }
+
+    /// Whether peers can send to our DHT socket without punching.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// DHT nodes that answered us lately: whom punch sockets ask where they are.
+    pub(crate) fn known(&self) -> &KnownNodes {
+        &self.nodes
+    }
+
+    /// Remembers DHT nodes that answered us.
+    pub(crate) fn add_nodes(&self, fresh: impl IntoIterator<Item = SocketAddr>) {
+        self.nodes.add(fresh);
+    }
+
+    /// DHT nodes to sample our NAT against, most recent first.
+    pub(crate) fn known_nodes(&self) -> Vec<SocketAddr> {
+        self.nodes.list()
+    }
+
+    /// Our public IPv4 address as DHT nodes see it, once known.
+    pub(crate) async fn public_ip(&self) -> Option<Ipv4Addr> {
+        let remote = self.handle.remote_address().await.ok().flatten()?;
+        remote.host.parse().ok()
     }
 
     /// The peeroxide-dht handle, for queries and requests.

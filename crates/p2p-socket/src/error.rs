@@ -37,6 +37,14 @@ pub enum Error {
     #[error("the peer answered the handshake but no data path opened {0} within 10 s; both sides may be behind NATs that need hole punching")]
     NoDataPath(String),
 
+    /// Both sides are behind NATs and no hole could be punched between them.
+    #[error("could not punch through the NATs between us and the sharer: {0}; a relay would help where punching fails (relay support is coming)")]
+    HolepunchFailed(String),
+
+    /// The NATs on both sides are of kinds no hole can be punched through.
+    #[error("no direct path is possible: {0}; connecting needs a relay (relay support is coming)")]
+    RelayNeeded(String),
+
     /// The remote side speaks an incompatible protocol version.
     #[error("the peer uses an incompatible protocol ({0}); update p2p-socket on both sides")]
     Incompatible(String),

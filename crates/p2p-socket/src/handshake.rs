@@ -6,32 +6,37 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use peeroxide_dht::hyperdht_messages::{
-    HandshakeMessage, NoisePayload, SecretStreamInfo, UdxInfo, ERROR_NONE, FIREWALL_UNKNOWN,
+    HandshakeMessage, HolepunchInfo, NoisePayload, SecretStreamInfo, UdxInfo, ERROR_NONE,
 };
 use peeroxide_dht::messages::Ipv4Peer;
 
 use crate::dht::to_socket_addr;
+use crate::nat::Firewall;
 
 /// The payload version hyperdht speaks.
 pub(crate) const PAYLOAD_VERSION: u64 = 1;
 
-/// What we tell the other side in our half of the handshake.
-pub(crate) fn our_payload(stream_id: u32, addresses4: Vec<Ipv4Peer>) -> NoisePayload {
+/// What we tell the other side in our half of the handshake: whether we are reachable
+/// (`firewall`: Open makes the other side send first, anything else makes it dial or punch),
+/// where, and, for a server, the DHT nodes a client can punch through (`holepunch`).
+pub(crate) fn our_payload(
+    stream_id: u32,
+    addresses4: Vec<Ipv4Peer>,
+    firewall: Firewall,
+    holepunch: Option<HolepunchInfo>,
+) -> NoisePayload {
     NoisePayload {
         version: PAYLOAD_VERSION,
         error: ERROR_NONE,
-        // We do not claim to be reachable from anywhere: that is what makes a Node peer dial
-        // us at the address the DHT saw, or (later) punch, instead of waiting for us.
-        firewall: FIREWALL_UNKNOWN,
-        // No holepunch offer yet: a Node client that gets none dials our DHT socket directly
-        // (connect.js: `relayed && !remoteHolepunchable`).
-        holepunch: None,
+        firewall: firewall.wire(),
+        holepunch,
         addresses4,
         addresses6: Vec::new(),
         udx: Some(UdxInfo {
             version: 1,
-            // One stream per connection; we do not offer socket reuse.
-            reusable_socket: false,
+            // A socket punched for one connection takes the next handshake straight away
+            // (hyperdht's reusableSocket): later connections skip the punch.
+            reusable_socket: true,
             id: u64::from(stream_id),
             seq: 0,
         }),
@@ -96,6 +101,29 @@ fn v4(addr: SocketAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// The LAN address of a peer behind the same NAT as us (its public host is ours), if it
+/// advertises one on our subnet: its public mapping may not hairpin, the LAN needs no punching.
+/// Loopback does not count: peers on one machine are reachable anyway, or testing punching.
+pub(crate) fn lan_address(
+    seen: SocketAddr,
+    advertised: &[Ipv4Peer],
+    our_public: Option<Ipv4Addr>,
+    our_local: &[Ipv4Addr],
+) -> Option<SocketAddr> {
+    let seen_ip = v4(seen)?;
+    if seen_ip.is_loopback() || Some(seen_ip) != our_public {
+        return None;
+    }
+    advertised.iter().filter_map(to_socket_addr).find(|a| {
+        v4(*a).is_some_and(|ip| {
+            !ip.is_loopback()
+                && our_local
+                    .iter()
+                    .any(|l| !l.is_loopback() && l.octets()[..3] == ip.octets()[..3])
+        })
+    })
+}
+
 /// Where to send the first packet of a connection to a peer that waits for us.
 ///
 /// `seen` is the peer's address as a DHT node saw it (its NAT's mapping for its DHT socket);
@@ -108,10 +136,14 @@ pub(crate) fn dial_address(
     our_public: Option<Ipv4Addr>,
     our_local: &[Ipv4Addr],
 ) -> SocketAddr {
+    if let Some(lan) = lan_address(seen, advertised, our_public, our_local) {
+        return lan;
+    }
     let advertised: Vec<SocketAddr> = advertised.iter().filter_map(to_socket_addr).collect();
     let seen_ip = v4(seen);
     let same_host = seen_ip.is_some_and(|ip| ip.is_loopback() || Some(ip) == our_public);
     if same_host {
+        // On this machine: the advertised address on our subnet (loopback included).
         let same_subnet = |a: &SocketAddr| {
             v4(*a).is_some_and(|ip| {
                 our_local
@@ -119,10 +151,7 @@ pub(crate) fn dial_address(
                     .any(|l| l.octets()[..3] == ip.octets()[..3])
             })
         };
-        if let Some(a) = advertised.iter().find(|a| same_subnet(a)) {
-            return *a;
-        }
-        return seen;
+        return advertised.iter().copied().find(same_subnet).unwrap_or(seen);
     }
     advertised
         .iter()

@@ -36,14 +36,17 @@ pub mod connect;
 pub mod dht;
 mod error;
 mod handshake;
+mod holepunch;
 pub mod identity;
+mod nat;
 mod peer;
 pub mod pipe;
+mod punch_socket;
 pub mod share;
 
 pub use bootstrap::BootstrapNode;
 pub use connect::{Connect, ConnectOptions, Connector};
 pub use dht::NetworkOptions;
 pub use error::{Error, Result};
-pub use peer::PeerStream;
+pub use peer::{Path, PeerStream};
 pub use share::{Share, ShareOptions};

@@ -1,14 +1,38 @@
-//! One encrypted connection to a peer: a UDX stream on the DHT's socket, wrapped in the
-//! secret stream whose keys came out of the Noise handshake (as hyperdht's
-//! `NoiseSecretStream.start(rawStream, { handshake })` does).
+//! One encrypted connection to a peer: a UDX stream on the DHT's socket or on a socket punched
+//! through the NATs, wrapped in the secret stream whose keys came out of the Noise handshake (as
+//! hyperdht's `NoiseSecretStream.start(rawStream, { handshake })` does).
 
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use peeroxide_dht::noise_wrap::NoiseWrapResult;
 use peeroxide_dht::secret_stream::SecretStream;
+use tokio::sync::{mpsc, watch};
 use udx::UdxStream;
 
 use crate::error::{Error, Result};
+
+/// How a connection's packets travel between the peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Path {
+    /// Straight between the DHT sockets: one side is reachable (or both are on one machine or
+    /// LAN), so the other just sends to it.
+    Direct,
+    /// Through a hole punched in both NATs, on a socket of its own.
+    Punched,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Punched => "punched",
+        })
+    }
+}
 
 /// The encrypted stream type that [`crate::connect`] returns and a share hands to its service.
 pub type PeerStream = SecretStream<UdxStream>;
@@ -37,5 +61,69 @@ pub(crate) async fn secure(
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(Error::SecretStream(e.to_string())),
         Err(_) => Err(Error::NoDataPath(path.to_string())),
+    }
+}
+
+/// A stream id listened for on several sockets at once, for the side that waits to be reached:
+/// the peer's first packet may arrive on the DHT's socket (it dialled us) or on any socket we
+/// punched with, and the stream belongs on whichever hears it first (hyperdht's raw stream
+/// `firewall` hook). The others are dropped unconnected, which sends nothing.
+pub(crate) struct Acceptor<T> {
+    local_id: u32,
+    remote_id: u32,
+    listening: HashSet<SocketAddr>,
+    winners_tx: mpsc::UnboundedSender<(UdxStream, T)>,
+    winners: mpsc::UnboundedReceiver<(UdxStream, T)>,
+    done: watch::Sender<bool>,
+}
+
+impl<T: Send + 'static> Acceptor<T> {
+    pub(crate) fn new(local_id: u32, remote_id: u32) -> Self {
+        let (winners_tx, winners) = mpsc::unbounded_channel();
+        Acceptor {
+            local_id,
+            remote_id,
+            listening: HashSet::new(),
+            winners_tx,
+            winners,
+            done: watch::channel(false).0,
+        }
+    }
+
+    /// Also listens on `socket`; `tag` comes back with the stream if this socket wins.
+    pub(crate) fn listen_on(&mut self, socket: &udx::UdxSocket, tag: T) -> Result<()> {
+        let addr = socket.local_addr()?;
+        if !self.listening.insert(addr) {
+            return Ok(());
+        }
+        let stream = socket.create_stream(self.local_id)?;
+        stream.connect_on_first_packet(self.remote_id);
+        let winners = self.winners_tx.clone();
+        let mut done = self.done.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                connected = stream.connected() => {
+                    if connected.is_ok() {
+                        let _ = winners.send((stream, tag));
+                    }
+                }
+                _ = done.changed() => {}
+            }
+        });
+        Ok(())
+    }
+
+    /// The first stream a packet arrived for. Later calls return nothing useful: the losers are
+    /// dropped once this returns.
+    pub(crate) async fn accepted(&mut self) -> Option<(UdxStream, T)> {
+        let winner = self.winners.recv().await;
+        let _ = self.done.send(true);
+        winner
+    }
+}
+
+impl<T> Drop for Acceptor<T> {
+    fn drop(&mut self) {
+        let _ = self.done.send(true);
     }
 }

@@ -11,21 +11,25 @@ use std::time::{Duration, Instant};
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht::{HyperDhtHandle, ServerEvent};
 use peeroxide_dht::hyperdht_messages::{
-    HandshakeMessage, FIREWALL_OPEN, MODE_FROM_CLIENT, MODE_FROM_SERVER, MODE_REPLY,
+    decode_handshake_from_bytes, HandshakeMessage, HolepunchInfo, HolepunchMessage, RelayInfo,
+    FIREWALL_OPEN, MODE_FROM_CLIENT, MODE_FROM_SERVER, MODE_REPLY, PEER_HANDSHAKE,
 };
-use peeroxide_dht::messages::Ipv4Peer;
+use peeroxide_dht::messages::{Command, Ipv4Peer};
 use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
-use crate::dht::{next_stream_id, to_socket_addr, DhtNode, NetworkOptions};
+use crate::dht::{next_stream_id, to_socket_addr, DhtNode, KnownNodes, NetworkOptions};
 use crate::error::{Error, Result};
 use crate::handshake::{check_remote, dial_address, message, our_payload};
+use crate::holepunch::{ServerPunch, PUNCH_TIME};
 use crate::identity::{KeyPair, PublicKey};
-use crate::peer::secure;
+use crate::nat::Firewall;
+use crate::peer::{secure, Acceptor, Path};
 use crate::pipe::pipe;
+use crate::punch_socket::{PunchSocket, RpcRequest};
 
 /// DHT records expire (hyperdht keeps announcements for 20 minutes), and the nodes closest to
 /// our key change as nodes come and go; announcing again well inside that keeps us findable.
@@ -38,6 +42,33 @@ const HANDSHAKE_MEMORY: Duration = Duration::from_secs(30);
 
 /// How long to wait for the local service to accept a connection.
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often we ping the DHT nodes that hold our announcement. Behind a NAT this keeps the
+/// mappings they forward handshakes through open (UDP mappings live 30 s or more), and their
+/// answers say where they see us, which clients need for punching (hyperdht pings every 3 s).
+const RELAY_KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+const RELAY_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often finished punch sessions and unused punched sockets are let go.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Hole punches in progress at once. Each holds a socket (a punch through a randomising NAT
+/// 256 of them for a while); past this, clients get no offer and must reach us directly.
+const MAX_SESSIONS: usize = 64;
+
+/// How long a client that got a holepunch offer has to start punching (hyperdht's
+/// `HANDSHAKE_INITIAL_TIMEOUT`), and how long an accepted punch may take.
+const FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(10);
+const PUNCHED_PACKET_TIMEOUT: Duration = Duration::from_secs(PUNCH_TIME.as_secs() + 5);
+
+/// How long a punch session answers late rounds after its handshake.
+const SESSION_LIFETIME: Duration = Duration::from_secs(PUNCHED_PACKET_TIMEOUT.as_secs() + 15);
+
+/// A punched socket with no connection on it is kept this long after the client was last heard
+/// (its connects ping every 10 s), for the client's next connection to skip the punch.
+const ROUTE_IDLE: Duration = Duration::from_secs(60);
+/// At most this many punched sockets wait for clients' next connections.
+const MAX_ROUTES: usize = 256;
 
 /// What to share and how.
 #[derive(Debug, Clone)]
@@ -79,7 +110,8 @@ impl Share {
         let target = hash(&dht_kp.public_key);
         node.handle().register_server(&target);
         let started = Instant::now();
-        announce(node.handle(), target, &dht_kp).await?;
+        let closest = announce(node.handle(), target, &dht_kp).await?;
+        node.add_nodes(closest.iter().filter_map(to_socket_addr));
         info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "announced on the DHT"
@@ -87,6 +119,18 @@ impl Share {
 
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (routes_tx, routes) = mpsc::unbounded_channel();
+        let relays = ping_relays(node.handle()).await;
+        let (relays_tx, relays) = watch::channel(relays);
+        tokio::spawn(keep_announced(
+            node.handle().clone(),
+            target,
+            dht_kp.clone(),
+            node.known().clone(),
+            relays_tx,
+            stop_rx.clone(),
+        ));
         let server = Server {
             node,
             key_pair: dht_kp,
@@ -94,8 +138,14 @@ impl Share {
             service: (opts.service_host, opts.service_port),
             recent: HashMap::new(),
             stats: Arc::clone(&stats),
+            relays,
+            sessions: HashMap::new(),
+            next_session: 0,
+            routes: Vec::new(),
+            requests_tx,
+            routes_tx,
         };
-        let task = tokio::spawn(server.run(events, stop_rx));
+        let task = tokio::spawn(server.run(events, requests, routes, stop_rx));
         Ok(Share {
             public_key: PublicKey(opts.key_pair.public_key),
             stop,
@@ -121,11 +171,12 @@ impl Share {
     }
 }
 
+/// Announces us and returns the DHT nodes closest to our key.
 async fn announce(
     dht: &HyperDhtHandle,
     target: [u8; 32],
     kp: &peeroxide_dht::hyperdht::KeyPair,
-) -> Result<()> {
+) -> Result<Vec<Ipv4Peer>> {
     // The nodes that stored our last announcement forward handshakes to us; listing them in
     // the record lets a client skip part of the lookup.
     let relays: Vec<Ipv4Peer> = dht.current_relay_addresses();
@@ -136,7 +187,110 @@ async fn announce(
         ));
     }
     debug!(nodes = result.closest_nodes.len(), "announcement stored");
-    Ok(())
+    Ok(result.closest_nodes)
+}
+
+/// Pings the DHT nodes that stored our announcement; returns those that answered, each with
+/// where it sees us (what a client needs to punch through it).
+async fn ping_relays(dht: &HyperDhtHandle) -> Vec<RelayInfo> {
+    let mut pings = tokio::task::JoinSet::new();
+    for relay in dht.current_relay_addresses() {
+        let rpc = dht.dht().clone();
+        pings.spawn(async move {
+            let pong =
+                tokio::time::timeout(RELAY_PING_TIMEOUT, rpc.ping(&relay.host, relay.port)).await;
+            (relay, pong)
+        });
+    }
+    let mut relays = Vec::new();
+    while let Some(joined) = pings.join_next().await {
+        if let Ok((relay, Ok(Ok(pong)))) = joined {
+            if let Some(seen) = pong.to {
+                relays.push(RelayInfo {
+                    relay_address: relay,
+                    peer_address: seen,
+                });
+            }
+        }
+    }
+    relays
+}
+
+/// Keeps us findable, in the background of the server: pings the nodes holding our
+/// announcement every few seconds (behind a NAT that keeps open the mappings through which they
+/// forward handshakes to us) and announces again every few minutes, or at once when none of
+/// them answers any more.
+async fn keep_announced(
+    dht: HyperDhtHandle,
+    target: [u8; 32],
+    kp: peeroxide_dht::hyperdht::KeyPair,
+    known: KnownNodes,
+    relays: watch::Sender<Vec<RelayInfo>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_announce = Instant::now();
+    let mut keepalive = tokio::time::interval(RELAY_KEEPALIVE_EVERY);
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = keepalive.tick() => {}
+        }
+        let mut fresh = ping_relays(&dht).await;
+        let lost = fresh.is_empty() && !relays.borrow().is_empty();
+        if lost {
+            warn!("none of the DHT nodes holding our announcement answers; announcing again");
+        }
+        if lost || last_announce.elapsed() >= REANNOUNCE_EVERY {
+            last_announce = Instant::now();
+            match announce(&dht, target, &kp).await {
+                Ok(closest) => known.add(closest.iter().filter_map(to_socket_addr)),
+                Err(e) => warn!(error = %e, "re-announcing failed; will retry"),
+            }
+            fresh = ping_relays(&dht).await;
+        }
+        let _ = relays.send(fresh);
+    }
+}
+
+/// A holepunch offer made in a handshake, answering that client's rounds.
+struct Session {
+    punch: Arc<ServerPunch>,
+    created: Instant,
+}
+
+/// Where a handshake reached us.
+#[derive(Clone)]
+enum Arrival {
+    /// Through the DHT (relayed by a node, or sent straight to our DHT socket).
+    Dht,
+    /// Straight to a socket we punched earlier, from the client on the other end of it.
+    Punched(PunchSocket),
+}
+
+/// What a handshake told us about the client.
+struct Client<'a> {
+    arrival: &'a Arrival,
+    /// It sent the handshake to us itself, not through a DHT node.
+    direct: bool,
+    /// It says it is reachable: we send first.
+    open: bool,
+    /// Where it was seen.
+    seen: &'a Ipv4Peer,
+    payload: &'a peeroxide_dht::hyperdht_messages::NoisePayload,
+    local_id: u32,
+    remote_id: u32,
+}
+
+/// How a new connection's stream finds the client.
+enum DataPath {
+    /// Already aimed at the client.
+    Connected(UdxStream, Path),
+    /// Waiting for the client's first packet on the DHT socket or on any socket of the punch.
+    Accepting {
+        acceptor: Acceptor<Option<usize>>,
+        punch: Option<Arc<ServerPunch>>,
+    },
 }
 
 struct Server {
@@ -146,16 +300,27 @@ struct Server {
     service: (String, u16),
     recent: HashMap<Vec<u8>, (Instant, Vec<u8>)>,
     stats: Arc<Stats>,
+    /// The DHT nodes holding our announcement and where each sees us: what a client punches
+    /// through (hyperdht's announcer `relays`).
+    relays: watch::Receiver<Vec<RelayInfo>>,
+    sessions: HashMap<u64, Session>,
+    next_session: u64,
+    /// Sockets punched for earlier connections, answering those clients' next handshakes.
+    routes: Vec<PunchSocket>,
+    requests_tx: mpsc::UnboundedSender<RpcRequest>,
+    routes_tx: mpsc::UnboundedSender<PunchSocket>,
 }
 
 impl Server {
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<ServerEvent>,
+        mut requests: mpsc::UnboundedReceiver<RpcRequest>,
+        mut routes: mpsc::UnboundedReceiver<PunchSocket>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut reannounce = tokio::time::interval(REANNOUNCE_EVERY);
-        reannounce.tick().await;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.tick().await;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
@@ -166,11 +331,9 @@ impl Server {
                         break;
                     }
                 },
-                _ = reannounce.tick() => {
-                    if let Err(e) = announce(self.node.handle(), self.target, &self.key_pair).await {
-                        warn!(error = %e, "re-announcing failed; will retry");
-                    }
-                }
+                Some(request) = requests.recv() => self.on_punch_socket_request(request).await,
+                Some(route) = routes.recv() => self.keep_route(route),
+                _ = sweep.tick() => self.sweep(),
             }
         }
         let handle = self.node.handle().clone();
@@ -190,6 +353,34 @@ impl Server {
         self.node.destroy().await;
     }
 
+    /// Forgets finished punch sessions and punched sockets nobody uses any more.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.sessions
+            .retain(|_, s| now.duration_since(s.created) < SESSION_LIFETIME);
+        self.routes.retain(|socket| {
+            socket.stream_count() > 0 || now.duration_since(socket.last_heard()) < ROUTE_IDLE
+        });
+    }
+
+    fn keep_route(&mut self, socket: PunchSocket) {
+        if self.routes.iter().any(|r| r.same(&socket)) {
+            return;
+        }
+        if self.routes.len() >= MAX_ROUTES {
+            // The one heard from longest ago goes.
+            if let Some((i, _)) = self
+                .routes
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, r)| r.last_heard())
+            {
+                self.routes.swap_remove(i);
+            }
+        }
+        self.routes.push(socket);
+    }
+
     async fn on_event(&mut self, event: ServerEvent) {
         match event {
             ServerEvent::PeerHandshake {
@@ -199,14 +390,75 @@ impl Server {
                 reply_tx,
                 ..
             } => {
-                let reply = self.on_handshake(msg, from, peer_address).await;
+                let reply = self
+                    .on_handshake(msg, from, peer_address, Arrival::Dht)
+                    .await;
                 let _ = reply_tx.send(reply);
             }
-            ServerEvent::PeerHolepunch { reply_tx, .. } => {
-                // We never offer a holepunch in our handshake, so a peer has nothing to punch.
-                let _ = reply_tx.send(None);
-            }
+            ServerEvent::PeerHolepunch {
+                msg,
+                from,
+                peer_address,
+                reply_tx,
+                ..
+            } => self.on_holepunch(msg, from, peer_address, reply_tx),
             _ => {}
+        }
+    }
+
+    fn on_holepunch(
+        &mut self,
+        msg: HolepunchMessage,
+        from: Ipv4Peer,
+        client: Ipv4Peer,
+        reply_tx: tokio::sync::oneshot::Sender<Option<Vec<u8>>>,
+    ) {
+        let Some(session) = self.sessions.get(&msg.id) else {
+            debug!(id = msg.id, "holepunch round for no session of ours");
+            let _ = reply_tx.send(None);
+            return;
+        };
+        let Some(from) = to_socket_addr(&from) else {
+            let _ = reply_tx.send(None);
+            return;
+        };
+        // Answering may wait for our NAT sampling: not in the loop that takes handshakes.
+        let punch = Arc::clone(&session.punch);
+        tokio::spawn(async move {
+            let reply = punch.on_round(&msg, from, &client).await;
+            let _ = reply_tx.send(reply);
+        });
+    }
+
+    /// A DHT request sent straight to one of our punched sockets: a client we punched with
+    /// earlier opening its next connection over the same hole (hyperdht's reusable socket).
+    async fn on_punch_socket_request(&mut self, req: RpcRequest) {
+        if req.internal {
+            if req.command == Command::Ping as u64 {
+                req.reply(None);
+            }
+            return;
+        }
+        if req.command != PEER_HANDSHAKE || req.target != Some(self.target) {
+            return;
+        }
+        let Some(msg) = req
+            .value
+            .as_deref()
+            .and_then(|v| decode_handshake_from_bytes(v).ok())
+            .filter(|m| m.mode == MODE_FROM_CLIENT)
+        else {
+            return;
+        };
+        let from = Ipv4Peer {
+            host: req.from.ip().to_string(),
+            port: req.from.port(),
+        };
+        if let Some(reply) = self
+            .on_handshake(msg, from, None, Arrival::Punched(req.socket.clone()))
+            .await
+        {
+            req.reply(Some(reply));
         }
     }
 
@@ -215,6 +467,7 @@ impl Server {
         msg: HandshakeMessage,
         from: Ipv4Peer,
         peer_address: Option<Ipv4Peer>,
+        arrival: Arrival,
     ) -> Option<Vec<u8>> {
         let now = Instant::now();
         self.recent
@@ -243,20 +496,44 @@ impl Server {
                 return None;
             }
         };
+        // Sent straight to us rather than relayed: the sender is where it says it is, and
+        // expects the connection on the socket it sent to.
+        let direct = peer_address.is_none();
         let client_seen = peer_address.clone().unwrap_or_else(|| from.clone());
-        let stream = match self.node.socket().create_stream(next_stream_id()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot open a stream for a new connection");
-                return None;
-            }
+        let local_id = next_stream_id();
+        let open = self.node.is_open();
+        let client_open = remote.firewall == FIREWALL_OPEN;
+        // Whoever cannot be dialled gets a holepunch offer (server.js: when we have no public
+        // address of our own), unless the client will be dialled by us anyway.
+        let relays = self.relays.borrow().clone();
+        let offer = !open && !direct && !client_open && !relays.is_empty();
+        if offer && self.sessions.len() >= MAX_SESSIONS {
+            warn!("too many hole punches in progress; this client can only dial us directly");
+        }
+        let session_id = (offer && self.sessions.len() < MAX_SESSIONS).then(|| {
+            let id = self.next_session;
+            self.next_session = self.next_session.wrapping_add(1);
+            id
+        });
+        let holepunch = session_id.map(|id| HolepunchInfo {
+            id,
+            relays: relays.clone(),
+        });
+        let firewall = if open {
+            Firewall::Open
+        } else {
+            Firewall::Unknown
         };
-        let payload = our_payload(stream.local_id(), self.node.reachable_addresses().await);
+        let payload = our_payload(
+            local_id,
+            self.node.reachable_addresses().await,
+            firewall,
+            holepunch,
+        );
         let (noise, hs) = match nw.send(&payload).and_then(|m| Ok((m, nw.finalize()?))) {
             Ok(v) => v,
             Err(e) => {
                 warn!(error = %e, "handshake failed");
-                stream.destroy();
                 return None;
             }
         };
@@ -267,37 +544,152 @@ impl Server {
         } else {
             message(MODE_FROM_SERVER, noise, peer_address)
         };
-        self.recent.insert(msg.noise, (now, reply.clone()));
 
-        // A client that says it is reachable waits for us to send first (server.js does the
-        // same); otherwise it dials us and the first packet tells us where it is.
-        if remote.firewall == FIREWALL_OPEN {
-            let seen = to_socket_addr(&client_seen);
-            let our_public = self
-                .node
-                .handle()
-                .remote_address()
-                .await
-                .ok()
-                .flatten()
-                .and_then(|p| p.host.parse().ok());
-            if let Some(seen) = seen {
-                let addr = dial_address(seen, &remote.addresses4, our_public, &local_ips());
-                if let Err(e) = stream.connect(remote_id, addr) {
-                    warn!(error = %e, "cannot start a stream");
-                    return None;
-                }
+        let client = Client {
+            arrival: &arrival,
+            direct,
+            open: client_open,
+            seen: &client_seen,
+            payload: &remote,
+            local_id,
+            remote_id,
+        };
+        let data_path = match self.data_path(&client, session_id, &hs).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot open a stream for a new connection");
+                return None;
             }
-        } else {
-            stream.connect_on_first_packet(remote_id);
-        }
+        };
+        self.recent.insert(msg.noise, (now, reply.clone()));
 
         let n = self.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let service = self.service.clone();
         let peer_key = PublicKey(hs.remote_public_key).to_string();
         info!(connection = n, peer = &peer_key[..12], from = %format!("{}:{}", client_seen.host, client_seen.port), "peer connecting");
-        tokio::spawn(serve_connection(n, stream, hs, service));
+        tokio::spawn(serve_connection(
+            n,
+            data_path,
+            hs,
+            service,
+            self.routes_tx.clone(),
+        ));
         Some(reply)
+    }
+
+    /// Sets up the stream of a new connection: aimed at the client when it can be dialled or
+    /// sent us the handshake itself, listening on our sockets otherwise.
+    async fn data_path(
+        &mut self,
+        client: &Client<'_>,
+        session_id: Option<u64>,
+        hs: &NoiseWrapResult,
+    ) -> Result<DataPath> {
+        let Client {
+            arrival,
+            direct,
+            open: client_open,
+            seen: client_seen,
+            payload: remote,
+            local_id,
+            remote_id,
+        } = *client;
+        let (socket, path) = match arrival {
+            Arrival::Dht => (self.node.socket().clone(), Path::Direct),
+            Arrival::Punched(s) => (s.udx().clone(), Path::Punched),
+        };
+        if direct {
+            let to = to_socket_addr(client_seen)
+                .ok_or_else(|| Error::HandshakeFailed("the client's address is invalid".into()))?;
+            let stream = socket.create_stream(local_id)?;
+            stream.connect(remote_id, to)?;
+            return Ok(DataPath::Connected(stream, path));
+        }
+        if client_open {
+            // The client waits for us to send first (server.js does the same).
+            let seen = to_socket_addr(client_seen)
+                .ok_or_else(|| Error::HandshakeFailed("the client's address is invalid".into()))?;
+            let our_public = self.node.public_ip().await;
+            let addr = dial_address(seen, &remote.addresses4, our_public, &local_ips());
+            let stream = socket.create_stream(local_id)?;
+            stream.connect(remote_id, addr)?;
+            return Ok(DataPath::Connected(stream, Path::Direct));
+        }
+        let mut acceptor = Acceptor::new(local_id, remote_id);
+        acceptor.listen_on(&socket, None)?;
+        let relay_nodes: Vec<SocketAddr> = self
+            .relays
+            .borrow()
+            .iter()
+            .filter_map(|r| to_socket_addr(&r.relay_address))
+            .collect();
+        let punch = match session_id {
+            Some(id) => {
+                let punch = Arc::new(
+                    ServerPunch::new(
+                        hs.holepunch_secret,
+                        self.node.bind_ip(),
+                        self.node.known_nodes(),
+                        relay_nodes,
+                        Firewall::from_wire(remote.firewall),
+                        self.requests_tx.clone(),
+                    )
+                    .await?,
+                );
+                acceptor.listen_on(punch.puncher().main().udx(), Some(0))?;
+                self.sessions.insert(
+                    id,
+                    Session {
+                        punch: Arc::clone(&punch),
+                        created: Instant::now(),
+                    },
+                );
+                Some(punch)
+            }
+            None => None,
+        };
+        Ok(DataPath::Accepting { acceptor, punch })
+    }
+}
+
+/// Waits for the client's first packet on any socket it may arrive on. Sockets of the punch that
+/// hear a probe join in (a random NAT's client reaches one of our birthday sockets).
+async fn accept(
+    mut acceptor: Acceptor<Option<usize>>,
+    punch: Option<Arc<ServerPunch>>,
+) -> Option<(UdxStream, Path, Option<PunchSocket>)> {
+    let mut hits = punch.as_ref().and_then(|p| p.puncher().take_hits());
+    let mut punching = punch.as_ref().map(|p| p.punching());
+    let mut deadline = tokio::time::Instant::now() + FIRST_PACKET_TIMEOUT;
+    let accepted = loop {
+        tokio::select! {
+            won = acceptor.accepted() => break won,
+            Some(hit) = async { hits.as_mut()?.recv().await }, if hits.is_some() => {
+                if let Some(socket) = punch.as_ref().and_then(|p| p.puncher().socket(hit.index)) {
+                    if let Err(e) = acceptor.listen_on(socket.udx(), Some(hit.index)) {
+                        debug!(error = %e, "cannot listen on a punched socket");
+                    }
+                }
+            }
+            Some(()) = async { punching.as_mut()?.changed().await.ok() }, if punching.is_some() => {
+                deadline = tokio::time::Instant::now() + PUNCHED_PACKET_TIMEOUT;
+                punching = None;
+            }
+            _ = tokio::time::sleep_until(deadline) => break None,
+        }
+    };
+    let (stream, index) = accepted?;
+    match (index, punch) {
+        (Some(index), Some(punch)) => {
+            let socket = punch.puncher().keep_only(index);
+            Some((stream, Path::Punched, socket))
+        }
+        (_, punch) => {
+            if let Some(punch) = punch {
+                punch.puncher().stop();
+            }
+            Some((stream, Path::Direct, None))
+        }
     }
 }
 
@@ -312,7 +704,33 @@ fn local_ips() -> Vec<std::net::Ipv4Addr> {
         .collect()
 }
 
-async fn serve_connection(n: u64, stream: UdxStream, hs: NoiseWrapResult, service: (String, u16)) {
+async fn serve_connection(
+    n: u64,
+    data_path: DataPath,
+    hs: NoiseWrapResult,
+    service: (String, u16),
+    routes: mpsc::UnboundedSender<PunchSocket>,
+) {
+    let (stream, path) = match data_path {
+        DataPath::Connected(stream, path) => (stream, path),
+        DataPath::Accepting { acceptor, punch } => match accept(acceptor, punch).await {
+            Some((stream, path, socket)) => {
+                if let Some(socket) = socket {
+                    let _ = routes.send(socket);
+                }
+                (stream, path)
+            }
+            None => {
+                info!(
+                    connection = n,
+                    "the peer's first packet never arrived (it gave up, or no hole could be punched)"
+                );
+                return;
+            }
+        },
+    };
+    let remote = stream.remote_addr();
+    debug!(connection = n, %path, ?remote, "data path open");
     let peer = match secure(false, stream, &hs, "from the peer").await {
         Ok(p) => p,
         Err(e) => {
@@ -338,6 +756,7 @@ async fn serve_connection(n: u64, stream: UdxStream, hs: NoiseWrapResult, servic
         }
     };
     let local: Option<SocketAddr> = tcp.local_addr().ok();
+    info!(connection = n, %path, "peer connected");
     debug!(connection = n, ?local, "connected to the shared service");
     match pipe(tcp, peer).await {
         Ok(t) => info!(
