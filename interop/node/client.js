@@ -7,20 +7,27 @@
 const net = require('net')
 const DHT = require('hyperdht')
 const common = require('./common')
-const { log, emit, fail, parseCli, requireOpt, parseHex, parsePort, parseBootstrap, FREE_UDP_PORT, onShutdown, pipeBoth } = common
+const { log, emit, fail, parseCli, requireOpt, parseHex, parsePort, parseBootstrap, dhtOptions, onShutdown, pipeBoth } = common
 
-const USAGE = 'node client.js --bootstrap host:port[,host:port...] --key HEX64 --port P   (P = 0 picks a free port)'
+const USAGE =
+  'node client.js --bootstrap host:port[,host:port...] --key HEX64 --port P [--host H] [--firewalled]   (P = 0 picks a free port)'
 
 async function main() {
   const args = parseCli(
-    { bootstrap: { type: 'string' }, key: { type: 'string' }, port: { type: 'string' } },
+    {
+      bootstrap: { type: 'string' },
+      key: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string', default: '127.0.0.1' },
+      firewalled: { type: 'boolean', default: false }
+    },
     USAGE
   )
   const bootstrap = parseBootstrap(requireOpt(args, 'bootstrap', USAGE))
   const remoteKey = parseHex(requireOpt(args, 'key', USAGE), 32, 'key')
   const port = parsePort(requireOpt(args, 'port', USAGE), 'port')
 
-  const dht = new DHT({ bootstrap, host: '127.0.0.1', port: FREE_UDP_PORT, ephemeral: true })
+  const dht = new DHT(dhtOptions(bootstrap, args))
   // npm p2p-socket uses one client identity per process for all its connections.
   const keyPair = DHT.keyPair()
   let nextId = 1

@@ -72,6 +72,20 @@ function parseBootstrap(value) {
 // default 49737, which parallel test runs would fight over.
 const FREE_UDP_PORT = [0, 0]
 
+// The DHT node of a client or server fixture: on `--host` (127.0.0.1 unless it runs in a
+// network lab's namespace), and with `--firewalled` it keeps believing it is behind a NAT
+// (dht-rpc's quick firewall test is what would find a loopback node reachable), so it offers
+// and takes hole punching as it would behind a real NAT.
+function dhtOptions(bootstrap, args) {
+  return {
+    bootstrap,
+    host: args.host,
+    port: FREE_UDP_PORT,
+    ephemeral: true,
+    quickFirewall: !args.firewalled
+  }
+}
+
 // Runs `teardown` once on SIGTERM, SIGINT or when stdin closes (the harness died
 // or dropped its end of the pipe), then exits.
 function onShutdown(teardown) {
@@ -153,6 +167,7 @@ module.exports = {
   parsePort,
   parseBootstrap,
   FREE_UDP_PORT,
+  dhtOptions,
   onShutdown,
   pipeBoth,
   errorCode

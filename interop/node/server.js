@@ -8,10 +8,10 @@
 const net = require('net')
 const DHT = require('hyperdht')
 const common = require('./common')
-const { log, emit, fail, parseCli, requireOpt, parseHex, parsePort, parseBootstrap, FREE_UDP_PORT, onShutdown, pipeBoth } = common
+const { log, emit, fail, parseCli, requireOpt, parseHex, parsePort, parseBootstrap, dhtOptions, onShutdown, pipeBoth } = common
 
 const USAGE =
-  'node server.js --bootstrap host:port[,host:port...] --target-host H --target-port P [--seed HEX64 | --secret-key HEX128]'
+  'node server.js --bootstrap host:port[,host:port...] --target-host H --target-port P [--seed HEX64 | --secret-key HEX128] [--host H] [--firewalled]'
 
 function keyPairFrom(args) {
   if (args.seed !== undefined && args['secret-key'] !== undefined) fail(`give --seed or --secret-key, not both\nusage: ${USAGE}`)
@@ -36,7 +36,9 @@ async function main() {
       'target-host': { type: 'string' },
       'target-port': { type: 'string' },
       seed: { type: 'string' },
-      'secret-key': { type: 'string' }
+      'secret-key': { type: 'string' },
+      host: { type: 'string', default: '127.0.0.1' },
+      firewalled: { type: 'boolean', default: false }
     },
     USAGE
   )
@@ -45,7 +47,7 @@ async function main() {
   const targetPort = parsePort(requireOpt(args, 'target-port', USAGE), 'target-port')
   const keyPair = keyPairFrom(args)
 
-  const dht = new DHT({ bootstrap, host: '127.0.0.1', port: FREE_UDP_PORT, ephemeral: true })
+  const dht = new DHT(dhtOptions(bootstrap, args))
   let nextId = 1
 
   // Like npm p2p-socket: every peer is welcome.
