@@ -136,7 +136,8 @@ impl Connector {
             punching: Mutex::new(()),
         };
         let started = Instant::now();
-        let relays = connector.lookup().await?;
+        let (relays, ()) = tokio::join!(connector.lookup(), connector.node.reachability_known());
+        let relays = relays?;
         info!(
             nodes = relays.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,

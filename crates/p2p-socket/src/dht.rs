@@ -3,14 +3,14 @@
 //! the tunnel's streams share it exactly as Node's hyperdht shares `dht.socket`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use peeroxide_dht::hyperdht::{self, HyperDhtConfig, HyperDhtHandle, ServerEvent};
 use peeroxide_dht::messages::Ipv4Peer;
 use peeroxide_dht::rpc::DhtConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use crate::error::{Error, Result};
@@ -112,6 +112,10 @@ async fn resolve(nodes: &[String]) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
+/// Longest a share or connect waits for its reachability check before it starts serving (the
+/// check itself gives up after about a second).
+const REACHABILITY_WAIT: Duration = Duration::from_secs(3);
+
 /// How many DHT nodes we remember for NAT sampling (which needs four or so).
 const KNOWN_NODES: usize = 16;
 
@@ -144,8 +148,8 @@ pub struct DhtNode {
     bind_ip: IpAddr,
     nodes: KnownNodes,
     /// Whether anyone on the network can send to our DHT socket unasked (see
-    /// [`crate::nat::check_open`]); false until shown.
-    open: Arc<AtomicBool>,
+    /// [`crate::nat::check_open`]); `None` while that is being found out.
+    open: Arc<watch::Sender<Option<bool>>>,
     // Kept alive for the DHT's sockets; peeroxide-dht creates everything through it.
     _runtime: libudx::UdxRuntime,
 }
@@ -184,9 +188,10 @@ impl DhtNode {
             || std::env::var("P2P_SOCKET_FIREWALLED").is_ok_and(|v| v == "1" || v == "true");
         if firewalled {
             info!("treating this node as firewalled: never claiming to be reachable");
+            node.open.send_replace(Some(false));
         } else if bind_host.is_loopback() {
             // Nothing filters loopback: everyone on this network can send to us.
-            node.open.store(true, Ordering::Relaxed);
+            node.open.send_replace(Some(true));
         } else {
             node.spawn_reachability_check();
         }
@@ -207,7 +212,7 @@ impl DhtNode {
             let public_host = public.as_ref().and_then(|p| p.host.parse().ok());
             let reachable = crate::nat::check_open(bind, public_host, &nodes).await;
             let is_open = reachable && public.is_some_and(|p| p.port == local_port);
-            open.store(is_open, Ordering::Relaxed);
+            open.send_replace(Some(is_open));
             info!(
                 reachable = is_open,
                 "reachability: {}",
@@ -268,7 +273,7 @@ impl DhtNode {
             task,
             bind_ip,
             nodes: KnownNodes::default(),
-            open: Arc::new(AtomicBool::new(false)),
+            open: Arc::new(watch::channel(None).0),
             _runtime: runtime,
         })
     }
@@ -278,9 +283,16 @@ impl DhtNode {
         self.bind_ip
     }
 
-    /// Whether peers can send to our DHT socket without punching.
+    /// Whether peers can send to our DHT socket without punching (false while unknown).
     pub(crate) fn is_open(&self) -> bool {
-        self.open.load(Ordering::Relaxed)
+        *self.open.borrow() == Some(true)
+    }
+
+    /// Waits (briefly) for the reachability check, so that the first connection already knows
+    /// whether to wait to be dialled.
+    pub(crate) async fn reachability_known(&self) {
+        let mut known = self.open.subscribe();
+        let _ = tokio::time::timeout(REACHABILITY_WAIT, known.wait_for(Option::is_some)).await;
     }
 
     /// DHT nodes that answered us lately: whom punch sockets ask where they are.

@@ -110,7 +110,11 @@ impl Share {
         let target = hash(&dht_kp.public_key);
         node.handle().register_server(&target);
         let started = Instant::now();
-        let closest = announce(node.handle(), target, &dht_kp).await?;
+        let (closest, ()) = tokio::join!(
+            announce(node.handle(), target, &dht_kp),
+            node.reachability_known()
+        );
+        let closest = closest?;
         node.add_nodes(closest.iter().filter_map(to_socket_addr));
         info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -669,6 +673,8 @@ async fn accept(
                     if let Err(e) = acceptor.listen_on(socket.udx(), Some(hit.index)) {
                         debug!(error = %e, "cannot listen on a punched socket");
                     }
+                    // Only now answer: the client sends its first stream packet on hearing us.
+                    socket.probe(hit.from, false);
                 }
             }
             Some(()) = async { punching.as_mut()?.changed().await.ok() }, if punching.is_some() => {
@@ -716,6 +722,8 @@ async fn serve_connection(
         DataPath::Accepting { acceptor, punch } => match accept(acceptor, punch).await {
             Some((stream, path, socket)) => {
                 if let Some(socket) = socket {
+                    // Kept for the client's next connections; its keepalive probes get answers.
+                    socket.set_echo(true);
                     let _ = routes.send(socket);
                 }
                 (stream, path)
