@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -60,14 +60,24 @@ pub fn pattern_sha(len: u64, seed: u64) -> String {
 
 /// Reads to EOF; returns the length and sha256.
 pub fn read_all(r: &mut impl Read) -> std::io::Result<(u64, String)> {
+    read_all_timed(r, Instant::now()).map(|(n, sha, _)| (n, sha))
+}
+
+/// Like [`read_all`], also saying how long after `since` the first byte arrived.
+pub fn read_all_timed(
+    r: &mut impl Read,
+    since: Instant,
+) -> std::io::Result<(u64, String, Option<Duration>)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
+    let mut first = None;
     loop {
         let n = r.read(&mut buf)?;
         if n == 0 {
-            return Ok((total, hex::encode(h.finalize())));
+            return Ok((total, hex::encode(h.finalize()), first));
         }
+        first.get_or_insert_with(|| since.elapsed());
         h.update(&buf[..n]);
         total += n as u64;
     }
@@ -75,6 +85,16 @@ pub fn read_all(r: &mut impl Read) -> std::io::Result<(u64, String)> {
 
 /// Sends `send` bytes (then half-closes) while reading everything the other side sends.
 pub fn exchange(stream: TcpStream, send: u64, seed: u64) -> std::io::Result<Tally> {
+    exchange_timed(stream, send, seed).map(|(tally, _)| tally)
+}
+
+/// Like [`exchange`], also saying how long the other side's first byte took to arrive.
+pub fn exchange_timed(
+    stream: TcpStream,
+    send: u64,
+    seed: u64,
+) -> std::io::Result<(Tally, Option<Duration>)> {
+    let started = Instant::now();
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut writer = stream.try_clone()?;
     let sender = thread::spawn(move || {
@@ -82,14 +102,15 @@ pub fn exchange(stream: TcpStream, send: u64, seed: u64) -> std::io::Result<Tall
         writer.shutdown(Shutdown::Write)?;
         Ok::<_, std::io::Error>(sha)
     });
-    let (received, received_sha) = read_all(&mut &stream)?;
+    let (received, received_sha, first_byte) = read_all_timed(&mut &stream, started)?;
     let sent_sha = sender.join().expect("sender thread")?;
-    Ok(Tally {
+    let tally = Tally {
         received,
         received_sha,
         sent: send,
         sent_sha,
-    })
+    };
+    Ok((tally, first_byte))
 }
 
 /// How the test service treats each connection.

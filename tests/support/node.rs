@@ -13,7 +13,8 @@ use super::process::ChildProcess;
 /// Generous for a loaded 2-core machine; a healthy testnet is ready in well under a second.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn interop_dir() -> PathBuf {
+/// Where the Node fixture scripts live.
+pub fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/node")
 }
 

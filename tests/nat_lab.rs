@@ -1,0 +1,522 @@
+//! Share and connect across NATs, in a lab of network namespaces (crates/netlab, docs/lab.md):
+//! every pair of homes over {open, cone, symmetric}, each with one running `connect` carrying
+//! three TCP connections in a row, 10 MiB each way verified at both ends; and Node's hyperdht
+//! on the other side across two cone NATs, both ways. Each test prints a table of how every
+//! connection travelled, how long its first byte took and how fast it moved.
+//!
+//! Needs root (the lab builds network namespaces); without it the tests fail saying so.
+
+mod support;
+
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use netlab::{Lab, LabProcess, LabSpec, Nat};
+use support::net::{exchange_timed, pattern_sha, Behaviour, Service};
+use support::node::{interop_dir, require_node};
+
+const MIB: u64 = 1024 * 1024;
+const VOLUME: u64 = 10 * MIB;
+const CONNECTIONS: u64 = 3;
+/// Starting a process in the lab and its joining the lab's DHT take well under a second; a
+/// loaded 2-core machine can be much slower.
+const READY: Duration = Duration::from_secs(30);
+/// Longest a service may wait for the end of a connection's transfer.
+const TRANSFER: Duration = Duration::from_secs(120);
+/// Connections after the first reuse what the first found out, and must be quick.
+const LATER_CONNECTION: Duration = Duration::from_secs(1);
+/// Two randomising NATs must be refused at once, not after a long punch.
+const REFUSAL: Duration = Duration::from_secs(5);
+
+/// The tests measure speed and time: one lab at a time keeps them from competing for the CPU.
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn p2p_socket() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_p2p-socket"))
+}
+
+fn lab(spec: LabSpec) -> Lab {
+    Lab::new(spec).unwrap_or_else(|e| panic!("cannot build the NAT lab: {e}"))
+}
+
+/// Where a lab process's log goes, so that the test can read how each connection went.
+struct Log(PathBuf);
+
+impl Log {
+    fn new(name: &str) -> Log {
+        let dir = std::env::temp_dir().join(format!("p2p-socket-nat-lab-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("create the log directory");
+        Log(dir.join(format!("{name}.log")))
+    }
+
+    fn text(&self) -> String {
+        fs::read_to_string(&self.0).unwrap_or_default()
+    }
+
+    /// The log line about connection `n` that contains `what`.
+    fn line(&self, what: &str, n: u64) -> Option<String> {
+        let conn = format!(" connection={n}");
+        self.text()
+            .lines()
+            .find(|l| {
+                l.contains(what)
+                    && l.match_indices(&conn).any(|(at, _)| {
+                        l[at + conn.len()..].starts_with(' ') || at + conn.len() == l.len()
+                    })
+            })
+            .map(str::to_string)
+    }
+
+    /// The value of `key=` in the log line about connection `n` that contains `what`.
+    fn field(&self, what: &str, n: u64, key: &str) -> Option<String> {
+        let line = self.line(what, n)?;
+        let at = line.find(&format!(" {key}="))? + key.len() + 2;
+        Some(line[at..].split(' ').next().unwrap_or("").to_string())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// `p2p-socket args...` in `netns`, its log (stderr) going to `log`.
+fn p2p_socket_in(lab: &Lab, netns: &str, name: &str, log: &Log, args: &[&str]) -> LabProcess {
+    let mut cmd = lab.exec(netns, "sh");
+    cmd.args(["-c", r#"exec "$0" "$@" 2>"$P2P_LAB_LOG""#])
+        .arg(p2p_socket())
+        .args(args)
+        .env("P2P_LAB_LOG", &log.0)
+        .env("RUST_LOG", "info,p2p_socket=debug");
+    lab.spawn(name, cmd)
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// `node <script> args...` in `netns`. The fixtures stop when their stdin closes, so they get
+/// one that stays open; the lab kills what is left in its namespaces when it goes.
+fn node_in(lab: &Lab, netns: &str, script: &str, args: &[&str]) -> LabProcess {
+    require_node();
+    let mut cmd = lab.exec(netns, "sh");
+    cmd.args(["-c", r#"sleep 3600 | node "$@""#, "sh"])
+        .arg(interop_dir().join(script))
+        .args(args)
+        .current_dir(interop_dir());
+    lab.spawn(&format!("node {script}"), cmd)
+        .unwrap_or_else(|e| panic!("cannot start node {script}: {e}"))
+}
+
+fn share_key(share: &mut LabProcess) -> String {
+    share
+        .wait_for(READY, |l| {
+            let l = l.trim();
+            (l.len() == 64 && l.bytes().all(|c| c.is_ascii_hexdigit())).then(|| l.to_string())
+        })
+        .unwrap_or_else(|e| panic!("share printed no key: {e}"))
+}
+
+fn listening(connect: &mut LabProcess) -> SocketAddr {
+    connect
+        .wait_for(READY, |l| {
+            l.strip_prefix("Listening on ")
+                .and_then(|a| a.trim().parse().ok())
+        })
+        .unwrap_or_else(|e| panic!("connect did not listen: {e}"))
+}
+
+fn json_field(process: &mut LabProcess, name: &str) -> serde_json::Value {
+    process
+        .wait_for(READY, |l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get(name).cloned())
+        })
+        .unwrap_or_else(|e| panic!("{} printed no {name:?}: {e}", process.name()))
+}
+
+/// A service in `netns` that answers each connection with 10 MiB (the n-th with seed 20 + n)
+/// while taking what the client sends.
+fn service_in(lab: &Lab, netns: &str) -> Service {
+    lab.in_netns(netns, || {
+        Service::start_seq(|n| Behaviour::Exchange {
+            send: VOLUME,
+            seed: 20 + n,
+        })
+    })
+    .unwrap_or_else(|e| panic!("cannot start the service: {e}"))
+}
+
+/// One TCP connection through the tunnel.
+struct Connection {
+    path: String,
+    first_byte: Duration,
+    elapsed: Duration,
+}
+
+/// Three connections in a row to `listen` (inside `netns`), each moving VOLUME both ways,
+/// verified at both ends. `path_of(n)` says how connection n travelled.
+fn three_connections(
+    lab: &Lab,
+    netns: &str,
+    listen: SocketAddr,
+    service: &Service,
+    path_of: impl Fn(u64) -> Option<String>,
+) -> Vec<Connection> {
+    (0..CONNECTIONS)
+        .map(|round| {
+            let stream = lab
+                .in_netns(netns, move || TcpStream::connect(listen))
+                .expect("enter the connecting home")
+                .expect("dial the local end of the tunnel");
+            let started = Instant::now();
+            let (client, first_byte) = exchange_timed(stream, VOLUME, 10 + round)
+                .unwrap_or_else(|e| panic!("connection {}: the transfer failed: {e}", round + 1));
+            let elapsed = started.elapsed();
+            let server = service.next_tally(TRANSFER);
+            let n = round + 1;
+            assert_eq!(
+                client.received, VOLUME,
+                "connection {n}: bytes from the service"
+            );
+            assert_eq!(
+                client.received_sha,
+                pattern_sha(VOLUME, 20 + round),
+                "connection {n}"
+            );
+            assert_eq!(
+                server.received, VOLUME,
+                "connection {n}: bytes to the service"
+            );
+            assert_eq!(server.received_sha, client.sent_sha, "connection {n}");
+            Connection {
+                path: path_of(n).unwrap_or_else(|| "?".into()),
+                first_byte: first_byte.expect("a verified transfer has a first byte"),
+                elapsed,
+            }
+        })
+        .collect()
+}
+
+/// How one cell of a table ended.
+enum Outcome {
+    Connected(Vec<Connection>),
+    /// Refused as expected for lack of a relay, each attempt within this long.
+    RelayNeeded(Duration),
+    Failed(String),
+}
+
+struct Row {
+    cell: String,
+    outcome: Outcome,
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    let mut out = format!(
+        "\n{title}: {CONNECTIONS} connections per cell, {} MiB each way each\n{:<34} {:<26} {:<30} {}\n",
+        VOLUME / MIB,
+        "cell",
+        "path",
+        "time to first byte (1st/2nd/3rd)",
+        "throughput each way"
+    );
+    for row in rows {
+        let (path, first, speed) = match &row.outcome {
+            Outcome::Connected(conns) => {
+                let paths: Vec<&str> = conns.iter().map(|c| c.path.as_str()).collect();
+                let path = if paths.iter().all(|p| *p == paths[0]) {
+                    paths[0].to_string()
+                } else {
+                    paths.join(",")
+                };
+                let first: Vec<String> = conns
+                    .iter()
+                    .map(|c| format!("{}", c.first_byte.as_millis()))
+                    .collect();
+                // Moving the bytes, not setting the connection up (that is the other column).
+                let total: Duration = conns
+                    .iter()
+                    .map(|c| c.elapsed.saturating_sub(c.first_byte))
+                    .sum();
+                let mib = (VOLUME * conns.len() as u64) as f64 / MIB as f64;
+                (
+                    path,
+                    format!("{} ms", first.join(" / ")),
+                    format!("{:.0} MiB/s", mib / total.as_secs_f64()),
+                )
+            }
+            Outcome::RelayNeeded(within) => (
+                "relay needed (expected)".into(),
+                format!("refused in {} ms", within.as_millis()),
+                "-".into(),
+            ),
+            Outcome::Failed(why) => ("FAILED".into(), why.clone(), String::new()),
+        };
+        out += &format!("{:<34} {:<26} {:<30} {}\n", row.cell, path, first, speed);
+    }
+    eprintln!("{out}");
+}
+
+fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
+
+/// Runs `cell`, turning a panic into a failed row (so that the table shows every cell).
+fn run(cell: String, f: impl FnOnce() -> Outcome) -> Row {
+    let outcome =
+        catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|e| Outcome::Failed(panic_text(e)));
+    Row { cell, outcome }
+}
+
+/// Two homes, the lab's DHT, and the test service in the first home (where shares run).
+struct TwoHomes {
+    lab: Lab,
+    bootstrap: String,
+    service: Service,
+}
+
+impl TwoHomes {
+    fn new(share_nat: Nat, connect_nat: Nat) -> TwoHomes {
+        let lab = lab(LabSpec::homes([share_nat, connect_nat]));
+        let bootstrap = lab
+            .start_dht(p2p_socket())
+            .unwrap_or_else(|e| panic!("cannot start the lab's DHT: {e}"));
+        let service = service_in(&lab, &lab.homes()[0].host.netns);
+        TwoHomes {
+            lab,
+            bootstrap,
+            service,
+        }
+    }
+
+    fn sharing_home(&self) -> &str {
+        &self.lab.homes()[0].host.netns
+    }
+
+    fn connecting_home(&self) -> &str {
+        &self.lab.homes()[1].host.netns
+    }
+
+    /// A Rust share of the service; returns it with its key.
+    fn rust_share(&self, log: &Log) -> (LabProcess, String) {
+        let port = self.service.port().to_string();
+        let args = [
+            "share",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--bootstrap",
+            &self.bootstrap,
+        ];
+        let mut share = p2p_socket_in(&self.lab, self.sharing_home(), "share", log, &args);
+        let key = share_key(&mut share);
+        (share, key)
+    }
+
+    /// A Rust connect to `key`; returns it with where it listens.
+    fn rust_connect(&self, key: &str, log: &Log) -> (LabProcess, SocketAddr) {
+        let args = ["connect", "--key", key, "--bootstrap", &self.bootstrap];
+        let mut connect = p2p_socket_in(&self.lab, self.connecting_home(), "connect", log, &args);
+        let listen = listening(&mut connect);
+        (connect, listen)
+    }
+
+    /// Three connections to `listen`; a failure comes with the logs.
+    fn connections(
+        &self,
+        listen: SocketAddr,
+        path_of: impl Fn(u64) -> Option<String>,
+        logs: &[&Log],
+    ) -> Outcome {
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            three_connections(
+                &self.lab,
+                self.connecting_home(),
+                listen,
+                &self.service,
+                path_of,
+            )
+        }));
+        match run {
+            Ok(conns) => Outcome::Connected(conns),
+            Err(e) => Outcome::Failed(format!("{}\n{}", panic_text(e), dump(logs))),
+        }
+    }
+}
+
+fn dump(logs: &[&Log]) -> String {
+    logs.iter()
+        .map(|l| format!("--- {}\n{}", l.0.display(), l.text()))
+        .collect()
+}
+
+/// A Rust share in a home behind `share_nat`, a Rust connect in one behind `connect_nat`.
+fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
+    let homes = TwoHomes::new(share_nat, connect_nat);
+    let share_log = Log::new(&format!("{share_nat}-{connect_nat}-share"));
+    let connect_log = Log::new(&format!("{share_nat}-{connect_nat}-connect"));
+    let (_share, key) = homes.rust_share(&share_log);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log);
+    if share_nat == Nat::Symmetric && connect_nat == Nat::Symmetric {
+        return relay_needed(&homes.lab, homes.connecting_home(), listen, &connect_log)
+            .unwrap_or_else(|why| {
+                Outcome::Failed(format!("{why}\n{}", dump(&[&share_log, &connect_log])))
+            });
+    }
+    homes.connections(
+        listen,
+        |n| connect_log.field("connected to the sharer", n, "path"),
+        &[&share_log, &connect_log],
+    )
+}
+
+/// Between two randomising NATs no hole can be punched: each connection must be refused at once
+/// with an error that says a relay is needed (the relay comes next; this cell then connects).
+fn relay_needed(
+    lab: &Lab,
+    netns: &str,
+    listen: SocketAddr,
+    connect_log: &Log,
+) -> Result<Outcome, String> {
+    let mut slowest = Duration::ZERO;
+    for n in 1..=CONNECTIONS {
+        let stream = lab
+            .in_netns(netns, move || TcpStream::connect(listen))
+            .expect("enter the connecting home")
+            .expect("dial the local end of the tunnel");
+        let started = Instant::now();
+        let refused = exchange_timed(stream, VOLUME, n).map_or(true, |(t, _)| t.received == 0);
+        slowest = slowest.max(started.elapsed());
+        let error = connect_log
+            .line("could not reach the sharer", n)
+            .unwrap_or_default();
+        if !refused || !error.contains("connecting needs a relay") {
+            return Err(format!(
+                "connection {n}: expected a refusal saying a relay is needed, got {error:?}"
+            ));
+        }
+    }
+    if slowest > REFUSAL {
+        return Err(format!("a refusal took {slowest:?}, more than {REFUSAL:?}"));
+    }
+    Ok(Outcome::RelayNeeded(slowest))
+}
+
+#[test]
+fn share_and_connect_meet_across_every_pair_of_nats() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rows = Vec::new();
+    for share_nat in Nat::ALL {
+        for connect_nat in Nat::ALL {
+            let cell = format!("share {share_nat} <- connect {connect_nat}");
+            rows.push(run(cell, || rust_cell(share_nat, connect_nat)));
+        }
+    }
+    print_table("share x connect across NATs", &rows);
+    check(&rows, true);
+}
+
+/// Every cell connected (or was refused for want of a relay, where that is expected), and
+/// with `fast_later`, connections after the first came quickly.
+fn check(rows: &[Row], fast_later: bool) {
+    let mut failures = Vec::new();
+    for row in rows {
+        match &row.outcome {
+            Outcome::Connected(conns) if fast_later => {
+                for (i, c) in conns.iter().enumerate().skip(1) {
+                    if c.first_byte > LATER_CONNECTION {
+                        failures.push(format!(
+                            "{}: connection {} took {:?} to its first byte, more than {LATER_CONNECTION:?}",
+                            row.cell,
+                            i + 1,
+                            c.first_byte
+                        ));
+                    }
+                }
+            }
+            Outcome::Connected(_) | Outcome::RelayNeeded(_) => {}
+            Outcome::Failed(why) => failures.push(format!("{}: {why}", row.cell)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A Node hyperdht client in a cone home reaching a Rust share in another.
+fn node_client_to_rust_share() -> Outcome {
+    let homes = TwoHomes::new(Nat::Cone, Nat::Cone);
+    let share_log = Log::new("node-client-share");
+    let (_share, key) = homes.rust_share(&share_log);
+    let args = [
+        "--bootstrap",
+        &homes.bootstrap,
+        "--key",
+        &key,
+        "--port",
+        "0",
+        "--host",
+        "0.0.0.0",
+    ];
+    let mut client = node_in(&homes.lab, homes.connecting_home(), "client.js", &args);
+    let port = json_field(&mut client, "port")
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("the Node client's port");
+    homes.connections(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        |n| share_log.field("peer connected", n, "path"),
+        &[&share_log],
+    )
+}
+
+/// A Rust connect in a cone home reaching a Node hyperdht server in another.
+fn rust_connect_to_node_server() -> Outcome {
+    let homes = TwoHomes::new(Nat::Cone, Nat::Cone);
+    let port = homes.service.port().to_string();
+    let args = [
+        "--bootstrap",
+        &homes.bootstrap,
+        "--target-host",
+        "127.0.0.1",
+        "--target-port",
+        &port,
+        "--host",
+        "0.0.0.0",
+    ];
+    let mut server = node_in(&homes.lab, homes.sharing_home(), "server.js", &args);
+    let key = json_field(&mut server, "publicKey")
+        .as_str()
+        .expect("the Node server's key")
+        .to_string();
+    let connect_log = Log::new("node-server-connect");
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log);
+    homes.connections(
+        listen,
+        |n| connect_log.field("connected to the sharer", n, "path"),
+        &[&connect_log],
+    )
+}
+
+#[test]
+fn node_hyperdht_meets_us_across_cone_nats() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rows = vec![
+        run(
+            "Node client -> Rust share (cone, cone)".into(),
+            node_client_to_rust_share,
+        ),
+        run(
+            "Rust connect -> Node server (cone, cone)".into(),
+            rust_connect_to_node_server,
+        ),
+    ];
+    print_table("Node hyperdht 6.34 across NATs", &rows);
+    // Node's side punches afresh for every connection; only that they all get through counts.
+    check(&rows, false);
+}
