@@ -40,9 +40,10 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 const HANDSHAKE_ATTEMPTS: usize = 3;
 
 /// A handshake sent straight through a punched hole: one round trip, so a short wait, tried
-/// twice (a lost datagram should not cost a whole new punch).
-const ROUTE_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(1000);
-const ROUTE_HANDSHAKE_TRIES: u32 = 2;
+/// a few times (a lost datagram should cost neither a second nor a whole new punch; a late
+/// answer to an earlier try still counts, and the sharer answers a repeat as before).
+const ROUTE_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
+const ROUTE_HANDSHAKE_TRIES: u32 = 4;
 
 /// How often a kept punched socket pings the sharer's end (which answers): NATs forget a UDP
 /// mapping after 30 s or more without traffic.

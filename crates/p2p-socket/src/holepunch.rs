@@ -98,12 +98,11 @@ impl Puncher {
         initiator: bool,
         bind: IpAddr,
         nodes: Vec<SocketAddr>,
-        open: bool,
         requests: Option<mpsc::UnboundedSender<RpcRequest>>,
     ) -> Result<Arc<Puncher>> {
         let (hits_tx, hits) = mpsc::unbounded_channel();
         let main = PunchSocket::bind(bind).await?;
-        let nat = NatProbe::start(&main, nodes, open);
+        let nat = NatProbe::start(&main, nodes);
         let puncher = Puncher {
             initiator,
             bind,
@@ -273,13 +272,14 @@ impl Puncher {
         }
     }
 
-    /// Keeps only the socket at `index` (the winner), stops probing and lets the others close.
+    /// Keeps only the socket at `index` (the winner, from now on the main one), stops probing
+    /// and lets the others close.
     pub(crate) fn keep_only(&self, index: usize) -> Option<PunchSocket> {
         self.stop();
         let mut sockets = lock(&self.sockets);
-        let winner = sockets.get(index).cloned();
-        sockets.clear();
-        winner
+        let winner = sockets.get(index).cloned()?;
+        *sockets = vec![winner.clone()];
+        Some(winner)
     }
 }
 
@@ -622,7 +622,7 @@ pub(crate) async fn punch_to_server(p: &ClientPunch<'_>) -> Result<(PunchSocket,
             Error::HolepunchFailed("the sharer offered no DHT node to punch through".into())
         })?;
 
-    let puncher = Puncher::new(true, p.bind, p.nodes.clone(), false, None).await?;
+    let puncher = Puncher::new(true, p.bind, p.nodes.clone(), None).await?;
     puncher.update_remote(false, p.remote_firewall.wire(), None, None);
     let mut hits = puncher
         .take_hits()
@@ -729,7 +729,7 @@ impl ServerPunch {
         remote_firewall: Firewall,
         requests: mpsc::UnboundedSender<RpcRequest>,
     ) -> Result<ServerPunch> {
-        let puncher = Puncher::new(false, bind, nodes, false, Some(requests)).await?;
+        let puncher = Puncher::new(false, bind, nodes, Some(requests)).await?;
         puncher.update_remote(false, remote_firewall.wire(), None, None);
         Ok(ServerPunch {
             secure: SecurePayload::new(secret),

@@ -23,9 +23,10 @@ use tracing::debug;
 use crate::punch_socket::{PunchSocket, RpcMessage};
 
 /// How a NAT maps our socket, as hyperdht's `FIREWALL` constants encode it on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) enum Firewall {
     /// Not known (yet).
+    #[default]
     Unknown,
     /// Reachable from anywhere: no NAT or firewall filters unsolicited packets.
     Open,
@@ -98,10 +99,10 @@ const MIN_VERDICT_SAMPLES: usize = 3;
 /// How many samples sampling aims for before it stops waiting for more (nat.js's `_minSamples`).
 pub(crate) const WANTED_SAMPLES: usize = 4;
 
-/// The reflexive addresses one socket was seen at, and the verdict they support.
-#[derive(Debug, Clone)]
+/// The reflexive addresses one socket was seen at, and the verdict they support. (A socket of a
+/// host known to be reachable is never sampled: it has nothing to punch.)
+#[derive(Debug, Clone, Default)]
 pub(crate) struct NatSampler {
-    open: bool,
     /// Samples by host only (port 0), and by host and port.
     hosts: Vec<Sample>,
     full: Vec<Sample>,
@@ -114,24 +115,6 @@ pub(crate) struct NatSampler {
 }
 
 impl NatSampler {
-    /// `open`: we know this host is reachable from anywhere (then the verdict is always Open).
-    pub(crate) fn new(open: bool) -> NatSampler {
-        NatSampler {
-            open,
-            hosts: Vec::new(),
-            full: Vec::new(),
-            seen_from: HashSet::new(),
-            sampled: 0,
-            firewall: if open {
-                Firewall::Open
-            } else {
-                Firewall::Unknown
-            },
-            addresses: None,
-            frozen: false,
-        }
-    }
-
     /// Records that the DHT node at `from` saw us at `seen`.
     pub(crate) fn add(&mut self, seen: SocketAddr, from: SocketAddr) {
         if !self.seen_from.insert(from) {
@@ -140,15 +123,14 @@ impl NatSampler {
         add_sample(&mut self.hosts, SocketAddr::new(seen.ip(), 0));
         add_sample(&mut self.full, seen);
         self.sampled += 1;
-        if (self.sampled >= MIN_VERDICT_SAMPLES || self.open) && !self.frozen {
+        if self.sampled >= MIN_VERDICT_SAMPLES && !self.frozen {
             self.update();
         }
     }
 
     /// Whether sampling can stop: the verdict cannot change for the better any more.
     pub(crate) fn settled(&self) -> bool {
-        matches!(self.firewall, Firewall::Consistent | Firewall::Open)
-            || self.sampled >= WANTED_SAMPLES
+        self.firewall == Firewall::Consistent || self.sampled >= WANTED_SAMPLES
     }
 
     pub(crate) fn firewall(&self) -> Firewall {
@@ -176,10 +158,6 @@ impl NatSampler {
     }
 
     fn update_firewall(&mut self) {
-        if self.open {
-            self.firewall = Firewall::Open;
-            return;
-        }
         if self.sampled < MIN_VERDICT_SAMPLES {
             return;
         }
@@ -230,8 +208,8 @@ pub(crate) struct NatProbe {
 impl NatProbe {
     /// Starts pinging `nodes` from `socket` (up to [`WANTED_SAMPLES`] at a time, more if some
     /// do not answer).
-    pub(crate) fn start(socket: &PunchSocket, nodes: Vec<SocketAddr>, open: bool) -> NatProbe {
-        let sampler = Arc::new(Mutex::new(NatSampler::new(open)));
+    pub(crate) fn start(socket: &PunchSocket, nodes: Vec<SocketAddr>) -> NatProbe {
+        let sampler = Arc::new(Mutex::new(NatSampler::default()));
         let (done_tx, done) = watch::channel(false);
         let probe = NatProbe {
             sampler: Arc::clone(&sampler),
@@ -426,7 +404,7 @@ mod tests {
     }
 
     fn sampler(seen: &[&str]) -> NatSampler {
-        let mut n = NatSampler::new(false);
+        let mut n = NatSampler::default();
         for (i, s) in seen.iter().enumerate() {
             n.add(a(s), SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16)));
         }
@@ -469,21 +447,13 @@ mod tests {
 
     #[test]
     fn a_node_counts_once() {
-        let mut n = NatSampler::new(false);
+        let mut n = NatSampler::default();
         let node = a("198.18.0.2:49737");
         for _ in 0..5 {
             n.add(a("198.18.1.1:4000"), node);
         }
         assert_eq!(n.sampled(), 1);
         assert_eq!(n.firewall(), Firewall::Unknown);
-    }
-
-    #[test]
-    fn open_hosts_are_open_from_the_first_sample() {
-        let mut n = NatSampler::new(true);
-        n.add(a("198.18.1.1:4000"), a("198.18.0.2:49737"));
-        assert_eq!(n.firewall(), Firewall::Open);
-        assert!(n.settled());
     }
 
     #[test]
