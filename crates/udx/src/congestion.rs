@@ -23,8 +23,11 @@ const BETA: f64 = 0.7;
 pub struct Congestion {
     cwnd: f64,
     ssthresh: f64,
-    /// While the cumulative ack is below this sequence we are repairing one loss episode.
+    /// While the cumulative ack is below this sequence we are repairing one loss episode:
+    /// further losses of packets sent before it do not reduce the window again.
     recovery_end: Option<u64>,
+    /// The episode is a fast recovery (window held) rather than an RTO (slow start).
+    fast_recovery: bool,
 }
 
 impl Default for Congestion {
@@ -33,6 +36,7 @@ impl Default for Congestion {
             cwnd: INITIAL_WINDOW,
             ssthresh: f64::INFINITY,
             recovery_end: None,
+            fast_recovery: false,
         }
     }
 }
@@ -53,10 +57,13 @@ impl Congestion {
     /// the application is the bottleneck would only build up a burst for later.
     pub fn on_acked(&mut self, acked: usize, snd_una: u64, cwnd_limited: bool) {
         if let Some(end) = self.recovery_end {
-            if snd_una < end {
+            if snd_una >= end {
+                self.recovery_end = None;
+            } else if self.fast_recovery {
+                // Hold the reduced window until the episode is repaired. After a timeout,
+                // however, slow start must run right away or the repair itself crawls.
                 return;
             }
-            self.recovery_end = None;
         }
         if !cwnd_limited || acked == 0 {
             return;
@@ -79,6 +86,7 @@ impl Congestion {
         self.ssthresh = (self.cwnd * BETA).max(MIN_WINDOW);
         self.cwnd = self.ssthresh;
         self.recovery_end = Some(snd_nxt);
+        self.fast_recovery = true;
     }
 
     /// The retransmission timer fired: the path may be gone, restart from a small window.
@@ -86,6 +94,7 @@ impl Congestion {
         self.ssthresh = (self.cwnd * 0.5).max(MIN_WINDOW);
         self.cwnd = MIN_WINDOW;
         self.recovery_end = Some(snd_nxt);
+        self.fast_recovery = false;
     }
 
     /// Pacing rate in bytes per second for the given packet size and smoothed RTT.
@@ -181,6 +190,10 @@ mod tests {
         assert_eq!(c.window(), 15);
         c.on_rto(200);
         assert_eq!(c.window(), MIN_WINDOW as usize);
+        c.on_acked(4, 150, true); // slow start resumes at once after a timeout
+        assert_eq!(c.window(), 8);
+        c.on_loss(220); // a loss from before the timeout does not cut again
+        assert_eq!(c.window(), 8);
     }
 
     #[test]

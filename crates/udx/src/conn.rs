@@ -147,6 +147,8 @@ pub(crate) struct Conn {
     /// Send time and sequence of the most recently sent packet known delivered (RACK).
     rack: Option<(Instant, u64)>,
     rack_rtt: Duration,
+    /// RTT sample of the current ack batch: (send time, rtt) of the newest clean packet.
+    rtt_sample: Option<(Instant, Duration)>,
     loss_check_needed: bool,
 
     rto_deadline: Option<Instant>,
@@ -202,6 +204,7 @@ impl Conn {
             pacer: Pacer::new(now),
             rack: None,
             rack_rtt: Duration::ZERO,
+            rtt_sample: None,
             loss_check_needed: false,
             rto_deadline: None,
             rto_timeouts: 0,
@@ -386,6 +389,11 @@ impl Conn {
         }
         self.sent.drain(..newly);
         self.snd_una = ack;
+        // Only the cumulative ack completes our write side: a SACK of the END packet says
+        // nothing about the data before it.
+        if self.end_seq.is_some_and(|end| self.snd_una > end) {
+            self.end_acked = true;
+        }
         for (start, end) in sacks {
             let start = wire::unwrap_seq(self.snd_una, start).max(self.snd_una);
             let end = wire::unwrap_seq(self.snd_una, end).min(self.snd_nxt);
@@ -399,24 +407,27 @@ impl Conn {
     fn mark_delivered(&mut self, idx: usize, now: Instant) {
         let seq = self.snd_una + idx as u64;
         let pkt = &mut self.sent[idx];
-        match pkt.state {
+        let was_lost = match pkt.state {
             SentState::Acked => return,
-            SentState::InFlight => self.in_flight -= 1,
-            SentState::Lost => {}
-        }
+            SentState::InFlight => {
+                self.in_flight -= 1;
+                false
+            }
+            SentState::Lost => true,
+        };
         pkt.state = SentState::Acked;
         let data = std::mem::take(&mut pkt.data);
-        let (flags, time_sent, retransmitted, padding) =
-            (pkt.flags, pkt.time_sent, pkt.retransmitted, pkt.padding);
+        let (time_sent, retransmitted, padding) = (pkt.time_sent, pkt.retransmitted, pkt.padding);
         self.newly_acked += 1;
         self.acked_bytes += data.len();
         self.loss_check_needed = true;
-        if flags & wire::FLAG_END != 0 {
-            self.end_acked = true;
-        }
         let rtt = now.saturating_duration_since(time_sent);
-        if !retransmitted {
-            self.rtt.on_sample(rtt);
+        if !retransmitted && !was_lost && self.rtt_sample.is_none_or(|(t, _)| time_sent > t) {
+            // Karn: never from a retransmitted packet; nor from one we had given up on (its
+            // ack comes late for reasons other than the path). Of the packets an ack covers,
+            // the most recently sent one measures the path best: the others may only now be
+            // cumulatively acked after waiting for a hole to be repaired.
+            self.rtt_sample = Some((time_sent, rtt));
         }
         if !retransmitted || rtt >= self.rtt.min_rtt() {
             self.rack_rtt = rtt;
@@ -475,6 +486,9 @@ impl Conn {
     }
 
     fn after_acks(&mut self, now: Instant) {
+        if let Some((_, rtt)) = self.rtt_sample.take() {
+            self.rtt.on_sample(rtt);
+        }
         if self.newly_acked > 0 {
             // Grow only a window that is in use: either sending stopped at it since the last
             // ack, or at least half of it was in flight.

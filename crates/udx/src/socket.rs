@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV6};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -109,8 +109,6 @@ impl Driver {
     pub(crate) async fn run(mut self) {
         let mut bufs = RecvBuffers::new();
         let io = self.io.clone();
-        let sleep = tokio::time::sleep(Duration::from_secs(3600));
-        tokio::pin!(sleep);
         loop {
             let now = Instant::now();
             self.drain_events(now);
@@ -143,16 +141,17 @@ impl Driver {
 
             if flushed && (more || !drained) {
                 // More work is ready: let other tasks run, then go on without waiting.
-                tokio::task::yield_now().await;
+                yield_to_runtime().await;
                 continue;
             }
 
-            if let Some(Reverse((deadline, _))) = self.timers.peek() {
-                sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::from_std(*deadline));
-            }
-            let has_timer = !self.timers.is_empty();
+            // A fresh timer per wait (the deadline moves on almost every pass anyway).
+            let deadline = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| tokio::time::Instant::from_std(*at));
+            let sleep =
+                tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
                 biased;
                 ev = self.events.recv(), if !self.handles_gone => match ev {
@@ -161,11 +160,10 @@ impl Driver {
                 },
                 _ = self.io.udp.readable() => {}
                 _ = self.io.udp.writable(), if !flushed => {}
-                _ = &mut sleep, if has_timer => {}
+                _ = sleep, if deadline.is_some() => {}
             }
         }
     }
-
     fn drain_events(&mut self, now: Instant) {
         while !self.handles_gone {
             match self.events.try_recv() {
@@ -307,6 +305,25 @@ impl Driver {
         self.next_active = active;
         more
     }
+}
+
+/// Lets the scheduler run other tasks once, then resumes.
+///
+/// Unlike `tokio::task::yield_now`, whose wakeup is deferred until the worker next parks
+/// (and which left the driver unscheduled forever under heavy CPU contention in tests),
+/// this simply wakes itself before returning `Pending`, which re-queues the task behind
+/// the others.
+async fn yield_to_runtime() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 impl Drop for Driver {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ pub async fn recv_all(stream: &mut (impl AsyncReadExt + Unpin)) -> (usize, Strin
     (total, hex::encode(hash.finalize()))
 }
 
-/// Two sockets with one connected stream pair (ids 1 <-> 2), optionally through `via`.
+/// Two sockets with one connected stream pair.
 pub async fn stream_pair(
     a: &UdxSocket,
     b: &UdxSocket,
@@ -85,25 +86,46 @@ pub async fn exchange(sa: UdxStream, sb: UdxStream, len: usize) {
     assert_eq!(got_a, (len, sent_b), "b -> a");
 }
 
-/// A UDP forwarder between `a` and `b` that drops each datagram with probability `loss`.
-/// `a` must send to the returned `.0`, `b` to `.1`.
-pub async fn lossy_forwarder(a: SocketAddr, b: SocketAddr, loss: f64) -> (SocketAddr, SocketAddr) {
-    let to_b = Arc::new(UdpSocket::bind(localhost()).await.unwrap()); // faces a
-    let to_a = Arc::new(UdpSocket::bind(localhost()).await.unwrap()); // faces b
-    let addrs = (to_b.local_addr().unwrap(), to_a.local_addr().unwrap());
-    for (inbound, outbound, dest) in [(to_b.clone(), to_a.clone(), b), (to_a, to_b, a)] {
-        tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(dest.port() as u64);
-            let mut buf = vec![0u8; 65536];
-            // Ends with the test's runtime.
-            while let Ok(n) = inbound.recv(&mut buf).await {
-                if !rng.random_bool(loss) {
-                    let _ = outbound.send_to(&buf[..n], dest).await;
+/// A UDP forwarder between `a` and `b` that drops each datagram (both directions) with a
+/// probability that can be changed while it runs.
+pub struct Forwarder {
+    /// `a` sends here to reach `b`.
+    pub for_a: SocketAddr,
+    /// `b` sends here to reach `a`.
+    pub for_b: SocketAddr,
+    loss_ppm: Arc<AtomicU32>,
+}
+
+impl Forwarder {
+    pub async fn start(a: SocketAddr, b: SocketAddr, loss: f64) -> Forwarder {
+        let to_b = Arc::new(UdpSocket::bind(localhost()).await.unwrap()); // faces a
+        let to_a = Arc::new(UdpSocket::bind(localhost()).await.unwrap()); // faces b
+        let loss_ppm = Arc::new(AtomicU32::new((loss * 1e6) as u32));
+        let fwd = Forwarder {
+            for_a: to_b.local_addr().unwrap(),
+            for_b: to_a.local_addr().unwrap(),
+            loss_ppm,
+        };
+        for (inbound, outbound, dest) in [(to_b.clone(), to_a.clone(), b), (to_a, to_b, a)] {
+            let loss = fwd.loss_ppm.clone();
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(dest.port() as u64);
+                let mut buf = vec![0u8; 65536];
+                // Ends with the test's runtime.
+                while let Ok(n) = inbound.recv(&mut buf).await {
+                    if rng.random_range(0..1_000_000) >= loss.load(Ordering::Relaxed) {
+                        let _ = outbound.send_to(&buf[..n], dest).await;
+                    }
                 }
-            }
-        });
+            });
+        }
+        fwd
     }
-    addrs
+
+    /// Changes the drop probability (1.0 cuts the path).
+    pub fn set_loss(&self, loss: f64) {
+        self.loss_ppm.store((loss * 1e6) as u32, Ordering::Relaxed);
+    }
 }
 
 /// Runs `fut` with a deadline so a broken transport fails the test instead of hanging it.
@@ -182,6 +204,16 @@ impl NodePeer {
         }
     }
 
+    /// Tells a peer started without `--remote-port` where its peer is.
+    pub async fn tell_port(&mut self, port: u16) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{{\"port\":{port}}}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
     /// Waits for the result line.
     pub async fn result(&mut self) -> serde_json_lite::Value {
         let line = self
@@ -231,5 +263,17 @@ pub mod serde_json_lite {
             );
         }
         Value(map)
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds, failing the test after `secs`.
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

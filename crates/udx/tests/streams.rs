@@ -1,0 +1,323 @@
+//! Rust-to-Rust stream behaviour over real UDP sockets on 127.0.0.1.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use udx::{UdxError, UdxSocket};
+
+async fn two_sockets() -> (UdxSocket, UdxSocket) {
+    (
+        UdxSocket::bind(localhost()).await.unwrap(),
+        UdxSocket::bind(localhost()).await.unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_each_way() {
+    let (a, b) = two_sockets().await;
+    let (sa, sb) = stream_pair(&a, &b, 1, 2).await;
+    within(120, "64 MiB each way", exchange(sa, sb, 64 * MIB)).await;
+    eventually(10, "both streams finish", || {
+        a.stream_count() == 0 && b.stream_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_under_five_percent_loss_both_ways() {
+    let (a, b) = two_sockets().await;
+    let fwd = Forwarder::start(a.local_addr().unwrap(), b.local_addr().unwrap(), 0.05).await;
+    let sa = a.create_stream(10).unwrap();
+    let sb = b.create_stream(20).unwrap();
+    sa.connect(20, fwd.for_a).unwrap();
+    sb.connect(10, fwd.for_b).unwrap();
+    let stats = within(
+        120,
+        "16 MiB each way at 5% loss",
+        exchange_keep(sa, sb, 16 * MIB),
+    )
+    .await;
+    assert!(
+        stats.retransmits > 0,
+        "the forwarder should have forced retransmissions: {stats:?}"
+    );
+}
+
+/// Like `exchange` but returns the first stream's final stats.
+async fn exchange_keep(sa: udx::UdxStream, sb: udx::UdxStream, len: usize) -> udx::StreamStats {
+    let (mut ra, mut wa) = tokio::io::split(sa);
+    let (mut rb, mut wb) = tokio::io::split(sb);
+    let t1 = tokio::spawn(async move {
+        let h = send_random(&mut wa, len, 11).await;
+        (h, wa)
+    });
+    let t2 = tokio::spawn(async move { send_random(&mut wb, len, 12).await });
+    let t3 = tokio::spawn(async move { recv_all(&mut rb).await });
+    let got_a = recv_all(&mut ra).await;
+    let (sent_a, wa) = t1.await.unwrap();
+    let sent_b = t2.await.unwrap();
+    assert_eq!(t3.await.unwrap(), (len, sent_a), "a -> b");
+    assert_eq!(got_a, (len, sent_b), "b -> a");
+    ra.unsplit(wa).stats()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_streams_on_one_socket() {
+    let (a, b) = two_sockets().await;
+    let mut tasks = Vec::new();
+    for i in 0..16u32 {
+        let (sa, sb) = stream_pair(&a, &b, 100 + i, 200 + i).await;
+        tasks.push(tokio::spawn(exchange(sa, sb, 4 * MIB)));
+    }
+    within(120, "16 concurrent streams", async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    eventually(10, "all streams finish", || {
+        a.stream_count() == 0 && b.stream_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_and_close_200_streams_repeatedly_without_leaking() {
+    let (a, b) = two_sockets().await;
+    for round in 0..3u32 {
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let (mut sa, mut sb) = stream_pair(&a, &b, 1000 + i, 5000 + i).await;
+            tasks.push(tokio::spawn(async move {
+                let msg = format!("round {round} stream {i}");
+                sa.write_all(msg.as_bytes()).await.unwrap();
+                sa.shutdown().await.unwrap();
+                let mut got = String::new();
+                sb.read_to_string(&mut got).await.unwrap();
+                assert_eq!(got, msg);
+                sb.write_all(b"bye").await.unwrap();
+                sb.shutdown().await.unwrap();
+                let mut back = Vec::new();
+                sa.read_to_end(&mut back).await.unwrap();
+                assert_eq!(back, b"bye");
+            }));
+        }
+        within(60, "200 streams", async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+        .await;
+        eventually(10, "registered streams back to 0", || {
+            a.stream_count() == 0 && b.stream_count() == 0
+        })
+        .await;
+    }
+    // Ids are free again.
+    drop(a.create_stream(1000).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_in_both_directions() {
+    let (a, b) = two_sockets().await;
+    let (sa, sb) = stream_pair(&a, &b, 1, 2).await;
+    let (mut ra, mut wa) = tokio::io::split(sa);
+    let (mut rb, mut wb) = tokio::io::split(sb);
+    within(30, "half close", async {
+        // a ends its write side first; b sees EOF after a's data.
+        wa.write_all(b"from a").await.unwrap();
+        wa.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        rb.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"from a");
+        let err = wa.write_all(b"late").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+
+        // b can still send to a, which still reads; then b ends too.
+        let big = vec![7u8; 3 * MIB];
+        wb.write_all(&big).await.unwrap();
+        wb.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        ra.read_to_end(&mut back).await.unwrap();
+        assert!(
+            back == big,
+            "a received {} bytes after its own END",
+            back.len()
+        );
+    })
+    .await;
+    eventually(10, "streams finish after both ENDs", || {
+        a.stream_count() == 0 && b.stream_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_and_drop_without_shutdown_reset_the_peer() {
+    let (a, b) = two_sockets().await;
+    within(30, "destroy", async {
+        let (mut sa, mut sb) = stream_pair(&a, &b, 1, 2).await;
+        sa.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        sb.read_exact(&mut one).await.unwrap();
+        sa.destroy();
+        let err = sb.read(&mut one).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+        assert!(
+            sa.write_all(b"y").await.is_err(),
+            "writes fail after destroy"
+        );
+        assert!(sa.read(&mut one).await.is_err(), "reads fail after destroy");
+
+        let (sc, mut sd) = stream_pair(&a, &b, 3, 4).await;
+        sc.connected().await.unwrap();
+        drop(sc);
+        let err = sd.read(&mut one).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    })
+    .await;
+    eventually(10, "destroyed streams unregister", || a.stream_count() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_fails_the_stream_in_bounded_time() {
+    let (a, b) = two_sockets().await;
+    let fwd = Forwarder::start(a.local_addr().unwrap(), b.local_addr().unwrap(), 0.0).await;
+    let (mut sa, mut sb) = {
+        let sa = a.create_stream(1).unwrap();
+        let sb = b.create_stream(2).unwrap();
+        sa.connect(2, fwd.for_a).unwrap();
+        sb.connect(1, fwd.for_b).unwrap();
+        (sa, sb)
+    };
+    sa.write_all(&[1u8; 100_000]).await.unwrap();
+    let mut buf = vec![0u8; 100_000];
+    sb.read_exact(&mut buf).await.unwrap();
+
+    fwd.set_loss(1.0); // the peer vanishes without a word
+    let started = Instant::now();
+    let err = within(30, "timeout detection", async {
+        loop {
+            if let Err(e) = sa.write_all(&[2u8; 65536]).await {
+                break e;
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(sa.connected().await.is_ok());
+    drop(sb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_after_shutdown_still_delivers_everything() {
+    let (a, b) = two_sockets().await;
+    let (sa, mut sb) = stream_pair(&a, &b, 1, 2).await;
+    let len = 8 * MIB;
+    let reader = tokio::spawn(async move { recv_all(&mut sb).await });
+    let mut wa = sa;
+    let sent = within(60, "writing", send_random(&mut wa, len, 5)).await; // ends with shutdown
+                                                                          // Most of the data is still queued or in flight: dropping the handle, and even the socket
+                                                                          // handle, must not lose it - the stream lingers in the background until it is acked.
+    drop(wa);
+    drop(a);
+    let got = within(60, "lingering delivery", reader).await.unwrap();
+    assert_eq!(got, (len, sent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_ids_are_exclusive_per_socket() {
+    let a = UdxSocket::bind(localhost()).await.unwrap();
+    let s = a.create_stream(5).unwrap();
+    assert!(matches!(
+        a.create_stream(5),
+        Err(UdxError::StreamIdInUse(5))
+    ));
+    assert_eq!(a.stream_count(), 1);
+    s.connect(6, "127.0.0.1:9".parse().unwrap()).unwrap();
+    assert!(matches!(
+        s.connect(6, "127.0.0.1:9".parse().unwrap()),
+        Err(UdxError::AlreadyConnected)
+    ));
+    drop(s);
+    eventually(5, "dropped stream unregisters", || a.stream_count() == 0).await;
+    let _again = a.create_stream(5).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_stream_datagrams_reach_the_datagram_channel() {
+    let a = UdxSocket::bind(localhost()).await.unwrap();
+    let mut rx = a.take_datagrams();
+    let plain = UdpSocket::bind(localhost()).await.unwrap();
+    let target = a.local_addr().unwrap();
+
+    plain.send_to(b"dht rpc message", target).await.unwrap();
+    let d = within(5, "plain datagram", rx.recv()).await.unwrap();
+    assert_eq!(d.data, b"dht rpc message");
+    assert_eq!(d.addr, plain.local_addr().unwrap());
+
+    // Looks like UDX but no stream 77 is registered: it is the DHT layer's business.
+    let mut udx_like = vec![0xFF, 1, 1, 0];
+    udx_like.extend_from_slice(&77u32.to_le_bytes());
+    udx_like.extend_from_slice(&[0u8; 12]);
+    plain.send_to(&udx_like, target).await.unwrap();
+    let d = within(5, "unknown stream id", rx.recv()).await.unwrap();
+    assert_eq!(d.data, udx_like);
+
+    // Our own send_to reaches a plain socket.
+    a.send_to(b"reply", plain.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = within(5, "send_to", plain.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"reply"[..], target));
+
+    a.set_ttl(3).unwrap();
+    assert_eq!(a.ttl().unwrap(), 3);
+    a.set_ttl(64).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_before_connect_are_held_and_first_packet_connects() {
+    let (a, b) = two_sockets().await;
+    within(30, "held packets", async {
+        // b registers its stream but connects only after a already sent data.
+        let mut sa = a.create_stream(1).unwrap();
+        let mut sb = b.create_stream(2).unwrap();
+        sa.connect(2, b.local_addr().unwrap()).unwrap();
+        sa.write_all(b"early bird").await.unwrap();
+        sa.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sb.remote_addr(), None);
+        sb.connect(1, a.local_addr().unwrap()).unwrap();
+        let mut got = Vec::new();
+        sb.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early bird");
+
+        // connect_on_first_packet: c learns d's address from d's first packet.
+        let mut sc = a.create_stream(3).unwrap();
+        sc.connect_on_first_packet(4);
+        let mut sd = b.create_stream(4).unwrap();
+        sd.connect(3, a.local_addr().unwrap()).unwrap();
+        sd.write_all(b"hello c").await.unwrap();
+        assert_eq!(sc.connected().await.unwrap(), b.local_addr().unwrap());
+        let mut buf = [0u8; 7];
+        sc.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello c");
+        sc.write_all(b"hi d").await.unwrap();
+        let mut buf = [0u8; 4];
+        sd.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi d");
+    })
+    .await;
+}
