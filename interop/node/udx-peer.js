@@ -6,6 +6,8 @@
 // to the peer, sends --send bytes (random, or a repeated buffer with --fast), ends its
 // write side, reads until the peer's END and finally prints one JSON result line:
 //   {"sent":N,"sentSha256":hex,"received":M,"receivedSha256":hex,"recvMs":T}
+// With --destroy-after it destroys the stream once that many bytes arrived and prints
+// {"destroyed":true,...}; a stream error (such as the peer's DESTROY) prints {"error":code}.
 // The peer's port comes from --remote-port or, when that is absent, from the first
 // stdin line ({"port":P}) so two of these scripts can be paired by a harness.
 // The script exits when stdin closes, so it never outlives the process that started it.
@@ -15,7 +17,7 @@ const UDX = require('udx-native')
 const { log, emit, fail, parseCli, parsePort } = require('./common')
 
 const USAGE =
-  'node udx-peer.js --local-id N --remote-id N [--remote-port P] [--send BYTES] [--fast] [--no-hash]'
+  'node udx-peer.js --local-id N --remote-id N [--remote-port P] [--send BYTES] [--fast] [--no-hash] [--destroy-after BYTES]'
 
 const opts = parseCli(
   {
@@ -24,7 +26,8 @@ const opts = parseCli(
     'remote-port': { type: 'string' },
     send: { type: 'string', default: '0' },
     fast: { type: 'boolean', default: false },
-    'no-hash': { type: 'boolean', default: false }
+    'no-hash': { type: 'boolean', default: false },
+    'destroy-after': { type: 'string' }
   },
   USAGE
 )
@@ -36,6 +39,7 @@ if (!Number.isInteger(localId) || !Number.isInteger(remoteId) || !Number.isSafeI
   fail(`ids and --send must be integers\nusage: ${USAGE}`)
 }
 const hashing = !opts['no-hash']
+const destroyAfter = opts['destroy-after'] === undefined ? null : Number(opts['destroy-after'])
 
 // Writes are this big: large enough that JS overhead per write is negligible.
 const CHUNK = 64 * 1024
@@ -46,7 +50,11 @@ socket.bind(0, '127.0.0.1')
 emit({ port: socket.address().port })
 
 const stream = udx.createStream(localId)
-stream.on('error', (err) => fail(`stream error: ${err.code || err.message}`))
+// A stream error (e.g. the peer's DESTROY) is a result the harness may be waiting for.
+stream.on('error', (err) => {
+  emit({ error: err.code || err.message })
+  process.exit(3)
+})
 
 let stdinBuf = ''
 let remotePort = opts['remote-port'] === undefined ? null : parsePort(opts['remote-port'], 'remote-port')
@@ -82,6 +90,10 @@ function start() {
     if (result.received === 0) firstByteAt = performance.now()
     result.received += chunk.length
     if (hashing) recvHash.update(chunk)
+    if (destroyAfter !== null && !stream.destroying && result.received >= destroyAfter) {
+      emit({ destroyed: true, received: result.received })
+      stream.destroy()
+    }
   })
   stream.on('end', () => {
     result.recvMs = firstByteAt ? performance.now() - firstByteAt : 0

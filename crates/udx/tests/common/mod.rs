@@ -169,6 +169,23 @@ impl NodePeer {
         send: usize,
         extra: &[&str],
     ) -> NodePeer {
+        let port = remote_port.to_string();
+        let mut args = vec!["--remote-port", &port];
+        args.extend_from_slice(extra);
+        Self::start(local_id, remote_id, send, &args).await
+    }
+
+    /// Starts the Node peer without a peer address; give it one with [`NodePeer::tell_port`].
+    pub async fn spawn_unpaired(
+        local_id: u32,
+        remote_id: u32,
+        send: usize,
+        extra: &[&str],
+    ) -> NodePeer {
+        Self::start(local_id, remote_id, send, extra).await
+    }
+
+    async fn start(local_id: u32, remote_id: u32, send: usize, extra: &[&str]) -> NodePeer {
         let dir = node_dir();
         let mut child = tokio::process::Command::new("node")
             .arg("udx-peer.js")
@@ -178,12 +195,7 @@ impl NodePeer {
                 "--remote-id",
                 &remote_id.to_string(),
             ])
-            .args([
-                "--remote-port",
-                &remote_port.to_string(),
-                "--send",
-                &send.to_string(),
-            ])
+            .args(["--send", &send.to_string()])
             .args(extra)
             .current_dir(dir)
             .stdin(Stdio::piped())
