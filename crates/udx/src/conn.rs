@@ -41,6 +41,9 @@ const MAX_OUT_OF_ORDER: u64 = 65536;
 const MAX_HELD_PACKETS: usize = 256;
 /// A dropped-after-shutdown stream waits at most this long for the peer to end too.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lower bound of the tail-loss-probe timeout: the runtime's timers tick in milliseconds and
+/// the receiver acks once per received burst.
+const MIN_PTO: Duration = Duration::from_millis(2);
 /// Lower bound of the reordering window used by loss detection.
 const MIN_REORDER_WINDOW: Duration = Duration::from_micros(500);
 /// The send buffer holds at least this much beyond the congestion window.
@@ -156,6 +159,10 @@ pub(crate) struct Conn {
     loss_deadline: Option<Instant>,
     pacing_deadline: Option<Instant>,
     probe_deadline: Option<Instant>,
+    /// Tail loss probe: when no ack arrives for a while, resend the newest packet so its
+    /// SACK reveals earlier losses without waiting for the (much longer) RTO.
+    tlp_deadline: Option<Instant>,
+    tlp_in_flight: bool,
     /// The deadline the driver has scheduled for us (to avoid duplicate timer entries).
     pub(crate) scheduled: Option<Instant>,
     /// Queued in the driver's active list.
@@ -211,6 +218,8 @@ impl Conn {
             loss_deadline: None,
             pacing_deadline: None,
             probe_deadline: None,
+            tlp_deadline: None,
+            tlp_in_flight: false,
             scheduled: None,
             active: false,
             stats: StreamStats::default(),
@@ -499,6 +508,8 @@ impl Conn {
             self.newly_acked = 0;
             self.rto_timeouts = 0;
             self.rto_deadline = (self.snd_una < self.snd_nxt).then(|| now + self.rtt.rto());
+            self.tlp_in_flight = false;
+            self.tlp_deadline = (self.snd_una < self.snd_nxt).then(|| now + self.pto());
             if let Some(srtt) = self.rtt.srtt() {
                 self.pacer
                     .set_rate(self.cc.pacing_rate(self.payload, srtt), self.payload);
@@ -732,6 +743,45 @@ impl Conn {
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());
         }
+        if self.tlp_deadline.is_none() {
+            self.tlp_deadline = Some(now + self.pto());
+        }
+    }
+
+    /// Probe timeout (RFC 8985): two smoothed RTTs, at least a couple of timer ticks.
+    fn pto(&self) -> Duration {
+        match self.rtt.srtt() {
+            Some(srtt) => (srtt * 2).max(MIN_PTO),
+            None => self.rtt.rto(),
+        }
+    }
+
+    /// Resends the newest packet still in flight (once per ack), to provoke an ack.
+    fn send_tail_loss_probe(&mut self, now: Instant, out: &mut Outbox) {
+        let Some(remote) = self.remote else { return };
+        if self.tlp_in_flight || self.snd_una == self.snd_nxt {
+            return;
+        }
+        let Some(idx) = self
+            .sent
+            .iter()
+            .rposition(|p| p.state == SentState::InFlight)
+        else {
+            return;
+        };
+        let seq = self.snd_una + idx as u64;
+        let hdr = self.header(self.sent[idx].flags, seq);
+        let pkt = &mut self.sent[idx];
+        pkt.retransmitted = true;
+        pkt.time_sent = now;
+        let was_probe = std::mem::take(&mut pkt.padding) > 0;
+        out.push_packet(remote.addr, &hdr, 0, &pkt.data);
+        if was_probe {
+            self.on_probe_lost();
+        }
+        self.stats.retransmits += 1;
+        self.stats.packets_sent += 1;
+        self.tlp_in_flight = true;
     }
 
     fn send_ack(&mut self, out: &mut Outbox) {
@@ -783,6 +833,7 @@ impl Conn {
             self.loss_deadline,
             self.pacing_deadline,
             self.probe_deadline,
+            self.tlp_deadline,
             self.linger_deadline,
         ]
         .into_iter()
@@ -803,6 +854,9 @@ impl Conn {
         }
         if self.rto_deadline.is_some_and(|t| t <= now) {
             self.on_rto(now);
+        } else if self.tlp_deadline.is_some_and(|t| t <= now) {
+            self.tlp_deadline = None;
+            self.send_tail_loss_probe(now, out);
         }
         if self.probe_deadline.is_some_and(|t| t <= now) {
             self.probe_deadline = Some(now + self.rtt.rto() * 2);
@@ -851,6 +905,8 @@ impl Conn {
         }
         self.in_flight = 0;
         self.loss_deadline = None;
+        self.tlp_deadline = None;
+        self.tlp_in_flight = false;
         self.cc.on_rto(self.snd_nxt);
         let backoff = 1u32 << self.rto_timeouts.min(MAX_BACKOFF_SHIFT);
         self.rto_deadline = Some(now + self.rtt.rto() * backoff);
@@ -900,6 +956,7 @@ impl Conn {
         self.loss_deadline = None;
         self.pacing_deadline = None;
         self.probe_deadline = None;
+        self.tlp_deadline = None;
         self.linger_deadline = None;
         self.sent.clear();
         self.retransmit.clear();
