@@ -163,6 +163,8 @@ pub(crate) struct Conn {
     /// SACK reveals earlier losses without waiting for the (much longer) RTO.
     tlp_deadline: Option<Instant>,
     tlp_in_flight: bool,
+    keepalive: Option<Duration>,
+    keepalive_deadline: Option<Instant>,
     /// The deadline the driver has scheduled for us (to avoid duplicate timer entries).
     pub(crate) scheduled: Option<Instant>,
     /// Queued in the driver's active list.
@@ -220,6 +222,8 @@ impl Conn {
             probe_deadline: None,
             tlp_deadline: None,
             tlp_in_flight: false,
+            keepalive: None,
+            keepalive_deadline: None,
             scheduled: None,
             active: false,
             stats: StreamStats::default(),
@@ -491,6 +495,15 @@ impl Conn {
         if self.ack_needed {
             self.send_ack(out);
         }
+        // Idle streams send heartbeats so NAT mappings stay open (libudx's keepalive);
+        // while data is in flight the data itself does that.
+        let idle = self.snd_una == self.snd_nxt;
+        match self.keepalive {
+            Some(every) if idle => {
+                self.keepalive_deadline.get_or_insert(now + every);
+            }
+            _ => self.keepalive_deadline = None,
+        }
         more
     }
 
@@ -583,6 +596,7 @@ impl Conn {
         let limit = (self.cc.window() * self.payload + SEND_BUFFER_HEADROOM).min(MAX_SEND_BUFFER);
         let mut st = self.shared.lock();
         st.stats = self.stats;
+        self.keepalive = st.keepalive;
         if !self.read_acc.is_empty() {
             let chunk = self.read_acc.split().freeze();
             self.shared
@@ -834,6 +848,7 @@ impl Conn {
             self.pacing_deadline,
             self.probe_deadline,
             self.tlp_deadline,
+            self.keepalive_deadline,
             self.linger_deadline,
         ]
         .into_iter()
@@ -860,6 +875,10 @@ impl Conn {
         }
         if self.probe_deadline.is_some_and(|t| t <= now) {
             self.probe_deadline = Some(now + self.rtt.rto() * 2);
+            self.send_control(wire::FLAG_HEARTBEAT, out);
+        }
+        if self.keepalive_deadline.is_some_and(|t| t <= now) {
+            self.keepalive_deadline = None; // re-armed by the next service while still idle
             self.send_control(wire::FLAG_HEARTBEAT, out);
         }
         if self.linger_deadline.is_some_and(|t| t <= now) {
@@ -957,6 +976,7 @@ impl Conn {
         self.pacing_deadline = None;
         self.probe_deadline = None;
         self.tlp_deadline = None;
+        self.keepalive_deadline = None;
         self.linger_deadline = None;
         self.sent.clear();
         self.retransmit.clear();

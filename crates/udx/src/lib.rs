@@ -300,6 +300,13 @@ impl UdxStream {
         .await
     }
 
+    /// Sends a heartbeat after `interval` without outgoing traffic (libudx's keepalive; hyperdht
+    /// uses 5 s) so NAT mappings of an idle stream stay open. `None` turns it off (default).
+    pub fn set_keepalive(&self, interval: Option<std::time::Duration>) {
+        self.shared.lock().keepalive = interval;
+        self.wake_driver();
+    }
+
     /// Counters and estimates of this stream.
     pub fn stats(&self) -> StreamStats {
         self.shared.lock().stats

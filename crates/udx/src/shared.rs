@@ -102,6 +102,8 @@ pub(crate) struct SharedState {
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) connect_requested: bool,
     pub(crate) connect_wakers: Vec<Waker>,
+    /// Heartbeat interval while idle (`UdxStream::set_keepalive`).
+    pub(crate) keepalive: Option<std::time::Duration>,
     pub(crate) closed: Option<CloseReason>,
     /// Both directions ended cleanly and the driver let go of the stream.
     pub(crate) finished: bool,

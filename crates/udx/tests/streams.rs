@@ -321,3 +321,29 @@ async fn packets_before_connect_are_held_and_first_packet_connects() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_send_keepalive_heartbeats() {
+    let (a, b) = two_sockets().await;
+    let (sa, sb) = stream_pair(&a, &b, 1, 2).await;
+    sa.connected().await.unwrap();
+    sa.set_keepalive(Some(Duration::from_millis(50)));
+    let before = sb.stats().packets_received;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A heartbeat is answered with an ack: both sides keep seeing packets while idle.
+    eventually(5, "heartbeats arrive", || {
+        sb.stats().packets_received >= before + 3
+    })
+    .await;
+    eventually(5, "heartbeats are answered", || {
+        sa.stats().packets_received >= 3
+    })
+    .await;
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<UdxSocket>();
+    check::<udx::UdxStream>();
+}
