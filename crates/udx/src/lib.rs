@@ -10,6 +10,7 @@
 //! stream.connect(remote_id, peer_addr)?;            // or:
 //! stream.connect_on_first_packet(remote_id);        // adopt the address of whoever sends first
 //! // stream: AsyncRead + AsyncWrite; poll_shutdown sends END (half-close); drop/destroy sends DESTROY
+//! relay_a.relay_to(&relay_b)?;                      // before connect: a blind relay ([`relay`])
 //! ```
 //!
 //! # Design
@@ -30,6 +31,7 @@
 mod congestion;
 mod conn;
 mod outbox;
+mod relay;
 mod rtt;
 mod shared;
 mod socket;
@@ -49,6 +51,7 @@ use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
+pub use crate::relay::StreamObserver;
 use crate::shared::{CloseReason, Event, StreamShared};
 use crate::socket::{lock, SocketCore};
 

@@ -63,6 +63,8 @@ pub(crate) enum Event {
     Destroy(Arc<StreamShared>),
     /// The application dropped its handle.
     Dropped(Arc<StreamShared>),
+    /// `relay_to`: pass the first stream's packets on to the second's peer.
+    Relay(Arc<StreamShared>, Arc<StreamShared>),
 }
 
 /// Per-stream state shared by the handle and the driver.

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::conn::Conn;
 use crate::outbox::Outbox;
+use crate::relay::Relays;
 use crate::shared::{CloseReason, Event, StreamShared};
 use crate::udp_io::{RecvBuffers, UdpIo};
 use crate::wire::{Header, HEADER_SIZE};
@@ -85,6 +86,7 @@ pub(crate) struct Driver {
     next_active: Vec<u32>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     out: Outbox,
+    relays: Relays,
 }
 
 impl Driver {
@@ -103,6 +105,7 @@ impl Driver {
             next_active: Vec::new(),
             timers: BinaryHeap::new(),
             out: Outbox::default(),
+            relays: Relays::default(),
         })
     }
 
@@ -192,7 +195,14 @@ impl Driver {
     }
 
     fn on_event(&mut self, ev: Event, now: Instant) {
+        let Some(ev) = self
+            .relays
+            .on_event(ev, &mut self.conns, &mut self.out, &self.registry)
+        else {
+            return;
+        };
         match ev {
+            Event::Relay(..) => {} // taken by `relays`
             Event::Register(shared) => {
                 let id = shared.local_id;
                 let mut conn = Conn::new(shared, now);
@@ -232,6 +242,13 @@ impl Driver {
 
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
         if let Some(h) = Header::decode(data) {
+            let (conns, out) = (&self.conns, &mut self.out);
+            if self
+                .relays
+                .on_datagram(&h, data, from, conns, out, &self.registry)
+            {
+                return;
+            }
             if !self.conns.contains_key(&h.stream_id) {
                 // The stream may have been created a moment ago; its Register event could
                 // still be queued behind this packet.
@@ -333,5 +350,6 @@ impl Drop for Driver {
         for conn in self.conns.values_mut() {
             conn.close(CloseReason::SocketClosed);
         }
+        self.relays.close_all();
     }
 }
