@@ -55,7 +55,16 @@ impl Congestion {
     /// `acked` packets were newly delivered; `snd_una` is the new cumulative ack.
     /// `cwnd_limited` says whether the sender was actually using the window: growing it while
     /// the application is the bottleneck would only build up a burst for later.
-    pub fn on_acked(&mut self, acked: usize, snd_una: u64, cwnd_limited: bool) {
+    /// `queue_building` says the RTT shows a standing queue on the path (see
+    /// [`queue_building`]): then the window stops growing (and slow start ends) before the
+    /// queue overflows into losses.
+    pub fn on_acked(
+        &mut self,
+        acked: usize,
+        snd_una: u64,
+        cwnd_limited: bool,
+        queue_building: bool,
+    ) {
         if let Some(end) = self.recovery_end {
             if snd_una >= end {
                 self.recovery_end = None;
@@ -66,6 +75,10 @@ impl Congestion {
             }
         }
         if !cwnd_limited || acked == 0 {
+            return;
+        }
+        if queue_building {
+            self.ssthresh = self.ssthresh.min(self.cwnd);
             return;
         }
         let acked = acked as f64;
@@ -105,6 +118,18 @@ impl Congestion {
         let srtt = srtt.as_secs_f64().max(1e-6);
         gain * self.cwnd * mss as f64 / srtt
     }
+}
+
+/// Queueing delay beyond which the window stops growing, on top of twice the minimum RTT.
+const QUEUE_DELAY_LIMIT: Duration = Duration::from_millis(10);
+
+/// True when the smoothed RTT exceeds twice the path's minimum by more than 10 ms: packets
+/// are sitting in a buffer (typically the receiver's socket buffer, or a bloated router
+/// queue) and more window would only add delay and, once it overflows, losses that cost
+/// the receiver extra work. Generous enough that scheduling jitter on a busy machine and
+/// ordinary RTT variation on internet paths do not trigger it.
+pub fn queue_building(srtt: Duration, min_rtt: Duration) -> bool {
+    min_rtt != Duration::MAX && srtt > min_rtt * 2 + QUEUE_DELAY_LIMIT
 }
 
 /// How long a burst may be: covers late timer wakeups (tokio timers have 1 ms granularity).
@@ -176,24 +201,27 @@ mod tests {
     #[test]
     fn slow_start_then_one_reduction_per_episode() {
         let mut c = Congestion::default();
-        c.on_acked(10, 10, true);
+        c.on_acked(10, 10, true, false);
         assert_eq!(c.window(), 20);
-        c.on_acked(10, 20, false); // app-limited: no growth
+        c.on_acked(10, 20, false, false); // app-limited: no growth
         assert_eq!(c.window(), 20);
         c.on_loss(100);
         assert_eq!(c.window(), 14);
         c.on_loss(120); // same episode
         assert_eq!(c.window(), 14);
-        c.on_acked(5, 50, true); // still recovering
+        c.on_acked(5, 50, true, false); // still recovering
         assert_eq!(c.window(), 14);
-        c.on_acked(14, 100, true); // recovery over, congestion avoidance
+        c.on_acked(14, 100, true, false); // recovery over, congestion avoidance
         assert_eq!(c.window(), 15);
         c.on_rto(200);
         assert_eq!(c.window(), MIN_WINDOW as usize);
-        c.on_acked(4, 150, true); // slow start resumes at once after a timeout
+        c.on_acked(4, 150, true, false); // slow start resumes at once after a timeout
         assert_eq!(c.window(), 8);
         c.on_loss(220); // a loss from before the timeout does not cut again
         assert_eq!(c.window(), 8);
+        c.on_acked(8, 230, true, true); // a standing queue: no growth, slow start over
+        assert_eq!(c.window(), 8);
+        assert!(!c.in_slow_start());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::congestion::{Congestion, Pacer};
+use crate::congestion::{self, Congestion, Pacer};
 use crate::outbox::Outbox;
 use crate::rtt::RttEstimator;
 use crate::shared::{CloseReason, StreamShared};
@@ -517,7 +517,12 @@ impl Conn {
             let used =
                 self.cwnd_limited || 2 * (self.in_flight + self.newly_acked) >= self.cc.window();
             self.cwnd_limited = false;
-            self.cc.on_acked(self.newly_acked, self.snd_una, used);
+            let queue = self
+                .rtt
+                .srtt()
+                .is_some_and(|s| congestion::queue_building(s, self.rtt.min_rtt()));
+            self.cc
+                .on_acked(self.newly_acked, self.snd_una, used, queue);
             self.newly_acked = 0;
             self.rto_timeouts = 0;
             self.rto_deadline = (self.snd_una < self.snd_nxt).then(|| now + self.rtt.rto());
