@@ -58,6 +58,7 @@ pub async fn run() -> Result<()> {
         key_pair: KeyPair::generate(),
         service_host: web_addr.ip().to_string(),
         service_port: web_addr.port(),
+        relay: None,
     })
     .await
     .context("sharing the page")?;
@@ -73,6 +74,8 @@ pub async fn run() -> Result<()> {
         key_pair: KeyPair::generate(),
         remote: key,
         listen: SocketAddr::new(LOOPBACK, 0),
+        relay: None,
+        force_relay: false,
     })
     .await
     .context("connecting to the share")?;

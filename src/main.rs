@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
 use p2p_socket::identity::{default_identity_path, Identity, KeyPair, PublicKey};
-use p2p_socket::{BootstrapNode, Connect, ConnectOptions, NetworkOptions, Share, ShareOptions};
+use p2p_socket::{
+    BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayOptions, RelayServer, Share,
+    ShareOptions,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Share a local TCP port with anyone, peer to peer, end-to-end encrypted, over HyperDHT.
@@ -57,6 +60,10 @@ enum Command {
         /// Without one, a new key is made for this run.
         #[arg(long, value_name = "PATH")]
         identity: Option<PathBuf>,
+        /// A relay (`p2p-socket relay`) to offer peers that cannot reach us otherwise; they go
+        /// through it only when no hole can be punched.
+        #[arg(long, value_name = "KEY")]
+        relay: Option<String>,
     },
     /// Connect to a share: listens locally and forwards every connection to the sharer.
     Connect {
@@ -69,6 +76,14 @@ enum Command {
         /// Local address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
+        /// A relay (`p2p-socket relay`) to go through when no hole can be punched to the
+        /// sharer. One the sharer offers is used in preference.
+        #[arg(long, value_name = "KEY")]
+        relay: Option<String>,
+        /// Go through a relay for every connection, never directly (to try a relay out, or
+        /// where only the relay is reachable): ours, or the one the sharer offers.
+        #[arg(long)]
+        force_relay: bool,
     },
     /// Create an identity file so `share` keeps the same key across restarts (compatible with
     /// the npm p2p-socket's identity.json).
@@ -78,6 +93,18 @@ enum Command {
         #[arg(short, long, value_name = "WORDS", num_args = 1..)]
         seed: Vec<String>,
         /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        identity: Option<PathBuf>,
+    },
+    /// Run a blind relay: peers that cannot punch through their NATs to each other connect
+    /// through it (with `--relay <its key>`). It passes on their packets, end-to-end encrypted
+    /// (it sees ciphertext only). Run it on a host with a public address.
+    Relay {
+        /// Derive the relay's key from these words, so it stays the same across restarts
+        /// (anyone who knows them can derive the key too).
+        #[arg(short, long, value_name = "WORDS", num_args = 1.., conflicts_with = "identity")]
+        seed: Vec<String>,
+        /// Use the key pair of this identity file (see `create-id`) as the relay's key.
         #[arg(long, value_name = "PATH")]
         identity: Option<PathBuf>,
     },
@@ -143,25 +170,40 @@ async fn run(cli: Cli) -> Result<()> {
             port,
             host,
             identity,
+            relay,
         } => {
             share(
                 network(&cli.bootstrap)?,
-                port,
-                host,
-                identity,
+                ShareArgs {
+                    port,
+                    host,
+                    identity,
+                    relay: relay_key(relay)?,
+                },
                 &cli.bootstrap,
             )
             .await
         }
-        Command::Connect { key, port, host } => {
+        Command::Connect {
+            key,
+            port,
+            host,
+            relay,
+            force_relay,
+        } => {
             let remote: PublicKey = key.parse().context("the --key is not a p2p-socket key")?;
-            connect(
-                network(&cli.bootstrap)?,
+            let relay = relay_key(relay)?;
+            connect(ConnectOptions {
+                network: network(&cli.bootstrap)?,
+                key_pair: KeyPair::generate(),
                 remote,
-                SocketAddr::new(host, port),
-            )
+                listen: SocketAddr::new(host, port),
+                relay,
+                force_relay,
+            })
             .await
         }
+        Command::Relay { seed, identity } => relay(network(&cli.bootstrap)?, seed, identity).await,
         Command::CreateId { seed, identity } => {
             let path = identity.unwrap_or_else(default_identity_path);
             let seed = seed.concat();
@@ -193,13 +235,25 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn share(
-    network: NetworkOptions,
+fn relay_key(key: Option<String>) -> Result<Option<PublicKey>> {
+    key.map(|k| k.parse().context("the --relay is not a relay key"))
+        .transpose()
+}
+
+struct ShareArgs {
     port: u16,
     host: String,
     identity: Option<PathBuf>,
-    bootstrap: &Option<String>,
-) -> Result<()> {
+    relay: Option<PublicKey>,
+}
+
+async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<String>) -> Result<()> {
+    let ShareArgs {
+        port,
+        host,
+        identity,
+        relay,
+    } = args;
     if port == 0 {
         bail!("--port 0 is not a service port; give the port your local service listens on");
     }
@@ -221,6 +275,7 @@ async fn share(
         key_pair,
         service_host: host.clone(),
         service_port: port,
+        relay,
     })
     .await
     .context("could not start sharing")?;
@@ -239,19 +294,39 @@ async fn share(
     Ok(())
 }
 
-async fn connect(network: NetworkOptions, remote: PublicKey, listen: SocketAddr) -> Result<()> {
-    let connect = Connect::start(ConnectOptions {
-        network,
-        key_pair: KeyPair::generate(),
-        remote,
-        listen,
-    })
-    .await
-    .context("could not connect")?;
+async fn connect(opts: ConnectOptions) -> Result<()> {
+    let remote = opts.remote;
+    let connect = Connect::start(opts).await.context("could not connect")?;
     println!("Listening on {}", connect.local_addr());
     println!("Connections to it reach the sharer of {remote}.");
     wait_for_shutdown().await?;
     connect.close().await;
+    Ok(())
+}
+
+async fn relay(
+    network: NetworkOptions,
+    seed: Vec<String>,
+    identity: Option<PathBuf>,
+) -> Result<()> {
+    let key_pair = match identity {
+        Some(path) => Identity::load(&path)
+            .with_context(|| format!("cannot use {} as the relay's identity", path.display()))?
+            .key_pair()
+            .clone(),
+        None if !seed.is_empty() => KeyPair::from_seed_text(&seed.concat()),
+        None => KeyPair::generate(),
+    };
+    let relay = RelayServer::start(RelayOptions { network, key_pair })
+        .await
+        .context("could not start the relay")?;
+    let key = relay.public_key();
+    println!("Relay running. Key:");
+    println!("{key}");
+    println!("Peers use it with: p2p-socket share|connect ... --relay {key}");
+    wait_for_shutdown().await?;
+    eprintln!("stopping: withdrawing the announcement");
+    relay.close().await;
     Ok(())
 }
 

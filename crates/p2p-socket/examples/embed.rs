@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key_pair: KeyPair::generate(),
         service_host: "127.0.0.1".into(),
         service_port,
+        relay: None,
     })
     .await?;
     println!("sharing under key {}", share.public_key());

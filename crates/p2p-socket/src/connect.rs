@@ -1,6 +1,10 @@
 //! The connecting side (hyperdht's `connect.js`): find the sharer's announcement, send the
 //! handshake through a DHT node that holds it, and open the encrypted stream; and the local TCP
 //! listener that does this for every connection a local program makes.
+//!
+//! The path is the most direct one that works: straight to the sharer, or through a hole
+//! punched in both NATs; through a blind relay only when neither can be made (and then for the
+//! next connections too, for a while, so they need not find out again).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -8,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{
-    decode_handshake_from_bytes, decode_hyper_peer_from_bytes, NoisePayload, FIREWALL_OPEN,
-    MODE_FROM_CLIENT, MODE_REPLY, PEER_HANDSHAKE,
+    decode_handshake_from_bytes, decode_hyper_peer_from_bytes, NoisePayload, RelayThroughInfo,
+    FIREWALL_OPEN, MODE_FROM_CLIENT, MODE_REPLY, PEER_HANDSHAKE,
 };
 use peeroxide_dht::messages::Ipv4Peer;
 use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
@@ -25,9 +29,10 @@ use crate::handshake::{check_remote, dial_address, lan_address, message, our_pay
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::identity::{KeyPair, PublicKey};
 use crate::nat::Firewall;
-use crate::peer::{secure, Path, PeerStream};
+use crate::peer::{secure, Link, Path, PeerStream};
 use crate::pipe::pipe;
 use crate::punch_socket::{PunchSocket, RpcMessage};
+use crate::relay::client::{self as relay_client, RelayClients};
 
 /// How long finding the sharer may take. A lookup on a healthy DHT takes well under a second on
 /// a LAN and one or two on the internet; past this the key is not announced anywhere we can see.
@@ -50,6 +55,14 @@ const ROUTE_HANDSHAKE_TRIES: u32 = 4;
 const ROUTE_KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
 /// A punched socket that heard nothing for this long is given up.
 const ROUTE_DEAD_AFTER: Duration = Duration::from_secs(35);
+
+/// How long the sharer may take to come to the relay after we paired there (hyperdht gives a
+/// relay pairing 15 s). It pairs when it answers the handshake, so it is usually there first.
+const RELAY_PAIR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Once a connection needed the relay, the next ones go straight to it for this long: the
+/// NATs between us will not have changed, and finding out again costs a punch.
+const RELAY_STICKY: Duration = Duration::from_secs(10 * 60);
 
 /// A hole punched to the sharer, kept for the next connections: their handshakes go straight
 /// through it instead of through the DHT, and need no new punch (hyperdht's reusable socket
@@ -117,6 +130,13 @@ pub struct Connector {
     /// One punch at a time: a connection that needs one while another is punching waits, then
     /// takes the route that punch leaves.
     punching: Mutex<()>,
+    /// Our relay, for when no direct path can be made.
+    relay: Option<PublicKey>,
+    /// Go through a relay every time.
+    force_relay: bool,
+    relay_clients: Arc<RelayClients>,
+    /// When a connection last found that only a relay gets through.
+    relayed_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Connector {
@@ -135,6 +155,10 @@ impl Connector {
             relays: Mutex::new(Vec::new()),
             route: std::sync::Mutex::new(None),
             punching: Mutex::new(()),
+            relay: None,
+            force_relay: false,
+            relay_clients: Arc::new(RelayClients::new(network)),
+            relayed_since: std::sync::Mutex::new(None),
         };
         let started = Instant::now();
         let (relays, ()) = tokio::join!(connector.lookup(), connector.node.reachability_known());
@@ -146,6 +170,21 @@ impl Connector {
         );
         *connector.relays.lock().await = relays;
         Ok(connector)
+    }
+
+    /// Offers the blind relay `relay` (`p2p-socket relay`) for when no direct path can be made
+    /// to the sharer. A relay the sharer offers is used in preference, as hyperdht does.
+    pub fn with_relay(mut self, relay: PublicKey) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// Goes through a relay for every connection, never directly: for trying a relay out, or
+    /// for networks that let UDP reach the relay but nothing else. Needs a relay, ours or the
+    /// sharer's.
+    pub fn force_relay(mut self, force: bool) -> Self {
+        self.force_relay = force;
+        self
     }
 
     /// The DHT nodes that hold the announcement of `remote`.
@@ -185,47 +224,77 @@ impl Connector {
 
     /// Opens one encrypted connection to the sharer, and says how its packets travel.
     pub async fn open_with_path(&self) -> Result<(PeerStream, Path)> {
+        let (peer, _, path) = self.open_link().await?;
+        Ok((peer, path))
+    }
+
+    /// Opens one encrypted connection to the sharer: the stream, what carries it, and how.
+    pub(crate) async fn open_link(&self) -> Result<(PeerStream, Link, Path)> {
+        if self.relay_is_needed() {
+            match self.open_relayed().await {
+                Ok(opened) => return Ok(opened),
+                Err(e) if self.force_relay => return Err(e),
+                Err(e) => {
+                    // The relay may be gone, or the NATs changed: find out afresh.
+                    info!(error = %e, "the relay failed; trying a direct path again");
+                    *lock(&self.relayed_since) = None;
+                }
+            }
+        }
         // Twice at most: a second time only when another connection punched while we waited
         // for our turn to punch, or the punched route failed.
         for _ in 0..2 {
             if let Some(route) = self.live_route() {
                 match self.open_on_route(&route).await {
-                    Ok(peer) => return Ok((peer, Path::Punched)),
+                    Ok((peer, link)) => return Ok((peer, link, Path::Punched)),
                     Err(e) => {
                         debug!(error = %e, "the punched route failed; going through the DHT");
                         self.forget_route(&route);
                     }
                 }
             }
-            let answer = self.handshake().await?;
-            match self.decide(&answer).await? {
+            let mut answer = self.handshake(&Ask::Direct).await?;
+            let decision = self.decide(&answer).await?;
+            let waiting = answer.waiting.take();
+            let opened = match decision {
                 Decision::Dial(addr) => {
-                    let stream = match answer.waiting {
+                    let stream = match waiting {
                         Some(s) => s,
                         None => self.node.socket().create_stream(answer.local_id)?,
                     };
                     debug!(%addr, "dialling the sharer");
                     stream.connect(answer.remote_id, addr)?;
-                    let peer = secure(true, stream, &answer.hs, &format!("to {addr}")).await?;
-                    return Ok((peer, Path::Direct));
+                    secure(true, stream, &answer.hs, &format!("to {addr}"))
+                        .await
+                        .map(|(peer, link)| (peer, link, Path::Direct))
                 }
                 Decision::Wait => {
-                    let stream = answer
-                        .waiting
+                    let stream = waiting
                         .ok_or_else(|| Error::HandshakeFailed("no stream to wait on".into()))?;
                     debug!("waiting for the sharer to reach us");
                     stream.connect_on_first_packet(answer.remote_id);
-                    let peer = secure(true, stream, &answer.hs, "from the sharer").await?;
-                    return Ok((peer, Path::Direct));
+                    secure(true, stream, &answer.hs, "from the sharer")
+                        .await
+                        .map(|(peer, link)| (peer, link, Path::Direct))
                 }
                 Decision::Punch => {
                     let _turn = self.punching.lock().await;
                     if self.live_route().is_some() {
                         continue;
                     }
-                    return Ok((self.punch(answer).await?, Path::Punched));
+                    if let Some(relay) = self.relay_for(&answer) {
+                        // Should the punch fail, the relay is then ready.
+                        self.relay_clients.prepare(relay);
+                    }
+                    self.punch(&answer)
+                        .await
+                        .map(|(peer, link)| (peer, link, Path::Punched))
                 }
-            }
+            };
+            return match opened {
+                Err(e) if needs_relay(&e) => self.relay_instead(&answer, e).await,
+                other => other,
+            };
         }
         Err(Error::HolepunchFailed(
             "the hole punched to the sharer stopped working right away".into(),
@@ -252,19 +321,26 @@ impl Connector {
         }
     }
 
-    /// The Noise handshake, first message and the state to read the answer.
-    async fn start_handshake(&self, local_id: u32) -> Result<(NoiseWrap, Vec<u8>)> {
+    /// The Noise handshake, first message and the state to read the answer. A handshake for a
+    /// relayed connection names our relay (if we have one) and does not claim we are reachable:
+    /// the sharer must wait for us to come through the relay, not dial us.
+    async fn start_handshake(&self, local_id: u32, ask: &Ask) -> Result<(NoiseWrap, Vec<u8>)> {
         let noise_kp = peeroxide_dht::noise::Keypair {
             public_key: self.key_pair.public_key,
             secret_key: self.key_pair.secret_key,
         };
         let mut nw = NoiseWrap::new_initiator(noise_kp, self.remote.0);
-        let payload = our_payload(
+        let (firewall, relay_through) = match ask {
+            Ask::Direct => (self.our_firewall(), None),
+            Ask::Relay(ours) => (Firewall::Unknown, ours.clone()),
+        };
+        let mut payload = our_payload(
             local_id,
             self.node.reachable_addresses().await,
-            self.our_firewall(),
+            firewall,
             None,
         );
+        payload.relay_through = relay_through;
         let noise = nw
             .send(&payload)
             .map_err(|e| Error::HandshakeFailed(e.to_string()))?;
@@ -288,11 +364,11 @@ impl Connector {
 
     /// A connection through a hole punched earlier: the handshake goes straight to the
     /// sharer's end of it, which answers and connects at once.
-    async fn open_on_route(&self, route: &Route) -> Result<PeerStream> {
+    async fn open_on_route(&self, route: &Route) -> Result<(PeerStream, Link)> {
         let local_id = next_stream_id();
         // The sharer starts sending as soon as it answers: have the stream ready.
         let stream = route.socket.udx().create_stream(local_id)?;
-        let (nw, noise) = self.start_handshake(local_id).await?;
+        let (nw, noise) = self.start_handshake(local_id, &Ask::Direct).await?;
         let request = message(MODE_FROM_CLIENT, noise, None);
         let reply = route
             .socket
@@ -330,29 +406,29 @@ impl Connector {
 
     /// The handshake through the DHT nodes holding the announcement (searching again if those
     /// we know fail).
-    async fn handshake(&self) -> Result<Answer> {
+    async fn handshake(&self, ask: &Ask) -> Result<Answer> {
         let relays = self.relays.lock().await.clone();
-        match self.handshake_via(&relays).await {
+        match self.handshake_via(&relays, ask).await {
             Err(Error::HandshakeFailed(why)) => {
                 // The announcement may have moved (the sharer restarted, nodes churned).
                 debug!(%why, "cached DHT nodes failed; searching again");
                 let fresh = self.lookup().await?;
                 *self.relays.lock().await = fresh.clone();
-                self.handshake_via(&fresh).await
+                self.handshake_via(&fresh, ask).await
             }
             other => other,
         }
     }
 
-    async fn handshake_via(&self, relays: &[Ipv4Peer]) -> Result<Answer> {
+    async fn handshake_via(&self, relays: &[Ipv4Peer], ask: &Ask) -> Result<Answer> {
         let target = hash(&self.remote.0);
         let local_id = next_stream_id();
-        let waiting = if self.our_firewall() == Firewall::Open {
+        let waiting = if matches!(ask, Ask::Direct) && self.our_firewall() == Firewall::Open {
             Some(self.node.socket().create_stream(local_id)?)
         } else {
             None
         };
-        let (nw, noise) = self.start_handshake(local_id).await?;
+        let (nw, noise) = self.start_handshake(local_id, ask).await?;
         let request = message(MODE_FROM_CLIENT, noise, None);
 
         let mut last_error = String::from("no DHT node holds the announcement");
@@ -444,7 +520,7 @@ impl Connector {
         Ok(Decision::Punch)
     }
 
-    async fn punch(&self, answer: Answer) -> Result<PeerStream> {
+    async fn punch(&self, answer: &Answer) -> Result<(PeerStream, Link)> {
         let holepunch = answer
             .remote
             .holepunch
@@ -481,10 +557,107 @@ impl Connector {
         .await
     }
 
+    /// Whether connections go straight to the relay: forced, or a connection found lately
+    /// that nothing else gets through.
+    fn relay_is_needed(&self) -> bool {
+        self.force_relay
+            || lock(&self.relayed_since).is_some_and(|since| since.elapsed() < RELAY_STICKY)
+    }
+
+    /// The relay this connection would go through: the sharer's, else ours.
+    fn relay_for(&self, answer: &Answer) -> Option<PublicKey> {
+        answer
+            .remote
+            .relay_through
+            .as_ref()
+            .map(|r| PublicKey(r.public_key))
+            .or(self.relay)
+    }
+
+    /// A connection where no direct path could be made (`why`): through the relay the sharer
+    /// offered in this handshake, or a new handshake that offers ours.
+    async fn relay_instead(&self, answer: &Answer, why: Error) -> Result<(PeerStream, Link, Path)> {
+        if self.relay_for(answer).is_none() {
+            return Err(why);
+        }
+        info!(why = %why, "no direct path to the sharer; going through the relay");
+        *lock(&self.relayed_since) = Some(Instant::now());
+        match &answer.remote.relay_through {
+            Some(_) => self.through_relay(answer, None).await,
+            None => self.open_relayed().await,
+        }
+    }
+
+    /// A connection through a relay from the start: a handshake that names ours.
+    async fn open_relayed(&self) -> Result<(PeerStream, Link, Path)> {
+        let ours = self.relay.map(|relay| RelayThroughInfo {
+            version: 1,
+            public_key: relay.0,
+            token: relay_client::token(),
+        });
+        let answer = self.handshake(&Ask::Relay(ours.clone())).await?;
+        self.through_relay(&answer, ours.as_ref()).await
+    }
+
+    /// Pairs at the relay for the connection `answer` negotiated: the sharer's relay if it
+    /// named one (it then pairs as the initiator), else ours (`ours`, as sent).
+    async fn through_relay(
+        &self,
+        answer: &Answer,
+        ours: Option<&RelayThroughInfo>,
+    ) -> Result<(PeerStream, Link, Path)> {
+        let (relay, is_initiator) =
+            match (answer.remote.relay_through.as_ref(), ours) {
+                (Some(theirs), _) => (theirs, false),
+                (None, Some(ours)) => (ours, true),
+                (None, None) => return Err(Error::RelayNeeded(
+                    "neither side has a relay to go through (give connect or share --relay KEY)"
+                        .into(),
+                )),
+            };
+        let key = PublicKey(relay.public_key);
+        let paired = self
+            .relay_clients
+            .pair(key, relay.token, is_initiator, RELAY_PAIR_TIMEOUT)
+            .await?;
+        paired.stream.connect(paired.relay_id, paired.relay_addr)?;
+        paired.lease.keep_while(&paired.stream.observer());
+        let (peer, link) = secure(
+            true,
+            paired.stream,
+            &answer.hs,
+            &format!("through the relay {}", paired.relay_addr),
+        )
+        .await?;
+        Ok((peer, link, Path::Relayed))
+    }
+
     /// Stops the DHT node.
     pub async fn close(self) {
         self.node.destroy().await;
     }
+}
+
+/// Whether a failure to open a connection is one a relay gets around: no hole could be
+/// punched, or no packet got through on the path we tried.
+fn needs_relay(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::RelayNeeded(_) | Error::HolepunchFailed(_) | Error::NoDataPath(_)
+    )
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a handshake asks the sharer for.
+enum Ask {
+    /// Whatever path works best.
+    Direct,
+    /// A connection through a relay: the sharer must wait for us there, not dial us. Names our
+    /// relay, if we have one.
+    Relay(Option<RelayThroughInfo>),
 }
 
 /// How one connection reaches the sharer.
@@ -508,6 +681,10 @@ pub struct ConnectOptions {
     pub remote: PublicKey,
     /// Where local programs connect; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// A blind relay (`p2p-socket relay`) for when no direct path to the sharer can be made.
+    pub relay: Option<PublicKey>,
+    /// Go through a relay for every connection (see [`Connector::force_relay`]).
+    pub force_relay: bool,
 }
 
 /// A running connect: a local TCP listener whose every connection reaches the sharer's service.
@@ -528,7 +705,13 @@ impl Connect {
                 source,
             })?;
         let local_addr = listener.local_addr()?;
-        let connector = Arc::new(Connector::new(&opts.network, opts.key_pair, opts.remote).await?);
+        let mut connector = Connector::new(&opts.network, opts.key_pair, opts.remote)
+            .await?
+            .force_relay(opts.force_relay);
+        if let Some(relay) = opts.relay {
+            connector = connector.with_relay(relay);
+        }
+        let connector = Arc::new(connector);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, connector, stop_rx));
         Ok(Connect {

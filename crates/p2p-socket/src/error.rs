@@ -38,12 +38,16 @@ pub enum Error {
     NoDataPath(String),
 
     /// Both sides are behind NATs and no hole could be punched between them.
-    #[error("could not punch through the NATs between us and the sharer: {0}; a relay would help where punching fails (relay support is coming)")]
+    #[error("could not punch through the NATs between us and the sharer: {0}; a relay gets through where punching fails (`p2p-socket relay` on a public host, then --relay KEY)")]
     HolepunchFailed(String),
 
     /// The NATs on both sides are of kinds no hole can be punched through.
-    #[error("no direct path is possible: {0}; connecting needs a relay (relay support is coming)")]
+    #[error("no direct path is possible: {0}; connecting needs a relay (`p2p-socket relay` on a public host, then --relay KEY on either side)")]
     RelayNeeded(String),
+
+    /// Going through a relay did not work.
+    #[error("the relay did not get us through: {0}; check the relay key, and that `p2p-socket relay` runs on a host both sides can reach")]
+    RelayFailed(String),
 
     /// The remote side speaks an incompatible protocol version.
     #[error("the peer uses an incompatible protocol ({0}); update p2p-socket on both sides")]

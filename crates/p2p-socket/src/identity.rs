@@ -85,7 +85,7 @@ impl KeyPair {
     }
 
     /// The key pair of a seed text, by the npm tool's rule (see the module documentation).
-    fn from_seed_text(text: &str) -> Self {
+    pub fn from_seed_text(text: &str) -> Self {
         Self::from_seed(seed_from_text(text))
     }
 

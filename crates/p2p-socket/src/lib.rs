@@ -10,6 +10,8 @@
 //! - [`identity`] makes and loads key pairs, compatible with the npm p2p-socket's
 //!   `identity.json`.
 //! - [`BootstrapNode`] runs a DHT node for a private network.
+//! - [`RelayServer`] runs a blind relay, through which share and connect go when no hole can be
+//!   punched between them (Node's `blind-relay` protocol, so Node peers can use it too).
 //!
 //! The DHT's RPC and routing come from `peeroxide-dht`; the handshake decisions, the server and
 //! client sides of a connection and the UDX transport underneath (`p2p-udx`) are ours.
@@ -23,6 +25,7 @@
 //!     key_pair: KeyPair::generate(),
 //!     service_host: "localhost".into(),
 //!     service_port: 8080,
+//!     relay: None,
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -42,6 +45,7 @@ mod nat;
 mod peer;
 pub mod pipe;
 mod punch_socket;
+pub mod relay;
 pub mod share;
 
 pub use bootstrap::BootstrapNode;
@@ -49,4 +53,5 @@ pub use connect::{Connect, ConnectOptions, Connector};
 pub use dht::NetworkOptions;
 pub use error::{Error, Result};
 pub use peer::{Path, PeerStream};
+pub use relay::{RelayOptions, RelayServer};
 pub use share::{Share, ShareOptions};

@@ -1,6 +1,7 @@
-//! One encrypted connection to a peer: a UDX stream on the DHT's socket or on a socket punched
-//! through the NATs, wrapped in the secret stream whose keys came out of the Noise handshake (as
-//! hyperdht's `NoiseSecretStream.start(rawStream, { handshake })` does).
+//! One encrypted connection to a peer: a UDX stream on the DHT's socket, on a socket punched
+//! through the NATs, or through a blind relay, wrapped in the secret stream whose keys came out
+//! of the Noise handshake (as hyperdht's `NoiseSecretStream.start(rawStream, { handshake })`
+//! does).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -23,6 +24,9 @@ pub enum Path {
     Direct,
     /// Through a hole punched in both NATs, on a socket of its own.
     Punched,
+    /// Through a blind relay (`p2p-socket relay`), which passes on the encrypted packets:
+    /// where no hole can be punched.
+    Relayed,
 }
 
 impl fmt::Display for Path {
@@ -30,7 +34,24 @@ impl fmt::Display for Path {
         f.write_str(match self {
             Path::Direct => "direct",
             Path::Punched => "punched",
+            Path::Relayed => "relayed",
         })
+    }
+}
+
+/// What carries an encrypted connection: the UDX socket its stream lives on and a view of the
+/// stream. A relay pairs streams on the socket of the connection they were negotiated over, to
+/// that connection's peer (both ends can reach each other there, whatever NATs lie between).
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub(crate) socket: udx::UdxSocket,
+    pub(crate) stream: udx::StreamObserver,
+}
+
+impl Link {
+    /// Where the peer is (known once the connection is open).
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        self.stream.remote_addr()
     }
 }
 
@@ -48,7 +69,11 @@ pub(crate) async fn secure(
     stream: UdxStream,
     hs: &NoiseWrapResult,
     path: &str,
-) -> Result<PeerStream> {
+) -> Result<(PeerStream, Link)> {
+    let link = Link {
+        socket: stream.socket(),
+        stream: stream.observer(),
+    };
     let opened = SecretStream::from_session(
         is_initiator,
         stream,
@@ -58,7 +83,7 @@ pub(crate) async fn secure(
         hs.remote_public_key,
     );
     match tokio::time::timeout(DATA_PATH_TIMEOUT, opened).await {
-        Ok(Ok(s)) => Ok(s),
+        Ok(Ok(s)) => Ok((s, link)),
         Ok(Err(e)) => Err(Error::SecretStream(e.to_string())),
         Err(_) => Err(Error::NoDataPath(path.to_string())),
     }
@@ -97,7 +122,14 @@ impl<T: Send + 'static> Acceptor<T> {
             return Ok(());
         }
         let stream = socket.create_stream(self.local_id)?;
-        stream.connect_on_first_packet(self.remote_id);
+        self.race(stream, self.remote_id, tag);
+        Ok(())
+    }
+
+    /// Also waits on `stream`, a stream of our own on some other path, for a first packet from
+    /// `remote_id` (a relay's stream, which has an id of its own).
+    pub(crate) fn race(&mut self, stream: UdxStream, remote_id: u32, tag: T) {
+        stream.connect_on_first_packet(remote_id);
         let winners = self.winners_tx.clone();
         let mut done = self.done.subscribe();
         tokio::spawn(async move {
@@ -110,7 +142,6 @@ impl<T: Send + 'static> Acceptor<T> {
                 _ = done.changed() => {}
             }
         });
-        Ok(())
     }
 
     /// The first stream a packet arrived for. Later calls return nothing useful: the losers are

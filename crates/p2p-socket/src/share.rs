@@ -1,9 +1,11 @@
 //! The sharing side (hyperdht's `server.js`): announce `hash(publicKey)` on the DHT, answer the
 //! handshakes that DHT nodes forward to us, and pipe every connection that opens to the local
-//! service.
+//! service (or, for a relay, hand it to the relay).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +13,9 @@ use std::time::{Duration, Instant};
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht::{HyperDhtHandle, ServerEvent};
 use peeroxide_dht::hyperdht_messages::{
-    decode_handshake_from_bytes, HandshakeMessage, HolepunchInfo, HolepunchMessage, RelayInfo,
-    FIREWALL_OPEN, MODE_FROM_CLIENT, MODE_FROM_SERVER, MODE_REPLY, PEER_HANDSHAKE,
+    decode_handshake_from_bytes, HandshakeMessage, HolepunchInfo, HolepunchMessage, NoisePayload,
+    RelayInfo, RelayThroughInfo, FIREWALL_OPEN, MODE_FROM_CLIENT, MODE_FROM_SERVER, MODE_REPLY,
+    PEER_HANDSHAKE,
 };
 use peeroxide_dht::messages::{Command, Ipv4Peer};
 use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
@@ -27,9 +30,11 @@ use crate::handshake::{check_remote, dial_address, message, our_payload};
 use crate::holepunch::{ServerPunch, PUNCH_TIME};
 use crate::identity::{KeyPair, PublicKey};
 use crate::nat::Firewall;
-use crate::peer::{secure, Acceptor, Path};
+use crate::peer::{secure, Acceptor, Link, Path, PeerStream};
 use crate::pipe::pipe;
 use crate::punch_socket::{PunchSocket, RpcRequest};
+use crate::relay::client::{self as relay_client, Lease, RelayClients};
+use crate::relay::wire::Token;
 
 /// DHT records expire (hyperdht keeps announcements for 20 minutes), and the nodes closest to
 /// our key change as nodes come and go; announcing again well inside that keeps us findable.
@@ -61,6 +66,11 @@ const MAX_SESSIONS: usize = 64;
 const FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(10);
 const PUNCHED_PACKET_TIMEOUT: Duration = Duration::from_secs(PUNCH_TIME.as_secs() + 5);
 
+/// How long a connection offered a relay may take to come through it: a client goes to the
+/// relay only after its punch failed (at once between two randomising NATs, after the whole
+/// punch otherwise), then connects to the relay if it has no connection there yet.
+const RELAYED_PACKET_TIMEOUT: Duration = Duration::from_secs(PUNCHED_PACKET_TIMEOUT.as_secs() + 20);
+
 /// How long a punch session answers late rounds after its handshake.
 const SESSION_LIFETIME: Duration = Duration::from_secs(PUNCHED_PACKET_TIMEOUT.as_secs() + 15);
 
@@ -81,7 +91,17 @@ pub struct ShareOptions {
     pub service_host: String,
     /// Port of the local service.
     pub service_port: u16,
+    /// A blind relay (`p2p-socket relay`) to offer peers for when no direct path can be made
+    /// between us: a peer goes through it only when punching fails. Peers may bring their own
+    /// relay instead.
+    pub relay: Option<PublicKey>,
 }
+
+/// What a server does with each connection once it is open and encrypted: the number of the
+/// connection, the stream, what carries it, and how it travels.
+pub(crate) type Handler = Arc<
+    dyn Fn(u64, PeerStream, Link, Path) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 /// A running share. Dropping it stops serving; [`Share::close`] also withdraws the announcement.
 pub struct Share {
@@ -99,13 +119,28 @@ struct Stats {
 impl Share {
     /// Joins the DHT, announces the key and starts serving. Returns once the key is findable.
     pub async fn start(opts: ShareOptions) -> Result<Share> {
-        let mut node = DhtNode::join(&opts.network).await?;
+        let service = (opts.service_host, opts.service_port);
+        let handler: Handler = Arc::new(move |n, peer, link, path| {
+            Box::pin(serve_tcp(n, peer, link, path, service.clone()))
+        });
+        Self::serve(&opts.network, opts.key_pair, opts.relay, handler).await
+    }
+
+    /// A server on `key_pair` whose connections go to `handler`; `relay` is offered to peers
+    /// that cannot reach us otherwise.
+    pub(crate) async fn serve(
+        network: &NetworkOptions,
+        key_pair: KeyPair,
+        relay: Option<PublicKey>,
+        handler: Handler,
+    ) -> Result<Share> {
+        let mut node = DhtNode::join(network).await?;
         let events = node
             .take_events()
             .ok_or_else(|| Error::Dht("the DHT node already has a server".into()))?;
         let dht_kp = peeroxide_dht::hyperdht::KeyPair {
-            public_key: opts.key_pair.public_key,
-            secret_key: opts.key_pair.secret_key,
+            public_key: key_pair.public_key,
+            secret_key: key_pair.secret_key,
         };
         let target = hash(&dht_kp.public_key);
         node.handle().register_server(&target);
@@ -139,7 +174,9 @@ impl Share {
             node,
             key_pair: dht_kp,
             target,
-            service: (opts.service_host, opts.service_port),
+            handler,
+            relay,
+            relay_clients: Arc::new(RelayClients::new(network)),
             recent: HashMap::new(),
             stats: Arc::clone(&stats),
             relays,
@@ -151,7 +188,7 @@ impl Share {
         };
         let task = tokio::spawn(server.run(events, requests, routes, stop_rx));
         Ok(Share {
-            public_key: PublicKey(opts.key_pair.public_key),
+            public_key: PublicKey(key_pair.public_key),
             stop,
             task,
             stats,
@@ -290,18 +327,41 @@ struct Client<'a> {
 enum DataPath {
     /// Already aimed at the client.
     Connected(UdxStream, Path),
-    /// Waiting for the client's first packet on the DHT socket or on any socket of the punch.
+    /// Waiting for the client's first packet on the DHT socket, on any socket of the punch, or
+    /// through the relay.
     Accepting {
-        acceptor: Acceptor<Option<usize>>,
+        acceptor: Acceptor<Via>,
         punch: Option<Arc<ServerPunch>>,
+        relay: Option<RelayPlan>,
     },
+}
+
+/// Which of the ways a connection may arrive brought it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Dht,
+    /// The punch socket with this index.
+    Punch(usize),
+    Relay,
+}
+
+/// A relay this connection may come through: its key, the token both sides pair with, and
+/// whether we are the side that named it (hyperdht's `isInitiator` in the pairing).
+#[derive(Debug, Clone, Copy)]
+struct RelayPlan {
+    relay: PublicKey,
+    token: Token,
+    is_initiator: bool,
 }
 
 struct Server {
     node: DhtNode,
     key_pair: peeroxide_dht::hyperdht::KeyPair,
     target: [u8; 32],
-    service: (String, u16),
+    handler: Handler,
+    /// Our relay, offered to clients that cannot reach us otherwise.
+    relay: Option<PublicKey>,
+    relay_clients: Arc<RelayClients>,
     recent: HashMap<Vec<u8>, (Instant, Vec<u8>)>,
     stats: Arc<Stats>,
     /// The DHT nodes holding our announcement and where each sees us: what a client punches
@@ -528,12 +588,21 @@ impl Server {
         } else {
             Firewall::Unknown
         };
-        let payload = our_payload(
+        // A client we wait for may need a relay to reach us.
+        let relay = (!direct && !client_open)
+            .then(|| self.relay_plan(&remote))
+            .flatten();
+        let mut payload = our_payload(
             local_id,
             self.node.reachable_addresses().await,
             firewall,
             holepunch,
         );
+        payload.relay_through = relay.filter(|r| r.is_initiator).map(|r| RelayThroughInfo {
+            version: 1,
+            public_key: r.relay.0,
+            token: r.token,
+        });
         let (noise, hs) = match nw.send(&payload).and_then(|m| Ok((m, nw.finalize()?))) {
             Ok(v) => v,
             Err(e) => {
@@ -558,7 +627,7 @@ impl Server {
             local_id,
             remote_id,
         };
-        let data_path = match self.data_path(&client, session_id, &hs).await {
+        let data_path = match self.data_path(&client, session_id, &hs, relay).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot open a stream for a new connection");
@@ -568,17 +637,35 @@ impl Server {
         self.recent.insert(msg.noise, (now, reply.clone()));
 
         let n = self.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let service = self.service.clone();
         let peer_key = PublicKey(hs.remote_public_key).to_string();
         info!(connection = n, peer = &peer_key[..12], from = %format!("{}:{}", client_seen.host, client_seen.port), "peer connecting");
         tokio::spawn(serve_connection(
             n,
             data_path,
             hs,
-            service,
+            Arc::clone(&self.handler),
             self.routes_tx.clone(),
+            Arc::clone(&self.relay_clients),
         ));
         Some(reply)
+    }
+
+    /// The relay a client we wait for may come through: ours, or else the one it named
+    /// (hyperdht's rule: the server's relay wins, its side is the initiator of the pairing).
+    fn relay_plan(&self, remote: &NoisePayload) -> Option<RelayPlan> {
+        match (self.relay, remote.relay_through.as_ref()) {
+            (Some(relay), _) => Some(RelayPlan {
+                relay,
+                token: relay_client::token(),
+                is_initiator: true,
+            }),
+            (None, Some(theirs)) => Some(RelayPlan {
+                relay: PublicKey(theirs.public_key),
+                token: theirs.token,
+                is_initiator: false,
+            }),
+            (None, None) => None,
+        }
     }
 
     /// Sets up the stream of a new connection: aimed at the client when it can be dialled or
@@ -588,6 +675,7 @@ impl Server {
         client: &Client<'_>,
         session_id: Option<u64>,
         hs: &NoiseWrapResult,
+        relay: Option<RelayPlan>,
     ) -> Result<DataPath> {
         let Client {
             arrival,
@@ -620,7 +708,7 @@ impl Server {
             return Ok(DataPath::Connected(stream, Path::Direct));
         }
         let mut acceptor = Acceptor::new(local_id, remote_id);
-        acceptor.listen_on(&socket, None)?;
+        acceptor.listen_on(&socket, Via::Dht)?;
         let relay_nodes: Vec<SocketAddr> = self
             .relays
             .borrow()
@@ -640,7 +728,7 @@ impl Server {
                     )
                     .await?,
                 );
-                acceptor.listen_on(punch.puncher().main().udx(), Some(0))?;
+                acceptor.listen_on(punch.puncher().main().udx(), Via::Punch(0))?;
                 self.sessions.insert(
                     id,
                     Session {
@@ -652,25 +740,58 @@ impl Server {
             }
             None => None,
         };
-        Ok(DataPath::Accepting { acceptor, punch })
+        Ok(DataPath::Accepting {
+            acceptor,
+            punch,
+            relay,
+        })
     }
 }
 
+/// How a connection came in: its stream and path, the punched socket to keep for the client's
+/// next connections, the relay pairing to keep while it lasts.
+struct Accepted {
+    stream: UdxStream,
+    path: Path,
+    punched: Option<PunchSocket>,
+    lease: Option<Lease>,
+}
+
 /// Waits for the client's first packet on any socket it may arrive on. Sockets of the punch that
-/// hear a probe join in (a random NAT's client reaches one of our birthday sockets).
+/// hear a probe join in (a random NAT's client reaches one of our birthday sockets), and so does
+/// the relay once both of us have paired there.
 async fn accept(
-    mut acceptor: Acceptor<Option<usize>>,
+    mut acceptor: Acceptor<Via>,
     punch: Option<Arc<ServerPunch>>,
-) -> Option<(UdxStream, Path, Option<PunchSocket>)> {
+    relay: Option<RelayPlan>,
+    relay_clients: Arc<RelayClients>,
+) -> Option<Accepted> {
     let mut hits = punch.as_ref().and_then(|p| p.puncher().take_hits());
     let mut punching = punch.as_ref().map(|p| p.punching());
-    let mut deadline = tokio::time::Instant::now() + FIRST_PACKET_TIMEOUT;
+    let started = tokio::time::Instant::now();
+    let mut deadline = started + FIRST_PACKET_TIMEOUT;
+    let relay_deadline = started + RELAYED_PACKET_TIMEOUT;
+    let mut pairing = relay.map(|r| {
+        Box::pin(relay_client_pair(
+            Arc::clone(&relay_clients),
+            r,
+            RELAYED_PACKET_TIMEOUT,
+        ))
+    });
+    let mut lease = None;
     let accepted = loop {
+        // While the relay may still bring the client, wait for it.
+        let relay_pending = pairing.is_some() || lease.is_some();
+        let until = if relay_pending {
+            deadline.max(relay_deadline)
+        } else {
+            deadline
+        };
         tokio::select! {
             won = acceptor.accepted() => break won,
             Some(hit) = async { hits.as_mut()?.recv().await }, if hits.is_some() => {
                 if let Some(socket) = punch.as_ref().and_then(|p| p.puncher().socket(hit.index)) {
-                    if let Err(e) = acceptor.listen_on(socket.udx(), Some(hit.index)) {
+                    if let Err(e) = acceptor.listen_on(socket.udx(), Via::Punch(hit.index)) {
                         debug!(error = %e, "cannot listen on a punched socket");
                     }
                     // Only now answer: the client sends its first stream packet on hearing us.
@@ -681,22 +802,54 @@ async fn accept(
                 deadline = tokio::time::Instant::now() + PUNCHED_PACKET_TIMEOUT;
                 punching = None;
             }
-            _ = tokio::time::sleep_until(deadline) => break None,
+            Some(paired) = async { Some(pairing.as_mut()?.await) }, if pairing.is_some() => {
+                pairing = None;
+                match paired {
+                    Ok(p) => {
+                        acceptor.race(p.stream, p.relay_id, Via::Relay);
+                        lease = Some(p.lease);
+                    }
+                    Err(e) => debug!(error = %e, "the relay did not bring the client"),
+                }
+            }
+            _ = tokio::time::sleep_until(until) => break None,
         }
     };
-    let (stream, index) = accepted?;
-    match (index, punch) {
-        (Some(index), Some(punch)) => {
-            let socket = punch.puncher().keep_only(index);
-            Some((stream, Path::Punched, socket))
-        }
+    let (stream, via) = accepted?;
+    if via != Via::Relay {
+        // Whatever we paired at the relay is not needed: dropping it unpairs.
+        drop(lease.take());
+    }
+    let punched = match (via, &punch) {
+        (Via::Punch(index), Some(punch)) => punch.puncher().keep_only(index),
         (_, punch) => {
             if let Some(punch) = punch {
                 punch.puncher().stop();
             }
-            Some((stream, Path::Direct, None))
+            None
         }
-    }
+    };
+    let path = match via {
+        Via::Dht => Path::Direct,
+        Via::Punch(_) => Path::Punched,
+        Via::Relay => Path::Relayed,
+    };
+    Some(Accepted {
+        stream,
+        path,
+        punched,
+        lease,
+    })
+}
+
+async fn relay_client_pair(
+    clients: Arc<RelayClients>,
+    plan: RelayPlan,
+    wait: Duration,
+) -> Result<relay_client::Paired> {
+    clients
+        .pair(plan.relay, plan.token, plan.is_initiator, wait)
+        .await
 }
 
 fn local_ips() -> Vec<std::net::Ipv4Addr> {
@@ -714,19 +867,24 @@ async fn serve_connection(
     n: u64,
     data_path: DataPath,
     hs: NoiseWrapResult,
-    service: (String, u16),
+    handler: Handler,
     routes: mpsc::UnboundedSender<PunchSocket>,
+    relay_clients: Arc<RelayClients>,
 ) {
-    let (stream, path) = match data_path {
-        DataPath::Connected(stream, path) => (stream, path),
-        DataPath::Accepting { acceptor, punch } => match accept(acceptor, punch).await {
-            Some((stream, path, socket)) => {
-                if let Some(socket) = socket {
+    let (stream, path, lease) = match data_path {
+        DataPath::Connected(stream, path) => (stream, path, None),
+        DataPath::Accepting {
+            acceptor,
+            punch,
+            relay,
+        } => match accept(acceptor, punch, relay, relay_clients).await {
+            Some(a) => {
+                if let Some(socket) = a.punched {
                     // Kept for the client's next connections; its keepalive probes get answers.
                     socket.set_echo(true);
                     let _ = routes.send(socket);
                 }
-                (stream, path)
+                (a.stream, a.path, a.lease)
             }
             None => {
                 info!(
@@ -739,13 +897,21 @@ async fn serve_connection(
     };
     let remote = stream.remote_addr();
     debug!(connection = n, %path, ?remote, "data path open");
-    let peer = match secure(false, stream, &hs, "from the peer").await {
+    if let Some(lease) = lease {
+        lease.keep_while(&stream.observer());
+    }
+    let (peer, link) = match secure(false, stream, &hs, "from the peer").await {
         Ok(p) => p,
         Err(e) => {
             warn!(connection = n, error = %e, "connection did not open");
             return;
         }
     };
+    handler(n, peer, link, path).await;
+}
+
+/// A share's handler: pipes the connection to the local service.
+async fn serve_tcp(n: u64, peer: PeerStream, _link: Link, path: Path, service: (String, u16)) {
     let (host, port) = service;
     let tcp = match tokio::time::timeout(
         SERVICE_CONNECT_TIMEOUT,
