@@ -55,6 +55,12 @@ impl LocalDht {
     }
 }
 
+/// The line with the key that share and relay print.
+fn key_line(line: &str) -> Option<String> {
+    let l = line.trim();
+    (l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())).then(|| l.to_string())
+}
+
 /// A running `p2p-socket share`.
 pub struct ShareProcess {
     pub key: String,
@@ -74,10 +80,7 @@ impl ShareProcess {
         let mut cmd = bin();
         cmd.arg("share").args(args).args(["--bootstrap", bootstrap]);
         let mut process = ChildProcess::spawn(cmd, "share");
-        let key = process.wait_for(READY, |line| {
-            let l = line.trim();
-            (l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())).then(|| l.to_string())
-        });
+        let key = process.wait_for(READY, key_line);
         ShareProcess { key, process }
     }
 }
@@ -91,6 +94,47 @@ impl ShareProcess {
     }
 }
 
+/// A running `p2p-socket relay`, its log (stderr) kept in a file so a test can see what it
+/// relayed.
+pub struct RelayProcess {
+    pub key: String,
+    pub process: ChildProcess,
+    log: std::path::PathBuf,
+}
+
+impl RelayProcess {
+    pub fn start(bootstrap: &str) -> RelayProcess {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log =
+            std::env::temp_dir().join(format!("p2p-socket-relay-{}-{n}.log", std::process::id()));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"exec "$0" "$@" 2>"$RELAY_LOG""#])
+            .arg(bin().get_program())
+            .args(["relay", "--bootstrap", bootstrap])
+            .env_remove("P2P_SOCKET_BOOTSTRAP")
+            .env("RELAY_LOG", &log)
+            .env("RUST_LOG", "warn,p2p_socket=info");
+        let mut process = ChildProcess::spawn(cmd, "relay");
+        let key = process.wait_for(READY, key_line);
+        RelayProcess { key, process, log }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("[relay log]\n{}", self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
 /// A running `p2p-socket connect`.
 pub struct ConnectProcess {
     pub addr: SocketAddr,
@@ -99,8 +143,14 @@ pub struct ConnectProcess {
 
 impl ConnectProcess {
     pub fn start(bootstrap: &str, key: &str) -> ConnectProcess {
+        Self::start_with(bootstrap, key, &[])
+    }
+
+    /// `p2p-socket connect --key KEY` with `extra` arguments.
+    pub fn start_with(bootstrap: &str, key: &str, extra: &[&str]) -> ConnectProcess {
         let mut cmd = bin();
-        cmd.args(["connect", "--key", key, "--bootstrap", bootstrap]);
+        cmd.args(["connect", "--key", key, "--bootstrap", bootstrap])
+            .args(extra);
         let mut process = ChildProcess::spawn(cmd, "connect");
         let addr = process.wait_for(READY, |line| {
             line.strip_prefix("Listening on ")
