@@ -1,8 +1,11 @@
 //! Share and connect across NATs, in a lab of network namespaces (crates/netlab, docs/lab.md):
 //! every pair of homes over {open, cone, symmetric}, each with one running `connect` carrying
-//! three TCP connections in a row, 10 MiB each way verified at both ends; and Node's hyperdht
-//! on the other side across two cone NATs, both ways. Each test prints a table of how every
-//! connection travelled, how long its first byte took and how fast it moved.
+//! three TCP connections in a row, 10 MiB each way verified at both ends, and a blind relay on
+//! the lab's public relay host that both sides know (`--relay`): only the cell where no hole
+//! can be punched (two randomising NATs) may go through it, every other cell must not touch
+//! it. And Node's hyperdht on the other side across two cone NATs, both ways. Each test prints
+//! a table of how every connection travelled, how long its first byte took and how fast it
+//! moved.
 //!
 //! Needs root (the lab builds network namespaces); without it the tests fail saying so.
 
@@ -30,8 +33,6 @@ const READY: Duration = Duration::from_secs(30);
 const TRANSFER: Duration = Duration::from_secs(120);
 /// Connections after the first reuse what the first found out, and must be quick.
 const LATER_CONNECTION: Duration = Duration::from_secs(1);
-/// Two randomising NATs must be refused at once, not after a long punch.
-const REFUSAL: Duration = Duration::from_secs(5);
 
 /// The tests measure speed and time: one lab at a time keeps them from competing for the CPU.
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -209,8 +210,6 @@ fn three_connections(
 /// How one cell of a table ended.
 enum Outcome {
     Connected(Vec<Connection>),
-    /// Refused as expected for lack of a relay, each attempt within this long.
-    RelayNeeded(Duration),
     Failed(String),
 }
 
@@ -254,11 +253,6 @@ fn print_table(title: &str, rows: &[Row]) {
                     ),
                 )
             }
-            Outcome::RelayNeeded(within) => (
-                "relay needed (expected)".into(),
-                format!("refused in {} ms", within.as_millis()),
-                "-".into(),
-            ),
             Outcome::Failed(why) => ("FAILED".into(), why.clone(), String::new()),
         };
         out += &format!("{:<w$} {:<26} {:<34} {}\n", row.cell, path, first, speed);
@@ -312,10 +306,19 @@ impl TwoHomes {
         &self.lab.homes()[1].host.netns
     }
 
-    /// A Rust share of the service; returns it with its key.
-    fn rust_share(&self, log: &Log) -> (LabProcess, String) {
+    /// A `p2p-socket relay` on the lab's public relay host; returns it with its key.
+    fn relay(&self, log: &Log) -> (LabProcess, String) {
+        let args = ["relay", "--bootstrap", &self.bootstrap];
+        let netns = &self.lab.relay_host().netns;
+        let mut relay = p2p_socket_in(&self.lab, netns, "relay", log, &args);
+        let key = share_key(&mut relay);
+        (relay, key)
+    }
+
+    /// A Rust share of the service (`extra` arguments added); returns it with its key.
+    fn rust_share(&self, log: &Log, extra: &[&str]) -> (LabProcess, String) {
         let port = self.service.port().to_string();
-        let args = [
+        let mut args = vec![
             "share",
             "--host",
             "127.0.0.1",
@@ -324,14 +327,16 @@ impl TwoHomes {
             "--bootstrap",
             &self.bootstrap,
         ];
+        args.extend_from_slice(extra);
         let mut share = p2p_socket_in(&self.lab, self.sharing_home(), "share", log, &args);
         let key = share_key(&mut share);
         (share, key)
     }
 
-    /// A Rust connect to `key`; returns it with where it listens.
-    fn rust_connect(&self, key: &str, log: &Log) -> (LabProcess, SocketAddr) {
-        let args = ["connect", "--key", key, "--bootstrap", &self.bootstrap];
+    /// A Rust connect to `key` (`extra` arguments added); returns it with where it listens.
+    fn rust_connect(&self, key: &str, log: &Log, extra: &[&str]) -> (LabProcess, SocketAddr) {
+        let mut args = vec!["connect", "--key", key, "--bootstrap", &self.bootstrap];
+        args.extend_from_slice(extra);
         let mut connect = p2p_socket_in(&self.lab, self.connecting_home(), "connect", log, &args);
         let listen = listening(&mut connect);
         (connect, listen)
@@ -367,56 +372,42 @@ fn dump(logs: &[&Log]) -> String {
         .collect()
 }
 
-/// A Rust share in a home behind `share_nat`, a Rust connect in one behind `connect_nat`.
+/// A Rust share in a home behind `share_nat`, a Rust connect in one behind `connect_nat`, both
+/// told about the lab's relay. Only two randomising NATs, between which no hole can be punched,
+/// may go through it (and then every connection must); elsewhere the relay must see no pairing.
 fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
     let homes = TwoHomes::new(LabSpec::homes([share_nat, connect_nat]), VOLUME);
-    let share_log = Log::new(&format!("{share_nat}-{connect_nat}-share"));
-    let connect_log = Log::new(&format!("{share_nat}-{connect_nat}-connect"));
-    let (_share, key) = homes.rust_share(&share_log);
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log);
-    if share_nat == Nat::Symmetric && connect_nat == Nat::Symmetric {
-        return relay_needed(&homes.lab, homes.connecting_home(), listen, &connect_log)
-            .unwrap_or_else(|why| {
-                Outcome::Failed(format!("{why}\n{}", dump(&[&share_log, &connect_log])))
-            });
-    }
-    homes.connections(
+    let name = format!("{share_nat}-{connect_nat}");
+    let relay_log = Log::new(&format!("{name}-relay"));
+    let share_log = Log::new(&format!("{name}-share"));
+    let connect_log = Log::new(&format!("{name}-connect"));
+    let (_relay, relay) = homes.relay(&relay_log);
+    let (_share, key) = homes.rust_share(&share_log, &["--relay", &relay]);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--relay", &relay]);
+    let logs = [&share_log, &connect_log, &relay_log];
+    let outcome = homes.connections(
         listen,
         |n| connect_log.field("connected to the sharer", n, "path"),
-        &[&share_log, &connect_log],
-    )
-}
-
-/// Between two randomising NATs no hole can be punched: each connection must be refused at once
-/// with an error that says a relay is needed (the relay comes next; this cell then connects).
-fn relay_needed(
-    lab: &Lab,
-    netns: &str,
-    listen: SocketAddr,
-    connect_log: &Log,
-) -> Result<Outcome, String> {
-    let mut slowest = Duration::ZERO;
-    for n in 1..=CONNECTIONS {
-        let stream = lab
-            .in_netns(netns, move || TcpStream::connect(listen))
-            .expect("enter the connecting home")
-            .expect("dial the local end of the tunnel");
-        let started = Instant::now();
-        let refused = exchange_timed(stream, VOLUME, n).map_or(true, |(t, _)| t.received == 0);
-        slowest = slowest.max(started.elapsed());
-        let error = connect_log
-            .line("could not reach the sharer", n)
-            .unwrap_or_default();
-        if !refused || !error.contains("connecting needs a relay") {
-            return Err(format!(
-                "connection {n}: expected a refusal saying a relay is needed, got {error:?}"
-            ));
-        }
+        &logs,
+    );
+    let Outcome::Connected(conns) = &outcome else {
+        return outcome;
+    };
+    let needs_relay = share_nat == Nat::Symmetric && connect_nat == Nat::Symmetric;
+    let relayed = conns.iter().filter(|c| c.path == "relayed").count();
+    let pairs = relay_log.text().matches("relaying a pair of peers").count();
+    let (want_relayed, want_pairs) = if needs_relay {
+        (conns.len(), conns.len())
+    } else {
+        (0, 0)
+    };
+    if relayed != want_relayed || pairs != want_pairs {
+        return Outcome::Failed(format!(
+            "{relayed} connections went through the relay and it relayed {pairs} pairs; expected {want_relayed} and {want_pairs}\n{}",
+            dump(&logs)
+        ));
     }
-    if slowest > REFUSAL {
-        return Err(format!("a refusal took {slowest:?}, more than {REFUSAL:?}"));
-    }
-    Ok(Outcome::RelayNeeded(slowest))
+    outcome
 }
 
 #[test]
@@ -436,8 +427,7 @@ fn share_and_connect_meet_across_every_pair_of_nats() {
     check(&rows, true);
 }
 
-/// Every cell connected (or was refused for want of a relay, where that is expected), and
-/// with `fast_later`, connections after the first came quickly.
+/// Every cell connected, and with `fast_later`, connections after the first came quickly.
 fn check(rows: &[Row], fast_later: bool) {
     let mut failures = Vec::new();
     for row in rows {
@@ -454,7 +444,7 @@ fn check(rows: &[Row], fast_later: bool) {
                     }
                 }
             }
-            Outcome::Connected(_) | Outcome::RelayNeeded(_) => {}
+            Outcome::Connected(_) => {}
             Outcome::Failed(why) => failures.push(format!("{}: {why}", row.cell)),
         }
     }
@@ -465,7 +455,7 @@ fn check(rows: &[Row], fast_later: bool) {
 fn node_client_to_rust_share() -> Outcome {
     let homes = TwoHomes::new(LabSpec::homes([Nat::Cone, Nat::Cone]), VOLUME);
     let share_log = Log::new("node-client-share");
-    let (_share, key) = homes.rust_share(&share_log);
+    let (_share, key) = homes.rust_share(&share_log, &[]);
     let args = [
         "--bootstrap",
         &homes.bootstrap,
@@ -508,7 +498,7 @@ fn rust_connect_to_node_server() -> Outcome {
         .expect("the Node server's key")
         .to_string();
     let connect_log = Log::new("node-server-connect");
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &[]);
     homes.connections(
         listen,
         |n| connect_log.field("connected to the sharer", n, "path"),
@@ -550,8 +540,8 @@ fn lossy_cell(loss: f64, delay: Duration) -> Outcome {
     let homes = TwoHomes::new(spec, LOSSY_VOLUME);
     let share_log = Log::new("lossy-share");
     let connect_log = Log::new("lossy-connect");
-    let (_share, key) = homes.rust_share(&share_log);
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log);
+    let (_share, key) = homes.rust_share(&share_log, &[]);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &[]);
     homes.connections(
         listen,
         |n| connect_log.field("connected to the sharer", n, "path"),
