@@ -549,6 +549,33 @@ fn lossy_cell(loss: f64, delay: Duration) -> Outcome {
     )
 }
 
+/// The same loss and delay on both home uplinks between two randomising NATs, through the
+/// relay: every connection relayed, every byte through.
+fn lossy_relayed_cell(loss: f64, delay: Duration) -> Outcome {
+    let spec = LabSpec::homes([Nat::Symmetric, Nat::Symmetric])
+        .loss(loss)
+        .delay(delay);
+    let homes = TwoHomes::new(spec, LOSSY_VOLUME);
+    let relay_log = Log::new("lossy-relay");
+    let share_log = Log::new("lossy-relayed-share");
+    let connect_log = Log::new("lossy-relayed-connect");
+    let (_relay, relay) = homes.relay(&relay_log);
+    let (_share, key) = homes.rust_share(&share_log, &[]);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--relay", &relay]);
+    let logs = [&share_log, &connect_log, &relay_log];
+    let outcome = homes.connections(
+        listen,
+        |n| connect_log.field("connected to the sharer", n, "path"),
+        &logs,
+    );
+    match outcome {
+        Outcome::Connected(conns) if conns.iter().any(|c| c.path != "relayed") => {
+            Outcome::Failed(format!("not every connection was relayed\n{}", dump(&logs)))
+        }
+        other => other,
+    }
+}
+
 #[test]
 fn a_punched_connection_survives_loss_and_delay() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -563,5 +590,22 @@ fn a_punched_connection_survives_loss_and_delay() {
         || lossy_cell(loss, delay),
     )];
     print_table("a lossy, slow internet", &rows);
+    check(&rows, false);
+}
+
+#[test]
+fn a_relayed_connection_survives_loss_and_delay() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (loss, delay) = (0.05, Duration::from_millis(50));
+    let rows = vec![run(
+        format!(
+            "share symmetric <- connect symmetric (relay), {:.0} % loss, {} ms per uplink, {} MiB",
+            loss * 100.0,
+            delay.as_millis(),
+            LOSSY_VOLUME / MIB
+        ),
+        || lossy_relayed_cell(loss, delay),
+    )];
+    print_table("a lossy, slow internet, through the relay", &rows);
     check(&rows, false);
 }
