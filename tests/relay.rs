@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::cli::{ConnectProcess, LocalDht, RelayProcess, ShareProcess, READY};
 use support::net::{exchange, pattern_sha, read_all, send_pattern, Behaviour, Service};
-use support::node::{interop_dir, require_node, NodeTestnet};
+use support::node::{interop_dir, require_node, NodeServer, NodeTestnet};
 use support::process::ChildProcess;
 
 const MIB: u64 = 1024 * 1024;
@@ -228,4 +228,33 @@ fn node_peers_meet_through_our_relay_when_the_client_names_it() {
 #[test]
 fn node_peers_meet_through_our_relay_when_the_server_names_it() {
     node_peers_through_our_relay("server");
+}
+
+#[test]
+fn a_rust_connect_reaches_a_node_server_through_our_relay() {
+    // The Node server takes the relay our handshake names (relayThrough) and pairs there.
+    let testnet = NodeTestnet::start(5);
+    let relay = RelayProcess::start(&testnet.bootstrap[0]);
+    let (service, took) = turn_by_turn_service(5);
+    let server = NodeServer::start(&testnet.bootstrap, service, None);
+    let connect = ConnectProcess::start_with(
+        &testnet.bootstrap[0],
+        &server.public_key,
+        &["--relay", &relay.key, "--force-relay"],
+    );
+    let conn = TcpStream::connect(connect.addr).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    let sent = send_pattern(&mut &conn, VOLUME, 51).unwrap();
+    let answer = read_all(&mut (&conn).take(VOLUME)).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let (after, _) = read_all(&mut &conn).unwrap();
+    assert_eq!(answer, (VOLUME, pattern_sha(VOLUME, 5)), "the answer");
+    assert_eq!(after, 0);
+    assert_eq!(
+        took.recv_timeout(T).unwrap(),
+        (VOLUME, sent),
+        "what the service took"
+    );
+    drop(conn);
+    assert_relayed(&relay, 1);
 }
