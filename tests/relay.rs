@@ -192,31 +192,40 @@ fn turn_by_turn_service(seed: u64) -> (u16, std::sync::mpsc::Receiver<(u64, Stri
     (port, rx)
 }
 
+/// One turn-by-turn connection to `addr`, against [`turn_by_turn_service`] started with
+/// `service_seed`: `VOLUME` there, `VOLUME` back, both checked, then the ends.
+fn turn_by_turn(
+    addr: std::net::SocketAddr,
+    service_seed: u64,
+    took: &std::sync::mpsc::Receiver<(u64, String)>,
+) {
+    let conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    let sent = send_pattern(&mut &conn, VOLUME, service_seed + 100).unwrap();
+    let answer = read_all(&mut (&conn).take(VOLUME)).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let (after, _) = read_all(&mut &conn).unwrap();
+    assert_eq!(
+        answer,
+        (VOLUME, pattern_sha(VOLUME, service_seed)),
+        "the answer"
+    );
+    assert_eq!(after, 0, "bytes after the answer");
+    let took = took.recv_timeout(T).unwrap();
+    assert_eq!(took, (VOLUME, sent), "what the service took");
+}
+
 fn node_peers_through_our_relay(side: &str) {
     let testnet = NodeTestnet::start(5);
     let relay = RelayProcess::start(&testnet.bootstrap[0]);
     let (service, took) = turn_by_turn_service(4);
     let (_pair, port) = node_pair(&testnet.bootstrap, &relay.key, service, side);
-
     let started = Instant::now();
-    let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(T)).unwrap();
-    let sent = send_pattern(&mut &conn, VOLUME, 41).unwrap();
-    let answer = read_all(&mut (&conn).take(VOLUME)).unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    let (after, _) = read_all(&mut &conn).unwrap();
+    turn_by_turn(([127, 0, 0, 1], port).into(), 4, &took);
     eprintln!(
         "Node peers through our relay ({side} names it): 10 MiB each way in {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(answer, (VOLUME, pattern_sha(VOLUME, 4)), "the answer");
-    assert_eq!(after, 0);
-    assert_eq!(
-        took.recv_timeout(T).unwrap(),
-        (VOLUME, sent),
-        "what the service took"
-    );
-    drop(conn);
     assert_relayed(&relay, 1);
 }
 
@@ -242,19 +251,6 @@ fn a_rust_connect_reaches_a_node_server_through_our_relay() {
         &server.public_key,
         &["--relay", &relay.key, "--force-relay"],
     );
-    let conn = TcpStream::connect(connect.addr).unwrap();
-    conn.set_read_timeout(Some(T)).unwrap();
-    let sent = send_pattern(&mut &conn, VOLUME, 51).unwrap();
-    let answer = read_all(&mut (&conn).take(VOLUME)).unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    let (after, _) = read_all(&mut &conn).unwrap();
-    assert_eq!(answer, (VOLUME, pattern_sha(VOLUME, 5)), "the answer");
-    assert_eq!(after, 0);
-    assert_eq!(
-        took.recv_timeout(T).unwrap(),
-        (VOLUME, sent),
-        "what the service took"
-    );
-    drop(conn);
+    turn_by_turn(connect.addr, 5, &took);
     assert_relayed(&relay, 1);
 }
