@@ -152,24 +152,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PunchSocket {
-    /// Binds a fresh socket on `ip` (any port) and starts reading it.
-    pub(crate) async fn bind(ip: IpAddr) -> Result<PunchSocket> {
-        let socket = Self::bind_unsettled(ip).await?;
-        settle().await;
-        Ok(socket)
-    }
-
-    /// Binds `n` sockets at once (the birthday approach's): they settle together.
+    /// Binds `n` sockets at once (the birthday approach's).
     pub(crate) async fn bind_many(ip: IpAddr, n: usize) -> Result<Vec<PunchSocket>> {
         let mut sockets = Vec::with_capacity(n);
         for _ in 0..n {
-            sockets.push(Self::bind_unsettled(ip).await?);
+            sockets.push(Self::bind(ip).await?);
         }
-        settle().await;
         Ok(sockets)
     }
 
-    async fn bind_unsettled(ip: IpAddr) -> Result<PunchSocket> {
+    /// Binds a fresh socket on `ip` (any port) and starts reading it.
+    pub(crate) async fn bind(ip: IpAddr) -> Result<PunchSocket> {
         let addr = SocketAddr::new(ip, 0);
         let socket = udx::UdxSocket::bind(addr).await.map_err(|e| Error::Bind {
             addr: addr.to_string(),
@@ -321,12 +314,6 @@ impl PunchSocket {
         asker.send(&bytes, to);
         rx.await.map_err(|_| RpcError::Closed)
     }
-}
-
-/// A fresh socket is not yet known writable to the runtime, and p2p-udx drops a send before it
-/// is (notes/udx-issues.md): let the runtime poll new sockets once before sending.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 /// Forgets a request's transaction id when its caller stops waiting, however that happens.
