@@ -1,8 +1,10 @@
-//! A process started inside the lab: its stdout lines can be waited for (the line a daemon
-//! prints when it is ready), all of its output goes to the log, and dropping it kills it.
+//! A process started inside the lab (or anywhere a test needs one): its stdout lines can be
+//! waited for (the line a daemon prints when it is ready), all of its output goes to stderr
+//! with its name, and dropping it kills it. Its stdin stays open while this handle lives, so a
+//! child that watches stdin (the Node fixtures do) exits by itself if the test process dies.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ pub struct LabProcess {
     name: String,
     child: Child,
     lines: mpsc::Receiver<String>,
+    _stdin: Option<ChildStdin>,
 }
 
 impl LabProcess {
@@ -20,7 +23,7 @@ impl LabProcess {
     /// its log lines.
     pub fn spawn(name: &str, mut cmd: Command) -> Result<LabProcess, LabError> {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -37,6 +40,7 @@ impl LabProcess {
         }
         Ok(LabProcess {
             name: name.to_string(),
+            _stdin: child.stdin.take(),
             child,
             lines,
         })
@@ -104,6 +108,18 @@ impl LabProcess {
         self.child.id()
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>, LabError> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Sends SIGTERM, the polite stop a service manager sends.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -117,12 +133,14 @@ impl Drop for LabProcess {
     }
 }
 
-/// Sends a child's output lines to the log (and stdout lines to `tx` too). Ends with the pipe.
+/// Sends a child's output lines to stderr (and stdout lines to `tx` too). Ends with the pipe.
+/// eprintln!, not a log macro: a test's harness captures it per test (threads inherit the
+/// capture) and shows it when that test fails, with no subscriber to set up.
 fn forward(pipe: impl Read + Send + 'static, name: String, tx: Option<mpsc::Sender<String>>) {
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
-            tracing::info!(target: "netlab::process", "[{name}] {line}");
+            eprintln!("[{name}] {line}");
             if let Some(tx) = &tx {
                 let _ = tx.send(line);
             }
