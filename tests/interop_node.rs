@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use support::cli::{ConnectProcess, LocalDht, ShareProcess};
-use support::net::{exchange, pattern_sha, Behaviour, Service};
+use support::net::{assert_exchanged, exchange, Behaviour, Service};
 use support::node::{require_node, NodeClient, NodeServer, NodeTestnet};
 
 const MIB: u64 = 1024 * 1024;
@@ -24,20 +24,13 @@ fn verify_transfers(port: u16, service: &Service) {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("dial the tunnel");
         let client = exchange(s, VOLUME, 10 + round).unwrap();
         let server = service.next_tally(T);
-        assert_eq!(
-            client.received, VOLUME,
-            "round {round}: bytes from the service"
+        assert_exchanged(
+            &client,
+            &server,
+            VOLUME,
+            20 + round,
+            &format!("round {round}"),
         );
-        assert_eq!(
-            client.received_sha,
-            pattern_sha(VOLUME, 20 + round),
-            "round {round}"
-        );
-        assert_eq!(
-            server.received, VOLUME,
-            "round {round}: bytes to the service"
-        );
-        assert_eq!(server.received_sha, client.sent_sha, "round {round}");
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use netlab::{Lab, LabProcess, LabSpec, Nat};
-use support::net::{exchange_timed, pattern_sha, Behaviour, Service};
+use support::net::{assert_exchanged, exchange_timed, Behaviour, Service};
 use support::node::{interop_dir, require_node};
 
 const MIB: u64 = 1024 * 1024;
@@ -183,20 +183,13 @@ fn three_connections(
             let elapsed = started.elapsed();
             let server = service.next_tally(TRANSFER);
             let n = round + 1;
-            assert_eq!(
-                client.received, volume,
-                "connection {n}: bytes from the service"
+            assert_exchanged(
+                &client,
+                &server,
+                volume,
+                20 + round,
+                &format!("connection {n}"),
             );
-            assert_eq!(
-                client.received_sha,
-                pattern_sha(volume, 20 + round),
-                "connection {n}"
-            );
-            assert_eq!(
-                server.received, volume,
-                "connection {n}: bytes to the service"
-            );
-            assert_eq!(server.received_sha, client.sent_sha, "connection {n}");
             Connection {
                 path: path_of(n).unwrap_or_else(|| "?".into()),
                 first_byte: first_byte.expect("a verified transfer has a first byte"),

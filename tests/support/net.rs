@@ -19,6 +19,26 @@ pub struct Tally {
     pub sent_sha: String,
 }
 
+/// Checks one connection that moved `volume` bytes each way: the client got exactly the
+/// pattern the service sent with `service_seed`, and the service got exactly what the client
+/// sent. `what` names the connection in a failure.
+pub fn assert_exchanged(
+    client: &Tally,
+    server: &Tally,
+    volume: u64,
+    service_seed: u64,
+    what: &str,
+) {
+    assert_eq!(client.received, volume, "{what}: bytes from the service");
+    assert_eq!(
+        client.received_sha,
+        pattern_sha(volume, service_seed),
+        "{what}"
+    );
+    assert_eq!(server.received, volume, "{what}: bytes to the service");
+    assert_eq!(server.received_sha, client.sent_sha, "{what}");
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*), in chunks.
 pub struct Pattern(u64);
 
