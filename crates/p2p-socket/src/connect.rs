@@ -6,7 +6,7 @@
 //! punched in both NATs; through a blind relay only when neither can be made (and then for the
 //! next connections too, for a while, so they need not find out again).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -487,13 +487,7 @@ impl Connector {
     /// How this connection reaches the sharer (connect.js's `holepunch()` decisions).
     async fn decide(&self, answer: &Answer) -> Result<Decision> {
         let our_public = self.node.public_ip().await;
-        let our_local: Vec<Ipv4Addr> = self
-            .node
-            .reachable_addresses()
-            .await
-            .iter()
-            .filter_map(|p| p.host.parse().ok())
-            .collect();
+        let our_local = self.node.own_ips().await;
         let remote = &answer.remote;
         let holepunchable = remote
             .holepunch

@@ -316,6 +316,16 @@ impl DhtNode {
         remote.host.parse().ok()
     }
 
+    /// Our own IPv4 addresses as [`Self::reachable_addresses`] lists them: what a peer's
+    /// advertised LAN addresses are matched against when both sit behind one NAT.
+    pub(crate) async fn own_ips(&self) -> Vec<Ipv4Addr> {
+        self.reachable_addresses()
+            .await
+            .iter()
+            .filter_map(|p| p.host.parse().ok())
+            .collect()
+    }
+
     /// The peeroxide-dht handle, for queries and requests.
     pub(crate) fn handle(&self) -> &HyperDhtHandle {
         &self.handle

@@ -702,7 +702,12 @@ impl Server {
             let seen = to_socket_addr(client_seen)
                 .ok_or_else(|| Error::HandshakeFailed("the client's address is invalid".into()))?;
             let our_public = self.node.public_ip().await;
-            let addr = dial_address(seen, &remote.addresses4, our_public, &local_ips());
+            let addr = dial_address(
+                seen,
+                &remote.addresses4,
+                our_public,
+                &self.node.own_ips().await,
+            );
             let stream = socket.create_stream(local_id)?;
             stream.connect(remote_id, addr)?;
             return Ok(DataPath::Connected(stream, Path::Direct));
@@ -850,17 +855,6 @@ async fn relay_client_pair(
     clients
         .pair(plan.relay, plan.token, plan.is_initiator, wait)
         .await
-}
-
-fn local_ips() -> Vec<std::net::Ipv4Addr> {
-    if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|i| match i.ip() {
-            std::net::IpAddr::V4(ip) => Some(ip),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect()
 }
 
 async fn serve_connection(
