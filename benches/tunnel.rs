@@ -4,8 +4,7 @@
 //! `cargo bench --bench tunnel` (set `TUNNEL_BENCH_MIB` to change the 1024 MiB volume).
 //! Reports throughput each way, time to first byte of fresh connections, and peak RSS.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use test_support as support;
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};

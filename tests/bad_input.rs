@@ -1,7 +1,7 @@
 //! What a user gets wrong gets a clear one-line error and a non-zero exit, never a panic or a
 //! hang; a local service that is down costs one connection, not the share.
 
-mod support;
+use test_support as support;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream, UdpSocket};

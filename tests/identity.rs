@@ -2,7 +2,7 @@
 //! identity.json, host and port give the same share key (vectors computed with the npm tool's
 //! rules on Node hyperdht 6.34.0, see interop/node/keypair.js).
 
-mod support;
+use test_support as support;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! client reaches a Rust share, a Rust connect reaches a Node server, on a DHT made of our own
 //! `bootstrap` processes and on Node's testnet.
 
-mod support;
+use test_support as support;
 
 use std::net::TcpStream;
 use std::time::Duration;

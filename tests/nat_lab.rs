@@ -9,7 +9,7 @@
 //!
 //! Needs root (the lab builds network namespaces); without it the tests fail saying so.
 
-mod support;
+use test_support as support;
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};

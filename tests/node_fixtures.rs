@@ -1,7 +1,7 @@
 //! Proves the Node interop fixtures work Node-to-Node, so that a failing Rust
 //! interop test points at the Rust side, not at the fixtures.
 
-mod support;
+use test_support as support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

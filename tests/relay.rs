@@ -3,7 +3,7 @@
 //! meeting through our relay with `relayThrough`. Every byte is verified at both ends, and the
 //! relay's own log shows that the bytes went through it.
 
-mod support;
+use test_support as support;
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};

@@ -1,7 +1,7 @@
 //! Rust share to Rust connect over a private DHT of real `p2p-socket bootstrap` processes on
 //! loopback: every byte arrives, ends are passed on, nothing leaks.
 
-mod support;
+use test_support as support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};

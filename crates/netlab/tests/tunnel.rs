@@ -4,15 +4,11 @@
 
 mod common;
 
-#[path = "../../../tests/support/net.rs"]
-#[allow(dead_code)]
-mod net;
-
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use net::{exchange, pattern_sha, Behaviour, Service};
 use netlab::{LabSpec, Nat};
+use test_support::net::{exchange, pattern_sha, Behaviour, Service};
 
 const READY: Duration = Duration::from_secs(30);
 const SIZE: u64 = 4 << 20;

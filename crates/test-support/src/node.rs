@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::process::ChildProcess;
+use crate::process::ChildProcess;
 
 /// Generous for a loaded 2-core machine; a healthy testnet is ready in well under a second.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the Node fixture scripts live.
 pub fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/node")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop/node")
 }
 
 /// Panics with what to do when Node or the pinned npm packages are missing: an

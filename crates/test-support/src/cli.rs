@@ -2,17 +2,24 @@
 //! `share` and `connect` processes, each waited for by the line it prints when ready.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::ChildProcess;
+use crate::process::ChildProcess;
 
 /// Joining, announcing and looking up on loopback takes milliseconds; a loaded 2-core CI
 /// machine running several tests at once can be much slower.
 pub const READY: Duration = Duration::from_secs(30);
 
+/// The `p2p-socket` binary cargo built beside the running test or benchmark (cargo builds a
+/// package's binaries before its integration tests and benchmarks).
+pub fn binary() -> PathBuf {
+    netlab::find_binary("p2p-socket").unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2p-socket"));
+    let mut cmd = Command::new(binary());
     cmd.env_remove("P2P_SOCKET_BOOTSTRAP");
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn,p2p_socket=info,udx=info");

@@ -1,7 +1,0 @@
-// Each test binary includes this module but uses only part of it.
-#![allow(dead_code)]
-
-pub mod cli;
-pub mod net;
-pub mod node;
-pub mod process;
