@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -119,25 +119,35 @@ pub(crate) struct PunchSocket(Arc<State>);
 struct State {
     socket: udx::UdxSocket,
     local: SocketAddr,
-    pending: Mutex<HashMap<u16, oneshot::Sender<RpcReply>>>,
+    pending: Mutex<HashMap<u16, Expected>>,
     probes: Mutex<Option<(mpsc::UnboundedSender<ProbeHit>, usize)>>,
     echo: AtomicBool,
     requests: Mutex<Option<mpsc::UnboundedSender<RpcRequest>>>,
     last_heard: Mutex<Instant>,
 }
 
-/// Transaction ids only need to be unique among one socket's requests in flight; one counter
-/// for all sockets keeps them unique across sockets too, which the reachability check relies on
-/// (the answer arrives on another socket than the question left from).
-fn next_tid() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        rand::random::<u32>() | 1,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    NEXT.fetch_add(1, Ordering::Relaxed) as u16
+/// A request in flight: who must answer it, and where the answer goes.
+struct Expected {
+    from: SocketAddr,
+    reply: oneshot::Sender<RpcReply>,
+}
+
+/// How many random transaction ids to draw before giving up on finding one that no request in
+/// flight on the socket uses. We keep a handful in flight out of 65,536, so a second draw is
+/// already rare; the cap only bounds the loop.
+const TID_DRAWS: usize = 64;
+
+/// Transaction ids are random, not sequential: anyone who can send to this socket could
+/// otherwise guess the id of the next request and answer it first. With the source check
+/// (answers count only from the address asked), a forger must both spoof that address and
+/// hit one id in 65,536.
+fn random_tid() -> u16 {
+    rand::random()
+}
+
+/// The same address, whether written as IPv4 or as IPv6-mapped IPv4.
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
 fn peer(addr: SocketAddr) -> Ipv4Peer {
@@ -256,20 +266,27 @@ impl PunchSocket {
         encode_request_to_bytes(&req).ok()
     }
 
-    /// A fresh transaction id whose answer, arriving on this socket, comes out of the receiver
-    /// (until the guard is dropped).
-    fn expect_reply(&self) -> (u16, oneshot::Receiver<RpcReply>, PendingGuard<'_>) {
-        let tid = next_tid();
+    /// A fresh transaction id whose answer from `from`, arriving on this socket, comes out of
+    /// the receiver (until the guard is dropped). Answers from anywhere else are ignored.
+    fn expect_reply(
+        &self,
+        from: SocketAddr,
+    ) -> Result<(u16, oneshot::Receiver<RpcReply>, PendingGuard<'_>), RpcError> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.0.pending).insert(tid, tx);
-        (
+        let mut pending = lock(&self.0.pending);
+        let tid = (0..TID_DRAWS)
+            .map(|_| random_tid())
+            .find(|tid| !pending.contains_key(tid))
+            .ok_or(RpcError::Busy)?;
+        pending.insert(tid, Expected { from, reply: tx });
+        Ok((
             tid,
             rx,
             PendingGuard {
                 state: &self.0,
                 tid,
             },
-        )
+        ))
     }
 
     /// Sends `msg` to `to` and waits for the answer: `tries` times, `timeout` each (dht-rpc
@@ -281,7 +298,7 @@ impl PunchSocket {
         timeout: Duration,
         tries: u32,
     ) -> Result<RpcReply, RpcError> {
-        let (tid, mut rx, _cleanup) = self.expect_reply();
+        let (tid, mut rx, _cleanup) = self.expect_reply(to)?;
         let bytes = self.encode(tid, to, &msg).ok_or(RpcError::Encode)?;
         for _ in 0..tries.max(1) {
             self.send(&bytes, to);
@@ -296,20 +313,21 @@ impl PunchSocket {
 
     /// Sends `msg` to `to` once, expecting no answer here.
     pub(crate) fn send_request(&self, to: SocketAddr, msg: &RpcMessage) {
-        if let Some(bytes) = self.encode(next_tid(), to, msg) {
+        if let Some(bytes) = self.encode(random_tid(), to, msg) {
             self.send(&bytes, to);
         }
     }
 
     /// Sends `msg` to `to` from `asker`, and waits for the answer on this socket instead (for
-    /// requests whose answer the other node sends to another port: PING_NAT).
+    /// requests whose answer the other node sends to another port: PING_NAT). The answer must
+    /// still come from `to`.
     pub(crate) async fn expect_reply_to(
         self,
         asker: PunchSocket,
         to: SocketAddr,
         msg: RpcMessage,
     ) -> Result<RpcReply, RpcError> {
-        let (tid, rx, _cleanup) = self.expect_reply();
+        let (tid, rx, _cleanup) = self.expect_reply(to)?;
         let bytes = asker.encode(tid, to, &msg).ok_or(RpcError::Encode)?;
         asker.send(&bytes, to);
         rx.await.map_err(|_| RpcError::Closed)
@@ -337,6 +355,8 @@ pub(crate) enum RpcError {
     Closed,
     #[error("the request could not be encoded")]
     Encode,
+    #[error("no free transaction id on the socket")]
+    Busy,
 }
 
 async fn read_loop(state: Weak<State>, mut datagrams: mpsc::UnboundedReceiver<udx::Datagram>) {
@@ -351,8 +371,19 @@ async fn read_loop(state: Weak<State>, mut datagrams: mpsc::UnboundedReceiver<ud
         }
         match decode_message(&datagram.data) {
             Ok(Message::Response(res)) => {
-                if let Some(tx) = lock(&state.pending).remove(&res.tid) {
-                    let _ = tx.send(RpcReply {
+                let expected = {
+                    let mut pending = lock(&state.pending);
+                    match pending.get(&res.tid) {
+                        Some(e) if same_addr(e.from, datagram.addr) => pending.remove(&res.tid),
+                        Some(e) => {
+                            trace!(from = %datagram.addr, asked = %e.from, "an answer from an address not asked; ignored");
+                            None
+                        }
+                        None => None,
+                    }
+                };
+                if let Some(Expected { reply, .. }) = expected {
+                    let _ = reply.send(RpcReply {
                         from: datagram.addr,
                         to: to_socket_addr(&res.to),
                         error: res.error,
@@ -391,5 +422,103 @@ fn on_probe(state: &Arc<State>, from: SocketAddr) {
             index: *index,
             from,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tokio::net::UdpSocket;
+
+    const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const WAIT: Duration = Duration::from_secs(5);
+
+    async fn udp() -> (UdpSocket, SocketAddr) {
+        let s = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let a = s.local_addr().unwrap();
+        (s, a)
+    }
+
+    /// The transaction id of the next request `node` receives.
+    async fn next_request_tid(node: &UdpSocket) -> u16 {
+        let mut buf = [0u8; 2048];
+        let (n, _) = tokio::time::timeout(WAIT, node.recv_from(&mut buf))
+            .await
+            .expect("a request in time")
+            .unwrap();
+        match decode_message(&buf[..n]) {
+            Ok(Message::Request(req)) => req.tid,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    fn response(tid: u16, to: SocketAddr, value: &[u8]) -> Vec<u8> {
+        encode_response_to_bytes(&Response {
+            tid,
+            to: peer(to),
+            id: None,
+            token: None,
+            closer_nodes: Vec::new(),
+            error: 0,
+            value: Some(value.to_vec()),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_counts_only_from_the_address_asked() {
+        let socket = PunchSocket::bind(LOCALHOST).await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (node, node_addr) = udp().await;
+        let (forger, _) = udp().await;
+        let asking = {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                socket
+                    .request(node_addr, RpcMessage::internal(0, None), WAIT, 1)
+                    .await
+            })
+        };
+        let tid = next_request_tid(&node).await;
+        // The forger knows the id (the worst case) but sends from its own address.
+        for _ in 0..10 {
+            forger
+                .send_to(&response(tid, local, b"forged"), local)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!asking.is_finished(), "a forged answer was taken");
+        node.send_to(&response(tid, local, b"real"), local)
+            .await
+            .unwrap();
+        let reply = asking.await.unwrap().expect("the real answer");
+        assert_eq!(reply.from, node_addr);
+        assert_eq!(reply.value.as_deref(), Some(&b"real"[..]));
+        assert!(
+            lock(&socket.0.pending).is_empty(),
+            "the request is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn transaction_ids_are_not_sequential() {
+        let socket = PunchSocket::bind(LOCALHOST).await.unwrap();
+        let (node, node_addr) = udp().await;
+        let mut tids = Vec::new();
+        for _ in 0..100 {
+            socket.send_request(node_addr, &RpcMessage::internal(0, None));
+            tids.push(next_request_tid(&node).await);
+        }
+        let steps = tids
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        // Random 16-bit ids follow each other by chance about once in 65,536 pairs.
+        assert!(
+            steps < 5,
+            "{steps} of 99 ids were the previous one plus one: {tids:?}"
+        );
     }
 }
