@@ -1,7 +1,7 @@
 //! Embedding the tunnel in a Rust program, without the CLI: a private DHT on loopback, a share
 //! of a small echo service, and a `Connector` that opens an encrypted stream to it.
 //!
-//! Run with `cargo run -p p2p-socket --example embed`. It needs no internet.
+//! Run with `cargo run -p p2p-socket-engine --example embed`. It needs no internet.
 
 use std::net::{IpAddr, Ipv4Addr};
 
