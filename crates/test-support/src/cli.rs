@@ -111,6 +111,11 @@ pub struct RelayProcess {
 
 impl RelayProcess {
     pub fn start(bootstrap: &str) -> RelayProcess {
+        Self::start_with(bootstrap, &[])
+    }
+
+    /// `p2p-socket relay` with `extra` arguments.
+    pub fn start_with(bootstrap: &str, extra: &[&str]) -> RelayProcess {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log =
@@ -119,6 +124,7 @@ impl RelayProcess {
         cmd.args(["-c", r#"exec "$0" "$@" 2>"$RELAY_LOG""#])
             .arg(bin().get_program())
             .args(["relay", "--bootstrap", bootstrap])
+            .args(extra)
             .env_remove("P2P_SOCKET_BOOTSTRAP")
             .env("RELAY_LOG", &log)
             .env("RUST_LOG", "warn,p2p_socket=info");
