@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::wire::Token;
 
@@ -60,16 +60,30 @@ impl Default for RelayLimits {
 pub(crate) struct Refused {
     /// Which cap, in words for the log ("reached its cap of N sessions").
     pub(crate) cap: String,
-    /// True the first time since the cap was last below its limit: the moment to tell the
-    /// operator.
+    /// Whether to tell the operator (at most once a minute for each global cap, once per
+    /// session for a session's own): a hostile peer that keeps a cap busy must not be able to
+    /// write the log at its own rate.
     pub(crate) first: bool,
 }
 
-/// Which caps are refusing now, so that each is reported once per episode.
+/// How often a global cap that keeps refusing is reported.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// When each global cap was last reported.
 #[derive(Debug, Default)]
 struct Capped {
-    sessions: bool,
-    pending: bool,
+    sessions: Option<Instant>,
+    pending: Option<Instant>,
+}
+
+/// Whether a cap last reported at `last` is due to be reported again; if so, now.
+fn report(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    let due = last.is_none_or(|t| now.saturating_duration_since(t) >= REPORT_EVERY);
+    if due {
+        *last = Some(now);
+    }
+    due
 }
 
 /// One session's own pairings.
@@ -80,6 +94,8 @@ struct Session {
     links: usize,
     /// Every token this session pairs or relays with.
     tokens: HashSet<Token>,
+    /// Whether its own cap was reported.
+    capped: bool,
 }
 
 /// The relay's counts; see the module doc.
@@ -125,7 +141,6 @@ impl Book {
                 self.limits.max_sessions_per_ip
             )
         } else {
-            self.capped.sessions = false;
             self.next_session += 1;
             *self.per_ip.entry(ip).or_insert(0) += 1;
             self.sessions.insert(
@@ -135,13 +150,14 @@ impl Book {
                     pending: 0,
                     links: 0,
                     tokens: HashSet::new(),
+                    capped: false,
                 },
             );
             return Ok(self.next_session);
         };
         Err(Refused {
             cap,
-            first: !std::mem::replace(&mut self.capped.sessions, true),
+            first: report(&mut self.capped.sessions),
         })
     }
 
@@ -158,7 +174,6 @@ impl Book {
             }
         }
         self.pending -= s.pending;
-        self.capped.pending &= s.pending == 0;
         s.tokens.into_iter().collect()
     }
 
@@ -176,7 +191,7 @@ impl Book {
                 cap: format!(
                     "reached a session's cap ({MAX_PENDING_PER_SESSION} pairings waiting, {MAX_LINKS_PER_SESSION} relayed)"
                 ),
-                first: false,
+                first: !std::mem::replace(&mut s.capped, true),
             });
         }
         if opens && self.pending >= self.limits.max_pending {
@@ -185,7 +200,7 @@ impl Book {
                     "reached its cap of {} pairings waiting in all",
                     self.limits.max_pending
                 ),
-                first: !std::mem::replace(&mut self.capped.pending, true),
+                first: report(&mut self.capped.pending),
             });
         }
         s.pending += 1;
@@ -200,7 +215,6 @@ impl Book {
             s.pending -= 1;
             s.tokens.remove(token); // `link` puts it back when the pairing was joined
             self.pending -= 1;
-            self.capped.pending = false;
         }
     }
 
@@ -342,7 +356,8 @@ mod tests {
         for n in 0..MAX_PENDING_PER_SESSION as u32 {
             per_session.pend(s, token(n), true).unwrap();
         }
-        assert!(per_session.pend(s, token(1 << 20), true).is_err());
+        assert!(per_session.pend(s, token(1 << 20), true).unwrap_err().first);
+        assert!(!per_session.pend(s, token(1 << 21), true).unwrap_err().first);
     }
 
     #[test]

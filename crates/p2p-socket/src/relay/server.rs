@@ -407,8 +407,8 @@ impl Relay {
     }
 }
 
-/// A cap reached: said once at `warn` when it starts refusing (so an operator sees which cap
-/// and can raise it), then at `debug` while it goes on (so a flood does not write the log).
+/// A cap reached: said at `warn` when due (so an operator sees which cap and can raise it),
+/// else at `debug` (so a flood does not write the log).
 fn log_refusal(refused: &Refused, peer: SocketAddr, what: &str) {
     if refused.first {
         warn!(%peer, "relay {}: {what}", refused.cap);
