@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
 use p2p_socket::identity::{default_identity_path, Identity, KeyPair, PublicKey};
 use p2p_socket::{
-    BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayOptions, RelayServer, Share,
-    ShareOptions,
+    BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayLimits, RelayOptions, RelayServer,
+    Share, ShareOptions,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -107,6 +107,15 @@ enum Command {
         /// Use the key pair of this identity file (see `create-id`) as the relay's key.
         #[arg(long, value_name = "PATH")]
         identity: Option<PathBuf>,
+        /// Peers' connections to the relay open at once (the relay's memory grows with them).
+        #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_sessions)]
+        max_sessions: usize,
+        /// Connections open at once from one IP address.
+        #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_sessions_per_ip)]
+        max_sessions_per_ip: usize,
+        /// Pairings waiting for their other side, over all connections.
+        #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_pending)]
+        max_pending: usize,
     },
     /// Run a DHT bootstrap node, the entry point of a private network.
     Bootstrap {
@@ -203,7 +212,21 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
-        Command::Relay { seed, identity } => relay(network(&cli.bootstrap)?, seed, identity).await,
+        Command::Relay {
+            seed,
+            identity,
+            max_sessions,
+            max_sessions_per_ip,
+            max_pending,
+        } => {
+            let limits = RelayLimits {
+                max_sessions,
+                max_sessions_per_ip,
+                max_pending,
+                ..RelayLimits::default()
+            };
+            relay(network(&cli.bootstrap)?, seed, identity, limits).await
+        }
         Command::CreateId { seed, identity } => {
             let path = identity.unwrap_or_else(default_identity_path);
             let seed = seed.concat();
@@ -308,6 +331,7 @@ async fn relay(
     network: NetworkOptions,
     seed: Vec<String>,
     identity: Option<PathBuf>,
+    limits: RelayLimits,
 ) -> Result<()> {
     let key_pair = match identity {
         Some(path) => Identity::load(&path)
@@ -317,9 +341,13 @@ async fn relay(
         None if !seed.is_empty() => KeyPair::from_seed_text(&seed.concat()),
         None => KeyPair::generate(),
     };
-    let relay = RelayServer::start(RelayOptions { network, key_pair })
-        .await
-        .context("could not start the relay")?;
+    let relay = RelayServer::start(RelayOptions {
+        network,
+        key_pair,
+        limits,
+    })
+    .await
+    .context("could not start the relay")?;
     let key = relay.public_key();
     println!("Relay running. Key:");
     println!("{key}");

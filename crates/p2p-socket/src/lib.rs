@@ -53,5 +53,5 @@ pub use connect::{Connect, ConnectOptions, Connector};
 pub use dht::NetworkOptions;
 pub use error::{Error, Result};
 pub use peer::{Path, PeerStream};
-pub use relay::{RelayOptions, RelayServer};
+pub use relay::{RelayLimits, RelayOptions, RelayServer};
 pub use share::{Share, ShareOptions};

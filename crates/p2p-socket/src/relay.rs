@@ -21,9 +21,10 @@
 //! When to relay is decided by share and connect: only when no direct or punched path can be
 //! made (see `connect`), never as a race that could leave a working direct path unused.
 
+pub(crate) mod book;
 pub(crate) mod channel;
 pub(crate) mod client;
 pub(crate) mod server;
 pub(crate) mod wire;
 
-pub use server::{RelayOptions, RelayServer, RelayStats};
+pub use server::{RelayLimits, RelayOptions, RelayServer, RelayStats};

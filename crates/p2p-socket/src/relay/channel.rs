@@ -23,6 +23,14 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// After we closed our side, how long the other side has to close its own.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// Messages read but not yet handled. When the handler falls behind, reading stops (and the
+/// transport pushes back on the sender) instead of the queue growing with whatever a peer
+/// sends: a hostile peer can fill it, but only up to this.
+const MESSAGES_QUEUE: usize = 64;
+/// Channels we refuse, waiting to be written: a peer that opens channels faster than it reads
+/// our refusals is read no further until it does.
+const REJECTS_QUEUE: usize = 16;
+
 /// A message on the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Message {
@@ -61,14 +69,11 @@ impl Channel {
 /// Opens the `blind-relay` channel named `id` (the public key of the peer, which is the side
 /// that is not the relay) on `stream`; returns the handle and what arrives on the channel
 /// (which ends with the connection).
-pub(crate) fn open(
-    stream: PeerStream,
-    id: [u8; 32],
-) -> (Channel, mpsc::UnboundedReceiver<Message>) {
+pub(crate) fn open(stream: PeerStream, id: [u8; 32]) -> (Channel, mpsc::Receiver<Message>) {
     let (reader, writer) = stream.into_split();
     let (frames_tx, frames) = mpsc::unbounded_channel();
-    let (rejects_tx, rejects) = mpsc::unbounded_channel();
-    let (messages_tx, messages) = mpsc::unbounded_channel();
+    let (rejects_tx, rejects) = mpsc::channel(REJECTS_QUEUE);
+    let (messages_tx, messages) = mpsc::channel(MESSAGES_QUEUE);
     let (ended_tx, ended) = watch::channel(false);
     let (closing_tx, closing) = watch::channel(false);
     tokio::spawn(write_loop(
@@ -112,7 +117,7 @@ type Writer = SecretStreamWriteHalf<WriteHalf<UdxStream>>;
 async fn write_loop(
     mut w: Writer,
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
-    mut rejects: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rejects: mpsc::Receiver<Vec<u8>>,
     mut ended: watch::Receiver<bool>,
     closing: watch::Sender<bool>,
     id: [u8; 32],
@@ -153,8 +158,8 @@ async fn write_loop(
 async fn read_loop(
     mut r: Reader,
     id: [u8; 32],
-    messages: mpsc::UnboundedSender<Message>,
-    rejects: mpsc::UnboundedSender<Vec<u8>>,
+    messages: mpsc::Sender<Message>,
+    rejects: mpsc::Sender<Vec<u8>>,
 ) -> String {
     // The other side's local id for the channel, once it opened it.
     let mut remote: Option<u64> = None;
@@ -180,7 +185,7 @@ async fn read_loop(
                         remote = Some(remote_id);
                     } else {
                         // Nothing else is spoken here (protomux rejects channels nobody opens).
-                        let _ = rejects.send(wire::reject(remote_id));
+                        let _ = rejects.send(wire::reject(remote_id)).await;
                     }
                 }
                 Incoming::Reject { local_id } if local_id == wire::CHANNEL => {
@@ -190,10 +195,10 @@ async fn read_loop(
                     return "the other side closed the channel".into()
                 }
                 Incoming::Pair { remote_id, pair } if Some(remote_id) == remote => {
-                    let _ = messages.send(Message::Pair(pair));
+                    let _ = messages.send(Message::Pair(pair)).await;
                 }
                 Incoming::Unpair { remote_id, token } if Some(remote_id) == remote => {
-                    let _ = messages.send(Message::Unpair(token));
+                    let _ = messages.send(Message::Unpair(token)).await;
                 }
                 _ => {}
             }

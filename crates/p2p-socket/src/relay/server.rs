@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
+use super::book::{Book, Refused};
 use super::channel::{self, Channel, Message};
 use super::wire::{Pair, Token};
 use crate::dht::{next_stream_id, NetworkOptions};
@@ -28,11 +29,6 @@ use crate::share::{Handler, Share};
 /// them for the life of the session; a client that pairs and then dies should not pin them).
 const PENDING_TIMEOUT: Duration = Duration::from_secs(120);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-/// Per session, pairings waiting for their other side and pairs relayed at once. Far above what
-/// a p2p-socket or hyperdht peer uses (one per connection in flight), low enough that one
-/// session cannot take all of a relay.
-const MAX_PENDING_PER_SESSION: usize = 256;
-const MAX_LINKS_PER_SESSION: usize = 1024;
 
 /// How to run a relay.
 #[derive(Debug, Clone)]
@@ -42,7 +38,11 @@ pub struct RelayOptions {
     pub network: NetworkOptions,
     /// The relay's identity; its public key is what `--relay` takes.
     pub key_pair: KeyPair,
+    /// How much it takes on.
+    pub limits: RelayLimits,
 }
+
+pub use super::book::RelayLimits;
 
 /// A running blind relay. Dropping it stops it; [`RelayServer::close`] also withdraws its
 /// announcement.
@@ -67,7 +67,14 @@ pub struct RelayStats {
 impl RelayServer {
     /// Joins the DHT, announces the relay's key and starts relaying.
     pub async fn start(opts: RelayOptions) -> Result<RelayServer> {
-        let relay = Arc::new(Relay::default());
+        let relay = Arc::new(Relay {
+            state: Mutex::new(State {
+                book: Book::new(opts.limits),
+                pending: HashMap::new(),
+                relaying: HashMap::new(),
+                paired: 0,
+            }),
+        });
         let handler: Handler = {
             let relay = Arc::clone(&relay);
             Arc::new(
@@ -130,33 +137,39 @@ struct Relaying {
     streams: [UdxStream; 2],
 }
 
-#[derive(Default)]
+/// The relay's state. Behind a std mutex on purpose: every operation under it is O(1) in the
+/// number of sessions and pairings (the [`Book`] keeps the counts), never awaits, and never
+/// does I/O beyond queueing a datagram, so holding it blocks a tokio worker for microseconds.
 struct Relay {
     state: Mutex<State>,
 }
 
-#[derive(Default)]
 struct State {
-    next_session: u64,
-    sessions: usize,
+    /// Who may open a session or a pairing, and each session's own pairings.
+    book: Book,
     pending: HashMap<Token, Pending>,
     relaying: HashMap<Token, Relaying>,
     paired: u64,
 }
 
 impl State {
-    fn count(&self, session: u64) -> (usize, usize) {
-        let pending = self
-            .pending
-            .values()
-            .filter(|p| p.sides.iter().flatten().any(|s| s.session == session))
-            .count();
-        let relaying = self
-            .relaying
-            .values()
-            .filter(|r| r.sessions.contains(&session))
-            .count();
-        (pending, relaying)
+    /// Forgets a pairing still waiting, in its sessions' books too.
+    fn remove_pending(&mut self, token: &Token) -> Option<Pending> {
+        let p = self.pending.remove(token)?;
+        for side in p.sides.iter().flatten() {
+            self.book.unpend(side.session, token);
+        }
+        Some(p)
+    }
+
+    /// Stops relaying a pair, in its sessions' books too.
+    fn remove_relaying(&mut self, token: &Token, why: &str) {
+        if let Some(r) = self.relaying.remove(token) {
+            for session in r.sessions {
+                self.book.unlink(session, token);
+            }
+            log_end(token, &r, why);
+        }
     }
 }
 
@@ -172,7 +185,7 @@ impl Relay {
     fn stats(&self) -> RelayStats {
         let st = self.lock();
         RelayStats {
-            sessions: st.sessions,
+            sessions: st.book.sessions(),
             pending: st.pending.len(),
             relaying: st.relaying.len(),
             paired: st.paired,
@@ -188,16 +201,31 @@ impl Relay {
             );
             return;
         };
+        let admitted = self.lock().book.admit(peer_addr.ip());
+        let session = match admitted {
+            Ok(session) => session,
+            Err(refused) => {
+                log_refusal(&refused, peer_addr, "closed the session");
+                return; // dropping the stream closes the connection
+            }
+        };
         let remote_key = *peer.remote_public_key();
         let (channel, mut messages) = channel::open(peer, remote_key);
-        let session = {
-            let mut st = self.lock();
-            st.next_session += 1;
-            st.sessions += 1;
-            st.next_session
-        };
         debug!(connection = n, session, peer = %peer_addr, "relay session open");
+        let mut rate = self.lock().book.rate();
+        let mut rate_warned = false;
         while let Some(message) = messages.recv().await {
+            if !rate.take(Instant::now()) {
+                // Once per session: a peer that keeps at it would otherwise write the log.
+                if !std::mem::replace(&mut rate_warned, true) {
+                    warn!(
+                        session,
+                        peer = %peer_addr,
+                        "a relay session sends pair messages faster than the per-peer rate; ignoring the excess"
+                    );
+                }
+                continue;
+            }
             match message {
                 Message::Pair(pair) => self.on_pair(session, &channel, &link, peer_addr, pair),
                 Message::Unpair(token) => self.on_unpair(session, &token),
@@ -241,21 +269,22 @@ impl Relay {
             );
             return;
         }
-        let (pending, relaying) = st.count(session);
-        if pending >= MAX_PENDING_PER_SESSION || relaying >= MAX_LINKS_PER_SESSION {
-            warn!(
-                session,
-                pending, relaying, "a session asks for too many pairings; ignored one"
-            );
+        let repeat = st
+            .pending
+            .get(&token)
+            .is_some_and(|p| p.sides[slot].is_some());
+        if repeat {
+            return; // that side already asked (Node's relay ignores repeats too)
+        }
+        let opens = !st.pending.contains_key(&token);
+        if let Err(refused) = st.book.pend(session, token, opens) {
+            log_refusal(&refused, peer, "ignored a pairing");
             return;
         }
         let entry = st.pending.entry(token).or_insert_with(|| Pending {
             sides: [None, None],
             since: Instant::now(),
         });
-        if entry.sides[slot].is_some() {
-            return; // that side already asked (Node's relay ignores repeats too)
-        }
         entry.sides[slot] = Some(side);
         if entry.sides.iter().any(Option::is_none) {
             debug!(
@@ -268,7 +297,7 @@ impl Relay {
         let Some(Pending {
             sides: [Some(b), Some(a)],
             ..
-        }) = st.pending.remove(&token)
+        }) = st.remove_pending(&token)
         else {
             return;
         };
@@ -277,6 +306,8 @@ impl Relay {
             Ok(streams) => {
                 let ids = [streams[0].local_id(), streams[1].local_id()];
                 let done = streams[0].observer();
+                st.book.link(a.session, token);
+                st.book.link(b.session, token);
                 st.relaying.insert(
                     token,
                     Relaying {
@@ -318,9 +349,7 @@ impl Relay {
             .get(token)
             .is_some_and(|r| r.streams[0].local_id() == first_id)
         {
-            if let Some(r) = st.relaying.remove(token) {
-                log_end(token, &r, "a peer destroyed its stream");
-            }
+            st.remove_relaying(token, "a peer destroyed its stream");
         }
     }
 
@@ -331,7 +360,7 @@ impl Relay {
             .get(token)
             .is_some_and(|p| p.sides.iter().flatten().any(|s| s.session == session));
         if pending_here {
-            st.pending.remove(token);
+            st.remove_pending(token);
             debug!(session, token = short(token), "pairing cancelled");
             return;
         }
@@ -340,42 +369,51 @@ impl Relay {
             .get(token)
             .is_some_and(|r| r.sessions.contains(&session))
         {
-            if let Some(r) = st.relaying.remove(token) {
-                log_end(token, &r, "unpaired");
-            }
+            st.remove_relaying(token, "unpaired");
         }
     }
 
-    /// A session closed: what it was pairing and relaying goes with it.
+    /// A session closed: what it was pairing and relaying goes with it, found through its own
+    /// book (not by scanning every pairing of every session).
     fn end_session(&self, session: u64) {
         let mut st = self.lock();
-        st.sessions -= 1;
-        st.pending
-            .retain(|_, p| !p.sides.iter().flatten().any(|s| s.session == session));
-        let ended: Vec<Token> = st
-            .relaying
-            .iter()
-            .filter(|(_, r)| r.sessions.contains(&session))
-            .map(|(t, _)| *t)
-            .collect();
-        for token in ended {
-            if let Some(r) = st.relaying.remove(&token) {
-                log_end(&token, &r, "a peer's relay session closed");
-            }
+        for token in st.book.end(session) {
+            st.remove_pending(&token);
+            st.remove_relaying(&token, "a peer's relay session closed");
         }
     }
 
+    /// Every `SWEEP_EVERY`, not per message: the one pass over all pairings.
     fn sweep(&self) {
         let mut st = self.lock();
-        let before = st.pending.len();
-        st.pending.retain(|_, p| {
-            p.since.elapsed() < PENDING_TIMEOUT
-                && p.sides.iter().flatten().all(|s| s.channel.is_open())
-        });
-        let dropped = before - st.pending.len();
-        if dropped > 0 {
-            debug!(dropped, "forgot pairings whose other side never came");
+        let stale: Vec<Token> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.since.elapsed() >= PENDING_TIMEOUT
+                    || p.sides.iter().flatten().any(|s| !s.channel.is_open())
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for token in &stale {
+            st.remove_pending(token);
         }
+        if !stale.is_empty() {
+            debug!(
+                dropped = stale.len(),
+                "forgot pairings whose other side never came"
+            );
+        }
+    }
+}
+
+/// A cap reached: said at `warn` when due (so an operator sees which cap and can raise it),
+/// else at `debug` (so a flood does not write the log).
+fn log_refusal(refused: &Refused, peer: SocketAddr, what: &str) {
+    if refused.first {
+        warn!(%peer, "relay {}: {what}", refused.cap);
+    } else {
+        debug!(%peer, "relay {}: {what}", refused.cap);
     }
 }
 

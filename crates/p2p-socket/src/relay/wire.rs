@@ -18,8 +18,8 @@
 //! `unpair` (type 1) is a flags byte (0) and the token.
 //!
 //! The encoders of `peeroxide-dht`'s protomux are used for frames; decoding is ours, written to
-//! take hostile input from anyone who connects to a public relay: every length is checked, no
-//! input can make it allocate more than the frame it reads.
+//! take hostile input from anyone who connects to a public relay: every length is checked, and
+//! what a frame decodes into is bounded by a small multiple of the frame (see [`decode`]).
 
 use peeroxide_dht::protomux::{encode_close, encode_message, encode_open, encode_reject};
 
@@ -70,8 +70,6 @@ pub(crate) enum Incoming {
         remote_id: u64,
         token: Token,
     },
-    /// A message of a type or on a channel we do not use.
-    Other,
 }
 
 /// Input that is not a well-formed frame.
@@ -179,12 +177,19 @@ pub(crate) fn unpair(token: &Token) -> Vec<u8> {
     encode_message(CHANNEL, MSG_UNPAIR, &body)
 }
 
-/// Decodes one frame. A batch yields one item per message in it.
+/// The fewest bytes of a batch that can decode into one item: a one-byte length, the type, and
+/// `unpair`'s flags and token. Messages we do not use yield nothing, so a batch yields at most
+/// one item per this many bytes.
+const MIN_ITEM_BYTES: usize = 1 + 1 + 1 + 32;
+
+/// Decodes one frame. A batch yields one item per `pair` or `unpair` in it; messages of other
+/// types are skipped without a trace, so that a frame of tiny unknown messages (two bytes each)
+/// costs nothing: the items of a frame take at most `frame.len() / MIN_ITEM_BYTES` slots.
 pub(crate) fn decode(frame: &[u8]) -> Result<Vec<Incoming>, Malformed> {
     let mut r = Reader { buf: frame };
     let channel = r.uint()?;
     if channel != 0 {
-        return Ok(vec![message(channel, &mut r)?]);
+        return Ok(message(channel, &mut r)?.into_iter().collect());
     }
     Ok(match r.uint()? {
         0 => {
@@ -196,8 +201,9 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Vec<Incoming>, Malformed> {
                     channel = r.uint()?;
                     continue;
                 }
-                items.push(message(channel, &mut Reader { buf: body })?);
+                items.extend(message(channel, &mut Reader { buf: body })?);
             }
+            debug_assert!(items.len() <= frame.len() / MIN_ITEM_BYTES);
             items
         }
         1 => {
@@ -221,8 +227,9 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Vec<Incoming>, Malformed> {
     })
 }
 
-fn message(remote_id: u64, r: &mut Reader<'_>) -> Result<Incoming, Malformed> {
-    Ok(match r.uint()? {
+/// One channel message: `None` for a type we do not use.
+fn message(remote_id: u64, r: &mut Reader<'_>) -> Result<Option<Incoming>, Malformed> {
+    Ok(Some(match r.uint()? {
         MSG_PAIR => {
             let flags = r.byte()?;
             let token = r.token()?;
@@ -245,8 +252,8 @@ fn message(remote_id: u64, r: &mut Reader<'_>) -> Result<Incoming, Malformed> {
                 token: r.token()?,
             }
         }
-        _ => Incoming::Other,
-    })
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]
@@ -347,8 +354,36 @@ mod tests {
                     remote_id: 2,
                     token: token(4)
                 },
-                Incoming::Other
             ]
+        );
+    }
+
+    /// A batch of `n` messages of `body` each, on channel 1.
+    fn batch_of(body: &[u8], n: usize) -> Vec<u8> {
+        let mut batch = vec![0, 0, 1];
+        for _ in 0..n {
+            put_uint(&mut batch, body.len() as u64);
+            batch.extend_from_slice(body);
+        }
+        batch
+    }
+
+    #[test]
+    fn a_frame_decodes_into_at_most_a_small_multiple_of_itself() {
+        // The smallest messages there are (an unknown type, no payload): two bytes each, one
+        // item each before, which made 16 MiB of frame into hundreds of MB of items.
+        let tiny = batch_of(&[9], 1 << 20);
+        assert_eq!(decode(&tiny).unwrap(), vec![]);
+        // The smallest messages that do yield an item, as many as fit.
+        let unpair = unpair(&token(5))[1..].to_vec();
+        let dense = batch_of(&unpair, (1 << 20) / unpair.len());
+        let items = decode(&dense).unwrap();
+        assert_eq!(items.len(), (1 << 20) / unpair.len());
+        let bytes = items.capacity() * std::mem::size_of::<Incoming>();
+        assert!(
+            bytes <= 8 * dense.len(),
+            "{} bytes of frame decoded into {bytes} bytes of items",
+            dense.len()
         );
     }
 
