@@ -256,7 +256,11 @@ impl Conn {
         match addr.or_else(|| self.held.first().map(|(_, a)| *a)) {
             Some(addr) => {
                 self.set_remote(remote_id, addr);
-                std::mem::take(&mut self.held)
+                let peer = self.remote.map(|r| r.addr);
+                // Only what the peer sent counts; anyone else's packets were never ours.
+                let mut held = std::mem::take(&mut self.held);
+                held.retain(|(_, from)| Some(*from) == peer);
+                held
             }
             None => {
                 self.connect_on_first = Some(remote_id);
@@ -266,6 +270,9 @@ impl Conn {
     }
 
     fn set_remote(&mut self, id: u32, addr: SocketAddr) {
+        // Stored as packets from it are reported (plain IPv4), so that matching the source
+        // of each packet against it is a plain comparison.
+        let addr = crate::socket::normalize(addr);
         self.remote = Some(Remote { id, addr });
         self.connect_on_first = None;
         let mut st = self.shared.lock();
@@ -396,12 +403,16 @@ impl Conn {
             self.wl1 = seq32;
             self.wl2 = hdr.ack;
         }
-        let newly = (ack - self.snd_una) as usize;
-        for idx in 0..newly {
-            self.mark_delivered(idx, now);
+        // An ack older than one already processed (acks overtake each other on reordering
+        // paths, and anyone may send a stale one) carries no cumulative news.
+        if ack > self.snd_una {
+            let newly = (ack - self.snd_una) as usize;
+            for idx in 0..newly {
+                self.mark_delivered(idx, now);
+            }
+            self.sent.drain(..newly);
+            self.snd_una = ack;
         }
-        self.sent.drain(..newly);
-        self.snd_una = ack;
         // Only the cumulative ack completes our write side: a SACK of the END packet says
         // nothing about the data before it.
         if self.end_seq.is_some_and(|end| self.snd_una > end) {
@@ -989,5 +1000,97 @@ impl Conn {
         let mut st = self.shared.lock();
         st.closed.get_or_insert(reason);
         st.wake_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "127.0.0.1:9";
+
+    /// A connected stream with `packets` full data packets in flight.
+    fn sender_with_in_flight(packets: usize) -> (Conn, Instant) {
+        let now = Instant::now();
+        let mut conn = Conn::new(StreamShared::new(1), now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        conn.shared
+            .lock()
+            .send_buf
+            .extend_from_slice(&vec![7u8; packets * BASE_PAYLOAD]);
+        conn.service(now, &mut Outbox::default(), packets);
+        assert_eq!(conn.snd_nxt, packets as u64);
+        (conn, now)
+    }
+
+    fn ack_packet(ack: u32, sacks: &[(u32, u32)]) -> (Header, Vec<u8>) {
+        let hdr = Header {
+            flags: if sacks.is_empty() { 0 } else { wire::FLAG_SACK },
+            data_offset: 0,
+            stream_id: 1,
+            recv_window: RECV_WINDOW as u32,
+            seq: 0,
+            ack,
+        };
+        let body = sacks
+            .iter()
+            .flat_map(|(s, e)| s.to_le_bytes().into_iter().chain(e.to_le_bytes()))
+            .collect();
+        (hdr, body)
+    }
+
+    fn feed(conn: &mut Conn, now: Instant, ack: u32, sacks: &[(u32, u32)]) {
+        let (hdr, body) = ack_packet(ack, sacks);
+        conn.on_packet(&hdr, &body, now, &mut Outbox::default());
+        conn.service(now, &mut Outbox::default(), 64);
+        assert_consistent(conn);
+    }
+
+    /// The send-side bookkeeping agrees with itself.
+    fn assert_consistent(conn: &Conn) {
+        assert_eq!(conn.sent.len() as u64, conn.snd_nxt - conn.snd_una);
+        let in_flight = conn
+            .sent
+            .iter()
+            .filter(|p| p.state == SentState::InFlight)
+            .count();
+        assert_eq!(conn.in_flight, in_flight);
+    }
+
+    #[test]
+    fn a_reordered_older_ack_changes_nothing() {
+        let (mut conn, now) = sender_with_in_flight(10);
+        feed(&mut conn, now, 6, &[]);
+        assert_eq!(conn.snd_una, 6);
+        feed(&mut conn, now, 3, &[]); // overtaken by the ack of 6
+        assert_eq!(conn.snd_una, 6);
+        feed(&mut conn, now, 6, &[]); // duplicate
+        assert_eq!(conn.snd_una, 6);
+        feed(&mut conn, now, 10, &[]);
+        assert_eq!((conn.snd_una, conn.in_flight), (10, 0));
+    }
+
+    #[test]
+    fn impossible_acks_and_sacks_are_ignored() {
+        let (mut conn, now) = sender_with_in_flight(10);
+        feed(&mut conn, now, 11, &[]); // acks a packet never sent
+        feed(&mut conn, now, u32::MAX, &[]); // "before" sequence 0
+        feed(&mut conn, now, 1 << 31, &[]); // half the sequence space away
+        assert_eq!(conn.snd_una, 0);
+        // Blocks reversed, empty, beyond what we sent, before the cumulative ack, or wrapping.
+        let sacks = [
+            (5, 2),
+            (4, 4),
+            (9, 4000),
+            (u32::MAX - 3, 2),
+            (1 << 31, 3),
+            (20, 30),
+        ];
+        feed(&mut conn, now, 1, &sacks);
+        assert_eq!(conn.snd_una, 1);
+        feed(&mut conn, now, 0, &[(0, 10)]); // stale ack with a SACK of everything
+        assert!(conn.sent.iter().all(|p| p.state == SentState::Acked));
+        feed(&mut conn, now, 10, &[]);
+        assert_eq!(conn.in_flight, 0);
     }
 }

@@ -64,7 +64,7 @@ pub(crate) fn to_socket_family(addr: SocketAddr, v6: bool) -> SocketAddr {
 }
 
 /// Reports v4-mapped IPv6 sources as plain IPv4, as libudx does.
-fn normalize(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn normalize(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), a.port()),
@@ -255,7 +255,13 @@ impl Driver {
                 self.drain_events(now);
             }
             if let Some(conn) = self.conns.get_mut(&h.stream_id) {
-                if conn.remote.is_some() || conn.accept_unconnected(data, from) {
+                // A connected stream hears only its peer: anyone else who learns or guesses
+                // the id could otherwise destroy it or acknowledge data away.
+                let from_peer = match conn.remote {
+                    Some(peer) => peer.addr == from,
+                    None => conn.accept_unconnected(data, from),
+                };
+                if from_peer {
                     conn.on_packet(&h, &data[HEADER_SIZE..], now, &mut self.out);
                     Self::activate(&mut self.active, conn);
                 }
