@@ -147,6 +147,8 @@ pub struct Stream {
     // receive side
     rcv_nxt: u64,
     out_of_order: BTreeMap<u64, (u8, Bytes)>,
+    /// Payload bytes in `out_of_order`.
+    out_of_order_bytes: usize,
     remote_end: Option<u64>,
     eof_delivered: bool,
     read_acc: BytesMut,
@@ -221,6 +223,7 @@ impl Stream {
             linger_deadline: None,
             rcv_nxt: 0,
             out_of_order: BTreeMap::new(),
+            out_of_order_bytes: 0,
             remote_end: None,
             eof_delivered: false,
             read_acc: BytesMut::new(),
@@ -370,6 +373,12 @@ impl Stream {
         false
     }
 
+    /// Received payload bytes this stream holds (in order and out of order) plus those the
+    /// application has not read yet: what the peer's data costs us in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered() + self.out_of_order_bytes
+    }
+
     /// Received bytes we hold or the application has not read: what the window is cut by.
     fn buffered(&self) -> usize {
         self.unread + self.read_acc.len()
@@ -450,18 +459,20 @@ impl Stream {
                     break;
                 }
                 let (flags, data) = entry.remove();
+                self.out_of_order_bytes -= data.len();
                 self.deliver(flags, &data);
                 self.rcv_nxt += 1;
             }
         } else if seq - self.rcv_nxt < MAX_OUT_OF_ORDER {
-            self.out_of_order.entry(seq).or_insert_with(|| {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.out_of_order.entry(seq) {
                 let data = if flags & wire::FLAG_DATA != 0 {
                     Bytes::copy_from_slice(payload)
                 } else {
                     Bytes::new()
                 };
-                (flags, data)
-            });
+                self.out_of_order_bytes += data.len();
+                slot.insert((flags, data));
+            }
         }
     }
 
@@ -921,6 +932,13 @@ impl Stream {
         self.tlp_in_flight = true;
     }
 
+    /// The ack that answers any retransmission once this stream is done (see
+    /// [`super::Endpoint`]'s time-wait): where to send it and its header.
+    pub(crate) fn final_ack(&mut self) -> Option<(SocketAddr, Header)> {
+        let remote = self.remote?;
+        Some((remote.addr, self.header(0, self.snd_nxt)))
+    }
+
     fn send_ack(&mut self, out: &mut Transmits) {
         let Some(remote) = self.remote else {
             self.ack_needed = true; // sent once connected
@@ -1104,6 +1122,7 @@ impl Stream {
         self.sent.clear();
         self.retransmit.clear();
         self.out_of_order.clear();
+        self.out_of_order_bytes = 0;
         self.queued.clear();
         self.pending = Bytes::new();
         self.events.push_back(StreamEvent::Closed(reason));
