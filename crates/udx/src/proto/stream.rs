@@ -64,6 +64,11 @@ const MAX_BACKOFF_SHIFT: u32 = 2;
 const MAX_OUT_OF_ORDER: u64 = 65536;
 /// Packets held for a stream that is registered but not connected yet.
 const MAX_HELD_PACKETS: usize = 256;
+/// And at most this many bytes of them, whatever their size.
+const MAX_HELD_BYTES: usize = 512 * 1024;
+/// Heartbeats (zero-window probes, keepalives) sent without hearing anything back after which
+/// the peer is declared gone: an idle or stalled stream to a dead peer ends in bounded time.
+const MAX_UNANSWERED_HEARTBEATS: u32 = 6;
 /// A dropped-after-shutdown stream waits at most this long for the peer to end too.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lower bound of the tail-loss-probe timeout: the runtime's timers tick in milliseconds and
@@ -140,6 +145,14 @@ pub struct Stream {
     /// `connect_on_first_packet` was called with this remote id.
     connect_on_first: Option<u32>,
     held: Vec<(Bytes, SocketAddr)>,
+    held_bytes: usize,
+    /// Heartbeats sent since the peer was last heard from.
+    unanswered_heartbeats: u32,
+    /// SACK ranges of the ack being processed (kept to avoid an allocation per ack).
+    sack_ranges: Vec<(u64, u64)>,
+    /// Sequence numbers SACK processing visited (its cost, bounded per ack).
+    #[cfg(test)]
+    sack_visits: u64,
     closed: Option<CloseReason>,
     handle_dropped: bool,
     linger_deadline: Option<Instant>,
@@ -218,6 +231,11 @@ impl Stream {
             remote: None,
             connect_on_first: None,
             held: Vec::new(),
+            held_bytes: 0,
+            unanswered_heartbeats: 0,
+            sack_ranges: Vec::new(),
+            #[cfg(test)]
+            sack_visits: 0,
             closed: None,
             handle_dropped: false,
             linger_deadline: None,
@@ -340,6 +358,7 @@ impl Stream {
                 self.set_remote(remote_id, addr);
                 let peer = self.remote.map(|r| r.addr);
                 // Only what the peer sent counts; anyone else's packets were never ours.
+                self.held_bytes = 0;
                 let mut held = std::mem::take(&mut self.held);
                 held.retain(|(_, from)| Some(*from) == peer);
                 held
@@ -367,7 +386,8 @@ impl Stream {
             self.set_remote(remote_id, from);
             return true;
         }
-        if self.held.len() < MAX_HELD_PACKETS {
+        if self.held.len() < MAX_HELD_PACKETS && self.held_bytes + packet.len() <= MAX_HELD_BYTES {
+            self.held_bytes += packet.len();
             self.held.push((Bytes::copy_from_slice(packet), from));
         }
         false
@@ -419,6 +439,7 @@ impl Stream {
             return;
         }
         self.stats.packets_received += 1;
+        self.unanswered_heartbeats = 0;
         if hdr.flags & wire::FLAG_HEARTBEAT != 0 {
             // libudx answers probes with an ack and looks at nothing else.
             self.send_ack(out);
@@ -450,6 +471,18 @@ impl Stream {
     }
 
     fn on_data(&mut self, seq: u64, flags: u8, payload: &[u8]) {
+        let new = seq == self.rcv_nxt || !self.out_of_order.contains_key(&seq);
+        let len = if flags & wire::FLAG_DATA != 0 {
+            payload.len()
+        } else {
+            0
+        };
+        if new && self.buffered_bytes() + len > RECV_WINDOW {
+            // Beyond the window we advertised: memory is bounded by what we offer, not by
+            // what a peer sends. Not acknowledged, so an honest sender resends it later.
+            self.stats.packets_dropped += 1;
+            return;
+        }
         if seq == self.rcv_nxt {
             self.deliver(flags, payload);
             self.rcv_nxt += 1;
@@ -514,13 +547,29 @@ impl Stream {
         if self.end_seq.is_some_and(|end| self.snd_una > end) {
             self.end_acked = true;
         }
-        for (start, end) in sacks {
+        // At most as many blocks as libudx ever sends, each clipped to what is in flight, and
+        // overlaps visited once: one ack costs at most one walk over the packets in flight,
+        // however many blocks it carries.
+        let mut ranges = std::mem::take(&mut self.sack_ranges);
+        ranges.clear();
+        ranges.extend(sacks.take(wire::MAX_SACKS).filter_map(|(start, end)| {
             let start = wire::unwrap_seq(self.snd_una, start).max(self.snd_una);
             let end = wire::unwrap_seq(self.snd_una, end).min(self.snd_nxt);
-            for s in start..end {
+            (start < end).then_some((start, end))
+        }));
+        ranges.sort_unstable();
+        let mut done = self.snd_una;
+        for &(start, end) in &ranges {
+            for s in start.max(done)..end {
+                #[cfg(test)]
+                {
+                    self.sack_visits += 1;
+                }
                 self.mark_delivered((s - self.snd_una) as usize, now);
             }
+            done = done.max(end);
         }
+        self.sack_ranges = ranges;
     }
 
     /// Accounts the packet at `idx` (relative to `snd_una`) as delivered, once.
@@ -1018,11 +1067,11 @@ impl Stream {
         }
         if self.probe_deadline.is_some_and(|t| t <= now) {
             self.probe_deadline = Some(now + self.rtt.rto() * 2);
-            self.send_control(wire::FLAG_HEARTBEAT, out);
+            self.send_heartbeat(out);
         }
         if self.keepalive_deadline.is_some_and(|t| t <= now) {
             self.keepalive_deadline = None; // re-armed by the next service while still idle
-            self.send_control(wire::FLAG_HEARTBEAT, out);
+            self.send_heartbeat(out);
         }
         if self.linger_deadline.is_some_and(|t| t <= now) {
             tracing::debug!(
@@ -1031,6 +1080,23 @@ impl Stream {
             );
             self.destroy(now, out);
         }
+    }
+
+    /// A heartbeat is answered with an ack; a peer that answers none of several is gone.
+    fn send_heartbeat(&mut self, out: &mut Transmits) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.unanswered_heartbeats >= MAX_UNANSWERED_HEARTBEATS {
+            tracing::debug!(
+                stream = self.local_id,
+                "peer answers no heartbeats, closing stream"
+            );
+            self.close(CloseReason::TimedOut);
+            return;
+        }
+        self.unanswered_heartbeats += 1;
+        self.send_control(wire::FLAG_HEARTBEAT, out);
     }
 
     fn on_rto(&mut self, now: Instant) {
@@ -1215,5 +1281,106 @@ mod tests {
         assert!(conn.sent.iter().all(|p| p.state == SentState::Acked));
         feed(&mut conn, now, 10, &[]);
         assert_eq!(conn.in_flight, 0);
+    }
+
+    fn data_packet(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        Header {
+            flags: wire::FLAG_DATA,
+            data_offset: 0,
+            stream_id: 1,
+            recv_window: RECV_WINDOW as u32,
+            seq,
+            ack: 0,
+        }
+        .write_to(&mut p);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn one_sack_costs_at_most_one_walk_over_the_packets_in_flight() {
+        let (mut conn, now) = sender_with_in_flight(10);
+        // Thousands of blocks, each claiming everything: libudx never sends more than 50.
+        let blocks = vec![(0u32, 10u32); 8000];
+        feed(&mut conn, now, 0, &blocks);
+        assert!(conn.sack_visits <= 10, "{} visits", conn.sack_visits);
+        assert!(conn.sent.iter().all(|p| p.state == SentState::Acked));
+    }
+
+    #[test]
+    fn data_beyond_the_advertised_window_is_dropped() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        let payload = vec![1u8; MAX_PAYLOAD];
+        let mut out = Transmits::default();
+        // Out of order (seq 0 never comes): all of it would sit in memory.
+        for seq in 1..(2 * RECV_WINDOW / MAX_PAYLOAD) as u32 {
+            conn.handle_packet(&data_packet(seq, &payload), now, &mut out);
+            assert!(conn.buffered_bytes() <= RECV_WINDOW);
+        }
+        assert!(conn.stats().packets_dropped > 0);
+        // In order, with an application that reads nothing.
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        for seq in 0..(2 * RECV_WINDOW / MAX_PAYLOAD) as u32 {
+            conn.handle_packet(&data_packet(seq, &payload), now, &mut out);
+            if let Some(chunk) = conn.take_received() {
+                conn.set_unread(conn.unread + chunk.len());
+            }
+            assert!(conn.buffered_bytes() <= RECV_WINDOW);
+        }
+        assert!(conn.stats().packets_dropped > 0);
+    }
+
+    #[test]
+    fn packets_held_before_connect_are_bounded_in_bytes() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        let big = data_packet(0, &vec![0u8; 60_000]);
+        for _ in 0..MAX_HELD_PACKETS {
+            conn.accept_unconnected(&big, PEER.parse().unwrap());
+        }
+        let held: usize = conn.held.iter().map(|(p, _)| p.len()).sum();
+        assert!(held <= MAX_HELD_BYTES, "{held} bytes held");
+    }
+
+    /// Runs the stream's timers for `secs` of virtual time with nobody answering.
+    fn run_silent(conn: &mut Stream, start: Instant, secs: u64) -> Instant {
+        let mut now = start;
+        let mut out = Transmits::default();
+        while conn.closed().is_none() && now < start + Duration::from_secs(secs) {
+            conn.service(now, &mut out, 64);
+            let Some(at) = conn.next_timeout() else { break };
+            now = at.max(now);
+            conn.on_timeout(now, &mut out);
+            while out.pop().is_some() {}
+        }
+        now
+    }
+
+    #[test]
+    fn zero_window_probes_to_a_dead_peer_end_the_stream() {
+        let (mut conn, now) = sender_with_in_flight(4);
+        conn.write(Bytes::from(vec![1u8; 10_000]));
+        // The peer acks everything and closes its window, then goes silent.
+        let (mut hdr, body) = ack_packet(4, &[]);
+        hdr.recv_window = 0;
+        conn.on_packet(&hdr, &body, now, &mut Transmits::default());
+        let end = run_silent(&mut conn, now, 3600);
+        assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
+        assert!(end - now < Duration::from_secs(120), "took {:?}", end - now);
+    }
+
+    #[test]
+    fn keepalives_to_a_dead_peer_end_the_stream() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        conn.set_keepalive(Some(Duration::from_secs(5)));
+        let end = run_silent(&mut conn, now, 3600);
+        assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
+        assert!(end - now < Duration::from_secs(60), "took {:?}", end - now);
     }
 }
