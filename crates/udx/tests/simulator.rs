@@ -179,3 +179,33 @@ fn large_random_scenarios() {
         sc.run();
     }
 }
+
+/// A reader slower than the path: the sender is held back by the window we advertise, and
+/// what we buffer never exceeds it.
+#[test]
+fn a_slow_reader_is_never_sent_more_than_its_window() {
+    let link = LinkConfig {
+        delay: MS * 20,
+        jitter: MS * 5,
+        rate: Some(10_000_000.0),
+        queue: 256 * 1024,
+        ..Default::default()
+    };
+    let mut flow = FlowSpec::new(1, 2, 12 << 20, 0);
+    flow.b_read_rate = Some(2_000_000.0);
+    let out = Scenario {
+        seed: 0x510,
+        ab: link.clone(),
+        ba: link,
+        path_change: None,
+        flows: vec![flow],
+        deadline: Duration::from_secs(120),
+    }
+    .run();
+    let b = &out.flows[0].1;
+    println!("slow reader: max buffered {} bytes", b.max_buffered);
+    assert!(
+        b.max_buffered > udx::proto::RECV_WINDOW / 2,
+        "the window was never filled"
+    );
+}

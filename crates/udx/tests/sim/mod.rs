@@ -166,6 +166,8 @@ pub struct Side {
     unread: usize,
     /// Bytes per second the application reads (`None`: at once).
     pub read_rate: Option<f64>,
+    /// Virtual time up to which the slow reader has read.
+    read_until: Duration,
     want_update: bool,
     pub eof: bool,
     /// Removed by the endpoint: Some(clean finish).
@@ -190,6 +192,7 @@ impl Side {
             received: 0,
             unread: 0,
             read_rate: None,
+            read_until: Duration::ZERO,
             want_update: false,
             eof: false,
             removed: None,
@@ -406,9 +409,16 @@ impl Scenario {
                 for side in node.sides.values_mut() {
                     let Some(rate) = side.read_rate else { continue };
                     if side.unread == 0 {
+                        side.read_until = now;
                         continue;
                     }
-                    let n = ((rate * 0.001) as usize).max(1).min(side.unread);
+                    let n = (rate * (now - side.read_until).as_secs_f64()) as usize;
+                    if n == 0 {
+                        reader_tick = Some(now + Duration::from_millis(1));
+                        continue;
+                    }
+                    side.read_until = now;
+                    let n = n.min(side.unread);
                     side.unread -= n;
                     if let Some(stream) = node.ep.stream_mut(side.id) {
                         stream.set_unread(side.unread);
