@@ -15,13 +15,14 @@
 //!
 //! # Design
 //!
-//! Each socket has one driver task (`socket`) that owns every stream's protocol state
-//! (`conn`): it drains the UDP socket with non-blocking reads, demultiplexes by stream id,
-//! acks once per received burst (with SACK blocks when packets are missing), detects loss
-//! RACK-style and by timeout, and sends new data as the congestion window (`congestion`)
-//! and the pacer allow. Handles exchange bytes with the driver through a small per-stream
-//! buffer (`shared`), so a `write` returns as soon as its bytes are queued and a `read`
-//! takes whole received bursts.
+//! The protocol itself is a pure state machine, [`proto`] (no sockets, no runtime, no
+//! locks), which a simulator and fuzzers drive directly: it demultiplexes by stream id, acks
+//! once per received burst (with SACK blocks when packets are missing), detects loss
+//! RACK-style and by timeout, and sends new data as the congestion window and the pacer
+//! allow. Each socket has one driver task (`socket.rs`) that runs it over a real UDP socket,
+//! draining it with non-blocking batched reads. Handles exchange bytes with the driver
+//! through a small per-stream buffer (`shared.rs`), so a `write` returns as soon as its bytes
+//! are queued and a `read` takes whole received bursts.
 //!
 //! Wire facts (header, flags, SACK layout, END/DESTROY sequencing, MTU probe padding) follow
 //! libudx exactly; see [`wire`]. Timing and congestion control are local policy.
@@ -29,8 +30,7 @@
 #![warn(missing_docs)]
 
 mod congestion;
-mod conn;
-mod outbox;
+pub mod proto;
 mod relay;
 mod rtt;
 mod shared;
@@ -129,23 +129,18 @@ impl UdxSocket {
         self.core.udp.local_addr()
     }
 
-    /// Sends one datagram now (best effort, like UDP).
+    /// Sends one datagram now (best effort, like UDP: if the kernel's send buffer is full,
+    /// it is dropped).
     pub fn send_to(&self, data: &[u8], addr: SocketAddr) -> io::Result<()> {
         let to = socket::to_socket_family(addr, self.core.v6);
-        match self.core.udp.try_send_to(data, to) {
+        // Straight to the kernel: tokio's `try_send_to` answers WouldBlock from its readiness
+        // cache until the reactor has seen the socket writable once, so on a fresh socket the
+        // datagram would never be tried (the DHT's first bootstrap ping was lost that way).
+        // Waiting in a task per datagram instead would let a burst spawn tasks without bound.
+        match socket2::SockRef::from(&*self.core.udp).send_to(data, &to.into()) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // tokio answers WouldBlock from its readiness cache until the reactor has seen
-                // the socket writable once, so on a fresh socket the datagram was never tried
-                // (the DHT's first bootstrap ping was lost this way and cost a 1 s retry).
-                // Let a task wait for writability instead of dropping it.
-                let udp = Arc::clone(&self.core.udp);
-                let data = data.to_vec();
-                tokio::spawn(async move {
-                    if let Err(e) = udp.send_to(&data, to).await {
-                        tracing::debug!(%to, error = %e, "datagram not sent");
-                    }
-                });
+                tracing::debug!(%to, "socket send buffer full, datagram dropped");
                 Ok(())
             }
             Err(e) => Err(e),
@@ -224,6 +219,8 @@ pub struct StreamStats {
     pub in_flight: usize,
     /// Payload bytes per packet (grows with MTU probing from 1152 to at most 1452).
     pub max_payload: usize,
+    /// Received data packets dropped because they did not fit the receive window we advertise.
+    pub packets_dropped: u64,
 }
 
 /// One reliable stream. Implements `tokio::io::AsyncRead` and `AsyncWrite`.
@@ -371,7 +368,7 @@ impl AsyncRead for UdxStream {
                 .fetch_sub(copied, Ordering::AcqRel)
                 - copied;
             drop(st);
-            if left < conn::RECV_WINDOW / 2
+            if left < proto::RECV_WINDOW / 2
                 && self
                     .shared
                     .window_update_wanted
