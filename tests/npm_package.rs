@@ -3,7 +3,7 @@
 //! this test, npm installs both from the tarballs into an empty folder with no registry at all,
 //! and `npx p2p-socket` runs the binary through the launcher.
 
-mod support;
+use test_support as support;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
