@@ -235,7 +235,7 @@ fn the_launcher_forwards_signals_and_dies_of_the_binarys() {
 
     // The binary killed: the launcher reports the same death to whoever started it.
     let (mut p, binary) = start();
-    binary.kill();
+    assert!(binary.kill(), "kill -KILL {}", binary.0);
     let status = p.wait_exit(NPM);
     assert_eq!(
         status.signal(),
@@ -255,21 +255,19 @@ impl Binary {
             .is_ok_and(|cmd| cmd.windows(10).any(|w| w == b"p2p-socket"))
     }
 
-    fn kill(&self) {
-        let killed = Command::new("kill")
+    /// SIGKILL; whether `kill` could send it.
+    fn kill(&self) -> bool {
+        Command::new("kill")
             .args(["-KILL", &self.0.to_string()])
             .status()
-            .expect("run kill");
-        assert!(killed.success(), "kill -KILL {}", self.0);
+            .is_ok_and(|s| s.success())
     }
 }
 
 impl Drop for Binary {
     fn drop(&mut self) {
         if self.is_running() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
+            self.kill();
         }
     }
 }
