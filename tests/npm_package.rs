@@ -205,6 +205,35 @@ fn npx_runs_the_binary_from_the_packed_packages() {
     );
 }
 
+/// On a platform without a package the launcher says which platforms have one and what to do.
+/// That is decided before any package is looked for, so the launcher's source will do.
+#[test]
+fn the_launcher_explains_a_platform_without_a_binary() {
+    require_npm();
+    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("npm/p2p-socket/bin/p2p-socket.js");
+    // Node as if on an OS we ship nothing for; stderr joins stdout so its lines can be read.
+    let script = format!(
+        "Object.defineProperty(process, 'platform', {{ value: 'sunos' }}); require({:?})",
+        launcher.display().to_string()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec node -e \"$0\" 2>&1", &script])
+        .env_remove("P2P_SOCKET_BINARY");
+    let mut p = ChildProcess::spawn(cmd, "launcher on sunos");
+    let said = p.wait_for(NPM, |line| {
+        line.starts_with("p2p-socket:").then(|| line.to_string())
+    });
+    for wanted in [
+        "no prebuilt binary for sunos-",
+        "linux-x64",
+        "P2P_SOCKET_BINARY",
+    ] {
+        assert!(said.contains(wanted), "{wanted:?} missing from: {said}");
+    }
+    let status = p.wait_exit(NPM);
+    assert_eq!(status.code(), Some(1), "launcher on sunos: {status}");
+}
+
 /// The launcher passes a SIGTERM on to the binary and waits for it to shut down cleanly; when
 /// the binary dies of a signal, so does the launcher.
 #[test]
