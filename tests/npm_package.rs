@@ -14,7 +14,8 @@ use support::process::ChildProcess;
 
 /// npm and node start slowly on a loaded 2-core machine; none of this needs the network.
 const NPM: Duration = Duration::from_secs(180);
-/// The demo runs a private DHT, a share and a connect; on loopback it takes about a second.
+/// The demo runs a private DHT, a share and a connect: well under a second on loopback, plus
+/// the seconds npx takes to start on a busy machine.
 const DEMO: Duration = Duration::from_secs(120);
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
