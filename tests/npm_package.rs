@@ -14,7 +14,8 @@ use support::process::ChildProcess;
 
 /// npm and node start slowly on a loaded 2-core machine; none of this needs the network.
 const NPM: Duration = Duration::from_secs(180);
-/// The demo runs a private DHT, a share and a connect; on loopback it takes about a second.
+/// The demo runs a private DHT, a share and a connect: well under a second on loopback, plus
+/// the seconds npx takes to start on a busy machine.
 const DEMO: Duration = Duration::from_secs(120);
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -205,6 +206,35 @@ fn npx_runs_the_binary_from_the_packed_packages() {
     );
 }
 
+/// On a platform without a package the launcher says which platforms have one and what to do.
+/// That is decided before any package is looked for, so the launcher's source will do.
+#[test]
+fn the_launcher_explains_a_platform_without_a_binary() {
+    require_npm();
+    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("npm/p2p-socket/bin/p2p-socket.js");
+    // Node as if on an OS we ship nothing for; stderr joins stdout so its lines can be read.
+    let script = format!(
+        "Object.defineProperty(process, 'platform', {{ value: 'sunos' }}); require({:?})",
+        launcher.display().to_string()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec node -e \"$0\" 2>&1", &script])
+        .env_remove("P2P_SOCKET_BINARY");
+    let mut p = ChildProcess::spawn(cmd, "launcher on sunos");
+    let said = p.wait_for(NPM, |line| {
+        line.starts_with("p2p-socket:").then(|| line.to_string())
+    });
+    for wanted in [
+        "no prebuilt binary for sunos-",
+        "linux-x64",
+        "P2P_SOCKET_BINARY",
+    ] {
+        assert!(said.contains(wanted), "{wanted:?} missing from: {said}");
+    }
+    let status = p.wait_exit(NPM);
+    assert_eq!(status.code(), Some(1), "launcher on sunos: {status}");
+}
+
 /// The launcher passes a SIGTERM on to the binary and waits for it to shut down cleanly; when
 /// the binary dies of a signal, so does the launcher.
 #[test]
@@ -235,7 +265,7 @@ fn the_launcher_forwards_signals_and_dies_of_the_binarys() {
 
     // The binary killed: the launcher reports the same death to whoever started it.
     let (mut p, binary) = start();
-    binary.kill();
+    assert!(binary.kill(), "kill -KILL {}", binary.0);
     let status = p.wait_exit(NPM);
     assert_eq!(
         status.signal(),
@@ -255,21 +285,19 @@ impl Binary {
             .is_ok_and(|cmd| cmd.windows(10).any(|w| w == b"p2p-socket"))
     }
 
-    fn kill(&self) {
-        let killed = Command::new("kill")
+    /// SIGKILL; whether `kill` could send it.
+    fn kill(&self) -> bool {
+        Command::new("kill")
             .args(["-KILL", &self.0.to_string()])
             .status()
-            .expect("run kill");
-        assert!(killed.success(), "kill -KILL {}", self.0);
+            .is_ok_and(|s| s.success())
     }
 }
 
 impl Drop for Binary {
     fn drop(&mut self) {
         if self.is_running() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
+            self.kill();
         }
     }
 }
