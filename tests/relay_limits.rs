@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cli::{ConnectProcess, LocalDht, RelayProcess, ShareProcess, READY};
-use support::net::{exchange, Behaviour, Service};
+use support::net::{assert_exchanged, exchange, Behaviour, Service};
 use support::node::{interop_dir, require_node};
 use support::process::ChildProcess;
 
@@ -113,9 +113,7 @@ fn well_behaved_peers_are_relayed(dht: &LocalDht, relay: &RelayProcess) {
     let stream = TcpStream::connect(connect.addr).expect("connect to the tunnel");
     let client = exchange(stream, MIB, 8).expect("exchange through the relay");
     let server = service.next_tally(T);
-    assert_eq!(client.received, MIB, "bytes from the service");
-    assert_eq!(client.received_sha, server.sent_sha);
-    assert_eq!(server.received_sha, client.sent_sha);
+    assert_exchanged(&client, &server, MIB, 7, "the well-behaved connection");
     // Scraped from the log until the relay has machine-readable output (the --json issue).
     let deadline = Instant::now() + READY;
     while !relay.log().contains("relaying a pair of peers") {

@@ -27,4 +27,5 @@ pub(crate) mod client;
 pub(crate) mod server;
 pub(crate) mod wire;
 
-pub use server::{RelayLimits, RelayOptions, RelayServer, RelayStats};
+pub use book::RelayLimits;
+pub use server::{RelayOptions, RelayServer, RelayStats};

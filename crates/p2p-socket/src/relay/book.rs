@@ -73,6 +73,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 struct Capped {
     sessions: Option<Instant>,
+    /// One for every address: a cap per address reported per address would let a peer with
+    /// many addresses write the log again.
+    sessions_per_ip: Option<Instant>,
     pending: Option<Instant>,
 }
 
@@ -130,16 +133,18 @@ impl Book {
     /// A new session from `ip`, or which cap refuses it.
     pub(crate) fn admit(&mut self, ip: IpAddr) -> Result<u64, Refused> {
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-        let cap = if self.sessions.len() >= self.limits.max_sessions {
-            format!(
+        let (cap, last) = if self.sessions.len() >= self.limits.max_sessions {
+            let cap = format!(
                 "reached its cap of {} sessions in all",
                 self.limits.max_sessions
-            )
+            );
+            (cap, &mut self.capped.sessions)
         } else if from_ip >= self.limits.max_sessions_per_ip {
-            format!(
+            let cap = format!(
                 "reached its cap of {} sessions from {ip}",
                 self.limits.max_sessions_per_ip
-            )
+            );
+            (cap, &mut self.capped.sessions_per_ip)
         } else {
             self.next_session += 1;
             *self.per_ip.entry(ip).or_insert(0) += 1;
@@ -157,7 +162,7 @@ impl Book {
         };
         Err(Refused {
             cap,
-            first: report(&mut self.capped.sessions),
+            first: report(last),
         })
     }
 
@@ -307,7 +312,10 @@ mod tests {
         book.admit(ip(3)).unwrap();
         book.admit(ip(4)).unwrap();
         let refused = book.admit(ip(5)).unwrap_err();
-        assert!(refused.cap.contains("5 sessions in all"), "{refused:?}");
+        assert!(
+            refused.first && refused.cap.contains("5 sessions in all"),
+            "{refused:?}"
+        );
         book.end(a[0]);
         book.admit(ip(5)).unwrap();
         assert_eq!(book.sessions(), 5);

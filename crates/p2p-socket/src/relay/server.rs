@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
-use super::book::{Book, Refused};
+use super::book::{Book, Refused, RelayLimits};
 use super::channel::{self, Channel, Message};
 use super::wire::{Pair, Token};
 use crate::dht::{next_stream_id, NetworkOptions};
@@ -41,8 +41,6 @@ pub struct RelayOptions {
     /// How much it takes on.
     pub limits: RelayLimits,
 }
-
-pub use super::book::RelayLimits;
 
 /// A running blind relay. Dropping it stops it; [`RelayServer::close`] also withdraws its
 /// announcement.
