@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
-use p2p_socket::identity::{default_identity_path, Identity, KeyPair, PublicKey};
+use p2p_socket::identity::{
+    default_identity_path, npm_share_key_secret_bits, Identity, KeyPair, PublicKey, ShareKeyRule,
+};
 use p2p_socket::{
     BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayOptions, RelayServer, Share,
     ShareOptions,
@@ -64,6 +66,14 @@ enum Command {
         /// through it only when no hole can be punched.
         #[arg(long, value_name = "KEY")]
         relay: Option<String>,
+        /// How the share key is derived from the identity file. `hashed`: from the whole
+        /// secret (safe for any host; a different key from the npm p2p-socket's, so peers
+        /// that have the old key need the new one). `npm`: the npm p2p-socket's key, which
+        /// keeps only the part of the secret that fits after "host:port:" in 32 bytes
+        /// (68 bits for localhost:8080, none for a host of 26+ characters). Required with an
+        /// identity file, since no npm key keeps the 128 bits a key needs.
+        #[arg(long, value_enum, value_name = "RULE")]
+        key_derivation: Option<KeyDerivation>,
     },
     /// Connect to a share: listens locally and forwards every connection to the sharer.
     Connect {
@@ -171,6 +181,7 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             identity,
             relay,
+            key_derivation,
         } => {
             share(
                 network(&cli.bootstrap)?,
@@ -179,6 +190,7 @@ async fn run(cli: Cli) -> Result<()> {
                     host,
                     identity,
                     relay: relay_key(relay)?,
+                    key_derivation,
                 },
                 &cli.bootstrap,
             )
@@ -245,6 +257,38 @@ struct ShareArgs {
     host: String,
     identity: Option<PathBuf>,
     relay: Option<PublicKey>,
+    key_derivation: Option<KeyDerivation>,
+}
+
+/// `--key-derivation`: the CLI's names for the library's [`ShareKeyRule`]s.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeyDerivation {
+    Npm,
+    Hashed,
+}
+
+/// The share key of `host:port` under `identity`: the rule the user chose, or the npm key
+/// only where it keeps enough secret (never, today), else a refusal that names the choices.
+fn share_key_pair(
+    identity: &Identity,
+    host: &str,
+    port: u16,
+    chosen: Option<KeyDerivation>,
+) -> Result<KeyPair> {
+    Ok(match chosen {
+        Some(KeyDerivation::Npm) => {
+            tracing::warn!(
+                secret_bits = npm_share_key_secret_bits(host, port),
+                "using the npm-compatible share key, which keeps only part of the identity's secret"
+            );
+            identity.share_key_pair(host, port, ShareKeyRule::Npm)
+        }
+        Some(KeyDerivation::Hashed) => identity.share_key_pair(host, port, ShareKeyRule::Hashed),
+        None => identity.checked_share_key_pair(host, port).context(
+            "no safe share key without a choice: --key-derivation hashed (a new key from the whole secret: give your peers \
+             the new key), or --key-derivation npm to keep the npm p2p-socket's key knowingly",
+        )?,
+    })
 }
 
 async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<String>) -> Result<()> {
@@ -253,6 +297,7 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         host,
         identity,
         relay,
+        key_derivation,
     } = args;
     if port == 0 {
         bail!("--port 0 is not a service port; give the port your local service listens on");
@@ -261,7 +306,7 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
     let key_pair = match Identity::load_optional(&identity_path)? {
         Some(id) => {
             tracing::info!(path = %identity_path.display(), "using identity");
-            id.share_key_pair(&host, port)
+            share_key_pair(&id, &host, port, key_derivation)?
         }
         None if identity.is_some() => bail!(
             "no identity file at {}; create one with `p2p-socket create-id --identity {}`",

@@ -189,7 +189,7 @@ impl Connector {
 
     /// The DHT nodes that hold the announcement of `remote`.
     async fn lookup(&self) -> Result<Vec<Ipv4Peer>> {
-        let target = hash(&self.remote.0);
+        let target = hash(self.remote.as_bytes());
         let replies =
             tokio::time::timeout(LOOKUP_TIMEOUT, self.node.handle().query_find_peer(target))
                 .await
@@ -204,7 +204,7 @@ impl Connector {
             let Ok(record) = decode_hyper_peer_from_bytes(value) else {
                 continue;
             };
-            if record.public_key != self.remote.0 {
+            if record.public_key != *self.remote.as_bytes() {
                 continue;
             }
             if !relays.contains(&reply.from) {
@@ -325,11 +325,7 @@ impl Connector {
     /// relayed connection names our relay (if we have one) and does not claim we are reachable:
     /// the sharer must wait for us to come through the relay, not dial us.
     async fn start_handshake(&self, local_id: u32, ask: &Ask) -> Result<(NoiseWrap, Vec<u8>)> {
-        let noise_kp = peeroxide_dht::noise::Keypair {
-            public_key: self.key_pair.public_key,
-            secret_key: self.key_pair.secret_key,
-        };
-        let mut nw = NoiseWrap::new_initiator(noise_kp, self.remote.0);
+        let mut nw = NoiseWrap::new_initiator(self.key_pair.to_noise(), *self.remote.as_bytes());
         let (firewall, relay_through) = match ask {
             Ask::Direct => (self.our_firewall(), None),
             Ask::Relay(ours) => (Firewall::Unknown, ours.clone()),
@@ -374,7 +370,7 @@ impl Connector {
             .socket
             .request(
                 route.server,
-                RpcMessage::user(PEER_HANDSHAKE, hash(&self.remote.0), request),
+                RpcMessage::user(PEER_HANDSHAKE, hash(self.remote.as_bytes()), request),
                 ROUTE_HANDSHAKE_TIMEOUT,
                 ROUTE_HANDSHAKE_TRIES,
             )
@@ -421,7 +417,7 @@ impl Connector {
     }
 
     async fn handshake_via(&self, relays: &[Ipv4Peer], ask: &Ask) -> Result<Answer> {
-        let target = hash(&self.remote.0);
+        let target = hash(self.remote.as_bytes());
         let local_id = next_stream_id();
         let waiting = if matches!(ask, Ask::Direct) && self.our_firewall() == Firewall::Open {
             Some(self.node.socket().create_stream(local_id)?)
@@ -523,7 +519,7 @@ impl Connector {
         let (socket, addr) = punch_to_server(&ClientPunch {
             bind: self.node.bind_ip(),
             nodes: self.node.known_nodes(),
-            target: hash(&self.remote.0),
+            target: hash(self.remote.as_bytes()),
             holepunch,
             relay: answer.relay,
             server_address: answer.server_address,
@@ -564,7 +560,7 @@ impl Connector {
             .remote
             .relay_through
             .as_ref()
-            .map(|r| PublicKey(r.public_key))
+            .map(|r| PublicKey::from(r.public_key))
             .or(self.relay)
     }
 
@@ -586,7 +582,7 @@ impl Connector {
     async fn open_relayed(&self) -> Result<(PeerStream, Link, Path)> {
         let ours = self.relay.map(|relay| RelayThroughInfo {
             version: 1,
-            public_key: relay.0,
+            public_key: *relay.as_bytes(),
             token: relay_client::token(),
         });
         let answer = self.handshake(&Ask::Relay(ours.clone())).await?;
@@ -609,7 +605,7 @@ impl Connector {
                         .into(),
                 )),
             };
-        let key = PublicKey(relay.public_key);
+        let key = PublicKey::from(relay.public_key);
         let paired = self
             .relay_clients
             .pair(key, relay.token, is_initiator, RELAY_PAIR_TIMEOUT)

@@ -52,6 +52,7 @@ pub use bootstrap::BootstrapNode;
 pub use connect::{Connect, ConnectOptions, Connector};
 pub use dht::NetworkOptions;
 pub use error::{Error, Result};
+pub use identity::{KeyPair, PublicKey};
 pub use peer::{Path, PeerStream};
 pub use relay::{RelayOptions, RelayServer};
 pub use share::{Share, ShareOptions};

@@ -138,10 +138,7 @@ impl Share {
         let events = node
             .take_events()
             .ok_or_else(|| Error::Dht("the DHT node already has a server".into()))?;
-        let dht_kp = peeroxide_dht::hyperdht::KeyPair {
-            public_key: key_pair.public_key,
-            secret_key: key_pair.secret_key,
-        };
+        let dht_kp = key_pair.to_dht();
         let target = hash(&dht_kp.public_key);
         node.handle().register_server(&target);
         let started = Instant::now();
@@ -172,7 +169,7 @@ impl Share {
         ));
         let server = Server {
             node,
-            key_pair: dht_kp,
+            key_pair: key_pair.clone(),
             target,
             handler,
             relay,
@@ -188,7 +185,7 @@ impl Share {
         };
         let task = tokio::spawn(server.run(events, requests, routes, stop_rx));
         Ok(Share {
-            public_key: PublicKey(key_pair.public_key),
+            public_key: key_pair.public_key(),
             stop,
             task,
             stats,
@@ -356,7 +353,7 @@ struct RelayPlan {
 
 struct Server {
     node: DhtNode,
-    key_pair: peeroxide_dht::hyperdht::KeyPair,
+    key_pair: KeyPair,
     target: [u8; 32],
     handler: Handler,
     /// Our relay, offered to clients that cannot reach us otherwise.
@@ -403,7 +400,7 @@ impl Server {
         let handle = self.node.handle().clone();
         match tokio::time::timeout(
             Duration::from_secs(5),
-            handle.unannounce(self.target, &self.key_pair),
+            handle.unannounce(self.target, &self.key_pair.to_dht()),
         )
         .await
         {
@@ -541,11 +538,7 @@ impl Server {
             return Some(reply.clone());
         }
 
-        let noise_kp = peeroxide_dht::noise::Keypair {
-            public_key: self.key_pair.public_key,
-            secret_key: self.key_pair.secret_key,
-        };
-        let mut nw = NoiseWrap::new_responder(noise_kp);
+        let mut nw = NoiseWrap::new_responder(self.key_pair.to_noise());
         let remote = match nw.recv(&msg.noise) {
             Ok(p) => p,
             Err(e) => {
@@ -600,7 +593,7 @@ impl Server {
         );
         payload.relay_through = relay.filter(|r| r.is_initiator).map(|r| RelayThroughInfo {
             version: 1,
-            public_key: r.relay.0,
+            public_key: *r.relay.as_bytes(),
             token: r.token,
         });
         let (noise, hs) = match nw.send(&payload).and_then(|m| Ok((m, nw.finalize()?))) {
@@ -637,7 +630,7 @@ impl Server {
         self.recent.insert(msg.noise, (now, reply.clone()));
 
         let n = self.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let peer_key = PublicKey(hs.remote_public_key).to_string();
+        let peer_key = PublicKey::from(hs.remote_public_key).to_string();
         info!(connection = n, peer = &peer_key[..12], from = %format!("{}:{}", client_seen.host, client_seen.port), "peer connecting");
         tokio::spawn(serve_connection(
             n,
@@ -660,7 +653,7 @@ impl Server {
                 is_initiator: true,
             }),
             (None, Some(theirs)) => Some(RelayPlan {
-                relay: PublicKey(theirs.public_key),
+                relay: PublicKey::from(theirs.public_key),
                 token: theirs.token,
                 is_initiator: false,
             }),

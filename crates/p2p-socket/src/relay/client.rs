@@ -170,11 +170,14 @@ impl RelayClients {
     /// Our connection to `relay`, opened if we have none (or it ended).
     async fn session(&self, relay: PublicKey) -> Result<Arc<Session>> {
         let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&relay.0).filter(|s| s.channel.is_open()) {
+        if let Some(s) = sessions
+            .get(relay.as_bytes())
+            .filter(|s| s.channel.is_open())
+        {
             return Ok(Arc::clone(s));
         }
         let session = Arc::new(Session::open(&self.network, relay).await?);
-        sessions.insert(relay.0, Arc::clone(&session));
+        sessions.insert(*relay.as_bytes(), Arc::clone(&session));
         Ok(session)
     }
 }
@@ -186,7 +189,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Session {
     async fn open(network: &NetworkOptions, relay: PublicKey) -> Result<Session> {
         let key_pair = KeyPair::generate();
-        let our_key = key_pair.public_key;
+        let our_key = *key_pair.public_key().as_bytes();
         let started = std::time::Instant::now();
         let unreachable =
             |e: Error| Error::RelayFailed(format!("cannot reach the relay {relay}: {e}"));
