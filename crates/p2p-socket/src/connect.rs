@@ -23,11 +23,13 @@ use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
-use crate::dht::{next_stream_id, to_socket_addr, DhtNode, NetworkOptions};
+use crate::addr::to_socket_addr;
+use crate::dht::{next_stream_id, DhtNode, NetworkOptions};
 use crate::error::{Error, Result};
 use crate::handshake::{check_remote, dial_address, lan_address, message, our_payload};
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::identity::{KeyPair, PublicKey};
+use crate::lock::lock;
 use crate::nat::Firewall;
 use crate::peer::{secure, Link, Path, PeerStream};
 use crate::pipe::pipe;
@@ -302,12 +304,12 @@ impl Connector {
     }
 
     fn live_route(&self) -> Option<Arc<Route>> {
-        let route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        let route = lock(&self.route);
         route.as_ref().filter(|r| r.alive()).cloned()
     }
 
     fn forget_route(&self, dead: &Arc<Route>) {
-        let mut route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        let mut route = lock(&self.route);
         if route.as_ref().is_some_and(|r| Arc::ptr_eq(r, dead)) {
             *route = None;
         }
@@ -535,8 +537,7 @@ impl Connector {
             .as_ref()
             .is_some_and(|u| u.reusable_socket)
         {
-            *self.route.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Arc::new(Route::new(socket, addr)));
+            *lock(&self.route) = Some(Arc::new(Route::new(socket, addr)));
         }
         secure(
             true,
@@ -635,10 +636,6 @@ fn needs_relay(e: &Error) -> bool {
         e,
         Error::RelayNeeded(_) | Error::HolepunchFailed(_) | Error::NoDataPath(_)
     )
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a handshake asks the sharer for.

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use crate::error::{Error, Result};
+use crate::lock::lock;
 
 /// The public HyperDHT bootstrap nodes, the same ones Node's hyperdht uses.
 pub const PUBLIC_BOOTSTRAP: [&str; 3] = [
@@ -125,7 +126,7 @@ pub(crate) struct KnownNodes(Arc<Mutex<Vec<SocketAddr>>>);
 
 impl KnownNodes {
     pub(crate) fn add(&self, fresh: impl IntoIterator<Item = SocketAddr>) {
-        let mut nodes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = lock(&self.0);
         for node in fresh {
             nodes.retain(|n| *n != node);
             nodes.insert(0, node);
@@ -134,7 +135,7 @@ impl KnownNodes {
     }
 
     pub(crate) fn list(&self) -> Vec<SocketAddr> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.0).clone()
     }
 }
 
@@ -402,10 +403,4 @@ pub(crate) fn next_stream_id() -> u32 {
         Ordering::Relaxed,
     );
     NEXT.fetch_add(1, Ordering::Relaxed).max(1)
-}
-
-/// Converts a peeroxide address into a socket address.
-pub(crate) fn to_socket_addr(peer: &Ipv4Peer) -> Option<SocketAddr> {
-    let ip: Ipv4Addr = peer.host.parse().ok()?;
-    (peer.port != 0).then(|| SocketAddr::from((ip, peer.port)))
 }

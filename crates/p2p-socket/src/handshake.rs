@@ -10,7 +10,7 @@ use peeroxide_dht::hyperdht_messages::{
 };
 use peeroxide_dht::messages::Ipv4Peer;
 
-use crate::dht::to_socket_addr;
+use crate::addr::to_socket_addr;
 use crate::nat::Firewall;
 
 /// The payload version hyperdht speaks.

@@ -35,8 +35,9 @@ use rand::seq::SliceRandom;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-use crate::dht::to_socket_addr;
+use crate::addr::{ipv4_peer, to_socket_addr, to_socket_addr_any_port};
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::nat::{Firewall, NatProbe};
 use crate::punch_socket::{ProbeHit, PunchSocket, RpcMessage, RpcRequest};
 
@@ -286,23 +287,6 @@ impl Puncher {
 impl Drop for Puncher {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A random NAT's address comes with port 0 (unknown); keep it, unlike `to_socket_addr`.
-fn to_socket_addr_any_port(p: &Ipv4Peer) -> Option<SocketAddr> {
-    let ip: std::net::Ipv4Addr = p.host.parse().ok()?;
-    Some(SocketAddr::from((ip, p.port)))
-}
-
-fn ipv4_peer(a: SocketAddr) -> Ipv4Peer {
-    Ipv4Peer {
-        host: a.ip().to_string(),
-        port: a.port(),
     }
 }
 

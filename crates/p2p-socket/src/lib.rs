@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod addr;
 pub mod bootstrap;
 pub mod connect;
 pub mod dht;
@@ -41,6 +42,7 @@ mod error;
 mod handshake;
 mod holepunch;
 pub mod identity;
+mod lock;
 mod nat;
 mod peer;
 pub mod pipe;

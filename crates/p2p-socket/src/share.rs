@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
-use crate::dht::{next_stream_id, to_socket_addr, DhtNode, KnownNodes, NetworkOptions};
+use crate::addr::to_socket_addr;
+use crate::dht::{next_stream_id, DhtNode, KnownNodes, NetworkOptions};
 use crate::error::{Error, Result};
 use crate::handshake::{check_remote, dial_address, message, our_payload};
 use crate::holepunch::{ServerPunch, PUNCH_TIME};

@@ -22,6 +22,7 @@ use crate::connect::Connector;
 use crate::dht::{next_stream_id, NetworkOptions};
 use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
+use crate::lock::lock;
 
 /// A fresh relay token (hyperdht's `relay.token()`: 32 random bytes).
 pub(crate) fn token() -> Token {
@@ -180,10 +181,6 @@ impl RelayClients {
         sessions.insert(*relay.as_bytes(), Arc::clone(&session));
         Ok(session)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Session {
