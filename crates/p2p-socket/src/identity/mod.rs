@@ -77,7 +77,7 @@ pub enum ShareKeyRule {
 /// more, since the prefix is at least four bytes; `localhost:8080` keeps 68.
 ///
 /// ```
-/// use p2p_socket::identity::npm_share_key_secret_bits;
+/// use p2p_socket::npm_share_key_secret_bits;
 ///
 /// assert_eq!(npm_share_key_secret_bits("localhost", 8080), 68);
 /// assert_eq!(npm_share_key_secret_bits("host.docker.internal", 8080), 24);
@@ -232,7 +232,7 @@ impl Identity {
     /// secret in the key; [`Identity::checked_share_key_pair`] refuses that.
     ///
     /// ```
-    /// use p2p_socket::identity::{Identity, ShareKeyRule};
+    /// use p2p_socket::{Identity, ShareKeyRule};
     ///
     /// let identity = Identity::generate();
     /// let npm = identity.share_key_pair("localhost", 8080, ShareKeyRule::Npm);
