@@ -15,12 +15,12 @@
 //!
 //! # Design
 //!
-//! Each socket has one driver task ([`socket`]) that owns every stream's protocol state
-//! ([`conn`]): it drains the UDP socket with non-blocking reads, demultiplexes by stream id,
+//! Each socket has one driver task (`socket.rs`) that owns every stream's protocol state
+//! (`conn.rs`): it drains the UDP socket with non-blocking reads, demultiplexes by stream id,
 //! acks once per received burst (with SACK blocks when packets are missing), detects loss
-//! RACK-style and by timeout, and sends new data as the congestion window ([`congestion`])
+//! RACK-style and by timeout, and sends new data as the congestion window (`congestion.rs`)
 //! and the pacer allow. Handles exchange bytes with the driver through a small per-stream
-//! buffer ([`shared`]), so a `write` returns as soon as its bytes are queued and a `read`
+//! buffer (`shared.rs`), so a `write` returns as soon as its bytes are queued and a `read`
 //! takes whole received bursts.
 //!
 //! Wire facts (header, flags, SACK layout, END/DESTROY sequencing, MTU probe padding) follow
