@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use p2p_socket::identity::KeyPair;
+use p2p_socket::KeyPair;
 use p2p_socket::{BootstrapNode, Connect, ConnectOptions, NetworkOptions, Share, ShareOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,6 +59,7 @@ pub async fn run() -> Result<()> {
         service_host: web_addr.ip().to_string(),
         service_port: web_addr.port(),
         relay: None,
+        max_connections: Share::DEFAULT_MAX_CONNECTIONS,
     })
     .await
     .context("sharing the page")?;

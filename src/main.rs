@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
-use p2p_socket::identity::{default_identity_path, Identity, KeyPair, PublicKey};
+use p2p_socket::{
+    default_identity_path, npm_share_key_secret_bits, Identity, KeyPair, PublicKey, ShareKeyRule,
+};
 use p2p_socket::{
     BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayLimits, RelayOptions, RelayServer,
     Share, ShareOptions,
@@ -49,22 +51,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Share a local port: prints a key; whoever has it can connect.
-    Share {
-        /// Port of the local service to share.
-        #[arg(short, long)]
-        port: u16,
-        /// Host of the local service.
-        #[arg(long, default_value = "localhost")]
-        host: String,
-        /// Identity file; with one (see `create-id`) the key stays the same across restarts.
-        /// Without one, a new key is made for this run.
-        #[arg(long, value_name = "PATH")]
-        identity: Option<PathBuf>,
-        /// A relay (`p2p-socket relay`) to offer peers that cannot reach us otherwise; they go
-        /// through it only when no hole can be punched.
-        #[arg(long, value_name = "KEY")]
-        relay: Option<String>,
-    },
+    Share(ShareArgs),
     /// Connect to a share: listens locally and forwards every connection to the sharer.
     Connect {
         /// The key the sharer printed (64 hex characters).
@@ -123,7 +110,7 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0")]
         host: IpAddr,
         /// UDP port to listen on.
-        #[arg(long, default_value_t = p2p_socket::dht::DEFAULT_BOOTSTRAP_PORT)]
+        #[arg(long, default_value_t = p2p_socket::DEFAULT_BOOTSTRAP_PORT)]
         port: u16,
     },
     /// Show the whole thing working on this machine, no internet needed: a private DHT, a
@@ -160,7 +147,12 @@ fn network(cli_bootstrap: &Option<String>) -> Result<NetworkOptions> {
         }
         None => Vec::new(),
     };
-    Ok(NetworkOptions::with_bootstrap(bootstrap))
+    Ok(NetworkOptions {
+        // For networks where the reachability check misleads, and for exercising punching on
+        // one machine: never claim to be reachable.
+        firewalled: std::env::var("P2P_SOCKET_FIREWALLED").is_ok_and(|v| v == "1" || v == "true"),
+        ..NetworkOptions::with_bootstrap(bootstrap)
+    })
 }
 
 #[tokio::main]
@@ -175,24 +167,7 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Share {
-            port,
-            host,
-            identity,
-            relay,
-        } => {
-            share(
-                network(&cli.bootstrap)?,
-                ShareArgs {
-                    port,
-                    host,
-                    identity,
-                    relay: relay_key(relay)?,
-                },
-                &cli.bootstrap,
-            )
-            .await
-        }
+        Command::Share(args) => share(network(&cli.bootstrap)?, args, &cli.bootstrap).await,
         Command::Connect {
             key,
             port,
@@ -258,16 +233,90 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The engine's error with the flag that helps, where one does: the engine's messages speak of
+/// what to do, the CLI of how.
+fn with_hint(e: p2p_socket::Error) -> anyhow::Error {
+    let hint = match &e {
+        p2p_socket::Error::Bind { .. } => Some("choose the local port with --port"),
+        p2p_socket::Error::BootstrapUnreachable { .. } => {
+            Some("leave out --bootstrap (and P2P_SOCKET_BOOTSTRAP) to use the public network")
+        }
+        p2p_socket::Error::HolepunchFailed(_) | p2p_socket::Error::RelayNeeded(_) => {
+            Some("name a relay with --relay KEY on either side")
+        }
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow::Error::new(e).context(hint),
+        None => anyhow::Error::new(e),
+    }
+}
+
 fn relay_key(key: Option<String>) -> Result<Option<PublicKey>> {
     key.map(|k| k.parse().context("the --relay is not a relay key"))
         .transpose()
 }
 
+/// What `share` takes.
+#[derive(clap::Args, Debug)]
 struct ShareArgs {
+    /// Port of the local service to share.
+    #[arg(short, long)]
     port: u16,
+    /// Host of the local service.
+    #[arg(long, default_value = "localhost")]
     host: String,
+    /// Identity file; with one (see `create-id`) the key stays the same across restarts.
+    /// Without one, a new key is made for this run.
+    #[arg(long, value_name = "PATH")]
     identity: Option<PathBuf>,
-    relay: Option<PublicKey>,
+    /// A relay (`p2p-socket relay`) to offer peers that cannot reach us otherwise; they go
+    /// through it only when no hole can be punched.
+    #[arg(long, value_name = "KEY")]
+    relay: Option<String>,
+    /// How the share key is derived from the identity file. `hashed`: from the whole
+    /// secret (safe for any host; a different key from the npm p2p-socket's, so peers
+    /// that have the old key need the new one). `npm`: the npm p2p-socket's key, which
+    /// keeps only the part of the secret that fits after "host:port:" in 32 bytes
+    /// (68 bits for localhost:8080, none for a host of 26+ characters). Required with an
+    /// identity file, since no npm key keeps the 128 bits a key needs.
+    #[arg(long, value_enum, value_name = "RULE")]
+    key_derivation: Option<KeyDerivation>,
+    /// Peer connections open at once; past this, new peers get no answer until some
+    /// close (the log says so).
+    #[arg(long, value_name = "N", default_value_t = Share::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+}
+
+/// `--key-derivation`: the CLI's names for the library's [`ShareKeyRule`]s.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeyDerivation {
+    Npm,
+    Hashed,
+}
+
+/// The share key of `host:port` under `identity`: the rule the user chose, or the npm key
+/// only where it keeps enough secret (never, today), else a refusal that names the choices.
+fn share_key_pair(
+    identity: &Identity,
+    host: &str,
+    port: u16,
+    chosen: Option<KeyDerivation>,
+) -> Result<KeyPair> {
+    Ok(match chosen {
+        Some(KeyDerivation::Npm) => {
+            tracing::warn!(
+                secret_bits = npm_share_key_secret_bits(host, port),
+                "using the npm-compatible share key, which keeps only part of the identity's secret"
+            );
+            identity.share_key_pair(host, port, ShareKeyRule::Npm)
+        }
+        Some(KeyDerivation::Hashed) => identity.share_key_pair(host, port, ShareKeyRule::Hashed),
+        None => identity.checked_share_key_pair(host, port).context(
+            "no safe share key without a choice: --key-derivation hashed (a new key from the whole secret: give your peers \
+             the new key), or --key-derivation npm to keep the npm p2p-socket's key knowingly",
+        )?,
+    })
 }
 
 async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<String>) -> Result<()> {
@@ -276,7 +325,10 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         host,
         identity,
         relay,
+        key_derivation,
+        max_connections,
     } = args;
+    let relay = relay_key(relay)?;
     if port == 0 {
         bail!("--port 0 is not a service port; give the port your local service listens on");
     }
@@ -284,7 +336,7 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
     let key_pair = match Identity::load_optional(&identity_path)? {
         Some(id) => {
             tracing::info!(path = %identity_path.display(), "using identity");
-            id.share_key_pair(&host, port)
+            share_key_pair(&id, &host, port, key_derivation)?
         }
         None if identity.is_some() => bail!(
             "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
@@ -299,8 +351,10 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         service_host: host.clone(),
         service_port: port,
         relay,
+        max_connections,
     })
     .await
+    .map_err(with_hint)
     .context("could not start sharing")?;
     let key = share.public_key();
     let bootstrap_flag = bootstrap
@@ -319,7 +373,10 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
 
 async fn connect(opts: ConnectOptions) -> Result<()> {
     let remote = opts.remote;
-    let connect = Connect::start(opts).await.context("could not connect")?;
+    let connect = Connect::start(opts)
+        .await
+        .map_err(with_hint)
+        .context("could not connect")?;
     println!("Listening on {}", connect.local_addr());
     println!("Connections to it reach the sharer of {remote}.");
     wait_for_shutdown().await?;

@@ -58,7 +58,14 @@ fn share_with_an_npm_identity_announces_the_npm_key() {
     let dht = LocalDht::start(3);
     let mut share = ShareProcess::start_with(
         &dht.bootstrap,
-        &["--port", "8080", "--identity", path.to_str().unwrap()],
+        &[
+            "--port",
+            "8080",
+            "--identity",
+            path.to_str().unwrap(),
+            "--key-derivation",
+            "npm",
+        ],
     );
     assert_eq!(share.key, NPM_SHARE_KEY_LOCALHOST_8080);
     share.terminate_and_expect_clean_exit();
@@ -67,5 +74,58 @@ fn share_with_an_npm_identity_announces_the_npm_key() {
     let a = ShareProcess::start(&dht.bootstrap, 8080, &[]).key;
     let b = ShareProcess::start(&dht.bootstrap, 8080, &[]).key;
     assert_ne!(a, b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With the npm rule, a 30-character host leaves none of the identity's secret in the share
+/// key: anyone could derive it. Sharing refuses that unless told which key to use, and the
+/// hashed key it offers depends on the secret.
+#[test]
+fn a_long_host_with_an_identity_needs_a_key_choice() {
+    let dir = temp_dir("long-host");
+    let path = dir.join("identity.json");
+    std::fs::write(&path, NPM_IDENTITY_ABC).unwrap();
+    let host = "a-thirty-character-host-name.x";
+    assert_eq!(host.len(), 30);
+    let identity = ["--identity", path.to_str().unwrap(), "--host", host];
+
+    // Refused before anything is started, with the choices named (no DHT needed).
+    let out = bin()
+        .args(["share", "--port", "8080", "--bootstrap", "127.0.0.1:9"])
+        .args(identity)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "shared with a guessable key: {stderr}"
+    );
+    assert!(
+        stderr.contains("0 bits"),
+        "says how little secret is left: {stderr}"
+    );
+    assert!(
+        stderr.contains("--key-derivation hashed") && stderr.contains("--key-derivation npm"),
+        "names the choices: {stderr}"
+    );
+
+    let dht = LocalDht::start(3);
+    let share_with = |rule: &str| {
+        let mut args = vec!["--port", "8080", "--key-derivation", rule];
+        args.extend(identity);
+        let mut share = ShareProcess::start_with(&dht.bootstrap, &args);
+        share.terminate_and_expect_clean_exit();
+        share.key.clone()
+    };
+    let hashed = share_with("hashed");
+    assert_ne!(hashed, share_with("npm"));
+    // Another identity behind the same host gets another hashed key.
+    std::fs::remove_file(&path).unwrap();
+    let out = bin()
+        .args(["create-id", "--identity", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_ne!(hashed, share_with("hashed"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use crate::error::{Error, Result};
+use crate::lock::lock;
 
 /// The public HyperDHT bootstrap nodes, the same ones Node's hyperdht uses.
 pub const PUBLIC_BOOTSTRAP: [&str; 3] = [
@@ -42,8 +43,7 @@ pub struct NetworkOptions {
     /// Never claim to be reachable from the internet, even when the check says so: a share then
     /// always offers hole punching and a connect never waits to be dialled. For networks where
     /// the check misleads (a firewall that lets the check's packets in but not others), and for
-    /// exercising the punching path on one machine. The environment variable
-    /// `P2P_SOCKET_FIREWALLED=1` sets it too.
+    /// exercising the punching path on one machine.
     pub firewalled: bool,
 }
 
@@ -124,7 +124,7 @@ pub(crate) struct KnownNodes(Arc<Mutex<Vec<SocketAddr>>>);
 
 impl KnownNodes {
     pub(crate) fn add(&self, fresh: impl IntoIterator<Item = SocketAddr>) {
-        let mut nodes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = lock(&self.0);
         for node in fresh {
             nodes.retain(|n| *n != node);
             nodes.insert(0, node);
@@ -133,7 +133,7 @@ impl KnownNodes {
     }
 
     pub(crate) fn list(&self) -> Vec<SocketAddr> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.0).clone()
     }
 }
 
@@ -183,9 +183,7 @@ impl DhtNode {
             });
         }
         node.add_nodes(resolved.iter().copied());
-        let firewalled = opts.firewalled
-            || std::env::var("P2P_SOCKET_FIREWALLED").is_ok_and(|v| v == "1" || v == "true");
-        if firewalled {
+        if opts.firewalled {
             info!("treating this node as firewalled: never claiming to be reachable");
             node.open.send_replace(Some(false));
         } else if bind_host.is_loopback() {
@@ -249,7 +247,10 @@ impl DhtNode {
     }
 
     async fn spawn(config: DhtConfig, bind_ip: IpAddr) -> Result<DhtNode> {
-        let runtime = libudx::UdxRuntime::new().map_err(|e| Error::Dht(e.to_string()))?;
+        let runtime = libudx::UdxRuntime::new().map_err(|e| Error::Dht {
+            doing: "starting the transport",
+            source: Box::new(e),
+        })?;
         let mut hyper = HyperDhtConfig::default();
         hyper.dht = config;
         let (join, handle, events) = hyperdht::spawn(&runtime, hyper).await?;
@@ -257,7 +258,10 @@ impl DhtNode {
             .server_socket()
             .await?
             .and_then(|s| s.inner().cloned())
-            .ok_or_else(|| Error::Dht("the DHT has no bound socket".into()))?;
+            .ok_or_else(|| Error::Dht {
+                doing: "binding its socket",
+                source: "the DHT has no bound socket".into(),
+            })?;
         let task = tokio::spawn(async move {
             match join.await {
                 Ok(Ok(())) => debug!("DHT node stopped"),
@@ -309,20 +313,24 @@ impl DhtNode {
         self.nodes.list()
     }
 
-    /// Our public IPv4 address as DHT nodes see it, once known.
-    pub(crate) async fn public_ip(&self) -> Option<Ipv4Addr> {
-        let remote = self.handle.remote_address().await.ok().flatten()?;
-        remote.host.parse().ok()
-    }
-
-    /// Our own IPv4 addresses as [`Self::reachable_addresses`] lists them: what a peer's
-    /// advertised LAN addresses are matched against when both sit behind one NAT.
-    pub(crate) async fn own_ips(&self) -> Vec<Ipv4Addr> {
-        self.reachable_addresses()
+    /// Our public host as DHT nodes see it, and our own IPv4 addresses as
+    /// [`Self::reachable_addresses`] lists them: what a peer's addresses are matched against
+    /// to choose where to dial it (the same LAN, this machine, or afar).
+    pub(crate) async fn own_addresses(&self) -> (Option<Ipv4Addr>, Vec<Ipv4Addr>) {
+        let public = self
+            .handle
+            .remote_address()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|remote| remote.host.parse().ok());
+        let own = self
+            .reachable_addresses()
             .await
             .iter()
             .filter_map(|p| p.host.parse().ok())
-            .collect()
+            .collect();
+        (public, own)
     }
 
     /// The peeroxide-dht handle, for queries and requests.
@@ -395,12 +403,6 @@ impl DhtNode {
 /// makes `create_stream` fail with `StreamIdInUse` rather than mix two streams.
 pub(crate) fn next_stream_id() -> u32 {
     rand::random::<u32>().max(1)
-}
-
-/// Converts a peeroxide address into a socket address.
-pub(crate) fn to_socket_addr(peer: &Ipv4Peer) -> Option<SocketAddr> {
-    let ip: Ipv4Addr = peer.host.parse().ok()?;
-    (peer.port != 0).then(|| SocketAddr::from((ip, peer.port)))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The errors a user of the engine can meet. Each message says what happened and what to do,
-//! because the CLI prints them as they are.
+//! The errors a user of the engine can meet. Each message says what happened and what to do
+//! in the engine's terms; the CLI adds which of its flags does it.
 
 /// Everything the tunnel engine can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -10,14 +10,14 @@ pub enum Error {
     BadBootstrapAddress(String),
 
     /// No bootstrap node answered.
-    #[error("could not reach any DHT bootstrap node ({nodes}); check the address and that a `p2p-socket bootstrap` (or another HyperDHT node) is running there, or leave out --bootstrap to use the public network")]
+    #[error("could not reach any DHT bootstrap node ({nodes}); check the address and that a `p2p-socket bootstrap` (or another HyperDHT node) is running there, or use the public network's nodes")]
     BootstrapUnreachable {
         /// The nodes that were tried, comma separated.
         nodes: String,
     },
 
     /// A socket could not be bound.
-    #[error("cannot listen on {addr}: {source}; pick another --port (0 picks a free one) or stop whatever is using it")]
+    #[error("cannot listen on {addr}: {source}; pick another port (0 picks a free one) or stop whatever is using it")]
     Bind {
         /// The address we tried.
         addr: String,
@@ -38,11 +38,11 @@ pub enum Error {
     NoDataPath(String),
 
     /// Both sides are behind NATs and no hole could be punched between them.
-    #[error("could not punch through the NATs between us and the sharer: {0}; a relay gets through where punching fails (`p2p-socket relay` on a public host, then --relay KEY)")]
+    #[error("could not punch through the NATs between us and the sharer: {0}; a relay gets through where punching fails (`p2p-socket relay` on a public host)")]
     HolepunchFailed(String),
 
     /// The NATs on both sides are of kinds no hole can be punched through.
-    #[error("no direct path is possible: {0}; connecting needs a relay (`p2p-socket relay` on a public host, then --relay KEY on either side)")]
+    #[error("no direct path is possible: {0}; connecting needs a relay (`p2p-socket relay` on a public host, named by either side)")]
     RelayNeeded(String),
 
     /// Going through a relay did not work.
@@ -53,13 +53,18 @@ pub enum Error {
     #[error("the peer uses an incompatible protocol ({0}); update p2p-socket on both sides")]
     Incompatible(String),
 
-    /// The DHT node stopped.
-    #[error("the DHT node stopped unexpectedly: {0}")]
-    Dht(String),
+    /// The DHT failed: `doing` says at what; the source says how.
+    #[error("the DHT failed while {doing}")]
+    Dht {
+        /// What we were doing.
+        doing: &'static str,
+        /// What went wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     /// The encrypted stream failed.
-    #[error("encrypted stream failed: {0}")]
-    SecretStream(String),
+    #[error("the encrypted stream failed")]
+    SecretStream(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// The transport failed.
     #[error("transport: {0}")]
@@ -72,13 +77,19 @@ pub enum Error {
 
 impl From<peeroxide_dht::hyperdht::HyperDhtError> for Error {
     fn from(e: peeroxide_dht::hyperdht::HyperDhtError) -> Self {
-        Error::Dht(e.to_string())
+        Error::Dht {
+            doing: "talking to other nodes",
+            source: Box::new(e),
+        }
     }
 }
 
 impl From<peeroxide_dht::rpc::DhtError> for Error {
     fn from(e: peeroxide_dht::rpc::DhtError) -> Self {
-        Error::Dht(e.to_string())
+        Error::Dht {
+            doing: "talking to other nodes",
+            source: Box::new(e),
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 //! - [`Share`] announces `hash(publicKey)` on the DHT and pipes each incoming encrypted
 //!   connection to a local service.
 //! - [`Connect`] listens on a local port and opens one encrypted connection to the sharer per
-//!   local TCP connection; [`Connector`] opens such connections for programs that want the
-//!   stream itself.
-//! - [`identity`] makes and loads key pairs, compatible with the npm p2p-socket's
-//!   `identity.json`.
+//!   local TCP connection; [`Connector`] opens such connections ([`Connection`], a byte
+//!   stream) for programs that want the stream itself.
+//! - [`Identity`] makes and loads key pairs, compatible with the npm p2p-socket's
+//!   `identity.json`, and derives share keys from them.
 //! - [`BootstrapNode`] runs a DHT node for a private network.
 //! - [`RelayServer`] runs a blind relay, through which share and connect go when no hole can be
 //!   punched between them (Node's `blind-relay` protocol, so Node peers can use it too).
@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), p2p_socket::Error> {
-//! use p2p_socket::{identity::KeyPair, NetworkOptions, Share, ShareOptions};
+//! use p2p_socket::{KeyPair, NetworkOptions, Share, ShareOptions};
 //!
 //! let share = Share::start(ShareOptions {
 //!     network: NetworkOptions::default(), // the public HyperDHT network
@@ -26,6 +26,7 @@
 //!     service_host: "localhost".into(),
 //!     service_port: 8080,
 //!     relay: None,
+//!     max_connections: Share::DEFAULT_MAX_CONNECTIONS,
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -34,24 +35,37 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod bootstrap;
-pub mod connect;
-pub mod dht;
+mod addr;
+mod bootstrap;
+mod connect;
+mod connection;
+mod dht;
+mod dialer;
 mod error;
 mod handshake;
 mod holepunch;
-pub mod identity;
+mod identity;
+mod listener;
+mod lock;
 mod nat;
 mod peer;
-pub mod pipe;
+mod pipe;
+mod policy;
 mod punch_socket;
-pub mod relay;
-pub mod share;
+mod relay;
+mod running;
+mod share;
 
 pub use bootstrap::BootstrapNode;
-pub use connect::{Connect, ConnectOptions, Connector};
-pub use dht::NetworkOptions;
+pub use connect::{Connect, ConnectOptions};
+pub use connection::Connection;
+pub use dht::{NetworkOptions, DEFAULT_BOOTSTRAP_PORT};
+pub use dialer::Connector;
 pub use error::{Error, Result};
-pub use peer::{Path, PeerStream};
-pub use relay::{RelayLimits, RelayOptions, RelayServer};
+pub use identity::{
+    default_identity_path, npm_share_key_secret_bits, Identity, IdentityError, KeyPair,
+    ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_SHARE_KEY_SECRET_BITS,
+};
+pub use peer::Path;
+pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
 pub use share::{Share, ShareOptions};

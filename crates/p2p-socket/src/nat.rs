@@ -20,6 +20,7 @@ use peeroxide_dht::messages::{Command, Ipv4Peer};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+use crate::lock::lock;
 use crate::punch_socket::{PunchSocket, RpcMessage};
 
 /// How a NAT maps our socket, as hyperdht's `FIREWALL` constants encode it on the wire.
@@ -301,10 +302,6 @@ impl NatProbe {
     pub(crate) fn freeze(&self) {
         lock(&self.sampler).freeze();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long the reachability check waits for DHT nodes to call back.

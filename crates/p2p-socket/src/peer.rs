@@ -55,8 +55,8 @@ impl Link {
     }
 }
 
-/// The encrypted stream type that [`crate::connect`] returns and a share hands to its service.
-pub type PeerStream = SecretStream<UdxStream>;
+/// The encrypted stream of a connection, message by message.
+pub(crate) type PeerStream = SecretStream<UdxStream>;
 
 /// How long the data path may take to carry the secret stream's first message each way. Node's
 /// hyperdht gives a connection that does not open 10 s (`HANDSHAKE_INITIAL_TIMEOUT`); loopback and
@@ -84,7 +84,7 @@ pub(crate) async fn secure(
     );
     match tokio::time::timeout(DATA_PATH_TIMEOUT, opened).await {
         Ok(Ok(s)) => Ok((s, link)),
-        Ok(Err(e)) => Err(Error::SecretStream(e.to_string())),
+        Ok(Err(e)) => Err(Error::SecretStream(Box::new(e))),
         Err(_) => Err(Error::NoDataPath(path.to_string())),
     }
 }

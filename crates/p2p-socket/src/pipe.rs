@@ -10,7 +10,7 @@ use std::io;
 use peeroxide_dht::secret_stream::{SecretStream, SecretStreamError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// The secret stream caps a message at 16 MiB; 64 KiB keeps memory per connection small while
 /// amortising the per-message header and tag.
@@ -81,4 +81,20 @@ where
     // connection), a clean end of one direction leaves the other running.
     let (to_peer, from_peer) = tokio::try_join!(upstream, downstream)?;
     Ok(Transferred { to_peer, from_peer })
+}
+
+/// [`pipe`]s connection number `n` and logs how it ended.
+pub(crate) async fn pipe_and_log<T>(n: u64, tcp: TcpStream, peer: SecretStream<T>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    match pipe(tcp, peer).await {
+        Ok(t) => info!(
+            connection = n,
+            to_peer = t.to_peer,
+            from_peer = t.from_peer,
+            "connection closed"
+        ),
+        Err(e) => info!(connection = n, error = %e, "connection ended with an error"),
+    }
 }

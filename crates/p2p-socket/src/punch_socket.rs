@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use peeroxide_dht::messages::{
-    decode_message, encode_request_to_bytes, encode_response_to_bytes, Ipv4Peer, Message, Request,
-    Response,
+    decode_message, encode_request_to_bytes, encode_response_to_bytes, Message, Request, Response,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::trace;
 
-use crate::dht::to_socket_addr;
+use crate::addr::{ipv4_peer, to_socket_addr};
 use crate::error::{Error, Result};
+use crate::lock::lock;
 
 /// What a punch probe carries (hyperdht's `HOLEPUNCH`).
 const PROBE: [u8; 1] = [0];
@@ -89,7 +89,7 @@ impl RpcRequest {
     pub(crate) fn reply(&self, value: Option<Vec<u8>>) {
         let res = Response {
             tid: self.tid,
-            to: peer(self.from),
+            to: ipv4_peer(self.from),
             id: None,
             token: None,
             closer_nodes: Vec::new(),
@@ -148,17 +148,6 @@ fn random_tid() -> u16 {
 /// The same address, whether written as IPv4 or as IPv6-mapped IPv4.
 fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
-}
-
-fn peer(addr: SocketAddr) -> Ipv4Peer {
-    Ipv4Peer {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl PunchSocket {
@@ -255,7 +244,7 @@ impl PunchSocket {
     fn encode(&self, tid: u16, to: SocketAddr, msg: &RpcMessage) -> Option<Vec<u8>> {
         let req = Request {
             tid,
-            to: peer(to),
+            to: ipv4_peer(to),
             id: None,
             token: None,
             internal: msg.internal,
@@ -456,7 +445,7 @@ mod tests {
     fn response(tid: u16, to: SocketAddr, value: &[u8]) -> Vec<u8> {
         encode_response_to_bytes(&Response {
             tid,
-            to: peer(to),
+            to: ipv4_peer(to),
             id: None,
             token: None,
             closer_nodes: Vec::new(),

@@ -8,30 +8,64 @@
 //! handshake the two peers made through the DHT: the relay only ever sees ciphertext.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Mutex as AsyncMutex};
+use tokio::sync::{oneshot, OnceCell};
 use tracing::{debug, info};
 use udx::UdxStream;
 
 use super::channel::{self, Channel, Message};
 use super::wire::{Pair, Token};
-use crate::connect::Connector;
 use crate::dht::{next_stream_id, NetworkOptions};
 use crate::error::{Error, Result};
-use crate::identity::{KeyPair, PublicKey};
+use crate::identity::PublicKey;
+use crate::lock::lock;
+use crate::peer::{Link, Path, PeerStream};
 
 /// A fresh relay token (hyperdht's `relay.token()`: 32 random bytes).
 pub(crate) fn token() -> Token {
     rand::random()
 }
 
+/// An encrypted connection to a relay, as the dialer opens it.
+pub(crate) struct RelayConnection {
+    pub(crate) stream: PeerStream,
+    pub(crate) link: Link,
+    pub(crate) path: Path,
+    /// The key we connected with, which names our channel at the relay.
+    pub(crate) our_key: PublicKey,
+    /// Lets go of what carries the connection (its DHT node); run when the session ends.
+    pub(crate) close: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Opens a connection to a relay's key on the given network. The dialer hands it in: opening a
+/// connection may itself need a relay, so this module must not name the dialer.
+pub(crate) type DialRelay = Arc<
+    dyn Fn(
+            NetworkOptions,
+            PublicKey,
+        ) -> Pin<Box<dyn Future<Output = Result<RelayConnection>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Relays a sharer or a client uses at once. A client may name any relay in its handshake and
+/// the sharer then connects there (a DHT node and a connection each), so the number is capped.
+const MAX_RELAYS: usize = 8;
+
+/// Our connection to one relay once it opened; callers wanting the same relay while it opens
+/// wait on it.
+type Slot = Arc<OnceCell<Arc<Session>>>;
+
 /// Relays we have connections to, by key.
 pub(crate) struct RelayClients {
     network: NetworkOptions,
-    sessions: AsyncMutex<HashMap<[u8; 32], Arc<Session>>>,
+    dial: DialRelay,
+    sessions: Mutex<HashMap<[u8; 32], Slot>>,
 }
 
 type Waiters = Mutex<HashMap<(Token, bool), oneshot::Sender<u64>>>;
@@ -43,16 +77,16 @@ struct Session {
     socket: udx::UdxSocket,
     relay_addr: SocketAddr,
     waiting: Arc<Waiters>,
-    /// Keeps the connection's DHT node (and so its socket) running; stopped with the session.
-    connector: Option<Connector>,
+    /// Keeps the connection's DHT node (and so its socket) running; run with the session's end.
+    /// (In a mutex only to be shared between threads: it is taken once, on drop.)
+    close: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if let (Some(connector), Ok(rt)) =
-            (self.connector.take(), tokio::runtime::Handle::try_current())
-        {
-            rt.spawn(connector.close());
+        let close = lock(&self.close).take();
+        if let (Some(close), Ok(rt)) = (close, tokio::runtime::Handle::try_current()) {
+            rt.spawn(close);
         }
     }
 }
@@ -93,7 +127,7 @@ impl Drop for Lease {
 }
 
 impl RelayClients {
-    pub(crate) fn new(network: &NetworkOptions) -> Self {
+    pub(crate) fn new(network: &NetworkOptions, dial: DialRelay) -> Self {
         RelayClients {
             network: NetworkOptions {
                 // We dial the relay, never the other way round: no need to find out first
@@ -101,7 +135,8 @@ impl RelayClients {
                 firewalled: true,
                 ..network.clone()
             },
-            sessions: AsyncMutex::new(HashMap::new()),
+            dial,
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,40 +202,68 @@ impl RelayClients {
         });
     }
 
-    /// Our connection to `relay`, opened if we have none (or it ended).
+    /// Our connection to `relay`, opened if we have none (or it ended). Only the map is
+    /// locked, briefly: opening (a DHT join and lookup, seconds) waits on the relay's own slot,
+    /// so connections through other relays go on meanwhile.
     async fn session(&self, relay: PublicKey) -> Result<Arc<Session>> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&relay.0).filter(|s| s.channel.is_open()) {
-            return Ok(Arc::clone(s));
+        let slot = {
+            let mut sessions = lock(&self.sessions);
+            // Closed sessions go, with their DHT node: a peer naming relays cannot pile them up.
+            sessions.retain(|_, slot| slot.get().is_none_or(|s| s.channel.is_open()));
+            match sessions.get(relay.as_bytes()) {
+                Some(slot) => Arc::clone(slot),
+                None if sessions.len() >= MAX_RELAYS => {
+                    return Err(Error::RelayFailed(format!(
+                        "already connected to {MAX_RELAYS} relays, the most at once; a connection through another relay has to wait until one of them is no longer used"
+                    )));
+                }
+                None => Arc::clone(sessions.entry(*relay.as_bytes()).or_default()),
+            }
+        };
+        let opened = slot
+            .get_or_try_init(|| async {
+                Session::open(&self.dial, &self.network, relay)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .cloned();
+        if opened.is_err() {
+            // A slot that failed to open must not hold a place under the cap.
+            let mut sessions = lock(&self.sessions);
+            if sessions
+                .get(relay.as_bytes())
+                .is_some_and(|s| Arc::ptr_eq(s, &slot) && s.get().is_none())
+            {
+                sessions.remove(relay.as_bytes());
+            }
         }
-        let session = Arc::new(Session::open(&self.network, relay).await?);
-        sessions.insert(relay.0, Arc::clone(&session));
-        Ok(session)
+        opened
+    }
+
+    /// How many relays we hold a connection (or an attempt) to.
+    #[cfg(test)]
+    fn relays(&self) -> usize {
+        lock(&self.sessions).len()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Session {
-    async fn open(network: &NetworkOptions, relay: PublicKey) -> Result<Session> {
-        let key_pair = KeyPair::generate();
-        let our_key = key_pair.public_key;
+    async fn open(dial: &DialRelay, network: &NetworkOptions, relay: PublicKey) -> Result<Session> {
         let started = std::time::Instant::now();
-        let unreachable =
-            |e: Error| Error::RelayFailed(format!("cannot reach the relay {relay}: {e}"));
-        // A connection of its own, on a DHT node of its own: its socket then carries only the
-        // relay's traffic, whatever the connection it serves does on its own sockets.
-        let connector = Connector::new(network, key_pair, relay)
+        let RelayConnection {
+            stream,
+            link,
+            path,
+            our_key,
+            close,
+        } = dial(network.clone(), relay)
             .await
-            .map_err(unreachable)?;
-        // Boxed: opening a connection may itself come here (to the relay of a relay).
-        let (stream, link, path) = Box::pin(connector.open_link()).await.map_err(unreachable)?;
+            .map_err(|e| Error::RelayFailed(format!("cannot reach the relay {relay}: {e}")))?;
         let relay_addr = link
             .peer()
             .ok_or_else(|| Error::RelayFailed("the relay connection has no address".into()))?;
-        let (channel, mut messages) = channel::open(stream, our_key);
+        let (channel, mut messages) = channel::open(stream, *our_key.as_bytes());
         let waiting: Arc<Waiters> = Arc::default();
         let dispatch = Arc::clone(&waiting);
         tokio::spawn(async move {
@@ -225,7 +288,49 @@ impl Session {
             socket: link.socket,
             relay_addr,
             waiting,
-            connector: Some(connector),
+            close: Mutex::new(Some(close)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> PublicKey {
+        PublicKey::from([u8::try_from(i).unwrap(); 32])
+    }
+
+    /// A client may name any relay, and the sharer then connects there: the relays in use are
+    /// capped, the cap is applied at once (not behind the lock of a relay being opened, which
+    /// takes a DHT join and lookup), and failed attempts do not hold places.
+    #[tokio::test]
+    async fn relays_in_use_are_capped_and_opened_outside_the_lock() {
+        // Relays that never answer: every opening hangs.
+        let hang: DialRelay = Arc::new(|_, _| Box::pin(std::future::pending()));
+        let clients = Arc::new(RelayClients::new(&NetworkOptions::default(), hang));
+        for i in 0..MAX_RELAYS {
+            clients.prepare(key(i));
+        }
+        for _ in 0..200 {
+            if clients.relays() == MAX_RELAYS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(clients.relays(), MAX_RELAYS);
+        let past_the_cap =
+            tokio::time::timeout(Duration::from_secs(1), clients.session(key(MAX_RELAYS)))
+                .await
+                .expect("answered at once, not after the openings in progress");
+        assert!(matches!(past_the_cap, Err(Error::RelayFailed(_))));
+
+        // Relays that cannot be reached leave nothing behind.
+        let fail: DialRelay = Arc::new(|_, _| Box::pin(async { Err(Error::PeerNotFound) }));
+        let clients = RelayClients::new(&NetworkOptions::default(), fail);
+        for i in 0..3 * MAX_RELAYS {
+            assert!(clients.session(key(i)).await.is_err());
+        }
+        assert_eq!(clients.relays(), 0);
     }
 }

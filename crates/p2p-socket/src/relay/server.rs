@@ -22,8 +22,8 @@ use super::wire::{Pair, Token};
 use crate::dht::{next_stream_id, NetworkOptions};
 use crate::error::Result;
 use crate::identity::{KeyPair, PublicKey};
+use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
 use crate::peer::{Link, PeerStream};
-use crate::share::{Handler, Share};
 
 /// A pairing whose other side has not come yet is forgotten after this long (Node's relay keeps
 /// them for the life of the session; a client that pairs and then dies should not pin them).
@@ -45,7 +45,7 @@ pub struct RelayOptions {
 /// A running blind relay. Dropping it stops it; [`RelayServer::close`] also withdraws its
 /// announcement.
 pub struct RelayServer {
-    server: Share,
+    server: Listener,
     relay: Arc<Relay>,
 }
 
@@ -81,7 +81,8 @@ impl RelayServer {
                 },
             )
         };
-        let server = Share::serve(&opts.network, opts.key_pair, None, handler).await?;
+        let server =
+            Listener::start(&opts.network, opts.key_pair, None, MAX_CONNECTIONS, handler).await?;
         // Ends when the relay does (the server's handler holds the other references).
         let weak = Arc::downgrade(&relay);
         tokio::spawn(async move {

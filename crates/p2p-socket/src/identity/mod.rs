@@ -17,31 +17,31 @@
 //!   pair derived from the seed text `"{host}:{port}:{secret key as lowercase hex}"`, with the
 //!   host exactly as the user typed it (npm default `localhost`) and the port in decimal.
 //!   Only the first 32 bytes of that text count, so for `localhost:8080:` only the first 17
-//!   hex digits (68 bits) of the identity's secret key enter the share key. That weakness is
-//!   inherited on purpose: changing it would break compatibility with existing share keys.
+//!   hex digits (68 bits) of the identity's secret key enter the share key, and a host of 26
+//!   characters or more leaves none: anyone could derive the secret key. Keeping that key
+//!   keeps the npm tool's peers, so it is a choice ([`ShareKeyRule`]) that
+//!   [`Identity::checked_share_key_pair`] refuses to make silently when fewer than
+//!   [`MIN_SHARE_KEY_SECRET_BITS`] bits of secret remain; [`ShareKeyRule::Hashed`] derives a
+//!   key from the whole secret instead.
 
-use std::fmt;
+mod file;
+mod keys;
+
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
-use tracing::{debug, info, warn};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+pub use file::IdentityError;
+use file::{create_new_private_file, warn_if_readable_by_others};
+use keys::decode_hex;
+pub use keys::{KeyPair, ParseKeyError, PublicKey};
 
 /// File name of the identity, as the npm tool uses it.
 pub const IDENTITY_FILE_NAME: &str = "identity.json";
-
-/// The z-base-32 alphabet used by `hypercore-id-encoding`, holesail and Pear.
-const Z32_ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
-
-/// Hex characters of a public key.
-const KEY_HEX_LEN: usize = 64;
-
-/// z-base-32 characters of a public key: 256 bits in 5-bit characters, the last one padded.
-const KEY_Z32_LEN: usize = 52;
 
 /// Where the identity lives: `./identity.json`, relative to the current working directory.
 ///
@@ -52,234 +52,42 @@ pub fn default_identity_path() -> PathBuf {
     PathBuf::from(IDENTITY_FILE_NAME)
 }
 
-/// An Ed25519 key pair in libsodium layout.
+/// How much of the identity's secret a share key must keep for nobody to guess it: the
+/// security level of the Ed25519 key itself.
+pub const MIN_SHARE_KEY_SECRET_BITS: u32 = 128;
+
+/// How a share's key pair is derived from the identity and the shared `host:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShareKeyRule {
+    /// The npm tool's rule: the seed is the first 32 bytes of
+    /// `"{host}:{port}:{secret key hex}"`. Peers of an npm sharer keep their key, but only
+    /// the hex digits that fit after `host:port:` are secret (see
+    /// [`npm_share_key_secret_bits`]): a long host leaves none, and anyone could derive the
+    /// secret key and impersonate the share.
+    Npm,
+    /// SHA-256 over the host, the port and the whole secret key: all of the secret counts,
+    /// whatever the host. A different key from the npm tool's, so peers that have the old
+    /// key need the new one.
+    Hashed,
+}
+
+/// How many bits of the identity's secret the npm rule keeps for `host:port`: four per hex
+/// digit of the secret key that fits in the 32 bytes after `"{host}:{port}:"`. Never 128 or
+/// more, since the prefix is at least four bytes; `localhost:8080` keeps 68.
 ///
-/// `secret_key` is the 32-byte seed followed by `public_key`, exactly what libsodium's
-/// `crypto_sign_seed_keypair` and Node hyperdht's `DHT.keyPair()` produce, so the bytes can
-/// be handed to hyperdht-compatible code unchanged. `Debug` never shows the secret key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeyPair {
-    /// The Ed25519 public key.
-    pub public_key: [u8; 32],
-    /// The seed (32 bytes) followed by the public key (32 bytes).
-    pub secret_key: [u8; 64],
-}
-
-impl KeyPair {
-    /// A new random key pair, from the operating system's secure random source.
-    pub fn generate() -> Self {
-        Self::from_seed(rand::random())
-    }
-
-    /// The key pair of an Ed25519 seed; the same as libsodium's `crypto_sign_seed_keypair`
-    /// and Node hyperdht's `DHT.keyPair(seed)`.
-    pub fn from_seed(seed: [u8; 32]) -> Self {
-        let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
-        let mut secret_key = [0u8; 64];
-        secret_key[..32].copy_from_slice(&seed);
-        secret_key[32..].copy_from_slice(&public_key);
-        Self {
-            public_key,
-            secret_key,
-        }
-    }
-
-    /// The key pair of a seed text, by the npm tool's rule (see the module documentation).
-    pub fn from_seed_text(text: &str) -> Self {
-        Self::from_seed(seed_from_text(text))
-    }
-
-    /// The 32-byte seed this key pair was made from (the first half of the secret key).
-    pub fn seed(&self) -> [u8; 32] {
-        let mut seed = [0u8; 32];
-        seed.copy_from_slice(&self.secret_key[..32]);
-        seed
-    }
-
-    /// The public key, as a type that prints and parses the way users see keys.
-    pub fn public(&self) -> PublicKey {
-        PublicKey(self.public_key)
-    }
-}
-
-impl fmt::Debug for KeyPair {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyPair")
-            .field("public_key", &self.public())
-            .field("secret_key", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Node's `Buffer.alloc(32).fill(text)`: the UTF-8 bytes of `text`, repeated to fill 32
-/// bytes and cut after byte 32; an empty text leaves the buffer zeroed.
-fn seed_from_text(text: &str) -> [u8; 32] {
-    let mut seed = [0u8; 32];
-    for (slot, byte) in seed.iter_mut().zip(text.bytes().cycle()) {
-        *slot = byte;
-    }
-    seed
-}
-
-/// A 32-byte Ed25519 public key, the key users pass around to connect.
+/// ```
+/// use p2p_socket::npm_share_key_secret_bits;
 ///
-/// It prints ([`Display`](fmt::Display)) as 64 lowercase hex characters, the form the CLI
-/// shows. It parses ([`FromStr`]) from that hex form (any letter case, surrounding whitespace
-/// ignored) and also from the 52-character z-base-32 form used by `hypercore-id-encoding`,
-/// holesail and Pear.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublicKey(pub [u8; 32]);
-
-impl PublicKey {
-    /// The raw key bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The 52-character z-base-32 form (what holesail and `hypercore-id-encoding` print).
-    pub fn to_z32(&self) -> String {
-        let mut out = String::with_capacity(KEY_Z32_LEN);
-        let mut acc: u16 = 0;
-        let mut bits = 0;
-        for &byte in &self.0 {
-            acc = (acc << 8) | u16::from(byte);
-            bits += 8;
-            while bits >= 5 {
-                bits -= 5;
-                out.push(char::from(Z32_ALPHABET[usize::from((acc >> bits) & 0x1f)]));
-            }
-            acc &= (1 << bits) - 1;
-        }
-        // 256 is not a multiple of 5: the last character holds the final bit, zero-padded.
-        if bits > 0 {
-            out.push(char::from(
-                Z32_ALPHABET[usize::from((acc << (5 - bits)) & 0x1f)],
-            ));
-        }
-        out
-    }
-}
-
-impl From<[u8; 32]> for PublicKey {
-    fn from(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-}
-
-impl fmt::Display for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({self})")
-    }
-}
-
-impl FromStr for PublicKey {
-    type Err = ParseKeyError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        match text.chars().count() {
-            0 => Err(ParseKeyError::Empty),
-            KEY_HEX_LEN => decode_hex(text).map(Self).map_err(|(position, character)| {
-                ParseKeyError::InvalidHexCharacter {
-                    position,
-                    character,
-                }
-            }),
-            KEY_Z32_LEN => decode_z32(text).map(Self),
-            length => Err(ParseKeyError::WrongLength { length }),
-        }
-    }
-}
-
-/// Why a text is not a public key.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ParseKeyError {
-    /// Nothing (or only whitespace) was given.
-    #[error(
-        "no key given; pass the 64 hex character key that `p2p-socket share` printed on the \
-         sharing machine"
-    )]
-    Empty,
-    /// The text is neither 64 (hex) nor 52 (z-base-32) characters long.
-    #[error(
-        "key has {length} characters; a p2p-socket key is 64 hex characters (copy the whole \
-         line `share` printed), or 52 z-base-32 characters for a holesail-style key"
-    )]
-    WrongLength {
-        /// Characters given, after trimming surrounding whitespace.
-        length: usize,
-    },
-    /// A 64-character key contains a character that is not a hex digit.
-    #[error(
-        "key has an invalid character {character:?} at position {position}; a p2p-socket key \
-         is 64 hex characters, 0-9 and a-f only (copy the whole line `share` printed)"
-    )]
-    InvalidHexCharacter {
-        /// 1-based position of the first bad character.
-        position: usize,
-        /// The bad character.
-        character: char,
-    },
-    /// A 52-character key contains a character outside the z-base-32 alphabet.
-    #[error(
-        "key has an invalid character {character:?} at position {position}; a 52 character \
-         key must be z-base-32 (letters and digits from \"ybndrfg8ejkmcpqxot1uwisza345h769\"); \
-         check the key was copied completely and correctly"
-    )]
-    InvalidZ32Character {
-        /// 1-based position of the first bad character.
-        position: usize,
-        /// The bad character.
-        character: char,
-    },
-}
-
-/// Decodes exactly `2 * N` hex digits (any case); on failure returns the 1-based position and
-/// the first character that is not a hex digit. The caller checks the length.
-fn decode_hex<const N: usize>(text: &str) -> Result<[u8; N], (usize, char)> {
-    let mut out = [0u8; N];
-    for (index, character) in text.chars().enumerate() {
-        let nibble = character.to_digit(16).ok_or((index + 1, character))?;
-        // to_digit(16) is below 16, so the cast is lossless.
-        out[index / 2] |= (nibble as u8) << if index % 2 == 0 { 4 } else { 0 };
-    }
-    Ok(out)
-}
-
-/// Decodes a 52-character z-base-32 key. Like Node's `z32`, the 4 padding bits of the last
-/// character are ignored; unlike it, upper case is accepted (the alphabet has no case clash).
-fn decode_z32(text: &str) -> Result<[u8; 32], ParseKeyError> {
-    let mut out = [0u8; 32];
-    let mut written = 0;
-    let mut acc: u16 = 0;
-    let mut bits = 0;
-    for (index, character) in text.chars().enumerate() {
-        let value = Z32_ALPHABET
-            .iter()
-            .position(|&c| char::from(c) == character.to_ascii_lowercase())
-            .ok_or(ParseKeyError::InvalidZ32Character {
-                position: index + 1,
-                character,
-            })?;
-        // position() in a 32-entry table is below 32, so the cast is lossless.
-        acc = (acc << 5) | value as u16;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            if written < out.len() {
-                out[written] = (acc >> bits) as u8;
-                written += 1;
-            }
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Ok(out)
+/// assert_eq!(npm_share_key_secret_bits("localhost", 8080), 68);
+/// assert_eq!(npm_share_key_secret_bits("host.docker.internal", 8080), 24);
+/// assert_eq!(npm_share_key_secret_bits("a-thirty-character-host-name.x", 8080), 0);
+/// ```
+pub fn npm_share_key_secret_bits(host: &str, port: u16) -> u32 {
+    let prefix = host.len() + 1 + port.to_string().len() + 1;
+    let digits = 32usize.saturating_sub(prefix);
+    // At most 32 digits: the cast cannot truncate.
+    4 * digits as u32
 }
 
 /// The key pair stored in `identity.json`, from which share keys are derived.
@@ -334,7 +142,7 @@ impl Identity {
     /// The identity's own public key (not the key a share is reachable under; see
     /// [`Identity::share_key_pair`]).
     pub fn public_key(&self) -> PublicKey {
-        self.key_pair.public()
+        self.key_pair.public_key()
     }
 
     /// Reads an identity file written by this tool or by the npm tool.
@@ -365,12 +173,12 @@ impl Identity {
         let mut seed = [0u8; 32];
         seed.copy_from_slice(&secret_key[..32]);
         let key_pair = KeyPair::from_seed(seed);
-        if key_pair.secret_key != secret_key || key_pair.public_key != public_key {
+        if *key_pair.secret_key() != secret_key || *key_pair.public_key().as_bytes() != public_key {
             return Err(IdentityError::Inconsistent {
                 path: path.to_path_buf(),
             });
         }
-        debug!(path = %path.display(), public_key = %key_pair.public(), "loaded identity");
+        debug!(path = %path.display(), public_key = %key_pair.public_key(), "loaded identity");
         Ok(Self::new(key_pair))
     }
 
@@ -415,17 +223,55 @@ impl Identity {
         Ok((identity, path))
     }
 
-    /// The key pair a share of `host:port` listens on; its public key is what the CLI prints
-    /// for others to connect with.
+    /// The key pair a share of `host:port` listens on, by `rule`; its public key is what the
+    /// CLI prints for others to connect with.
     ///
     /// Pass `host` exactly as the user typed it (the npm tool's default is `"localhost"`):
-    /// `localhost` and `127.0.0.1` give different keys. The same identity, host and port
-    /// always give the same key pair.
-    pub fn share_key_pair(&self, host: &str, port: u16) -> KeyPair {
-        KeyPair::from_seed_text(&format!(
-            "{host}:{port}:{}",
-            hex::encode(self.key_pair.secret_key)
-        ))
+    /// `localhost` and `127.0.0.1` give different keys. The same identity, rule, host and
+    /// port always give the same key pair. [`ShareKeyRule::Npm`] may leave little or no
+    /// secret in the key; [`Identity::checked_share_key_pair`] refuses that.
+    ///
+    /// ```
+    /// use p2p_socket::{Identity, ShareKeyRule};
+    ///
+    /// let identity = Identity::generate();
+    /// let npm = identity.share_key_pair("localhost", 8080, ShareKeyRule::Npm);
+    /// let hashed = identity.share_key_pair("localhost", 8080, ShareKeyRule::Hashed);
+    /// assert_ne!(npm.public_key(), hashed.public_key());
+    /// ```
+    pub fn share_key_pair(&self, host: &str, port: u16, rule: ShareKeyRule) -> KeyPair {
+        match rule {
+            ShareKeyRule::Npm => KeyPair::from_seed_text(&format!(
+                "{host}:{port}:{}",
+                hex::encode(self.key_pair.secret_key())
+            )),
+            ShareKeyRule::Hashed => {
+                let mut seed = Sha256::new();
+                // Each part ends in a zero byte, which no host name contains: no two
+                // (host, port) pairs give the same input.
+                seed.update(b"p2p-socket share key v1\0");
+                seed.update(host.as_bytes());
+                seed.update(b"\0");
+                seed.update(port.to_string().as_bytes());
+                seed.update(b"\0");
+                seed.update(self.key_pair.secret_key());
+                KeyPair::from_seed(seed.finalize().into())
+            }
+        }
+    }
+
+    /// The npm-compatible share key pair when it keeps at least
+    /// [`MIN_SHARE_KEY_SECRET_BITS`] of the identity's secret; otherwise
+    /// [`IdentityError::WeakShareKey`], and the caller must choose a rule knowingly.
+    pub fn checked_share_key_pair(&self, host: &str, port: u16) -> Result<KeyPair, IdentityError> {
+        let secret_bits = npm_share_key_secret_bits(host, port);
+        if secret_bits < MIN_SHARE_KEY_SECRET_BITS {
+            return Err(IdentityError::WeakShareKey {
+                service: format!("{host}:{port}"),
+                secret_bits,
+            });
+        }
+        Ok(self.share_key_pair(host, port, ShareKeyRule::Npm))
     }
 
     /// The file content, identical to what the npm tool's `JSON.stringify(identity, null, 2)`
@@ -433,8 +279,8 @@ impl Identity {
     fn to_file_json(&self) -> String {
         let file = IdentityFile {
             key_pair: KeyPairFile {
-                public_key: hex::encode(self.key_pair.public_key),
-                secret_key: hex::encode(self.key_pair.secret_key),
+                public_key: hex::encode(self.key_pair.public_key().as_bytes()),
+                secret_key: hex::encode(self.key_pair.secret_key()),
             },
         };
         // Only strings inside: serializing cannot fail.
@@ -467,190 +313,9 @@ fn decode_key_field<const N: usize>(
     })
 }
 
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(metadata) = fs::metadata(path) {
-        if metadata.permissions().mode() & 0o077 != 0 {
-            warn!(
-                path = %path.display(),
-                "the identity file can be read by other users, who could then derive your share \
-                 keys; restrict it with `chmod 600 {}`",
-                path.display()
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
-
-/// Removes a temporary file when dropped, so no failure path leaves one behind.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        // The file may already be gone; there is nothing useful to do about other failures.
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// Writes `contents` to a new owner-only file at `path`, failing if `path` exists.
-fn create_new_private_file(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
-    let write_error = |source| IdentityError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let already_exists = || IdentityError::AlreadyExists {
-        path: path.to_path_buf(),
-    };
-    // Checked up front too, so an existing identity is reported before any file is created.
-    if fs::symlink_metadata(path).is_ok() {
-        return Err(already_exists());
-    }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| IDENTITY_FILE_NAME.to_owned());
-    let temp = TempFile(dir.join(format!(
-        ".{file_name}.{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    )));
-
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temp.0).map_err(write_error)?;
-    #[cfg(unix)]
-    {
-        // The umask may have removed bits from the creation mode; make it exactly 0600 before
-        // the secret goes in.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(write_error)?;
-    }
-    file.write_all(contents).map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
-    drop(file);
-
-    // A hard link, unlike rename, fails instead of replacing a file that appeared meanwhile.
-    match fs::hard_link(&temp.0, path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Err(already_exists()),
-        // Some file systems (FAT, some network mounts) have no hard links; rename is still
-        // atomic there, only the window between the check above and now is unguarded.
-        Err(_) => {
-            if fs::symlink_metadata(path).is_ok() {
-                return Err(already_exists());
-            }
-            fs::rename(&temp.0, path).map_err(write_error)?;
-        }
-    }
-    drop(temp);
-    #[cfg(unix)]
-    {
-        // Make the new directory entry durable too; failure only weakens crash safety.
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(())
-}
-
-/// Why an identity file could not be read or created.
-#[derive(Debug, Error)]
-pub enum IdentityError {
-    /// There is no identity file at the path.
-    #[error(
-        "no identity file at {}; create one with `p2p-socket create-id` (the identity is \
-         ./identity.json in the directory you run p2p-socket from)",
-        path.display()
-    )]
-    NotFound {
-        /// The path that was looked at.
-        path: PathBuf,
-    },
-    /// The file exists but could not be read.
-    #[error("cannot read the identity file {}: {source}; check its permissions", path.display())]
-    Read {
-        /// The identity file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
-    /// The file is not the expected JSON.
-    #[error(
-        "{} is not a valid identity file ({source}); restore it from a backup, or move it \
-         away and run `p2p-socket create-id` (a new identity changes your share keys)",
-        path.display()
-    )]
-    Parse {
-        /// The identity file.
-        path: PathBuf,
-        /// What the JSON parser found.
-        source: serde_json::Error,
-    },
-    /// A key in the file is not a hex key of the right length.
-    #[error(
-        "the {field} in {} is damaged: {reason}; restore the file from a backup, or move it \
-         away and run `p2p-socket create-id` (a new identity changes your share keys)",
-        path.display()
-    )]
-    InvalidField {
-        /// The identity file.
-        path: PathBuf,
-        /// The JSON field (`publicKey` or `secretKey`).
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The public and secret key in the file do not belong together.
-    #[error(
-        "the publicKey and secretKey in {} do not belong together, so the file is damaged; \
-         restore it from a backup, or move it away and run `p2p-socket create-id` (a new \
-         identity changes your share keys)",
-        path.display()
-    )]
-    Inconsistent {
-        /// The identity file.
-        path: PathBuf,
-    },
-    /// `create-id` found an identity file already there.
-    #[error(
-        "{} already exists; refusing to overwrite it, because a new identity changes every \
-         share key derived from it. Keep using it, or move it away first if you really want a \
-         new identity",
-        path.display()
-    )]
-    AlreadyExists {
-        /// The existing file.
-        path: PathBuf,
-    },
-    /// The new identity file could not be written.
-    #[error(
-        "cannot write the identity file {}: {source}; check that the directory exists and is \
-         writable",
-        path.display()
-    )]
-    Write {
-        /// The identity file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
-}
-
 #[cfg(test)]
 mod tests {
+    use super::keys::seed_from_text;
     use super::*;
 
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -761,14 +426,17 @@ mod tests {
         }
         for (seed, public) in [(seq, SEQ_PUBLIC), ([0u8; 32], ZERO_PUBLIC)] {
             let key_pair = KeyPair::from_seed(seed);
-            assert_eq!(hex::encode(key_pair.public_key), public);
-            assert_eq!(key_pair.secret_key[..32], seed);
-            assert_eq!(key_pair.secret_key[32..], key_pair.public_key);
+            assert_eq!(hex::encode(key_pair.public_key().as_bytes()), public);
+            assert_eq!(key_pair.secret_key()[..32], seed);
+            assert_eq!(
+                key_pair.secret_key()[32..],
+                *key_pair.public_key().as_bytes()
+            );
             assert_eq!(key_pair.seed(), seed);
         }
         let abc = KeyPair::from_seed_text("abc");
-        assert_eq!(hex::encode(abc.public_key), ABC_PUBLIC);
-        assert_eq!(hex::encode(abc.secret_key), ABC_SECRET);
+        assert_eq!(hex::encode(abc.public_key().as_bytes()), ABC_PUBLIC);
+        assert_eq!(hex::encode(abc.secret_key()), ABC_SECRET);
     }
 
     #[test]
@@ -797,7 +465,7 @@ mod tests {
         assert_eq!(hex::encode(seed_from_text("abc")), &ABC_SECRET[..64]);
         assert_eq!(hex::encode(seed_from_text("€")), EURO_FILL);
         assert_eq!(
-            hex::encode(KeyPair::from_seed_text("€").public_key),
+            hex::encode(KeyPair::from_seed_text("€").public_key().as_bytes()),
             EURO_PUBLIC
         );
         let cut = format!("{}é:1:00", "x".repeat(31));
@@ -806,16 +474,64 @@ mod tests {
     }
 
     #[test]
+    fn npm_share_keys_with_too_little_secret_are_refused() {
+        let identity = abc_identity();
+        // (host, port, bits of secret the npm rule keeps)
+        let table = [
+            ("localhost", 8080, 68),
+            ("127.0.0.1", 3000, 68),
+            ("host.docker.internal", 8080, 24),
+            ("a-thirty-character-host-name.x", 8080, 0),
+            ("a", 1, 112),
+        ];
+        for (host, port, bits) in table {
+            assert_eq!(npm_share_key_secret_bits(host, port), bits, "{host}:{port}");
+            // The npm rule never keeps 128 bits: every npm key needs an explicit choice.
+            match identity.checked_share_key_pair(host, port) {
+                Err(IdentityError::WeakShareKey { secret_bits, .. }) => {
+                    assert_eq!(secret_bits, bits)
+                }
+                other => panic!("{host}:{port}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn hashed_share_keys_use_the_whole_secret() {
+        let host = "a-thirty-character-host-name.x";
+        let a = abc_identity();
+        let b = Identity::generate();
+        // The npm rule cannot tell two identities apart behind a long host...
+        assert_eq!(
+            a.share_key_pair(host, 8080, ShareKeyRule::Npm),
+            b.share_key_pair(host, 8080, ShareKeyRule::Npm)
+        );
+        // ...the hashed one can, and still depends on host and port.
+        let hashed = a.share_key_pair(host, 8080, ShareKeyRule::Hashed);
+        assert_ne!(hashed, b.share_key_pair(host, 8080, ShareKeyRule::Hashed));
+        assert_ne!(hashed, a.share_key_pair(host, 8081, ShareKeyRule::Hashed));
+        assert_ne!(
+            hashed,
+            a.share_key_pair("localhost", 8080, ShareKeyRule::Hashed)
+        );
+        assert_eq!(hashed, a.share_key_pair(host, 8080, ShareKeyRule::Hashed));
+    }
+
+    #[test]
     fn share_key_pairs_match_the_npm_tool() {
         let identity = abc_identity();
         for (host, port, seed, public) in ABC_SHARES {
-            let share = identity.share_key_pair(host, port);
+            let share = identity.share_key_pair(host, port, ShareKeyRule::Npm);
             assert_eq!(hex::encode(share.seed()), seed, "{host}:{port}");
-            assert_eq!(hex::encode(share.public_key), public, "{host}:{port}");
+            assert_eq!(
+                hex::encode(share.public_key().as_bytes()),
+                public,
+                "{host}:{port}"
+            );
         }
         assert_ne!(
-            identity.share_key_pair("localhost", 8081),
-            identity.share_key_pair("localhost", 8080)
+            identity.share_key_pair("localhost", 8081, ShareKeyRule::Npm),
+            identity.share_key_pair("localhost", 8080, ShareKeyRule::Npm)
         );
     }
 
@@ -940,7 +656,7 @@ mod tests {
 
     #[test]
     fn public_key_parses_hex_and_z32() {
-        let expected = PublicKey(bytes(SEQ_PUBLIC));
+        let expected = PublicKey::from(bytes(SEQ_PUBLIC));
         for text in [
             SEQ_PUBLIC.to_owned(),
             SEQ_PUBLIC.to_uppercase(),
@@ -953,7 +669,7 @@ mod tests {
         }
         assert_eq!(expected.to_string(), SEQ_PUBLIC);
         assert_eq!(expected.to_z32(), SEQ_PUBLIC_Z32);
-        let abc = PublicKey(bytes(ABC_PUBLIC));
+        let abc = PublicKey::from(bytes(ABC_PUBLIC));
         assert_eq!(abc.to_z32(), ABC_PUBLIC_Z32);
         assert_eq!(ABC_PUBLIC_Z32.parse::<PublicKey>(), Ok(abc));
         assert_eq!(abc_identity().public_key(), abc);
@@ -962,7 +678,7 @@ mod tests {
     #[test]
     fn public_key_z32_round_trips() {
         for _ in 0..64 {
-            let key = KeyPair::generate().public();
+            let key = KeyPair::generate().public_key();
             assert_eq!(key.to_z32().parse::<PublicKey>(), Ok(key));
             assert_eq!(key.to_string().parse::<PublicKey>(), Ok(key));
         }

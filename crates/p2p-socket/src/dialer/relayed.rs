@@ -1,0 +1,98 @@
+//! Connections through a blind relay: when no direct or punched path can be made, and then
+//! for the next connections too, for a while, so they need not find out again.
+
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::{Answer, Ask, Connector};
+use crate::error::{Error, Result};
+use crate::identity::PublicKey;
+use crate::lock::lock;
+use crate::peer::{secure, Link, Path, PeerStream};
+use crate::policy::{relay_choice, RelayOffer};
+use crate::relay::client::token;
+
+/// How long the sharer may take to come to the relay after we paired there (hyperdht gives a
+/// relay pairing 15 s). It pairs when it answers the handshake, so it is usually there first.
+const RELAY_PAIR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Once a connection needed the relay, the next ones go straight to it for this long: the
+/// NATs between us will not have changed, and finding out again costs a punch.
+const RELAY_STICKY: Duration = Duration::from_secs(10 * 60);
+
+impl Connector {
+    /// Whether connections go straight to the relay: forced, or a connection found lately
+    /// that nothing else gets through.
+    pub(super) fn relay_is_needed(&self) -> bool {
+        self.force_relay
+            || lock(&self.relayed_since).is_some_and(|since| since.elapsed() < RELAY_STICKY)
+    }
+
+    /// Our relay, as a handshake names it: with a fresh token for the pairing.
+    fn our_offer(&self) -> Option<RelayOffer> {
+        self.relay.map(|relay| RelayOffer {
+            relay,
+            token: token(),
+        })
+    }
+
+    /// The relay this connection would go through.
+    pub(super) fn relay_for(&self, answer: &Answer) -> Option<PublicKey> {
+        relay_choice(answer.sharers_relay(), self.our_offer(), false).map(|p| p.offer.relay)
+    }
+
+    /// A connection where no direct path could be made (`why`): through the relay the sharer
+    /// offered in this handshake, or a new handshake that offers ours.
+    pub(super) async fn relay_instead(
+        &self,
+        answer: &Answer,
+        why: Error,
+    ) -> Result<(PeerStream, Link, Path)> {
+        if self.relay_for(answer).is_none() {
+            return Err(why);
+        }
+        info!(why = %why, "no direct path to the sharer; going through the relay");
+        *lock(&self.relayed_since) = Some(Instant::now());
+        match answer.sharers_relay() {
+            Some(_) => self.through_relay(answer, None).await,
+            None => self.open_relayed().await,
+        }
+    }
+
+    /// A connection through a relay from the start: a handshake that names ours.
+    pub(super) async fn open_relayed(&self) -> Result<(PeerStream, Link, Path)> {
+        let ours = self.our_offer();
+        let answer = self.handshake(&Ask::Relay(ours)).await?;
+        self.through_relay(&answer, ours).await
+    }
+
+    /// Pairs at the relay for the connection `answer` negotiated, with `ours` as we offered it.
+    pub(super) async fn through_relay(
+        &self,
+        answer: &Answer,
+        ours: Option<RelayOffer>,
+    ) -> Result<(PeerStream, Link, Path)> {
+        let plan = relay_choice(answer.sharers_relay(), ours, false)
+            .ok_or_else(|| Error::RelayNeeded("neither side has a relay to go through".into()))?;
+        let paired = self
+            .relay_clients
+            .pair(
+                plan.offer.relay,
+                plan.offer.token,
+                plan.is_initiator,
+                RELAY_PAIR_TIMEOUT,
+            )
+            .await?;
+        paired.stream.connect(paired.relay_id, paired.relay_addr)?;
+        paired.lease.keep_while(&paired.stream.observer());
+        let (peer, link) = secure(
+            true,
+            paired.stream,
+            &answer.hs,
+            &format!("through the relay {}", paired.relay_addr),
+        )
+        .await?;
+        Ok((peer, link, Path::Relayed))
+    }
+}
