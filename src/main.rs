@@ -278,8 +278,9 @@ struct ShareArgs {
     /// secret (safe for any host; a different key from the npm p2p-socket's, so peers
     /// that have the old key need the new one). `npm`: the npm p2p-socket's key, which
     /// keeps only the part of the secret that fits after "host:port:" in 32 bytes
-    /// (68 bits for localhost:8080, none for a host of 26+ characters). Required with an
-    /// identity file, since no npm key keeps the 128 bits a key needs.
+    /// (68 bits for localhost:8080, none for a host of 26+ characters). Default: the npm
+    /// key, with a warning, where it keeps at least 64 bits; below that, share refuses
+    /// until you choose.
     #[arg(long, value_enum, value_name = "RULE")]
     key_derivation: Option<KeyDerivation>,
     /// Peer connections open at once; past this, new peers get no answer until some
@@ -296,27 +297,31 @@ enum KeyDerivation {
 }
 
 /// The share key of `host:port` under `identity`: the rule the user chose, or the npm key
-/// only where it keeps enough secret (never, today), else a refusal that names the choices.
+/// where it keeps enough secret (said in a warning, since none keeps the full 128 bits), else
+/// a refusal that names the choices.
 fn share_key_pair(
     identity: &Identity,
     host: &str,
     port: u16,
     chosen: Option<KeyDerivation>,
 ) -> Result<KeyPair> {
-    Ok(match chosen {
-        Some(KeyDerivation::Npm) => {
-            tracing::warn!(
-                secret_bits = npm_share_key_secret_bits(host, port),
-                "using the npm-compatible share key, which keeps only part of the identity's secret"
-            );
-            identity.share_key_pair(host, port, ShareKeyRule::Npm)
+    let npm_key = match chosen {
+        Some(KeyDerivation::Hashed) => {
+            return Ok(identity.share_key_pair(host, port, ShareKeyRule::Hashed))
         }
-        Some(KeyDerivation::Hashed) => identity.share_key_pair(host, port, ShareKeyRule::Hashed),
+        Some(KeyDerivation::Npm) => identity.share_key_pair(host, port, ShareKeyRule::Npm),
         None => identity.checked_share_key_pair(host, port).context(
             "no safe share key without a choice: --key-derivation hashed (a new key from the whole secret: give your peers \
              the new key), or --key-derivation npm to keep the npm p2p-socket's key knowingly",
         )?,
-    })
+    };
+    tracing::warn!(
+        secret_bits = npm_share_key_secret_bits(host, port),
+        "using the npm p2p-socket's share key, which keeps only part of the identity's secret \
+         (the first 32 bytes of \"host:port:secret\"); --key-derivation hashed derives a \
+         full-strength key from the whole secret (a new key: give your peers the new one)"
+    );
+    Ok(npm_key)
 }
 
 async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<String>) -> Result<()> {

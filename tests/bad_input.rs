@@ -4,11 +4,11 @@
 use test_support as support;
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::cli::{bin, ConnectProcess, LocalDht, ShareProcess};
-use support::net::{Behaviour, Service};
+use support::net::{unused_udp_port, Behaviour, Service};
 
 /// Runs the binary to completion (bounded) and returns (exit code, stderr).
 fn run(args: &[&str], limit: Duration) -> (i32, String, Duration) {
@@ -57,14 +57,6 @@ fn assert_clear_error(code: i32, stderr: &str, expect: &str) {
         "error should mention {expect:?}: {}",
         error_lines[0]
     );
-}
-
-fn unused_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

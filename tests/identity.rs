@@ -7,6 +7,7 @@ use test_support as support;
 use std::path::PathBuf;
 
 use support::cli::{bin, LocalDht, ShareProcess};
+use support::net::unused_udp_port;
 
 /// `p2p-socket create-id -s abc` in the npm tool writes this identity.
 const NPM_IDENTITY_ABC: &str = r#"{
@@ -58,17 +59,29 @@ fn share_with_an_npm_identity_announces_the_npm_key() {
     let dht = LocalDht::start(3);
     let mut share = ShareProcess::start_with(
         &dht.bootstrap,
-        &[
+        &["--port", "8080", "--identity", path.to_str().unwrap()],
+    );
+    // The npm tool's key by default (68 bits of secret survive its rule for localhost:8080),
+    // with a warning that says so and names the full-strength choice.
+    assert_eq!(share.key, NPM_SHARE_KEY_LOCALHOST_8080);
+    share.terminate_and_expect_clean_exit();
+    // Said before the DHT is joined, so a bootstrap nobody answers is enough to read it.
+    let out = bin()
+        .args([
+            "share",
             "--port",
             "8080",
             "--identity",
             path.to_str().unwrap(),
-            "--key-derivation",
-            "npm",
-        ],
+        ])
+        .args(["--bootstrap", &format!("127.0.0.1:{}", unused_udp_port())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("secret_bits=68") && stderr.contains("--key-derivation hashed"),
+        "the npm key's weakness is said: {stderr}"
     );
-    assert_eq!(share.key, NPM_SHARE_KEY_LOCALHOST_8080);
-    share.terminate_and_expect_clean_exit();
 
     // Without an identity the key is new every run, as with the npm tool.
     let a = ShareProcess::start(&dht.bootstrap, 8080, &[]).key;

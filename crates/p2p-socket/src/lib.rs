@@ -64,7 +64,8 @@ pub use dialer::Connector;
 pub use error::{Error, Result};
 pub use identity::{
     default_identity_path, npm_share_key_secret_bits, Identity, IdentityError, KeyPair,
-    ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_SHARE_KEY_SECRET_BITS,
+    ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_NPM_SHARE_KEY_SECRET_BITS,
+    MIN_SHARE_KEY_SECRET_BITS,
 };
 pub use peer::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};

@@ -251,3 +251,13 @@ fn serve(conn: TcpStream, behaviour: Behaviour) -> std::io::Result<Tally> {
         }
     }
 }
+
+/// A loopback UDP port nobody listens on (it was free a moment ago): a DHT bootstrap that
+/// never answers.
+pub fn unused_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

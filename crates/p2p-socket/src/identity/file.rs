@@ -185,7 +185,7 @@ pub enum IdentityError {
          {min} needed: anyone who knows the host and port could derive its secret key and \
          impersonate this share. Derive the key from the whole secret instead (a new key: \
          peers that have the old one need the new one), or keep the npm key knowingly",
-        min = super::MIN_SHARE_KEY_SECRET_BITS
+        min = super::MIN_NPM_SHARE_KEY_SECRET_BITS
     )]
     WeakShareKey {
         /// The shared `host:port`.

@@ -20,8 +20,8 @@
 //!   hex digits (68 bits) of the identity's secret key enter the share key, and a host of 26
 //!   characters or more leaves none: anyone could derive the secret key. Keeping that key
 //!   keeps the npm tool's peers, so it is a choice ([`ShareKeyRule`]) that
-//!   [`Identity::checked_share_key_pair`] refuses to make silently when fewer than
-//!   [`MIN_SHARE_KEY_SECRET_BITS`] bits of secret remain; [`ShareKeyRule::Hashed`] derives a
+//!   [`Identity::checked_share_key_pair`] makes only while at least
+//!   [`MIN_NPM_SHARE_KEY_SECRET_BITS`] bits of secret remain; [`ShareKeyRule::Hashed`] derives a
 //!   key from the whole secret instead.
 
 mod file;
@@ -52,9 +52,16 @@ pub fn default_identity_path() -> PathBuf {
     PathBuf::from(IDENTITY_FILE_NAME)
 }
 
-/// How much of the identity's secret a share key must keep for nobody to guess it: the
-/// security level of the Ed25519 key itself.
+/// How much of the identity's secret a share key keeps at full strength: the security level
+/// of the Ed25519 key itself. No npm-rule key reaches it (`host:port:` takes at least 4 of the
+/// 32 bytes, so at most 112 bits remain); one that keeps less is used only with a warning.
 pub const MIN_SHARE_KEY_SECRET_BITS: u32 = 128;
+
+/// Below this, [`Identity::checked_share_key_pair`] refuses the npm rule's key: 2^64 key
+/// derivations are beyond anyone who would attack one share (the npm default,
+/// `localhost:8080`, keeps 68 bits), while 2^56 takes a rented GPU farm weeks and a long
+/// host leaves nothing at all.
+pub const MIN_NPM_SHARE_KEY_SECRET_BITS: u32 = 64;
 
 /// How a share's key pair is derived from the identity and the shared `host:port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,11 +268,12 @@ impl Identity {
     }
 
     /// The npm-compatible share key pair when it keeps at least
-    /// [`MIN_SHARE_KEY_SECRET_BITS`] of the identity's secret; otherwise
+    /// [`MIN_NPM_SHARE_KEY_SECRET_BITS`] of the identity's secret (the caller should say so
+    /// when it keeps fewer than [`MIN_SHARE_KEY_SECRET_BITS`]); otherwise
     /// [`IdentityError::WeakShareKey`], and the caller must choose a rule knowingly.
     pub fn checked_share_key_pair(&self, host: &str, port: u16) -> Result<KeyPair, IdentityError> {
         let secret_bits = npm_share_key_secret_bits(host, port);
-        if secret_bits < MIN_SHARE_KEY_SECRET_BITS {
+        if secret_bits < MIN_NPM_SHARE_KEY_SECRET_BITS {
             return Err(IdentityError::WeakShareKey {
                 service: format!("{host}:{port}"),
                 secret_bits,
