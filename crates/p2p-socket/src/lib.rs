@@ -42,6 +42,9 @@ mod connection;
 mod dht;
 mod dialer;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod holepunch;
 mod identity;
