@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod lab;
 pub mod net;
 pub mod node;
 pub mod process;
