@@ -51,8 +51,14 @@ fn print_table(title: &str, runs: &[FetchRun]) {
             .iter()
             .map(|f| format!("{:.1} MB/s", f.throughput() / 1e6))
             .collect();
+        let stopped = run
+            .failure
+            .as_ref()
+            .and_then(|why| why.lines().next())
+            .map(|why| format!("; {}", why.replace('|', "/")))
+            .unwrap_or_default();
         out += &format!(
-            "| {} | {}/{FETCHES} | {} | {} |\n",
+            "| {} | {}/{FETCHES} | {}{stopped} | {} |\n",
             run.tunnel.name(),
             run.fetches.len(),
             times.join(", "),

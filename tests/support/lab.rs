@@ -367,7 +367,17 @@ pub fn fetch_run(
             .in_netns(homes.connecting_home(), move || TcpStream::connect(listen))
             .map_err(|e| e.to_string())
             .and_then(|dialled| dialled.map_err(|e| format!("dial the tunnel: {e}")))
-            .and_then(|stream| fetch(stream, volume, 20 + n, deadline));
+            .and_then(|stream| {
+                // A panicked share or connect never finishes the fetch: stop waiting for it.
+                let crashed = || {
+                    let panics: Vec<String> = [&share_log, &connect_log]
+                        .iter()
+                        .flat_map(|l| l.panics())
+                        .collect();
+                    (!panics.is_empty()).then(|| panics.join("\n"))
+                };
+                fetch(stream, volume, 20 + n, deadline, crashed)
+            });
         match fetched {
             Ok(f) => run.fetches.push(f),
             Err(why) => {
@@ -396,8 +406,15 @@ pub fn fetch_run(
 }
 
 /// Reads what the service sends until it closes, within `deadline`, and checks it is exactly
-/// `volume` bytes of the pattern with `seed`.
-fn fetch(stream: TcpStream, volume: u64, seed: u64, deadline: Duration) -> Result<Fetch, String> {
+/// `volume` bytes of the pattern with `seed`. Gives up early when `crashed` (asked about once
+/// a second while nothing arrives) says why the tunnel can no longer deliver.
+fn fetch(
+    stream: TcpStream,
+    volume: u64,
+    seed: u64,
+    deadline: Duration,
+    crashed: impl Fn() -> Option<String>,
+) -> Result<Fetch, String> {
     let started = Instant::now();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -412,7 +429,7 @@ fn fetch(stream: TcpStream, volume: u64, seed: u64, deadline: Duration) -> Resul
             ));
         }
         stream
-            .set_read_timeout(Some(left))
+            .set_read_timeout(Some(left.min(Duration::from_secs(1))))
             .map_err(|e| e.to_string())?;
         let n = match (&stream).read(&mut buf) {
             Ok(n) => n,
@@ -422,7 +439,10 @@ fn fetch(stream: TcpStream, volume: u64, seed: u64, deadline: Duration) -> Resul
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                continue
+                if let Some(why) = crashed() {
+                    return Err(format!("stopped after {received} of {volume} bytes: {why}"));
+                }
+                continue;
             }
             Err(e) => return Err(format!("after {received} of {volume} bytes: {e}")),
         };
