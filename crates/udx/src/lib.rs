@@ -15,13 +15,14 @@
 //!
 //! # Design
 //!
-//! Each socket has one driver task ([`socket`]) that owns every stream's protocol state
-//! ([`conn`]): it drains the UDP socket with non-blocking reads, demultiplexes by stream id,
-//! acks once per received burst (with SACK blocks when packets are missing), detects loss
-//! RACK-style and by timeout, and sends new data as the congestion window ([`congestion`])
-//! and the pacer allow. Handles exchange bytes with the driver through a small per-stream
-//! buffer ([`shared`]), so a `write` returns as soon as its bytes are queued and a `read`
-//! takes whole received bursts.
+//! The protocol itself is a pure state machine, [`proto`] (no sockets, no runtime, no
+//! locks), which a simulator and fuzzers drive directly: it demultiplexes by stream id, acks
+//! once per received burst (with SACK blocks when packets are missing), detects loss
+//! RACK-style and by timeout, and sends new data as the congestion window and the pacer
+//! allow. Each socket has one driver task (`socket.rs`) that runs it over a real UDP socket,
+//! draining it with non-blocking batched reads. Handles exchange bytes with the driver
+//! through a small per-stream buffer (`shared.rs`), so a `write` returns as soon as its bytes
+//! are queued and a `read` takes whole received bursts.
 //!
 //! Wire facts (header, flags, SACK layout, END/DESTROY sequencing, MTU probe padding) follow
 //! libudx exactly; see [`wire`]. Timing and congestion control are local policy.
@@ -29,8 +30,7 @@
 #![warn(missing_docs)]
 
 mod congestion;
-mod conn;
-mod outbox;
+pub mod proto;
 mod relay;
 mod rtt;
 mod shared;
@@ -371,7 +371,7 @@ impl AsyncRead for UdxStream {
                 .fetch_sub(copied, Ordering::AcqRel)
                 - copied;
             drop(st);
-            if left < conn::RECV_WINDOW / 2
+            if left < proto::RECV_WINDOW / 2
                 && self
                     .shared
                     .window_update_wanted

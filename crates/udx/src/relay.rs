@@ -3,34 +3,15 @@
 //! each other join their two peers into one UDX connection that runs end to end; that is what a
 //! blind relay is made of.
 //!
-//! A relayed stream has no protocol state of its own in use: no acks, no retransmissions, no
-//! congestion control (the peers' streams do all of that end to end, over the longer path), and
-//! it never reads what it forwards. It only knows its own peer (id and address, from `connect` or
-//! from the first packet), where its packets go, and when it ends:
-//!
-//! - a packet from its peer goes out at once to the destination's peer, with the destination's
-//!   remote id in the header and every other byte as it came; packets from any other address
-//!   are dropped, so a relay passes on only the traffic of the two peers it paired;
-//! - a DESTROY from its peer is passed on too, then the stream closes, and so does every stream
-//!   relaying into it (nothing could reach its peer any more);
-//! - destroying or dropping a relayed stream's handle closes it (and the streams relaying into
-//!   it) without sending anything: the peers find out from their own streams, as with libudx.
-//!
-//! Packets that arrive before the destination's peer is known are dropped; the peers'
-//! retransmissions carry the connection over that moment.
+//! The protocol side lives in [`crate::proto::Endpoint`]; this is the handle side.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::conn::Conn;
-use crate::outbox::Outbox;
-use crate::shared::{CloseReason, Event, StreamShared};
-use crate::socket::lock;
-use crate::wire::{Header, FLAG_DESTROY, HEADER_SIZE};
+use crate::shared::{Event, StreamShared};
 use crate::{UdxError, UdxSocket, UdxStream};
 
 impl UdxStream {
@@ -128,180 +109,5 @@ impl StreamObserver {
             }
             Poll::Pending
         })
-    }
-}
-
-/// A stream that relays: its state (peer, held packets) and where its packets go.
-struct Relayed {
-    conn: Conn,
-    to: Arc<StreamShared>,
-    forwarded: u64,
-}
-
-impl Relayed {
-    /// Shows the count on the handle ([`crate::StreamStats::packets_received`]); the lock is
-    /// the handle's, which nobody else takes while the stream relays.
-    fn publish_stats(&self) {
-        self.conn.shared.lock().stats.packets_received = self.forwarded;
-    }
-}
-
-/// The relayed streams of one socket, kept by its driver apart from the streams it runs.
-#[derive(Default)]
-pub(crate) struct Relays {
-    streams: HashMap<u32, Relayed>,
-}
-
-impl Relays {
-    fn get(&self, shared: &Arc<StreamShared>) -> Option<&Relayed> {
-        self.streams
-            .get(&shared.local_id)
-            .filter(|r| Arc::ptr_eq(&r.conn.shared, shared))
-    }
-
-    fn is_relayed(&self, shared: &Arc<StreamShared>) -> bool {
-        self.get(shared).is_some()
-    }
-
-    /// Takes the events that concern relaying (and relayed streams); gives back the others.
-    pub(crate) fn on_event(
-        &mut self,
-        ev: Event,
-        conns: &mut HashMap<u32, Conn>,
-        out: &mut Outbox,
-        registry: &Mutex<std::collections::HashSet<u32>>,
-    ) -> Option<Event> {
-        match ev {
-            Event::Relay(from, to) => {
-                self.start(from, to, conns);
-                None
-            }
-            Event::Connect(shared, remote_id, addr) if self.is_relayed(&shared) => {
-                let id = shared.local_id;
-                let held = match self.streams.get_mut(&id) {
-                    Some(r) => r.conn.connect(remote_id, addr),
-                    None => Vec::new(),
-                };
-                for (packet, from) in held {
-                    if let Some(h) = Header::decode(&packet) {
-                        self.on_datagram(&h, &packet, from, conns, out, registry);
-                    }
-                }
-                None
-            }
-            Event::Destroy(shared) | Event::Dropped(shared) if self.is_relayed(&shared) => {
-                self.close(shared.local_id, CloseReason::Destroyed, registry);
-                None
-            }
-            Event::Wake(shared) if self.is_relayed(&shared) => None,
-            other => Some(other),
-        }
-    }
-
-    fn start(
-        &mut self,
-        from: Arc<StreamShared>,
-        to: Arc<StreamShared>,
-        conns: &mut HashMap<u32, Conn>,
-    ) {
-        let id = from.local_id;
-        if let Some(r) = self
-            .streams
-            .get_mut(&id)
-            .filter(|r| Arc::ptr_eq(&r.conn.shared, &from))
-        {
-            r.to = to;
-            return;
-        }
-        if !conns
-            .get(&id)
-            .is_some_and(|c| Arc::ptr_eq(&c.shared, &from))
-        {
-            return; // already gone
-        }
-        if let Some(conn) = conns.remove(&id) {
-            self.streams.insert(
-                id,
-                Relayed {
-                    conn,
-                    to,
-                    forwarded: 0,
-                },
-            );
-        }
-    }
-
-    /// Passes on a packet for a relayed stream. Returns false if `h.stream_id` is not one.
-    pub(crate) fn on_datagram(
-        &mut self,
-        h: &Header,
-        packet: &[u8],
-        from: SocketAddr,
-        conns: &HashMap<u32, Conn>,
-        out: &mut Outbox,
-        registry: &Mutex<std::collections::HashSet<u32>>,
-    ) -> bool {
-        let id = h.stream_id;
-        let Some(r) = self.streams.get_mut(&id) else {
-            return false;
-        };
-        let from_peer = match r.conn.remote {
-            Some(peer) => peer.addr == from,
-            // Held until connect, or adopted as the peer by connect_on_first_packet.
-            None => r.conn.accept_unconnected(packet, from),
-        };
-        if !from_peer {
-            return true;
-        }
-        r.forwarded += 1;
-        r.publish_stats();
-        let to = r.to.clone();
-        let dest = self
-            .streams
-            .get(&to.local_id)
-            .map(|d| &d.conn)
-            .or_else(|| conns.get(&to.local_id))
-            .filter(|c| Arc::ptr_eq(&c.shared, &to))
-            .and_then(|c| c.remote);
-        if let Some(dest) = dest {
-            let mut header = *h;
-            header.stream_id = dest.id;
-            out.push_packet(dest.addr, &header, 0, &packet[HEADER_SIZE..]);
-        }
-        if h.flags & FLAG_DESTROY != 0 {
-            self.close(id, CloseReason::Reset, registry);
-        }
-        true
-    }
-
-    /// Ends a relayed stream, and the streams relaying into it.
-    fn close(
-        &mut self,
-        id: u32,
-        reason: CloseReason,
-        registry: &Mutex<std::collections::HashSet<u32>>,
-    ) {
-        let Some(mut r) = self.streams.remove(&id) else {
-            return;
-        };
-        r.conn.close(reason);
-        lock(registry).remove(&id);
-        let into: Vec<u32> = self
-            .streams
-            .iter()
-            .filter(|(_, o)| Arc::ptr_eq(&o.to, &r.conn.shared))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in into {
-            self.close(id, reason, registry);
-        }
-    }
-
-    /// Ends every relayed stream (the driver is going away).
-    pub(crate) fn close_all(&mut self) {
-        for r in self.streams.values_mut() {
-            r.conn.close(CloseReason::SocketClosed);
-        }
-        self.streams.clear();
     }
 }

@@ -15,18 +15,7 @@ use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 
-/// Why a stream stopped working.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    /// We called destroy (or dropped the handle before shutdown).
-    Destroyed,
-    /// The peer sent DESTROY.
-    Reset,
-    /// The peer stopped acknowledging data.
-    TimedOut,
-    /// The socket driver is gone (runtime shut down).
-    SocketClosed,
-}
+pub(crate) use crate::proto::CloseReason;
 
 impl CloseReason {
     pub(crate) fn to_io_error(self) -> io::Error {

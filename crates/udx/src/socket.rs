@@ -1,36 +1,30 @@
-//! The socket driver: one task per UDP socket that receives datagrams, demultiplexes them
-//! to streams by id (or to the datagram channel), runs the streams' timers and sends what
-//! the streams produce.
+//! The socket driver: one task per UDP socket that feeds received datagrams, time and the
+//! handles' requests to the protocol core ([`crate::proto::Endpoint`]), sends the datagrams it
+//! produces, passes non-stream datagrams to the datagram channel, and carries data and status
+//! between the core's streams and their handles.
 //!
 //! One task owning every stream's protocol state keeps the hot path free of locks and of
 //! cross-task wakeups: a received burst is processed, acked and answered with new data in a
 //! single pass, and the socket is drained with non-blocking calls until it is empty.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV6};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::conn::Conn;
-use crate::outbox::Outbox;
-use crate::relay::Relays;
-use crate::shared::{CloseReason, Event, StreamShared};
+use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, Stream, StreamEvent};
+use crate::shared::{Event, StreamShared};
 use crate::udp_io::{RecvBuffers, UdpIo};
-use crate::wire::{Header, HEADER_SIZE};
+use crate::wire::Header;
 use crate::Datagram;
 
 /// Datagrams read per pass before the driver services streams (and so sends acks).
 const RECV_BATCH: usize = 64;
-/// Packets one stream may send per pass, so one busy stream cannot starve the others and
-/// acks keep flowing between bursts.
-const SEND_BUDGET: usize = 64;
-/// Send queued datagrams once this many are waiting, to bound the outbox.
-const FLUSH_THRESHOLD: usize = 128;
 
 /// The parts of a socket that handles and the driver share.
 pub(crate) struct SocketCore {
@@ -63,17 +57,6 @@ pub(crate) fn to_socket_family(addr: SocketAddr, v6: bool) -> SocketAddr {
     }
 }
 
-/// Reports v4-mapped IPv6 sources as plain IPv4, as libudx does.
-fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), a.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
-
 pub(crate) struct Driver {
     io: Arc<UdpIo>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -81,12 +64,9 @@ pub(crate) struct Driver {
     handles_gone: bool,
     registry: Arc<Mutex<HashSet<u32>>>,
     datagrams: Arc<Mutex<Option<mpsc::UnboundedSender<Datagram>>>>,
-    conns: HashMap<u32, Conn>,
-    active: Vec<u32>,
-    next_active: Vec<u32>,
-    timers: BinaryHeap<Reverse<(Instant, u32)>>,
-    out: Outbox,
-    relays: Relays,
+    endpoint: Endpoint,
+    /// The handle side of every stream the endpoint knows.
+    shared: HashMap<u32, Arc<StreamShared>>,
 }
 
 impl Driver {
@@ -100,12 +80,8 @@ impl Driver {
             handles_gone: false,
             registry: core.registry.clone(),
             datagrams: core.datagrams.clone(),
-            conns: HashMap::new(),
-            active: Vec::new(),
-            next_active: Vec::new(),
-            timers: BinaryHeap::new(),
-            out: Outbox::default(),
-            relays: Relays::default(),
+            endpoint: Endpoint::new(),
+            shared: HashMap::new(),
         })
     }
 
@@ -115,7 +91,10 @@ impl Driver {
         loop {
             let now = Instant::now();
             self.drain_events(now);
-            if self.handles_gone && self.conns.is_empty() && self.out.pending() == 0 {
+            if self.handles_gone
+                && self.endpoint.is_empty()
+                && self.endpoint.transmits().pending() == 0
+            {
                 tracing::debug!("UDX socket closed: no handles and no streams left");
                 return;
             }
@@ -123,9 +102,7 @@ impl Driver {
             let mut received = 0;
             let mut drained = false;
             while received < RECV_BATCH {
-                match io.recv(&mut bufs, |data, from| {
-                    self.on_datagram(data, normalize(from), now)
-                }) {
+                match io.recv(&mut bufs, |data, from| self.on_datagram(data, from, now)) {
                     Ok(0) => {
                         drained = true;
                         break;
@@ -138,9 +115,9 @@ impl Driver {
                 }
             }
 
-            self.fire_timers(now);
+            self.endpoint.handle_timeout(now);
             let more = self.service(now);
-            let flushed = self.out.flush(&self.io);
+            let flushed = self.io.flush(self.endpoint.transmits());
 
             if flushed && (more || !drained) {
                 // More work is ready: let other tasks run, then go on without waiting.
@@ -150,9 +127,9 @@ impl Driver {
 
             // A fresh timer per wait (the deadline moves on almost every pass anyway).
             let deadline = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _))| tokio::time::Instant::from_std(*at));
+                .endpoint
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             let sleep =
                 tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
@@ -167,6 +144,7 @@ impl Driver {
             }
         }
     }
+
     fn drain_events(&mut self, now: Instant) {
         while !self.handles_gone {
             match self.events.try_recv() {
@@ -177,150 +155,183 @@ impl Driver {
         }
     }
 
-    fn activate(active: &mut Vec<u32>, conn: &mut Conn) {
-        if !conn.active {
-            conn.active = true;
-            active.push(conn.shared.local_id);
-        }
-    }
-
-    /// The driver's state for `shared`, unless that stream is gone (its id may be reused).
-    fn conn_for<'a>(
-        conns: &'a mut HashMap<u32, Conn>,
-        shared: &Arc<StreamShared>,
-    ) -> Option<&'a mut Conn> {
-        conns
-            .get_mut(&shared.local_id)
-            .filter(|c| Arc::ptr_eq(&c.shared, shared))
+    /// The id of `shared` if the endpoint still runs that very stream (ids are reused, so an
+    /// event for a stream that is gone must not reach a newer one).
+    fn current(&self, shared: &Arc<StreamShared>) -> Option<u32> {
+        let id = shared.local_id;
+        self.shared
+            .get(&id)
+            .is_some_and(|s| Arc::ptr_eq(s, shared))
+            .then_some(id)
     }
 
     fn on_event(&mut self, ev: Event, now: Instant) {
-        let Some(ev) = self
-            .relays
-            .on_event(ev, &mut self.conns, &mut self.out, &self.registry)
-        else {
-            return;
-        };
         match ev {
-            Event::Relay(..) => {} // taken by `relays`
             Event::Register(shared) => {
                 let id = shared.local_id;
-                let mut conn = Conn::new(shared, now);
-                Self::activate(&mut self.active, &mut conn);
-                self.conns.insert(id, conn);
+                if self.endpoint.add_stream(id, now) {
+                    self.shared.insert(id, shared);
+                }
             }
             Event::Connect(shared, remote_id, addr) => {
-                let Some(conn) = Self::conn_for(&mut self.conns, &shared) else {
-                    return;
-                };
-                for (packet, _from) in conn.connect(remote_id, addr) {
-                    if let Some(h) = Header::decode(&packet) {
-                        conn.on_packet(&h, &packet[HEADER_SIZE..], now, &mut self.out);
-                    }
+                if let Some(id) = self.current(&shared) {
+                    self.endpoint.connect(id, remote_id, addr, now);
                 }
-                Self::activate(&mut self.active, conn);
+            }
+            Event::Relay(from, to) => {
+                if let (Some(from), Some(to)) = (self.current(&from), self.current(&to)) {
+                    self.endpoint.relay_to(from, to);
+                }
             }
             Event::Wake(shared) => {
-                if let Some(conn) = Self::conn_for(&mut self.conns, &shared) {
-                    Self::activate(&mut self.active, conn);
+                if let Some(id) = self.current(&shared) {
+                    self.endpoint.wake(id);
                 }
             }
             Event::Destroy(shared) => {
-                if let Some(conn) = Self::conn_for(&mut self.conns, &shared) {
-                    conn.destroy(&mut self.out);
-                    Self::activate(&mut self.active, conn);
+                if let Some(id) = self.current(&shared) {
+                    self.endpoint.destroy(id, now);
                 }
             }
             Event::Dropped(shared) => {
-                if let Some(conn) = Self::conn_for(&mut self.conns, &shared) {
-                    conn.on_handle_dropped(&mut self.out);
-                    Self::activate(&mut self.active, conn);
+                if let Some(id) = self.current(&shared) {
+                    if let Some(stream) = self.endpoint.stream_mut(id) {
+                        // Its last writes and its shutdown decide between END and DESTROY.
+                        sync(&shared, stream);
+                    }
+                    self.endpoint.handle_dropped(id, now);
+                    // Received but unread data is of no use to anyone now.
+                    shared.lock().recv_queue.clear();
+                    shared.recv_buffered.store(0, Ordering::Release);
                 }
             }
         }
+        self.on_endpoint_events();
     }
 
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        if self.endpoint.handle(now, from, data) {
+            return;
+        }
         if let Some(h) = Header::decode(data) {
-            let (conns, out) = (&self.conns, &mut self.out);
-            if self
-                .relays
-                .on_datagram(&h, data, from, conns, out, &self.registry)
-            {
-                return;
-            }
-            if !self.conns.contains_key(&h.stream_id) {
-                // The stream may have been created a moment ago; its Register event could
-                // still be queued behind this packet.
+            if lock(&self.registry).contains(&h.stream_id) {
+                // The stream was created a moment ago; its Register event is still queued
+                // behind this packet.
                 self.drain_events(now);
-            }
-            if let Some(conn) = self.conns.get_mut(&h.stream_id) {
-                if conn.remote.is_some() || conn.accept_unconnected(data, from) {
-                    conn.on_packet(&h, &data[HEADER_SIZE..], now, &mut self.out);
-                    Self::activate(&mut self.active, conn);
+                if self.endpoint.handle(now, from, data) {
+                    return;
                 }
-                return;
             }
         }
         if let Some(tx) = lock(&self.datagrams).as_ref() {
             let _ = tx.send(Datagram {
                 data: data.to_vec(),
-                addr: from,
+                addr: normalize(from),
             });
         }
     }
 
-    fn fire_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            if at > now {
-                break;
+    /// Lets the endpoint's streams act. Returns true if some stream still has something to
+    /// send right away.
+    fn service(&mut self, now: Instant) -> bool {
+        let shared = &self.shared;
+        let more = self.endpoint.service(now, |id, stream| {
+            if let Some(s) = shared.get(&id) {
+                sync(s, stream);
             }
-            self.timers.pop();
-            if let Some(conn) = self.conns.get_mut(&id) {
-                if conn.scheduled == Some(at) {
-                    conn.scheduled = None;
+        });
+        self.on_endpoint_events();
+        more
+    }
+
+    /// Tells the handles what happened to their streams.
+    fn on_endpoint_events(&mut self) {
+        while let Some(ev) = self.endpoint.poll_event() {
+            match ev {
+                EndpointEvent::Stream(id, StreamEvent::Connected(addr)) => {
+                    if let Some(s) = self.shared.get(&id) {
+                        let mut st = s.lock();
+                        st.remote_addr = Some(addr);
+                        for w in st.connect_wakers.drain(..) {
+                            w.wake();
+                        }
+                    }
                 }
-                conn.on_timeout(now, &mut self.out);
-                Self::activate(&mut self.active, conn);
+                EndpointEvent::Stream(id, StreamEvent::Closed(reason)) => {
+                    if let Some(s) = self.shared.get(&id) {
+                        let mut st = s.lock();
+                        st.closed.get_or_insert(reason);
+                        st.wake_all();
+                    }
+                }
+                EndpointEvent::Removed { id, done, stats } => {
+                    if let Some(s) = self.shared.remove(&id) {
+                        let mut st = s.lock();
+                        st.stats = stats;
+                        if done {
+                            st.finished = true;
+                            st.recv_eof = true;
+                        }
+                        st.wake_all();
+                    }
+                    lock(&self.registry).remove(&id);
+                }
             }
         }
     }
+}
 
-    /// Lets every stream that saw packets, events or timers act. Returns true if some stream
-    /// still has something to send right away.
-    fn service(&mut self, now: Instant) -> bool {
-        let mut active = std::mem::take(&mut self.active);
-        let mut more = false;
-        for id in active.drain(..) {
-            let Some(conn) = self.conns.get_mut(&id) else {
-                continue;
-            };
-            conn.active = false;
-            if conn.service(now, &mut self.out, SEND_BUDGET) {
-                conn.active = true;
-                self.next_active.push(id);
-                more = true;
-            }
-            if conn.is_finished() {
-                if let Some(conn) = self.conns.remove(&id) {
-                    tracing::trace!(stream = id, stats = ?conn.stats, "stream finished");
-                }
-                lock(&self.registry).remove(&id);
-                continue;
-            }
-            if let Some(at) = conn.next_timeout() {
-                if conn.scheduled.is_none_or(|s| at < s) {
-                    conn.scheduled = Some(at);
-                    self.timers.push(Reverse((at, id)));
-                }
-            }
-            if self.out.pending() >= FLUSH_THRESHOLD {
-                self.out.flush(&self.io);
+/// Moves written bytes and the shutdown from a handle into its stream, and received bytes,
+/// acknowledgements, window and counters from the stream to the handle.
+fn sync(shared: &StreamShared, stream: &mut Stream) {
+    // From here on, a change by the handle needs a new Wake to be noticed.
+    shared.clear_wake();
+    if shared.window_update_due.swap(false, Ordering::AcqRel) {
+        stream.window_update();
+    }
+    let mut st = shared.lock();
+    stream.set_keepalive(st.keepalive);
+    if !st.send_buf.is_empty() {
+        stream.write(st.send_buf.split().freeze());
+    }
+    if st.write_shutdown {
+        stream.shutdown();
+    }
+    if let Some(chunk) = stream.take_received() {
+        shared
+            .recv_buffered
+            .fetch_add(chunk.len(), Ordering::AcqRel);
+        st.recv_queue.push_back(chunk);
+        if let Some(w) = st.read_waker.take() {
+            w.wake();
+        }
+    }
+    if stream.is_eof() && !st.recv_eof {
+        st.recv_eof = true;
+        if let Some(w) = st.read_waker.take() {
+            w.wake();
+        }
+    }
+    stream.set_unread(shared.recv_buffered.load(Ordering::Acquire));
+    if stream.take_window_update_wanted() {
+        shared.window_update_wanted.store(true, Ordering::Release);
+    }
+    let limit = stream.send_limit();
+    let acked = stream.take_acked_bytes();
+    let limit_grew = limit > st.send_limit;
+    st.send_limit = limit;
+    if acked > 0 || limit_grew {
+        st.send_outstanding -= acked;
+        if st.send_outstanding < st.send_limit {
+            if let Some(w) = st.write_waker.take() {
+                w.wake();
             }
         }
-        self.active = std::mem::take(&mut self.next_active);
-        self.next_active = active;
-        more
+    }
+    st.stats = stream.stats();
+    if stream.is_done() && !st.finished {
+        st.finished = true;
+        st.wake_all();
     }
 }
 
@@ -347,9 +358,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // The runtime is shutting down (or the socket is done): nobody will move these
         // streams forward any more, so fail whoever still waits on them.
-        for conn in self.conns.values_mut() {
-            conn.close(CloseReason::SocketClosed);
-        }
-        self.relays.close_all();
+        self.endpoint.close_all(CloseReason::SocketClosed);
+        self.on_endpoint_events();
     }
 }

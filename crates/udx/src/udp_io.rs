@@ -14,6 +14,8 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::proto::Transmits;
+
 /// Receive buffers per `recvmmsg` call.
 const RECV_BUFFERS: usize = 16;
 /// Size of each receive buffer: a whole GRO batch (or the largest UDP datagram) fits.
@@ -85,6 +87,22 @@ impl UdpIo {
             }
         }
         Ok(count)
+    }
+
+    /// Writes queued datagrams until done (true) or the socket buffer is full (false: wait
+    /// for writability and call again). Runs of equal-sized datagrams to the same peer go out
+    /// as one segmented (GSO) send where the platform supports it.
+    pub(crate) fn flush(&self, out: &mut Transmits) -> bool {
+        while let Some((addr, bytes, segment, count)) =
+            out.next_batch(self.max_segments(), self.max_gso_bytes())
+        {
+            let segment_size = (count > 1).then_some(segment);
+            if self.send(addr, bytes, segment_size).is_err() {
+                return false; // WouldBlock
+            }
+            out.consume(count);
+        }
+        true
     }
 
     /// How many datagrams one send may carry.

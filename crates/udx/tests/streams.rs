@@ -347,3 +347,77 @@ fn handles_are_send_and_sync() {
     check::<UdxSocket>();
     check::<udx::UdxStream>();
 }
+
+/// A UDX packet for stream `id` as a third party could forge it.
+fn forged(flags: u8, id: u32, seq: u32, ack: u32, body: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    udx::wire::Header {
+        flags,
+        data_offset: 0,
+        stream_id: id,
+        recv_window: 0,
+        seq,
+        ack,
+    }
+    .write_to(&mut p);
+    p.extend_from_slice(body);
+    p
+}
+
+/// Sends what a third party who guessed stream `id` on `target` could try: a reset, stale
+/// and impossible acks, a SACK of everything.
+async fn attack(target: std::net::SocketAddr, id: u32) {
+    use udx::wire::{FLAG_DESTROY, FLAG_SACK};
+    let mallory = UdpSocket::bind(localhost()).await.unwrap();
+    let mut sack_all = Vec::new();
+    sack_all.extend_from_slice(&0u32.to_le_bytes());
+    sack_all.extend_from_slice(&u32::MAX.to_le_bytes());
+    for seq in [0, 1, 2, 1000] {
+        for p in [
+            forged(FLAG_DESTROY, id, seq, 0, &[]),
+            forged(0, id, seq, 5, &[]),
+            forged(0, id, seq, u32::MAX, &[]),
+            forged(FLAG_SACK, id, seq, 0, &sack_all),
+        ] {
+            mallory.send_to(&p, target).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_from_anyone_but_the_peer_are_ignored() {
+    let (a, b) = two_sockets().await;
+    within(30, "third-party packets", async {
+        let (mut sa, mut sb) = stream_pair(&a, &b, 1, 2).await;
+        sa.write_all(b"before").await.unwrap();
+        let mut buf = [0u8; 6];
+        sb.read_exact(&mut buf).await.unwrap();
+        attack(a.local_addr().unwrap(), 1).await;
+        attack(b.local_addr().unwrap(), 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sa.write_all(b"after!").await.unwrap();
+        sb.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"after!");
+        sb.write_all(b"reply!").await.unwrap();
+        sa.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"reply!");
+
+        // connect_on_first_packet adopts the first sender, then hears only it.
+        let mut sc = a.create_stream(3).unwrap();
+        sc.connect_on_first_packet(4);
+        let mut sd = b.create_stream(4).unwrap();
+        sd.connect(3, a.local_addr().unwrap()).unwrap();
+        sd.write_all(b"hello!").await.unwrap();
+        sc.read_exact(&mut buf).await.unwrap();
+        attack(a.local_addr().unwrap(), 3).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sd.write_all(b"still?").await.unwrap();
+        sc.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"still?");
+        sc.write_all(b"yes!!!").await.unwrap();
+        sd.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"yes!!!");
+        assert_eq!(sc.remote_addr(), Some(b.local_addr().unwrap()));
+    })
+    .await;
+}

@@ -1,27 +1,52 @@
 //! One stream's protocol state: sequencing, acks and SACKs, retransmission, loss detection,
-//! congestion control, END / DESTROY. Owned by the socket driver; free of I/O (packets go
-//! into an [`Outbox`], time comes in as an argument), so the driver decides when to send.
+//! congestion control, END / DESTROY. Free of I/O: packets go into [`Transmits`], time comes
+//! in as an argument, and what the application should learn comes out as [`StreamEvent`]s,
+//! so whoever drives it (the socket driver, the simulator, a fuzzer) decides when to send.
+//!
+//! The application side is plain calls: [`Stream::write`] and [`Stream::shutdown`] queue
+//! outgoing bytes, [`Stream::take_received`] hands over what arrived in order, and
+//! [`Stream::set_unread`] says how much of that the application still holds (which is what
+//! the advertised receive window is computed from).
 //!
 //! Sequence numbers are u64 internally and never wrap; the wire carries their low 32 bits
 //! (see [`wire::unwrap_seq`]). Both directions start at 0, as hyperdht expects.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::transmits::Transmits;
 use crate::congestion::{self, Congestion, Pacer};
-use crate::outbox::Outbox;
 use crate::rtt::RttEstimator;
-use crate::shared::{CloseReason, StreamShared};
 use crate::wire::{self, Header};
 use crate::StreamStats;
 
+/// Why a stream stopped working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We called destroy (or dropped the handle before shutdown).
+    Destroyed,
+    /// The peer sent DESTROY.
+    Reset,
+    /// The peer stopped acknowledging data.
+    TimedOut,
+    /// The socket driver is gone (runtime shut down).
+    SocketClosed,
+}
+
+/// What the application should learn about a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The stream has its peer (from `connect` or from the first packet).
+    Connected(SocketAddr),
+    /// The stream stopped working.
+    Closed(CloseReason),
+}
+
 /// Receive window we advertise (libudx's default `recv_rwnd_max`).
-pub(crate) const RECV_WINDOW: usize = 4 << 20;
+pub const RECV_WINDOW: usize = 4 << 20;
 /// Payload per packet at libudx's base MTU of 1200 (minus IPv4 + UDP + UDX headers), which
 /// every path that carries UDX at all must carry.
 const BASE_PAYLOAD: usize = 1200 - 48;
@@ -100,16 +125,18 @@ fn next_probe(current: usize, ceiling: usize) -> MtuState {
 }
 
 /// Where the peer is.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Remote {
-    pub(crate) id: u32,
-    pub(crate) addr: SocketAddr,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    /// The peer's stream id (what our packets carry).
+    pub id: u32,
+    /// The peer's address.
+    pub addr: SocketAddr,
 }
 
-pub(crate) struct Conn {
-    pub(crate) shared: Arc<StreamShared>,
+/// One UDX stream's protocol state machine.
+pub struct Stream {
     local_id: u32,
-    pub(crate) remote: Option<Remote>,
+    remote: Option<Remote>,
     /// `connect_on_first_packet` was called with this remote id.
     connect_on_first: Option<u32>,
     held: Vec<(Bytes, SocketAddr)>,
@@ -123,7 +150,13 @@ pub(crate) struct Conn {
     remote_end: Option<u64>,
     eof_delivered: bool,
     read_acc: BytesMut,
+    /// Bytes handed to the application that it has not read yet.
+    unread: usize,
+    /// We advertised less than half the window: the application should ask for a window
+    /// update ([`Stream::window_update`]) once it has made room.
+    window_update_wanted: bool,
     ack_needed: bool,
+    events: VecDeque<StreamEvent>,
 
     // send side
     snd_una: u64,
@@ -134,7 +167,9 @@ pub(crate) struct Conn {
     send_rwnd: u32,
     wl1: u32,
     wl2: u32,
+    /// Written bytes not yet sent: `pending` is cut into packets, `queued` waits behind it.
     pending: Bytes,
+    queued: VecDeque<Bytes>,
     end_requested: bool,
     end_seq: Option<u64>,
     end_acked: bool,
@@ -165,20 +200,19 @@ pub(crate) struct Conn {
     tlp_in_flight: bool,
     keepalive: Option<Duration>,
     keepalive_deadline: Option<Instant>,
-    /// The deadline the driver has scheduled for us (to avoid duplicate timer entries).
+    /// The deadline the endpoint has scheduled for us (to avoid duplicate timer entries).
     pub(crate) scheduled: Option<Instant>,
-    /// Queued in the driver's active list.
+    /// Queued in the endpoint's active list.
     pub(crate) active: bool,
 
-    /// Statistics.
-    pub(crate) stats: StreamStats,
+    stats: StreamStats,
 }
 
-impl Conn {
-    pub(crate) fn new(shared: Arc<StreamShared>, now: Instant) -> Conn {
-        Conn {
-            local_id: shared.local_id,
-            shared,
+impl Stream {
+    /// A stream with local id `local_id`, not connected yet.
+    pub fn new(local_id: u32, now: Instant) -> Stream {
+        Stream {
+            local_id,
             remote: None,
             connect_on_first: None,
             held: Vec::new(),
@@ -190,7 +224,10 @@ impl Conn {
             remote_end: None,
             eof_delivered: false,
             read_acc: BytesMut::new(),
+            unread: 0,
+            window_update_wanted: false,
             ack_needed: false,
+            events: VecDeque::new(),
             snd_una: 0,
             snd_nxt: 0,
             sent: VecDeque::new(),
@@ -200,6 +237,7 @@ impl Conn {
             wl1: 0,
             wl2: 0,
             pending: Bytes::new(),
+            queued: VecDeque::new(),
             end_requested: false,
             end_seq: None,
             end_acked: false,
@@ -230,8 +268,48 @@ impl Conn {
         }
     }
 
+    /// Our stream id.
+    pub fn local_id(&self) -> u32 {
+        self.local_id
+    }
+
+    /// The peer, once known.
+    pub fn remote(&self) -> Option<Remote> {
+        self.remote
+    }
+
+    /// Why the stream stopped, if it did.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Counters and estimates.
+    pub fn stats(&self) -> StreamStats {
+        let mut stats = self.stats;
+        stats.srtt = self.rtt.srtt();
+        stats.cwnd = self.cc.window();
+        stats.in_flight = self.in_flight;
+        stats.max_payload = self.payload;
+        stats
+    }
+
+    /// Counts a packet passed on by a relay (a relayed stream's only statistic).
+    pub(crate) fn count_forwarded(&mut self) {
+        self.stats.packets_received += 1;
+    }
+
+    /// The next thing the application should learn, if any.
+    pub fn poll_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    /// Both directions ended and were acknowledged: a clean finish.
+    pub fn is_done(&self) -> bool {
+        self.end_acked && self.eof_delivered
+    }
+
     /// True once the driver should forget this stream (and free its id).
-    pub(crate) fn is_finished(&self) -> bool {
+    pub fn is_finished(&self) -> bool {
         if self.closed.is_some() {
             return true;
         }
@@ -243,9 +321,10 @@ impl Conn {
         write_done && read_done
     }
 
-    /// Starts the stream towards `remote`; returns held packets to replay through
-    /// [`Conn::on_packet`].
-    pub(crate) fn connect(
+    /// Starts the stream towards `remote_id` at `addr`, or (without `addr`) at whoever sends
+    /// first. Returns packets held before, from the adopted peer, to replay through
+    /// [`Stream::handle_packet`].
+    pub fn connect(
         &mut self,
         remote_id: u32,
         addr: Option<SocketAddr>,
@@ -256,7 +335,11 @@ impl Conn {
         match addr.or_else(|| self.held.first().map(|(_, a)| *a)) {
             Some(addr) => {
                 self.set_remote(remote_id, addr);
-                std::mem::take(&mut self.held)
+                let peer = self.remote.map(|r| r.addr);
+                // Only what the peer sent counts; anyone else's packets were never ours.
+                let mut held = std::mem::take(&mut self.held);
+                held.retain(|(_, from)| Some(*from) == peer);
+                held
             }
             None => {
                 self.connect_on_first = Some(remote_id);
@@ -266,18 +349,17 @@ impl Conn {
     }
 
     fn set_remote(&mut self, id: u32, addr: SocketAddr) {
+        // Stored as packets from it are reported (plain IPv4), so that matching the source
+        // of each packet against it is a plain comparison.
+        let addr = super::normalize(addr);
         self.remote = Some(Remote { id, addr });
         self.connect_on_first = None;
-        let mut st = self.shared.lock();
-        st.remote_addr = Some(addr);
-        for w in st.connect_wakers.drain(..) {
-            w.wake();
-        }
+        self.events.push_back(StreamEvent::Connected(addr));
     }
 
     /// A packet for this stream arrived before it was connected. Returns true if the stream
     /// should process it now (it just got connected by it), false if it was held or dropped.
-    pub(crate) fn accept_unconnected(&mut self, packet: &[u8], from: SocketAddr) -> bool {
+    pub fn accept_unconnected(&mut self, packet: &[u8], from: SocketAddr) -> bool {
         if let Some(remote_id) = self.connect_on_first {
             self.set_remote(remote_id, from);
             return true;
@@ -288,18 +370,20 @@ impl Conn {
         false
     }
 
-    fn advertised_window(&self) -> u32 {
-        let buffered = self.shared.recv_buffered.load(Ordering::Acquire) + self.read_acc.len();
-        let window = RECV_WINDOW.saturating_sub(buffered);
+    /// Received bytes we hold or the application has not read: what the window is cut by.
+    fn buffered(&self) -> usize {
+        self.unread + self.read_acc.len()
+    }
+
+    fn advertised_window(&mut self) -> u32 {
+        let window = RECV_WINDOW.saturating_sub(self.buffered());
         if window < RECV_WINDOW / 2 {
-            self.shared
-                .window_update_wanted
-                .store(true, Ordering::Release);
+            self.window_update_wanted = true;
         }
         window as u32
     }
 
-    fn header(&self, flags: u8, seq: u64) -> Header {
+    fn header(&mut self, flags: u8, seq: u64) -> Header {
         Header {
             flags,
             data_offset: 0,
@@ -312,8 +396,16 @@ impl Conn {
 
     // ---------------------------------------------------------------- receive path
 
-    /// Processes one UDX packet addressed to this stream (header already parsed).
-    pub(crate) fn on_packet(&mut self, hdr: &Header, body: &[u8], now: Instant, out: &mut Outbox) {
+    /// Processes one datagram addressed to this stream (the caller checked that it comes
+    /// from the peer, or adopted its sender with [`Stream::accept_unconnected`]). Anything
+    /// that is not a well-formed UDX packet is ignored.
+    pub fn handle_packet(&mut self, packet: &[u8], now: Instant, out: &mut Transmits) {
+        if let Some(hdr) = Header::decode(packet) {
+            self.on_packet(&hdr, &packet[wire::HEADER_SIZE..], now, out);
+        }
+    }
+
+    fn on_packet(&mut self, hdr: &Header, body: &[u8], now: Instant, out: &mut Transmits) {
         if self.closed.is_some() {
             return;
         }
@@ -396,12 +488,16 @@ impl Conn {
             self.wl1 = seq32;
             self.wl2 = hdr.ack;
         }
-        let newly = (ack - self.snd_una) as usize;
-        for idx in 0..newly {
-            self.mark_delivered(idx, now);
+        // An ack older than one already processed (acks overtake each other on reordering
+        // paths, and anyone may send a stale one) carries no cumulative news.
+        if ack > self.snd_una {
+            let newly = (ack - self.snd_una) as usize;
+            for idx in 0..newly {
+                self.mark_delivered(idx, now);
+            }
+            self.sent.drain(..newly);
+            self.snd_una = ack;
         }
-        self.sent.drain(..newly);
-        self.snd_una = ack;
         // Only the cumulative ack completes our write side: a SACK of the END packet says
         // nothing about the data before it.
         if self.end_seq.is_some_and(|end| self.snd_una > end) {
@@ -478,16 +574,10 @@ impl Conn {
 
     /// Runs once after a burst of received packets or events: congestion control, loss
     /// detection, hand-off to the application. Then sends what may be sent.
-    pub(crate) fn service(&mut self, now: Instant, out: &mut Outbox, budget: usize) -> bool {
-        // From here on, a change by the handle needs a new Wake to be noticed.
-        self.shared.clear_wake();
+    pub fn service(&mut self, now: Instant, out: &mut Transmits, budget: usize) -> bool {
         if self.closed.is_none() {
             self.after_acks(now);
         }
-        if self.shared.window_update_due.swap(false, Ordering::AcqRel) {
-            self.ack_needed = true;
-        }
-        self.sync_shared();
         if self.closed.is_some() || self.remote.is_none() {
             return false;
         }
@@ -591,53 +681,84 @@ impl Conn {
         }
     }
 
-    /// Moves received data and ack progress across to the handle, and takes new writes.
-    fn sync_shared(&mut self) {
-        let eof = self.eof_delivered;
-        self.stats.srtt = self.rtt.srtt();
-        self.stats.cwnd = self.cc.window();
-        self.stats.in_flight = self.in_flight;
-        self.stats.max_payload = self.payload;
-        let limit = (self.cc.window() * self.payload + SEND_BUFFER_HEADROOM).min(MAX_SEND_BUFFER);
-        let mut st = self.shared.lock();
-        st.stats = self.stats;
-        self.keepalive = st.keepalive;
-        if !self.read_acc.is_empty() {
-            let chunk = self.read_acc.split().freeze();
-            self.shared
-                .recv_buffered
-                .fetch_add(chunk.len(), Ordering::AcqRel);
-            st.recv_queue.push_back(chunk);
-            if let Some(w) = st.read_waker.take() {
-                w.wake();
-            }
+    // ---------------------------------------------------------------- application side
+
+    /// Queues `data` to be sent (ignored after [`Stream::shutdown`]). Queue no more than
+    /// [`Stream::send_limit`] beyond what was acknowledged ([`Stream::take_acked_bytes`]).
+    pub fn write(&mut self, data: Bytes) {
+        if !data.is_empty() && !self.end_requested {
+            self.queued.push_back(data);
         }
-        if eof && !st.recv_eof {
-            st.recv_eof = true;
-            if let Some(w) = st.read_waker.take() {
-                w.wake();
+    }
+
+    /// Ends our write side: END follows the queued data.
+    pub fn shutdown(&mut self) {
+        self.end_requested = true;
+    }
+
+    /// How many written bytes may be unacknowledged at once: enough to fill the congestion
+    /// window plus headroom, so a writer never waits on a window that has room.
+    pub fn send_limit(&self) -> usize {
+        (self.cc.window() * self.payload + SEND_BUFFER_HEADROOM).min(MAX_SEND_BUFFER)
+    }
+
+    /// Written bytes acknowledged by the peer since the last call.
+    pub fn take_acked_bytes(&mut self) -> usize {
+        std::mem::take(&mut self.acked_bytes)
+    }
+
+    /// Bytes received in order since the last call.
+    pub fn take_received(&mut self) -> Option<Bytes> {
+        (!self.read_acc.is_empty()).then(|| self.read_acc.split().freeze())
+    }
+
+    /// The peer ended its write side and everything before its END was received.
+    pub fn is_eof(&self) -> bool {
+        self.eof_delivered
+    }
+
+    /// The application holds `bytes` received bytes it has not read yet; they count against
+    /// the window we advertise.
+    pub fn set_unread(&mut self, bytes: usize) {
+        self.unread = bytes;
+    }
+
+    /// True (once) if we advertised a small window since the last call: then tell the peer
+    /// with [`Stream::window_update`] once the application has read enough to make room.
+    pub fn take_window_update_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.window_update_wanted)
+    }
+
+    /// The application made room: send a window update so a stalled peer resumes at once
+    /// instead of waiting for its next probe.
+    pub fn window_update(&mut self) {
+        self.ack_needed = true;
+    }
+
+    /// Heartbeat interval while idle (libudx's keepalive), `None` for none.
+    pub fn set_keepalive(&mut self, every: Option<Duration>) {
+        self.keepalive = every;
+    }
+
+    /// Moves queued writes into `pending` so that packets are full: a short tail of one write
+    /// is joined with the head of the next (a copy of at most one packet).
+    fn refill_pending(&mut self) {
+        while self.pending.len() < self.payload {
+            let Some(mut next) = self.queued.pop_front() else {
+                return;
+            };
+            if self.pending.is_empty() {
+                self.pending = next;
+                continue;
             }
-        }
-        let limit_grew = limit > st.send_limit;
-        st.send_limit = limit;
-        if self.acked_bytes > 0 || limit_grew {
-            st.send_outstanding -= self.acked_bytes;
-            self.acked_bytes = 0;
-            if st.send_outstanding < st.send_limit {
-                if let Some(w) = st.write_waker.take() {
-                    w.wake();
-                }
+            let take = (self.payload - self.pending.len()).min(next.len());
+            let mut joined = BytesMut::with_capacity(self.pending.len() + take);
+            joined.extend_from_slice(&self.pending);
+            joined.extend_from_slice(&next.split_to(take));
+            self.pending = joined.freeze();
+            if !next.is_empty() {
+                self.queued.push_front(next);
             }
-        }
-        if self.pending.is_empty() && self.end_seq.is_none() {
-            if !st.send_buf.is_empty() {
-                self.pending = st.send_buf.split().freeze();
-            }
-            self.end_requested = st.write_shutdown;
-        }
-        if self.end_acked && self.eof_delivered {
-            st.finished = true;
-            st.wake_all();
         }
     }
 
@@ -645,7 +766,7 @@ impl Conn {
 
     /// Sends retransmissions and new data as far as window, pacing and `budget` allow.
     /// Returns true when it stopped only because the budget ran out.
-    fn transmit(&mut self, now: Instant, out: &mut Outbox, budget: usize) -> bool {
+    fn transmit(&mut self, now: Instant, out: &mut Transmits, budget: usize) -> bool {
         let Some(remote) = self.remote else {
             return false;
         };
@@ -686,6 +807,7 @@ impl Conn {
                 continue;
             }
 
+            self.refill_pending();
             if self.pending.is_empty() && !(self.end_requested && self.end_seq.is_none()) {
                 break;
             }
@@ -723,7 +845,7 @@ impl Conn {
             }
             let data = self.pending.split_to(self.payload.min(self.pending.len()));
             let mut flags = if data.is_empty() { 0 } else { wire::FLAG_DATA };
-            if self.pending.is_empty() && self.end_requested {
+            if self.pending.is_empty() && self.queued.is_empty() && self.end_requested {
                 flags |= wire::FLAG_END;
                 self.end_seq = Some(self.snd_nxt);
             }
@@ -750,10 +872,6 @@ impl Conn {
             }
             self.arm_rto(now);
             sent += 1;
-            if self.pending.is_empty() && self.end_seq.is_none() {
-                // Take whatever the writer queued meanwhile.
-                self.sync_shared();
-            }
         }
         sent >= budget
     }
@@ -776,7 +894,7 @@ impl Conn {
     }
 
     /// Resends the newest packet still in flight (once per ack), to provoke an ack.
-    fn send_tail_loss_probe(&mut self, now: Instant, out: &mut Outbox) {
+    fn send_tail_loss_probe(&mut self, now: Instant, out: &mut Transmits) {
         let Some(remote) = self.remote else { return };
         if self.tlp_in_flight || self.snd_una == self.snd_nxt {
             return;
@@ -803,7 +921,7 @@ impl Conn {
         self.tlp_in_flight = true;
     }
 
-    fn send_ack(&mut self, out: &mut Outbox) {
+    fn send_ack(&mut self, out: &mut Transmits) {
         let Some(remote) = self.remote else {
             self.ack_needed = true; // sent once connected
             return;
@@ -837,7 +955,7 @@ impl Conn {
         out.push_ack(remote.addr, &hdr, &blocks);
     }
 
-    fn send_control(&mut self, flags: u8, out: &mut Outbox) {
+    fn send_control(&mut self, flags: u8, out: &mut Transmits) {
         if let Some(remote) = self.remote {
             let hdr = self.header(flags, self.snd_nxt);
             out.push_packet(remote.addr, &hdr, 0, &[]);
@@ -846,7 +964,8 @@ impl Conn {
 
     // ---------------------------------------------------------------- timers
 
-    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+    /// The earliest deadline at which [`Stream::on_timeout`] has something to do.
+    pub fn next_timeout(&self) -> Option<Instant> {
         [
             self.rto_deadline,
             self.loss_deadline,
@@ -861,7 +980,8 @@ impl Conn {
         .min()
     }
 
-    pub(crate) fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+    /// Runs the timers that are due at `now` (retransmission, loss, probes, keepalive).
+    pub fn on_timeout(&mut self, now: Instant, out: &mut Transmits) {
         if self.closed.is_some() {
             return;
         }
@@ -891,7 +1011,7 @@ impl Conn {
                 stream = self.local_id,
                 "peer did not end a dropped stream in time, destroying it"
             );
-            self.destroy(out);
+            self.destroy(now, out);
         }
     }
 
@@ -939,7 +1059,7 @@ impl Conn {
     // ---------------------------------------------------------------- lifecycle
 
     /// Local destroy: tell the peer (if connected) and fail the handle.
-    pub(crate) fn destroy(&mut self, out: &mut Outbox) {
+    pub fn destroy(&mut self, now: Instant, out: &mut Transmits) {
         if self.closed.is_some() {
             return;
         }
@@ -949,7 +1069,7 @@ impl Conn {
         self.sent.push_back(Sent {
             data: Bytes::new(),
             flags: wire::FLAG_DESTROY,
-            time_sent: Instant::now(),
+            time_sent: now,
             retransmitted: false,
             state: SentState::Acked,
             padding: 0,
@@ -959,16 +1079,14 @@ impl Conn {
 
     /// The application dropped its handle: abort if it never shut down its write side,
     /// otherwise linger in the background until what it wrote is acknowledged.
-    pub(crate) fn on_handle_dropped(&mut self, out: &mut Outbox) {
+    pub fn on_handle_dropped(&mut self, now: Instant, out: &mut Transmits) {
         self.handle_dropped = true;
-        let shutdown = self.shared.lock().write_shutdown;
-        if self.remote.is_some() && !shutdown {
-            self.destroy(out);
+        if self.remote.is_some() && !self.end_requested {
+            self.destroy(now, out);
         }
         // Received but unread data is of no use to anyone now.
-        let mut st = self.shared.lock();
-        st.recv_queue.clear();
-        self.shared.recv_buffered.store(0, Ordering::Release);
+        self.read_acc.clear();
+        self.unread = 0;
     }
 
     pub(crate) fn close(&mut self, reason: CloseReason) {
@@ -986,8 +1104,97 @@ impl Conn {
         self.sent.clear();
         self.retransmit.clear();
         self.out_of_order.clear();
-        let mut st = self.shared.lock();
-        st.closed.get_or_insert(reason);
-        st.wake_all();
+        self.queued.clear();
+        self.pending = Bytes::new();
+        self.events.push_back(StreamEvent::Closed(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "127.0.0.1:9";
+
+    /// A connected stream with `packets` full data packets in flight.
+    fn sender_with_in_flight(packets: usize) -> (Stream, Instant) {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        conn.write(Bytes::from(vec![7u8; packets * BASE_PAYLOAD]));
+        conn.service(now, &mut Transmits::default(), packets);
+        assert_eq!(conn.snd_nxt, packets as u64);
+        (conn, now)
+    }
+
+    fn ack_packet(ack: u32, sacks: &[(u32, u32)]) -> (Header, Vec<u8>) {
+        let hdr = Header {
+            flags: if sacks.is_empty() { 0 } else { wire::FLAG_SACK },
+            data_offset: 0,
+            stream_id: 1,
+            recv_window: RECV_WINDOW as u32,
+            seq: 0,
+            ack,
+        };
+        let body = sacks
+            .iter()
+            .flat_map(|(s, e)| s.to_le_bytes().into_iter().chain(e.to_le_bytes()))
+            .collect();
+        (hdr, body)
+    }
+
+    fn feed(conn: &mut Stream, now: Instant, ack: u32, sacks: &[(u32, u32)]) {
+        let (hdr, body) = ack_packet(ack, sacks);
+        conn.on_packet(&hdr, &body, now, &mut Transmits::default());
+        conn.service(now, &mut Transmits::default(), 64);
+        assert_consistent(conn);
+    }
+
+    /// The send-side bookkeeping agrees with itself.
+    fn assert_consistent(conn: &Stream) {
+        assert_eq!(conn.sent.len() as u64, conn.snd_nxt - conn.snd_una);
+        let in_flight = conn
+            .sent
+            .iter()
+            .filter(|p| p.state == SentState::InFlight)
+            .count();
+        assert_eq!(conn.in_flight, in_flight);
+    }
+
+    #[test]
+    fn a_reordered_older_ack_changes_nothing() {
+        let (mut conn, now) = sender_with_in_flight(10);
+        feed(&mut conn, now, 6, &[]);
+        assert_eq!(conn.snd_una, 6);
+        feed(&mut conn, now, 3, &[]); // overtaken by the ack of 6
+        assert_eq!(conn.snd_una, 6);
+        feed(&mut conn, now, 6, &[]); // duplicate
+        assert_eq!(conn.snd_una, 6);
+        feed(&mut conn, now, 10, &[]);
+        assert_eq!((conn.snd_una, conn.in_flight), (10, 0));
+    }
+
+    #[test]
+    fn impossible_acks_and_sacks_are_ignored() {
+        let (mut conn, now) = sender_with_in_flight(10);
+        feed(&mut conn, now, 11, &[]); // acks a packet never sent
+        feed(&mut conn, now, u32::MAX, &[]); // "before" sequence 0
+        feed(&mut conn, now, 1 << 31, &[]); // half the sequence space away
+        assert_eq!(conn.snd_una, 0);
+        // Blocks reversed, empty, beyond what we sent, before the cumulative ack, or wrapping.
+        let sacks = [
+            (5, 2),
+            (4, 4),
+            (9, 4000),
+            (u32::MAX - 3, 2),
+            (1 << 31, 3),
+            (20, 30),
+        ];
+        feed(&mut conn, now, 1, &sacks);
+        assert_eq!(conn.snd_una, 1);
+        feed(&mut conn, now, 0, &[(0, 10)]); // stale ack with a SACK of everything
+        assert!(conn.sent.iter().all(|p| p.state == SentState::Acked));
+        feed(&mut conn, now, 10, &[]);
+        assert_eq!(conn.in_flight, 0);
     }
 }
