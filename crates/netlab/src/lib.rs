@@ -52,7 +52,7 @@ pub use process::LabProcess;
 pub use spec::{HomeSpec, LabSpec, Nat, MAX_DELAY, MAX_HOMES};
 
 /// A binary of this workspace built in the same profile as the running program: next to it
-/// (a binary in target/<profile>/) or one level up (a test in target/<profile>/deps/).
+/// (a binary in `target/<profile>/`) or one level up (a test in `target/<profile>/deps/`).
 pub fn find_binary(name: &str) -> Result<PathBuf, LabError> {
     let exe = std::env::current_exe()?;
     let candidates: Vec<PathBuf> = exe
