@@ -3,7 +3,6 @@
 //! the tunnel's streams share it exactly as Node's hyperdht shares `dht.socket`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -390,22 +389,30 @@ impl DhtNode {
     }
 }
 
-/// Process-wide source of local UDX stream ids. They only need to be unique per socket; a random
-/// start keeps a restarted process from reusing the ids of its previous run while a peer still
-/// has packets in flight for them.
+/// A local UDX stream id: random, so that the ids of later connections cannot be predicted
+/// from an earlier one (whoever knows a stream id can aim packets at that stream). Ids only
+/// need to be unique per socket; a collision with an open stream (odds: open streams / 2^32)
+/// makes `create_stream` fail with `StreamIdInUse` rather than mix two streams.
 pub(crate) fn next_stream_id() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        rand::random::<u32>() | 1,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    NEXT.fetch_add(1, Ordering::Relaxed).max(1)
+    rand::random::<u32>().max(1)
 }
 
 /// Converts a peeroxide address into a socket address.
 pub(crate) fn to_socket_addr(peer: &Ipv4Peer) -> Option<SocketAddr> {
     let ip: Ipv4Addr = peer.host.parse().ok()?;
     (peer.port != 0).then(|| SocketAddr::from((ip, peer.port)))
+}
+
+#[cfg(test)]
+mod stream_id_tests {
+    #[test]
+    fn stream_ids_are_not_sequential() {
+        let ids: Vec<u32> = (0..64).map(|_| super::next_stream_id()).collect();
+        let sequential = ids
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        assert!(sequential < 2, "{ids:?}");
+        assert!(ids.iter().all(|&id| id != 0));
+    }
 }

@@ -182,8 +182,10 @@ impl Pacer {
         if self.tokens >= bytes {
             return Ok(());
         }
-        let wait = (bytes - self.tokens) / rate;
-        Err(now + Duration::from_secs_f64(wait))
+        // Rounded up to whole microseconds: a wait truncated to nanoseconds could come out a
+        // hair short, and a check at that instant would fail again with no time passed.
+        let wait_us = ((bytes - self.tokens) / rate * 1e6).ceil().max(1.0);
+        Err(now + Duration::from_micros(wait_us as u64))
     }
 
     /// Accounts `bytes` as sent.

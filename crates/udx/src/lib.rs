@@ -129,23 +129,18 @@ impl UdxSocket {
         self.core.udp.local_addr()
     }
 
-    /// Sends one datagram now (best effort, like UDP).
+    /// Sends one datagram now (best effort, like UDP: if the kernel's send buffer is full,
+    /// it is dropped).
     pub fn send_to(&self, data: &[u8], addr: SocketAddr) -> io::Result<()> {
         let to = socket::to_socket_family(addr, self.core.v6);
-        match self.core.udp.try_send_to(data, to) {
+        // Straight to the kernel: tokio's `try_send_to` answers WouldBlock from its readiness
+        // cache until the reactor has seen the socket writable once, so on a fresh socket the
+        // datagram would never be tried (the DHT's first bootstrap ping was lost that way).
+        // Waiting in a task per datagram instead would let a burst spawn tasks without bound.
+        match socket2::SockRef::from(&*self.core.udp).send_to(data, &to.into()) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // tokio answers WouldBlock from its readiness cache until the reactor has seen
-                // the socket writable once, so on a fresh socket the datagram was never tried
-                // (the DHT's first bootstrap ping was lost this way and cost a 1 s retry).
-                // Let a task wait for writability instead of dropping it.
-                let udp = Arc::clone(&self.core.udp);
-                let data = data.to_vec();
-                tokio::spawn(async move {
-                    if let Err(e) = udp.send_to(&data, to).await {
-                        tracing::debug!(%to, error = %e, "datagram not sent");
-                    }
-                });
+                tracing::debug!(%to, "socket send buffer full, datagram dropped");
                 Ok(())
             }
             Err(e) => Err(e),
@@ -224,6 +219,8 @@ pub struct StreamStats {
     pub in_flight: usize,
     /// Payload bytes per packet (grows with MTU probing from 1152 to at most 1452).
     pub max_payload: usize,
+    /// Received data packets dropped because they did not fit the receive window we advertise.
+    pub packets_dropped: u64,
 }
 
 /// One reliable stream. Implements `tokio::io::AsyncRead` and `AsyncWrite`.

@@ -421,3 +421,27 @@ async fn packets_from_anyone_but_the_peer_are_ignored() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_spawns_no_task_per_datagram_and_works_on_a_fresh_socket() {
+    let plain = UdpSocket::bind(localhost()).await.unwrap();
+    let a = UdxSocket::bind(localhost()).await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    // A fresh socket, never seen writable by the reactor: before, every one of these went
+    // to a task of its own.
+    for i in 0..500u32 {
+        a.send_to(&i.to_le_bytes(), plain.local_addr().unwrap())
+            .unwrap();
+    }
+    assert!(
+        metrics.num_alive_tasks() <= before + 1,
+        "send_to spawned {} tasks",
+        metrics.num_alive_tasks() - before
+    );
+    let mut buf = [0u8; 8];
+    let (n, _) = within(5, "first datagram", plain.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], &0u32.to_le_bytes());
+}

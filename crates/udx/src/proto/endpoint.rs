@@ -24,16 +24,22 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::stream::{CloseReason, Stream, StreamEvent};
 use super::transmits::Transmits;
-use crate::wire::{Header, FLAG_DESTROY, HEADER_SIZE};
+use crate::wire::{Header, FLAG_DATA, FLAG_DESTROY, FLAG_END, HEADER_SIZE};
 use crate::StreamStats;
 
 /// Packets one stream may send per [`Endpoint::service`] pass, so one busy stream cannot
 /// starve the others and acks keep flowing between bursts.
 pub const SEND_BUDGET: usize = 64;
+/// How long the id of a stream that finished cleanly keeps answering its peer: our last ack
+/// (of the peer's END) may be lost, and the peer then resends until it gets one; without an
+/// answer it would time out after a transfer that in fact completed (TCP's TIME-WAIT).
+const TIME_WAIT: Duration = Duration::from_secs(30);
+/// At most this many finished streams are remembered for that; the oldest go first.
+const MAX_TIME_WAIT: usize = 4096;
 /// [`Endpoint::service`] stops once this many datagrams wait in its transmits, so that they
 /// are sent before more are produced (bounds the queue).
 const FLUSH_THRESHOLD: usize = 128;
@@ -55,6 +61,13 @@ pub enum EndpointEvent {
     },
 }
 
+/// A finished stream's last words: the ack to repeat to its peer.
+struct TimeWait {
+    peer: SocketAddr,
+    ack: Header,
+    until: Instant,
+}
+
 struct Entry {
     stream: Stream,
     /// Relaying to this stream id's peer instead of processing packets.
@@ -69,6 +82,9 @@ pub struct Endpoint {
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     out: Transmits,
     events: VecDeque<EndpointEvent>,
+    time_wait: HashMap<u32, TimeWait>,
+    /// Ids in `time_wait`, oldest first.
+    time_wait_order: VecDeque<u32>,
 }
 
 impl Endpoint {
@@ -82,6 +98,7 @@ impl Endpoint {
         if self.entries.contains_key(&id) {
             return false;
         }
+        self.time_wait.remove(&id);
         self.entries.insert(
             id,
             Entry {
@@ -186,7 +203,7 @@ impl Endpoint {
         };
         let id = h.stream_id;
         let Some(entry) = self.entries.get_mut(&id) else {
-            return false;
+            return self.answer_time_wait(now, from, &h);
         };
         if entry.relay_to.is_some() {
             self.forward(id, data, from);
@@ -203,6 +220,46 @@ impl Endpoint {
             self.wake(id);
         }
         true
+    }
+
+    /// A packet for a stream that finished: repeat its final ack to its peer if the peer
+    /// resends data or its END. Returns false if the id is not (or no longer) in time-wait.
+    fn answer_time_wait(&mut self, now: Instant, from: SocketAddr, h: &Header) -> bool {
+        let id = h.stream_id;
+        let Some(tw) = self.time_wait.get(&id) else {
+            return false;
+        };
+        if tw.until <= now {
+            self.time_wait.remove(&id);
+            return false;
+        }
+        if tw.peer == from && h.flags & (FLAG_DATA | FLAG_END) != 0 {
+            self.out.push_packet(tw.peer, &tw.ack, 0, &[]);
+        }
+        true
+    }
+
+    fn enter_time_wait(&mut self, id: u32, stream: &mut Stream, now: Instant) {
+        let Some((peer, ack)) = stream.final_ack() else {
+            return;
+        };
+        while self.time_wait.len() >= MAX_TIME_WAIT {
+            match self.time_wait_order.pop_front() {
+                Some(old) => self.time_wait.remove(&old),
+                None => break,
+            };
+        }
+        // An id may be in the order queue twice (reused); its entry is removed with the
+        // first, which only shortens that entry's wait.
+        self.time_wait_order.push_back(id);
+        self.time_wait.insert(
+            id,
+            TimeWait {
+                peer,
+                ack,
+                until: now + TIME_WAIT,
+            },
+        );
     }
 
     /// Passes on a packet that arrived for relayed stream `id`.
@@ -311,8 +368,11 @@ impl Endpoint {
                 self.events.push_back(EndpointEvent::Stream(id, ev));
             }
             if stream.is_finished() {
-                if let Some(entry) = self.entries.remove(&id) {
+                if let Some(mut entry) = self.entries.remove(&id) {
                     tracing::trace!(stream = id, stats = ?entry.stream.stats(), "stream finished");
+                    if entry.stream.is_done() {
+                        self.enter_time_wait(id, &mut entry.stream, now);
+                    }
                     self.removed(id, entry.stream);
                 }
                 continue;

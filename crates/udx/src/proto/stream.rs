@@ -64,6 +64,11 @@ const MAX_BACKOFF_SHIFT: u32 = 2;
 const MAX_OUT_OF_ORDER: u64 = 65536;
 /// Packets held for a stream that is registered but not connected yet.
 const MAX_HELD_PACKETS: usize = 256;
+/// And at most this many bytes of them, whatever their size.
+const MAX_HELD_BYTES: usize = 512 * 1024;
+/// Heartbeats (zero-window probes, keepalives) sent without hearing anything back after which
+/// the peer is declared gone: an idle or stalled stream to a dead peer ends in bounded time.
+const MAX_UNANSWERED_HEARTBEATS: u32 = 6;
 /// A dropped-after-shutdown stream waits at most this long for the peer to end too.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lower bound of the tail-loss-probe timeout: the runtime's timers tick in milliseconds and
@@ -140,6 +145,14 @@ pub struct Stream {
     /// `connect_on_first_packet` was called with this remote id.
     connect_on_first: Option<u32>,
     held: Vec<(Bytes, SocketAddr)>,
+    held_bytes: usize,
+    /// Heartbeats sent since the peer was last heard from.
+    unanswered_heartbeats: u32,
+    /// SACK ranges of the ack being processed (kept to avoid an allocation per ack).
+    sack_ranges: Vec<(u64, u64)>,
+    /// Sequence numbers SACK processing visited (its cost, bounded per ack).
+    #[cfg(test)]
+    sack_visits: u64,
     closed: Option<CloseReason>,
     handle_dropped: bool,
     linger_deadline: Option<Instant>,
@@ -147,6 +160,8 @@ pub struct Stream {
     // receive side
     rcv_nxt: u64,
     out_of_order: BTreeMap<u64, (u8, Bytes)>,
+    /// Payload bytes in `out_of_order`.
+    out_of_order_bytes: usize,
     remote_end: Option<u64>,
     eof_delivered: bool,
     read_acc: BytesMut,
@@ -216,11 +231,17 @@ impl Stream {
             remote: None,
             connect_on_first: None,
             held: Vec::new(),
+            held_bytes: 0,
+            unanswered_heartbeats: 0,
+            sack_ranges: Vec::new(),
+            #[cfg(test)]
+            sack_visits: 0,
             closed: None,
             handle_dropped: false,
             linger_deadline: None,
             rcv_nxt: 0,
             out_of_order: BTreeMap::new(),
+            out_of_order_bytes: 0,
             remote_end: None,
             eof_delivered: false,
             read_acc: BytesMut::new(),
@@ -337,6 +358,7 @@ impl Stream {
                 self.set_remote(remote_id, addr);
                 let peer = self.remote.map(|r| r.addr);
                 // Only what the peer sent counts; anyone else's packets were never ours.
+                self.held_bytes = 0;
                 let mut held = std::mem::take(&mut self.held);
                 held.retain(|(_, from)| Some(*from) == peer);
                 held
@@ -364,10 +386,17 @@ impl Stream {
             self.set_remote(remote_id, from);
             return true;
         }
-        if self.held.len() < MAX_HELD_PACKETS {
+        if self.held.len() < MAX_HELD_PACKETS && self.held_bytes + packet.len() <= MAX_HELD_BYTES {
+            self.held_bytes += packet.len();
             self.held.push((Bytes::copy_from_slice(packet), from));
         }
         false
+    }
+
+    /// Received payload bytes this stream holds (in order and out of order) plus those the
+    /// application has not read yet: what the peer's data costs us in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered() + self.out_of_order_bytes
     }
 
     /// Received bytes we hold or the application has not read: what the window is cut by.
@@ -410,6 +439,7 @@ impl Stream {
             return;
         }
         self.stats.packets_received += 1;
+        self.unanswered_heartbeats = 0;
         if hdr.flags & wire::FLAG_HEARTBEAT != 0 {
             // libudx answers probes with an ack and looks at nothing else.
             self.send_ack(out);
@@ -441,6 +471,18 @@ impl Stream {
     }
 
     fn on_data(&mut self, seq: u64, flags: u8, payload: &[u8]) {
+        let new = seq == self.rcv_nxt || !self.out_of_order.contains_key(&seq);
+        let len = if flags & wire::FLAG_DATA != 0 {
+            payload.len()
+        } else {
+            0
+        };
+        if new && self.buffered_bytes() + len > RECV_WINDOW {
+            // Beyond the window we advertised: memory is bounded by what we offer, not by
+            // what a peer sends. Not acknowledged, so an honest sender resends it later.
+            self.stats.packets_dropped += 1;
+            return;
+        }
         if seq == self.rcv_nxt {
             self.deliver(flags, payload);
             self.rcv_nxt += 1;
@@ -450,18 +492,20 @@ impl Stream {
                     break;
                 }
                 let (flags, data) = entry.remove();
+                self.out_of_order_bytes -= data.len();
                 self.deliver(flags, &data);
                 self.rcv_nxt += 1;
             }
         } else if seq - self.rcv_nxt < MAX_OUT_OF_ORDER {
-            self.out_of_order.entry(seq).or_insert_with(|| {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.out_of_order.entry(seq) {
                 let data = if flags & wire::FLAG_DATA != 0 {
                     Bytes::copy_from_slice(payload)
                 } else {
                     Bytes::new()
                 };
-                (flags, data)
-            });
+                self.out_of_order_bytes += data.len();
+                slot.insert((flags, data));
+            }
         }
     }
 
@@ -503,13 +547,29 @@ impl Stream {
         if self.end_seq.is_some_and(|end| self.snd_una > end) {
             self.end_acked = true;
         }
-        for (start, end) in sacks {
+        // At most as many blocks as libudx ever sends, each clipped to what is in flight, and
+        // overlaps visited once: one ack costs at most one walk over the packets in flight,
+        // however many blocks it carries.
+        let mut ranges = std::mem::take(&mut self.sack_ranges);
+        ranges.clear();
+        ranges.extend(sacks.take(wire::MAX_SACKS).filter_map(|(start, end)| {
             let start = wire::unwrap_seq(self.snd_una, start).max(self.snd_una);
             let end = wire::unwrap_seq(self.snd_una, end).min(self.snd_nxt);
-            for s in start..end {
+            (start < end).then_some((start, end))
+        }));
+        ranges.sort_unstable();
+        let mut done = self.snd_una;
+        for &(start, end) in &ranges {
+            for s in start.max(done)..end {
+                #[cfg(test)]
+                {
+                    self.sack_visits += 1;
+                }
                 self.mark_delivered((s - self.snd_una) as usize, now);
             }
+            done = done.max(end);
         }
+        self.sack_ranges = ranges;
     }
 
     /// Accounts the packet at `idx` (relative to `snd_una`) as delivered, once.
@@ -921,6 +981,13 @@ impl Stream {
         self.tlp_in_flight = true;
     }
 
+    /// The ack that answers any retransmission once this stream is done (see
+    /// [`super::Endpoint`]'s time-wait): where to send it and its header.
+    pub(crate) fn final_ack(&mut self) -> Option<(SocketAddr, Header)> {
+        let remote = self.remote?;
+        Some((remote.addr, self.header(0, self.snd_nxt)))
+    }
+
     fn send_ack(&mut self, out: &mut Transmits) {
         let Some(remote) = self.remote else {
             self.ack_needed = true; // sent once connected
@@ -1000,11 +1067,11 @@ impl Stream {
         }
         if self.probe_deadline.is_some_and(|t| t <= now) {
             self.probe_deadline = Some(now + self.rtt.rto() * 2);
-            self.send_control(wire::FLAG_HEARTBEAT, out);
+            self.send_heartbeat(out);
         }
         if self.keepalive_deadline.is_some_and(|t| t <= now) {
             self.keepalive_deadline = None; // re-armed by the next service while still idle
-            self.send_control(wire::FLAG_HEARTBEAT, out);
+            self.send_heartbeat(out);
         }
         if self.linger_deadline.is_some_and(|t| t <= now) {
             tracing::debug!(
@@ -1013,6 +1080,23 @@ impl Stream {
             );
             self.destroy(now, out);
         }
+    }
+
+    /// A heartbeat is answered with an ack; a peer that answers none of several is gone.
+    fn send_heartbeat(&mut self, out: &mut Transmits) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.unanswered_heartbeats >= MAX_UNANSWERED_HEARTBEATS {
+            tracing::debug!(
+                stream = self.local_id,
+                "peer answers no heartbeats, closing stream"
+            );
+            self.close(CloseReason::TimedOut);
+            return;
+        }
+        self.unanswered_heartbeats += 1;
+        self.send_control(wire::FLAG_HEARTBEAT, out);
     }
 
     fn on_rto(&mut self, now: Instant) {
@@ -1104,6 +1188,7 @@ impl Stream {
         self.sent.clear();
         self.retransmit.clear();
         self.out_of_order.clear();
+        self.out_of_order_bytes = 0;
         self.queued.clear();
         self.pending = Bytes::new();
         self.events.push_back(StreamEvent::Closed(reason));
@@ -1196,5 +1281,249 @@ mod tests {
         assert!(conn.sent.iter().all(|p| p.state == SentState::Acked));
         feed(&mut conn, now, 10, &[]);
         assert_eq!(conn.in_flight, 0);
+    }
+
+    fn data_packet(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        Header {
+            flags: wire::FLAG_DATA,
+            data_offset: 0,
+            stream_id: 1,
+            recv_window: RECV_WINDOW as u32,
+            seq,
+            ack: 0,
+        }
+        .write_to(&mut p);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn one_sack_costs_at_most_one_walk_over_the_packets_in_flight() {
+        let (mut conn, now) = sender_with_in_flight(10);
+        // Thousands of blocks, each claiming everything: libudx never sends more than 50.
+        let blocks = vec![(0u32, 10u32); 8000];
+        feed(&mut conn, now, 0, &blocks);
+        assert!(conn.sack_visits <= 10, "{} visits", conn.sack_visits);
+        assert!(conn.sent.iter().all(|p| p.state == SentState::Acked));
+    }
+
+    #[test]
+    fn data_beyond_the_advertised_window_is_dropped() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        let payload = vec![1u8; MAX_PAYLOAD];
+        let mut out = Transmits::default();
+        // Out of order (seq 0 never comes): all of it would sit in memory.
+        for seq in 1..(2 * RECV_WINDOW / MAX_PAYLOAD) as u32 {
+            conn.handle_packet(&data_packet(seq, &payload), now, &mut out);
+            assert!(conn.buffered_bytes() <= RECV_WINDOW);
+        }
+        assert!(conn.stats().packets_dropped > 0);
+        // In order, with an application that reads nothing.
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        for seq in 0..(2 * RECV_WINDOW / MAX_PAYLOAD) as u32 {
+            conn.handle_packet(&data_packet(seq, &payload), now, &mut out);
+            if let Some(chunk) = conn.take_received() {
+                conn.set_unread(conn.unread + chunk.len());
+            }
+            assert!(conn.buffered_bytes() <= RECV_WINDOW);
+        }
+        assert!(conn.stats().packets_dropped > 0);
+    }
+
+    #[test]
+    fn packets_held_before_connect_are_bounded_in_bytes() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        let big = data_packet(0, &vec![0u8; 60_000]);
+        for _ in 0..MAX_HELD_PACKETS {
+            conn.accept_unconnected(&big, PEER.parse().unwrap());
+        }
+        let held: usize = conn.held.iter().map(|(p, _)| p.len()).sum();
+        assert!(held <= MAX_HELD_BYTES, "{held} bytes held");
+    }
+
+    /// Runs the stream's timers for `secs` of virtual time with nobody answering.
+    fn run_silent(conn: &mut Stream, start: Instant, secs: u64) -> Instant {
+        let mut now = start;
+        let mut out = Transmits::default();
+        while conn.closed().is_none() && now < start + Duration::from_secs(secs) {
+            conn.service(now, &mut out, 64);
+            let Some(at) = conn.next_timeout() else { break };
+            now = at.max(now);
+            conn.on_timeout(now, &mut out);
+            while out.pop().is_some() {}
+        }
+        now
+    }
+
+    #[test]
+    fn zero_window_probes_to_a_dead_peer_end_the_stream() {
+        let (mut conn, now) = sender_with_in_flight(4);
+        conn.write(Bytes::from(vec![1u8; 10_000]));
+        // The peer acks everything and closes its window, then goes silent.
+        let (mut hdr, body) = ack_packet(4, &[]);
+        hdr.recv_window = 0;
+        conn.on_packet(&hdr, &body, now, &mut Transmits::default());
+        let end = run_silent(&mut conn, now, 3600);
+        assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
+        assert!(end - now < Duration::from_secs(120), "took {:?}", end - now);
+    }
+
+    #[test]
+    fn keepalives_to_a_dead_peer_end_the_stream() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        conn.set_keepalive(Some(Duration::from_secs(5)));
+        let end = run_silent(&mut conn, now, 3600);
+        assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
+        assert!(end - now < Duration::from_secs(60), "took {:?}", end - now);
+    }
+
+    /// Every internal invariant that must survive any input.
+    fn assert_invariants(c: &Stream) {
+        if c.closed.is_some() {
+            // A closed stream dropped its send state; it only has to stay quiet.
+            assert!(c.sent.is_empty() && c.out_of_order.is_empty());
+            return;
+        }
+        assert_eq!(c.sent.len() as u64, c.snd_nxt - c.snd_una);
+        let in_flight = c
+            .sent
+            .iter()
+            .filter(|p| p.state == SentState::InFlight)
+            .count();
+        assert_eq!(c.in_flight, in_flight);
+        assert!(c
+            .out_of_order
+            .keys()
+            .all(|&k| k > c.rcv_nxt && k - c.rcv_nxt < MAX_OUT_OF_ORDER));
+        let ooo: usize = c.out_of_order.values().map(|(_, d)| d.len()).sum();
+        assert_eq!(c.out_of_order_bytes, ooo);
+        assert!(c.buffered_bytes() <= RECV_WINDOW);
+        assert!(c.held_bytes <= MAX_HELD_BYTES && c.held.len() <= MAX_HELD_PACKETS);
+        assert!(c.retransmit.iter().all(|&s| s < c.snd_nxt));
+    }
+
+    /// SplitMix64, so that every run of the property test below is the same.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Mutates a real packet the way a hostile or broken network might.
+    fn mutate(rng: &mut Rng, mut p: Vec<u8>) -> Vec<u8> {
+        match rng.below(8) {
+            0 if !p.is_empty() => {
+                let i = rng.below(p.len() as u64) as usize;
+                p[i] ^= 1 << rng.below(8);
+            }
+            1 if p.len() >= 20 => {
+                // A field (window, seq or ack) replaced: near its value or anywhere.
+                let at = [8, 12, 16][rng.below(3) as usize];
+                let old = u32::from_le_bytes(p[at..at + 4].try_into().unwrap());
+                let new = if rng.below(2) == 0 {
+                    old.wrapping_add(rng.below(64) as u32).wrapping_sub(32)
+                } else {
+                    rng.next() as u32
+                };
+                p[at..at + 4].copy_from_slice(&new.to_le_bytes());
+            }
+            2 if p.len() >= 4 => p[2] = rng.next() as u8, // flags
+            3 if p.len() >= 4 => p[3] = rng.next() as u8, // data offset
+            4 => p.truncate(rng.below(p.len() as u64 + 1) as usize),
+            5 if p.len() >= 4 => {
+                // SACK blocks appended, sensible or not.
+                p[2] |= wire::FLAG_SACK;
+                for _ in 0..rng.below(100) {
+                    p.extend_from_slice(&(rng.next() as u32 % 64).to_le_bytes());
+                    p.extend_from_slice(&(rng.next() as u32 % 80).to_le_bytes());
+                }
+            }
+            _ => {}
+        }
+        p
+    }
+
+    /// Property test: two streams talk through a channel that drops, duplicates, reorders
+    /// and mutates packets, and injects random ones; nothing panics and every invariant
+    /// holds after every step, for thousands of seeded runs.
+    #[test]
+    fn arbitrary_and_mutated_packet_sequences_never_break_a_stream() {
+        let peer: SocketAddr = PEER.parse().unwrap();
+        for seed in 0..3000u64 {
+            let mut rng = Rng(seed);
+            let start = Instant::now();
+            let mut now = start;
+            let mut a = Stream::new(1, now);
+            let mut b = Stream::new(2, now);
+            a.connect(2, Some(peer));
+            b.connect(1, Some(peer));
+            a.write(Bytes::from(vec![1u8; rng.below(200_000) as usize]));
+            b.write(Bytes::from(vec![2u8; rng.below(20_000) as usize]));
+            let mut wire: Vec<(bool, Vec<u8>)> = Vec::new();
+            for _ in 0..300 {
+                let mut out = Transmits::default();
+                match rng.below(10) {
+                    0 => now += Duration::from_millis(rng.below(2000)),
+                    1 => {
+                        let len = rng.below(1600) as usize;
+                        let mut p: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                        if p.len() >= 2 && rng.below(2) == 0 {
+                            (p[0], p[1]) = (wire::MAGIC, wire::VERSION);
+                        }
+                        wire.push((rng.below(2) == 0, p));
+                    }
+                    2 => a.shutdown(),
+                    3 => {
+                        // The application takes what arrived and reads some of it.
+                        let taken = b.take_received().map_or(0, |c| c.len());
+                        let unread = b.unread + taken;
+                        b.set_unread(unread - rng.below(unread as u64 + 1) as usize);
+                    }
+                    _ => {}
+                }
+                for (to_b, conn) in [(false, &mut a), (true, &mut b)] {
+                    conn.on_timeout(now, &mut out);
+                    conn.service(now, &mut out, 64);
+                    while let Some((_, p)) = out.pop() {
+                        wire.push((to_b, p));
+                    }
+                    assert_invariants(conn);
+                }
+                // Deliver a random selection, in random order, some twice, some mutated.
+                let n = rng.below(wire.len() as u64 + 1) as usize;
+                for _ in 0..n {
+                    let i = rng.below(wire.len() as u64) as usize;
+                    let (to_b, p) = if rng.below(4) == 0 {
+                        wire[i].clone()
+                    } else {
+                        wire.swap_remove(i)
+                    };
+                    let p = if rng.below(3) == 0 {
+                        mutate(&mut rng, p)
+                    } else {
+                        p
+                    };
+                    let conn = if to_b { &mut b } else { &mut a };
+                    conn.handle_packet(&p, now, &mut out);
+                    assert_invariants(conn);
+                }
+                wire.truncate(2000);
+            }
+        }
     }
 }
