@@ -1,135 +1,317 @@
-//! Congestion control: a loss-based window (slow start, additive increase, multiplicative
-//! decrease with CUBIC's β = 0.7, one reduction per recovery episode) combined with a pacer.
+//! Congestion control: BBR (v1, as libudx runs it since its PR #256), with a pacer.
 //!
-//! libudx runs BBR; congestion control is sender-local policy, not wire format, so a simpler
-//! controller interoperates just as well. The pacer spreads each window over the RTT so the
-//! sender does not dump a whole window into one socket buffer, while still sending in bursts
-//! (a token bucket refilled from nanosecond-precise elapsed time, deep enough to cover the
-//! ~1 ms granularity of the runtime's timers) so pacing never becomes the bottleneck.
+//! BBR models the path instead of reacting to loss: it measures the bottleneck bandwidth
+//! (the highest delivery rate of the last ten round trips) and the round-trip propagation
+//! time (the lowest RTT seen), and sends at that rate with at most two bandwidth-delay
+//! products in flight. Random loss does not change either estimate, so a path that loses a
+//! few percent of its packets keeps its rate (a loss-based window is cut on every loss and
+//! caps near 1.22 * MSS / (RTT * sqrt(p))), and the queue it builds stays below one BDP.
+//!
+//! - Startup doubles the rate each round (gain 2/ln 2) until the bandwidth stops growing by
+//!   25 % for three rounds; Drain then empties the queue Startup built.
+//! - ProbeBw cycles the pacing gain through 1.25, 0.75 and six rounds of 1: it probes for
+//!   more bandwidth, drains what the probe queued, and cruises. Flows sharing a bottleneck
+//!   converge to fair shares because each probe takes from the others' measured maximum.
+//! - A retransmission timeout means the path may be gone: the window restarts small.
+//!
+//! Congestion control is sender-local policy, not wire format, so this interoperates with
+//! any UDX peer. The pacer spreads sending at the model's rate while still sending in short
+//! bursts (a token bucket refilled from nanosecond-precise elapsed time, deep enough to
+//! cover the ~1 ms granularity of the runtime's timers).
 
 use std::time::{Duration, Instant};
 
 /// Initial window in packets (libudx: 10).
-pub const INITIAL_WINDOW: f64 = 10.0;
+pub const INITIAL_WINDOW: usize = 10;
 /// The window never drops below this many packets.
-const MIN_WINDOW: f64 = 4.0;
-/// Upper bound so a long, loss-free run cannot grow the window without limit.
-const MAX_WINDOW: f64 = 65536.0;
-/// Multiplicative decrease on loss.
-const BETA: f64 = 0.7;
+const MIN_WINDOW: usize = 4;
+/// Upper bound of the window.
+const MAX_WINDOW: usize = 65536;
+/// Startup's gain: the smallest that doubles the delivery rate every round (2 / ln 2).
+const STARTUP_GAIN: f64 = 2.885;
+/// The window in ProbeBw: two BDPs absorb delayed and stretched acks.
+const CWND_GAIN: f64 = 2.0;
+/// ProbeBw's pacing gains, one per min-RTT phase.
+const PROBE_BW_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// The RTT a BDP is computed from is at least this: the receiver acks once per received
+/// burst and the runtime's timers tick in milliseconds, so on loopback and LANs a window of
+/// bandwidth x (microsecond) min RTT would starve the sender between acks.
+const MIN_BDP_RTT: Duration = Duration::from_millis(2);
+/// Rounds over which the bandwidth maximum is kept.
+const BW_WINDOW_ROUNDS: u64 = 10;
+/// Startup ends after this many rounds without 25 % more bandwidth.
+const FULL_BW_ROUNDS: u32 = 3;
 
-/// Loss-based congestion window in packets.
-#[derive(Debug, Clone)]
-pub struct Congestion {
-    cwnd: f64,
-    ssthresh: f64,
-    /// While the cumulative ack is below this sequence we are repairing one loss episode:
-    /// further losses of packets sent before it do not reduce the window again.
-    recovery_end: Option<u64>,
-    /// The episode is a fast recovery (window held) rather than an RTO (slow start).
-    fast_recovery: bool,
+/// What a packet remembers of the delivery state when it was sent, to measure the delivery
+/// rate when it is acknowledged (the method of draft-cheng-iccrg-delivery-rate-estimation).
+#[derive(Debug, Clone, Copy)]
+pub struct SendStamp {
+    delivered: u64,
+    delivered_time: Instant,
+    first_sent_time: Instant,
+    app_limited: bool,
 }
 
-impl Default for Congestion {
-    fn default() -> Self {
-        Congestion {
-            cwnd: INITIAL_WINDOW,
-            ssthresh: f64::INFINITY,
-            recovery_end: None,
-            fast_recovery: false,
+/// One delivery-rate measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct RateSample {
+    /// Packets per second delivered over the sample's interval.
+    pub rate: f64,
+    /// The sample was taken while the application, not the network, limited sending.
+    pub app_limited: bool,
+    /// `delivered` when the packet was sent: a round trip ends when a packet sent after the
+    /// previous round's end is acknowledged.
+    pub prior_delivered: u64,
+}
+
+/// Delivery-rate sampling of one stream.
+#[derive(Debug, Clone)]
+pub struct DeliveryRate {
+    delivered: u64,
+    delivered_time: Instant,
+    first_sent_time: Instant,
+    /// Samples are app-limited until `delivered` passes this.
+    app_limited_until: u64,
+    /// The newest packet acknowledged in the current batch: (stamp, time it was sent).
+    best: Option<(SendStamp, Instant)>,
+}
+
+impl DeliveryRate {
+    /// Sampling that starts at `now`.
+    pub fn new(now: Instant) -> DeliveryRate {
+        DeliveryRate {
+            delivered: 0,
+            delivered_time: now,
+            first_sent_time: now,
+            app_limited_until: 0,
+            best: None,
         }
     }
+
+    /// Packets delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// A packet goes out at `now` with `in_flight` packets already in flight.
+    pub fn on_send(&mut self, now: Instant, in_flight: usize) -> SendStamp {
+        if in_flight == 0 {
+            // After an idle period the interval starts now, not at the last ack.
+            self.first_sent_time = now;
+            self.delivered_time = now;
+        }
+        SendStamp {
+            delivered: self.delivered,
+            delivered_time: self.delivered_time,
+            first_sent_time: self.first_sent_time,
+            app_limited: self.app_limited_until > self.delivered,
+        }
+    }
+
+    /// The sender ran out of data with room in its window: samples until what is in flight
+    /// now is delivered measure the application, not the path.
+    pub fn on_app_limited(&mut self, in_flight: usize) {
+        self.app_limited_until = (self.delivered + in_flight as u64).max(1);
+    }
+
+    /// The packet stamped `stamp`, sent at `time_sent`, was delivered at `now`.
+    pub fn on_delivered(&mut self, stamp: SendStamp, time_sent: Instant, now: Instant) {
+        self.delivered += 1;
+        self.delivered_time = now;
+        if self
+            .best
+            .is_none_or(|(b, _)| stamp.delivered >= b.delivered)
+        {
+            self.best = Some((stamp, time_sent));
+            self.first_sent_time = time_sent;
+        }
+    }
+
+    /// The sample of the acks processed since the last call.
+    pub fn take_sample(&mut self) -> Option<RateSample> {
+        let (stamp, time_sent) = self.best.take()?;
+        let send_elapsed = time_sent.saturating_duration_since(stamp.first_sent_time);
+        let ack_elapsed = self
+            .delivered_time
+            .saturating_duration_since(stamp.delivered_time);
+        // The slower of the two: acks that bunch up must not inflate the rate.
+        let interval = send_elapsed.max(ack_elapsed).max(Duration::from_micros(1));
+        let packets = self.delivered - stamp.delivered;
+        Some(RateSample {
+            rate: packets as f64 / interval.as_secs_f64(),
+            app_limited: stamp.app_limited,
+            prior_delivered: stamp.delivered,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Startup,
+    Drain,
+    ProbeBw { phase: usize, since: Instant },
+}
+
+/// BBR's model of the path and its window and pacing rate (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Congestion {
+    mode: Mode,
+    /// Bandwidth maxima of recent rounds, packets per second: (round, max).
+    bw_samples: Vec<(u64, f64)>,
+    round: u64,
+    next_round_delivered: u64,
+    full_bw: f64,
+    full_bw_rounds: u32,
+    min_rtt: Option<Duration>,
+    cwnd: usize,
+    /// After a timeout the window restarts small and grows back with acks.
+    recovering: bool,
+    /// Spreads the ProbeBw phases of flows that start together.
+    phase_seed: usize,
 }
 
 impl Congestion {
+    /// A controller in Startup; `phase_seed` picks where its ProbeBw cycle starts.
+    pub fn new(phase_seed: u32) -> Congestion {
+        Congestion {
+            mode: Mode::Startup,
+            bw_samples: Vec::new(),
+            round: 0,
+            next_round_delivered: 0,
+            full_bw: 0.0,
+            full_bw_rounds: 0,
+            min_rtt: None,
+            cwnd: INITIAL_WINDOW,
+            recovering: false,
+            phase_seed: phase_seed as usize,
+        }
+    }
+
     /// Current window in packets.
     pub fn window(&self) -> usize {
-        self.cwnd as usize
+        self.cwnd
     }
 
-    /// True while the window grows exponentially.
-    pub fn in_slow_start(&self) -> bool {
-        self.cwnd < self.ssthresh
+    /// Estimated bottleneck bandwidth in packets per second (0 before any sample).
+    pub fn bandwidth(&self) -> f64 {
+        self.bw_samples.iter().map(|(_, b)| *b).fold(0.0, f64::max)
     }
 
-    /// `acked` packets were newly delivered; `snd_una` is the new cumulative ack.
-    /// `cwnd_limited` says whether the sender was actually using the window: growing it while
-    /// the application is the bottleneck would only build up a burst for later.
-    /// `queue_building` says the RTT shows a standing queue on the path (see
-    /// [`queue_building`]): then the window stops growing (and slow start ends) before the
-    /// queue overflows into losses.
-    pub fn on_acked(
+    fn bdp(&self) -> Option<f64> {
+        let bw = self.bandwidth();
+        let rtt = self.min_rtt?.max(MIN_BDP_RTT);
+        (bw > 0.0).then_some(bw * rtt.as_secs_f64())
+    }
+
+    fn pacing_gain(&self) -> f64 {
+        match self.mode {
+            Mode::Startup => STARTUP_GAIN,
+            Mode::Drain => 1.0 / STARTUP_GAIN,
+            Mode::ProbeBw { phase, .. } => PROBE_BW_GAINS[phase],
+        }
+    }
+
+    /// An ack batch was processed: `acked` packets newly delivered, `sample` its delivery
+    /// rate, `min_rtt` the path's lowest RTT, `in_flight` what is still out.
+    pub fn on_ack(
         &mut self,
+        now: Instant,
         acked: usize,
-        snd_una: u64,
-        cwnd_limited: bool,
-        queue_building: bool,
+        sample: Option<RateSample>,
+        delivered: u64,
+        min_rtt: Duration,
+        in_flight: usize,
     ) {
-        if let Some(end) = self.recovery_end {
-            if snd_una >= end {
-                self.recovery_end = None;
-            } else if self.fast_recovery {
-                // Hold the reduced window until the episode is repaired. After a timeout,
-                // however, slow start must run right away or the repair itself crawls.
-                return;
+        if min_rtt != Duration::MAX {
+            self.min_rtt = Some(min_rtt);
+        }
+        let Some(sample) = sample else { return };
+        let round_start = sample.prior_delivered >= self.next_round_delivered;
+        if round_start {
+            self.next_round_delivered = delivered;
+            self.round += 1;
+        }
+        // App-limited samples only count when they show more than we knew.
+        if !sample.app_limited || sample.rate > self.bandwidth() {
+            match self.bw_samples.last_mut() {
+                Some((r, b)) if *r == self.round => *b = b.max(sample.rate),
+                _ => self.bw_samples.push((self.round, sample.rate)),
             }
         }
-        if !cwnd_limited || acked == 0 {
-            return;
-        }
-        if queue_building {
-            self.ssthresh = self.ssthresh.min(self.cwnd);
-            return;
-        }
-        let acked = acked as f64;
-        if self.cwnd < self.ssthresh {
-            self.cwnd += acked;
-        } else {
-            self.cwnd += acked / self.cwnd;
-        }
-        self.cwnd = self.cwnd.min(MAX_WINDOW);
-    }
+        let oldest = self.round.saturating_sub(BW_WINDOW_ROUNDS);
+        self.bw_samples.retain(|(r, _)| *r > oldest);
 
-    /// Losses were detected; `snd_nxt` is the next sequence number to be sent. All losses of
-    /// the packets already sent count as one event.
-    pub fn on_loss(&mut self, snd_nxt: u64) {
-        if self.recovery_end.is_some() {
-            return;
+        if round_start && self.mode == Mode::Startup && !sample.app_limited {
+            let bw = self.bandwidth();
+            if bw >= self.full_bw * 1.25 {
+                self.full_bw = bw;
+                self.full_bw_rounds = 0;
+            } else {
+                self.full_bw_rounds += 1;
+                if self.full_bw_rounds >= FULL_BW_ROUNDS {
+                    self.mode = Mode::Drain;
+                }
+            }
         }
-        self.ssthresh = (self.cwnd * BETA).max(MIN_WINDOW);
-        self.cwnd = self.ssthresh;
-        self.recovery_end = Some(snd_nxt);
-        self.fast_recovery = true;
+        if self.mode == Mode::Drain && self.bdp().is_none_or(|bdp| in_flight as f64 <= bdp) {
+            self.mode = Mode::ProbeBw {
+                phase: (self.phase_seed % (PROBE_BW_GAINS.len() - 1)) + 1,
+                since: now,
+            };
+        }
+        if let Mode::ProbeBw { phase, since } = self.mode {
+            let rtt = self.min_rtt.unwrap_or(Duration::from_millis(100));
+            // Probing lasts until the probe had its effect (a round and a queue's worth in
+            // flight), draining until the queue is gone; cruising one min RTT per phase.
+            let bdp = self.bdp().unwrap_or(0.0);
+            let next = match PROBE_BW_GAINS[phase] {
+                g if g > 1.0 => now - since >= rtt && in_flight as f64 >= bdp * g,
+                g if g < 1.0 => now - since >= rtt || in_flight as f64 <= bdp,
+                _ => now - since >= rtt,
+            };
+            if next {
+                self.mode = Mode::ProbeBw {
+                    phase: (phase + 1) % PROBE_BW_GAINS.len(),
+                    since: now,
+                };
+            }
+        }
+
+        let gain = match self.mode {
+            Mode::Startup | Mode::Drain => STARTUP_GAIN,
+            Mode::ProbeBw { .. } => CWND_GAIN,
+        };
+        let target = self.bdp().map_or(MAX_WINDOW, |bdp| {
+            ((bdp * gain) as usize + 3).clamp(MIN_WINDOW, MAX_WINDOW)
+        });
+        if self.recovering || self.mode == Mode::Startup {
+            // Grow by what was delivered, up to the target (slow-start speed).
+            self.cwnd = (self.cwnd + acked).min(target.max(INITIAL_WINDOW));
+            if self.cwnd >= target {
+                self.recovering = false;
+            }
+        } else {
+            self.cwnd = target;
+        }
     }
 
     /// The retransmission timer fired: the path may be gone, restart from a small window.
-    pub fn on_rto(&mut self, snd_nxt: u64) {
-        self.ssthresh = (self.cwnd * 0.5).max(MIN_WINDOW);
+    pub fn on_rto(&mut self) {
         self.cwnd = MIN_WINDOW;
-        self.recovery_end = Some(snd_nxt);
-        self.fast_recovery = false;
+        self.recovering = true;
     }
 
     /// Pacing rate in bytes per second for the given packet size and smoothed RTT.
     pub fn pacing_rate(&self, mss: usize, srtt: Duration) -> f64 {
-        // Like Linux: pace at twice the window rate while probing, 1.25x afterwards, so the
-        // pacer keeps up with a growing window and acks, not the pacer, clock the sender.
-        let gain = if self.in_slow_start() { 2.0 } else { 1.25 };
-        let srtt = srtt.as_secs_f64().max(1e-6);
-        gain * self.cwnd * mss as f64 / srtt
+        let bw = self.bandwidth();
+        let bw = if bw > 0.0 {
+            bw
+        } else {
+            // No measurement yet: the initial window per RTT.
+            self.cwnd as f64 / srtt.as_secs_f64().max(1e-6)
+        };
+        self.pacing_gain() * bw * mss as f64
     }
-}
-
-/// Queueing delay beyond which the window stops growing, on top of twice the minimum RTT.
-const QUEUE_DELAY_LIMIT: Duration = Duration::from_millis(10);
-
-/// True when the smoothed RTT exceeds twice the path's minimum by more than 10 ms: packets
-/// are sitting in a buffer (typically the receiver's socket buffer, or a bloated router
-/// queue) and more window would only add delay and, once it overflows, losses that cost
-/// the receiver extra work. Generous enough that scheduling jitter on a busy machine and
-/// ordinary RTT variation on internet paths do not trigger it.
-pub fn queue_building(srtt: Duration, min_rtt: Duration) -> bool {
-    min_rtt != Duration::MAX && srtt > min_rtt * 2 + QUEUE_DELAY_LIMIT
 }
 
 /// How long a burst may be: covers late timer wakeups (tokio timers have 1 ms granularity).
@@ -200,30 +382,52 @@ impl Pacer {
 mod tests {
     use super::*;
 
+    /// A sender `secs` long on a path whose bottleneck passes `bw` packets per second, with
+    /// `rtt`: packets leave at the bottleneck's pace while the window allows, and each is
+    /// acknowledged one RTT after it left.
+    fn run(
+        c: &mut Congestion,
+        rate: &mut DeliveryRate,
+        t: &mut Instant,
+        secs: f64,
+        bw: f64,
+        rtt: Duration,
+    ) {
+        let mut flight: std::collections::VecDeque<(Instant, SendStamp)> = Default::default();
+        let end = *t + Duration::from_secs_f64(secs);
+        let mut next_send = *t;
+        while *t < end {
+            let ack_at = flight.front().map(|(sent, _)| *sent + rtt);
+            if flight.len() < c.window() && ack_at.is_none_or(|a| next_send <= a) {
+                *t = next_send.max(*t);
+                flight.push_back((*t, rate.on_send(*t, flight.len())));
+                next_send = *t + Duration::from_secs_f64(1.0 / bw);
+            } else if let Some((sent, stamp)) = flight.pop_front() {
+                *t = sent + rtt;
+                rate.on_delivered(stamp, sent, *t);
+                let sample = rate.take_sample();
+                c.on_ack(*t, 1, sample, rate.delivered(), rtt, flight.len());
+            }
+        }
+    }
+
     #[test]
-    fn slow_start_then_one_reduction_per_episode() {
-        let mut c = Congestion::default();
-        c.on_acked(10, 10, true, false);
-        assert_eq!(c.window(), 20);
-        c.on_acked(10, 20, false, false); // app-limited: no growth
-        assert_eq!(c.window(), 20);
-        c.on_loss(100);
-        assert_eq!(c.window(), 14);
-        c.on_loss(120); // same episode
-        assert_eq!(c.window(), 14);
-        c.on_acked(5, 50, true, false); // still recovering
-        assert_eq!(c.window(), 14);
-        c.on_acked(14, 100, true, false); // recovery over, congestion avoidance
-        assert_eq!(c.window(), 15);
-        c.on_rto(200);
-        assert_eq!(c.window(), MIN_WINDOW as usize);
-        c.on_acked(4, 150, true, false); // slow start resumes at once after a timeout
-        assert_eq!(c.window(), 8);
-        c.on_loss(220); // a loss from before the timeout does not cut again
-        assert_eq!(c.window(), 8);
-        c.on_acked(8, 230, true, true); // a standing queue: no growth, slow start over
-        assert_eq!(c.window(), 8);
-        assert!(!c.in_slow_start());
+    fn finds_the_bottleneck_and_keeps_two_bdp_in_flight() {
+        let mut t = Instant::now();
+        let mut c = Congestion::new(0);
+        let mut rate = DeliveryRate::new(t);
+        let rtt = Duration::from_millis(100);
+        run(&mut c, &mut rate, &mut t, 10.0, 1000.0, rtt);
+        let bw = c.bandwidth();
+        assert!((800.0..=1200.0).contains(&bw), "bandwidth {bw}");
+        assert!(matches!(c.mode, Mode::ProbeBw { .. }), "{:?}", c.mode);
+        // 2 x 100 packets of BDP, plus a few.
+        assert!((150..=260).contains(&c.window()), "window {}", c.window());
+        // Losses do not touch the model; a timeout restarts small and recovers.
+        c.on_rto();
+        assert_eq!(c.window(), MIN_WINDOW);
+        run(&mut c, &mut rate, &mut t, 2.0, 1000.0, rtt);
+        assert!(c.window() >= 150, "window {}", c.window());
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod sim;
 
 use std::time::Duration;
 
-use sim::{FlowSpec, LinkConfig, Rng, Scenario};
+use sim::{FlowSpec, LinkConfig, Outcome, Rng, Scenario};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -207,5 +207,108 @@ fn a_slow_reader_is_never_sent_more_than_its_window() {
     assert!(
         b.max_buffered > udx::proto::RECV_WINDOW / 2,
         "the window was never filled"
+    );
+}
+
+/// Loss x RTT on a 100 Mbit/s path with a 1 MB queue (loss both ways): the time a verified
+/// 10 MiB takes. Prints the table of docs/transport.md (`-- --nocapture` to see it).
+#[test]
+fn table_of_ten_mib_under_loss_and_rtt() {
+    let size = 10 << 20;
+    println!("| loss \\ RTT | 10 ms | 100 ms | 300 ms |\n|---|---|---|---|");
+    for loss in [0.0, 0.01, 0.05, 0.10] {
+        let mut row = format!("| {:.0} % |", loss * 100.0);
+        for rtt_ms in [10u32, 100, 300] {
+            let link = LinkConfig {
+                delay: MS * rtt_ms / 2,
+                loss,
+                rate: Some(12_500_000.0),
+                queue: 1 << 20,
+                ..Default::default()
+            };
+            let out = Scenario {
+                seed: 0x7ab1e ^ u64::from(rtt_ms) ^ (loss * 1000.0) as u64,
+                ab: link.clone(),
+                ba: link,
+                path_change: None,
+                flows: vec![FlowSpec::new(1, 2, size, 0)],
+                deadline: Duration::from_secs(3600),
+            }
+            .run();
+            let took = out.flows[0].1.completed_at.unwrap();
+            row += &format!(
+                " {:.1} s, {:.2} MB/s |",
+                took.as_secs_f64(),
+                mbps(size, took)
+            );
+        }
+        println!("{row}");
+    }
+}
+/// Two flows through one bottleneck, started together, share it fairly.
+#[test]
+fn two_flows_share_a_bottleneck_fairly() {
+    let link = LinkConfig {
+        delay: MS * 20,
+        rate: Some(5_000_000.0),
+        queue: 128 * 1024,
+        ..Default::default()
+    };
+    let size = 8 << 20;
+    let out: Outcome = Scenario {
+        seed: 0xfa1,
+        ab: link.clone(),
+        ba: link,
+        path_change: None,
+        flows: vec![FlowSpec::new(1, 2, size, 0), FlowSpec::new(3, 4, size, 0)],
+        deadline: Duration::from_secs(600),
+    }
+    .run();
+    let t1 = out.flows[0].1.completed_at.unwrap();
+    let t2 = out.flows[1].1.completed_at.unwrap();
+    let slow = t1.max(t2);
+    // While both ran (until the first one finished), each got its share: Jain's fairness
+    // index of the two byte counts then (1 = equal, 0.5 = one took everything).
+    let (x, y) = (
+        out.received_at_first_finish[0] as f64,
+        out.received_at_first_finish[1] as f64,
+    );
+    let jain = (x + y).powi(2) / (2.0 * (x * x + y * y));
+    println!("two flows: {t1:?} and {t2:?}; bytes when the first finished: {x} / {y}, Jain index {jain:.3}");
+    assert!(jain >= 0.9, "unfair: {x} vs {y} bytes (Jain {jain:.3})");
+    // And together they use the bottleneck: 16 MiB at 5 MB/s takes 3.4 s at best.
+    assert!(slow < Duration::from_secs(6), "slow: {slow:?}");
+}
+
+/// 5 % random loss both ways at 100 ms RTT: a loss-based window caps near
+/// 1.22 * MSS / (RTT * sqrt(p)) = 63 KB/s; BBR treats random loss as noise.
+#[test]
+fn random_loss_does_not_collapse_the_rate() {
+    let link = LinkConfig {
+        delay: MS * 50,
+        loss: 0.05,
+        rate: Some(12_500_000.0),
+        queue: 1 << 20,
+        ..Default::default()
+    };
+    let size = 10 << 20;
+    let out = Scenario {
+        seed: 0xb6b,
+        ab: link.clone(),
+        ba: link,
+        path_change: None,
+        flows: vec![FlowSpec::new(1, 2, size, 0)],
+        deadline: Duration::from_secs(600),
+    }
+    .run();
+    let took = out.flows[0].1.completed_at.unwrap();
+    let rate = mbps(size, took);
+    let loss_based_cap = 1.22 * 1152.0 / (0.1 * 0.05f64.sqrt()) / 1e6;
+    println!(
+        "5 % loss, 100 ms: {took:?}, {rate:.2} MB/s (loss-based cap {loss_based_cap:.3} MB/s)"
+    );
+    assert!(
+        rate > 10.0 * loss_based_cap,
+        "{rate:.3} MB/s is not well above the loss-based {loss_based_cap:.3} MB/s"
     );
 }

@@ -25,11 +25,12 @@
 //! // when ep.poll_timeout() is reached: ep.handle_timeout(now)
 //! ep.service(now, |_id, _stream| { /* exchange data with the application */ });
 //! while let Some((to, datagram)) = ep.transmits().pop() {
-//!     // send `datagram` to `to`
-//!     # let _ = (to, datagram);
+//!     println!("send {} bytes to {to}", datagram.len());
 //! }
 //! while let Some(ev) = ep.poll_event() {
-//!     if let EndpointEvent::Removed { id, .. } = ev { /* id is free again */ # let _ = id; }
+//!     if let EndpointEvent::Removed { id, .. } = ev {
+//!         println!("stream {id} is gone, its id is free again");
+//!     }
 //! }
 //! ```
 
@@ -40,7 +41,7 @@ mod transmits;
 use std::net::SocketAddr;
 
 pub use endpoint::{Endpoint, EndpointEvent, SEND_BUDGET};
-pub use stream::{CloseReason, Remote, Stream, StreamEvent, RECV_WINDOW};
+pub use stream::{CloseReason, Remote, Stream, StreamEvent, MAX_BUFFERED, RECV_WINDOW};
 pub use transmits::Transmits;
 
 /// Reports v4-mapped IPv6 sources as plain IPv4, as libudx does.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::transmits::Transmits;
-use crate::congestion::{self, Congestion, Pacer};
+use crate::congestion::{Congestion, DeliveryRate, Pacer, SendStamp};
 use crate::rtt::RttEstimator;
 use crate::wire::{self, Header};
 use crate::StreamStats;
@@ -47,6 +47,9 @@ pub enum StreamEvent {
 
 /// Receive window we advertise (libudx's default `recv_rwnd_max`).
 pub const RECV_WINDOW: usize = 4 << 20;
+/// Most received bytes a stream ever holds: the window plus one packet (the largest UDP
+/// payload), see [`Stream::buffered_bytes`].
+pub const MAX_BUFFERED: usize = RECV_WINDOW + 65536;
 /// Payload per packet at libudx's base MTU of 1200 (minus IPv4 + UDP + UDX headers), which
 /// every path that carries UDX at all must carry.
 const BASE_PAYLOAD: usize = 1200 - 48;
@@ -97,6 +100,8 @@ struct Sent {
     state: SentState,
     /// MTU-probe padding this packet carries (0 for normal packets).
     padding: u8,
+    /// Delivery state when it was (last) sent, for the delivery rate.
+    stamp: SendStamp,
 }
 
 /// Path MTU discovery, libudx style: a full data packet is padded (data offset, at most 255
@@ -190,11 +195,11 @@ pub struct Stream {
     end_acked: bool,
     acked_bytes: usize,
     newly_acked: usize,
-    cwnd_limited: bool,
     payload: usize,
     mtu: MtuState,
 
     rtt: RttEstimator,
+    rate: DeliveryRate,
     cc: Congestion,
     pacer: Pacer,
     /// Send time and sequence of the most recently sent packet known delivered (RACK).
@@ -264,11 +269,11 @@ impl Stream {
             end_acked: false,
             acked_bytes: 0,
             newly_acked: 0,
-            cwnd_limited: false,
             payload: BASE_PAYLOAD,
             mtu: next_probe(BASE_PAYLOAD, MAX_PAYLOAD),
             rtt: RttEstimator::default(),
-            cc: Congestion::default(),
+            rate: DeliveryRate::new(now),
+            cc: Congestion::new(local_id),
             pacer: Pacer::new(now),
             rack: None,
             rack_rtt: Duration::ZERO,
@@ -477,7 +482,15 @@ impl Stream {
         } else {
             0
         };
-        if new && self.buffered_bytes() + len > RECV_WINDOW {
+        // The packet that fills the hole at `rcv_nxt` may go one packet over, or a window
+        // filled with out-of-order data (which we SACKed, so the sender will not resend it)
+        // could never be released.
+        let limit = if seq == self.rcv_nxt {
+            MAX_BUFFERED
+        } else {
+            RECV_WINDOW
+        };
+        if new && self.buffered_bytes() + len > limit {
             // Beyond the window we advertised: memory is bounded by what we offer, not by
             // what a peer sends. Not acknowledged, so an honest sender resends it later.
             self.stats.packets_dropped += 1;
@@ -587,6 +600,7 @@ impl Stream {
         pkt.state = SentState::Acked;
         let data = std::mem::take(&mut pkt.data);
         let (time_sent, retransmitted, padding) = (pkt.time_sent, pkt.retransmitted, pkt.padding);
+        self.rate.on_delivered(pkt.stamp, time_sent, now);
         self.newly_acked += 1;
         self.acked_bytes += data.len();
         self.loss_check_needed = true;
@@ -662,17 +676,15 @@ impl Stream {
             self.rtt.on_sample(rtt);
         }
         if self.newly_acked > 0 {
-            // Grow only a window that is in use: either sending stopped at it since the last
-            // ack, or at least half of it was in flight.
-            let used =
-                self.cwnd_limited || 2 * (self.in_flight + self.newly_acked) >= self.cc.window();
-            self.cwnd_limited = false;
-            let queue = self
-                .rtt
-                .srtt()
-                .is_some_and(|s| congestion::queue_building(s, self.rtt.min_rtt()));
-            self.cc
-                .on_acked(self.newly_acked, self.snd_una, used, queue);
+            let sample = self.rate.take_sample();
+            self.cc.on_ack(
+                now,
+                self.newly_acked,
+                sample,
+                self.rate.delivered(),
+                self.rtt.min_rtt(),
+                self.in_flight,
+            );
             self.newly_acked = 0;
             self.rto_timeouts = 0;
             self.rto_deadline = (self.snd_una < self.snd_nxt).then(|| now + self.rtt.rto());
@@ -736,8 +748,8 @@ impl Stream {
         }
         self.loss_deadline = next;
         if lost > 0 {
+            // BBR's model does not change on loss: random loss is not congestion.
             tracing::trace!(stream = self.local_id, lost, "packets lost");
-            self.cc.on_loss(self.snd_nxt);
         }
     }
 
@@ -842,7 +854,6 @@ impl Stream {
                     continue;
                 }
                 if self.in_flight >= self.cc.window() {
-                    self.cwnd_limited = true;
                     break;
                 }
                 let idx = (seq - self.snd_una) as usize;
@@ -853,10 +864,12 @@ impl Stream {
                 }
                 self.retransmit.pop_front();
                 let hdr = self.header(self.sent[idx].flags, seq);
+                let stamp = self.rate.on_send(now, self.in_flight);
                 let pkt = &mut self.sent[idx];
                 pkt.state = SentState::InFlight;
                 pkt.retransmitted = true;
                 pkt.time_sent = now;
+                pkt.stamp = stamp;
                 out.push_packet(remote.addr, &hdr, 0, &pkt.data);
                 self.in_flight += 1;
                 self.pacer.on_sent(len);
@@ -869,14 +882,19 @@ impl Stream {
 
             self.refill_pending();
             if self.pending.is_empty() && !(self.end_requested && self.end_seq.is_none()) {
+                if self.in_flight < self.cc.window() {
+                    self.rate.on_app_limited(self.in_flight);
+                }
                 break;
             }
             let rwnd_packets = match self.send_rwnd as usize {
                 0 => 0,
                 w => (w / self.payload).max(1),
             };
-            if self.in_flight >= self.cc.window().min(rwnd_packets) {
-                self.cwnd_limited |= self.in_flight >= self.cc.window();
+            // The peer's window counts from its cumulative ack: packets we gave up on are
+            // still in it (TCP's rule, snd_nxt < snd_una + rwnd), or we would overrun it.
+            let unacked = (self.snd_nxt - self.snd_una) as usize;
+            if self.in_flight >= self.cc.window() || unacked >= rwnd_packets {
                 if self.send_rwnd == 0 && self.in_flight == 0 && self.probe_deadline.is_none() {
                     // Zero window: probe until the peer reopens it (libudx sends a
                     // heartbeat, whose ack carries the current window).
@@ -913,6 +931,7 @@ impl Stream {
             let mut hdr = self.header(flags, seq);
             hdr.data_offset = padding;
             out.push_packet(remote.addr, &hdr, padding as usize, &data);
+            let stamp = self.rate.on_send(now, self.in_flight);
             self.sent.push_back(Sent {
                 data,
                 flags,
@@ -920,6 +939,7 @@ impl Stream {
                 retransmitted: false,
                 state: SentState::InFlight,
                 padding,
+                stamp,
             });
             self.snd_nxt += 1;
             self.in_flight += 1;
@@ -1135,7 +1155,7 @@ impl Stream {
         self.loss_deadline = None;
         self.tlp_deadline = None;
         self.tlp_in_flight = false;
-        self.cc.on_rto(self.snd_nxt);
+        self.cc.on_rto();
         let backoff = 1u32 << self.rto_timeouts.min(MAX_BACKOFF_SHIFT);
         self.rto_deadline = Some(now + self.rtt.rto() * backoff);
     }
@@ -1157,6 +1177,7 @@ impl Stream {
             retransmitted: false,
             state: SentState::Acked,
             padding: 0,
+            stamp: self.rate.on_send(now, self.in_flight),
         });
         self.close(CloseReason::Destroyed);
     }
@@ -1329,7 +1350,7 @@ mod tests {
             if let Some(chunk) = conn.take_received() {
                 conn.set_unread(conn.unread + chunk.len());
             }
-            assert!(conn.buffered_bytes() <= RECV_WINDOW);
+            assert!(conn.buffered_bytes() <= MAX_BUFFERED);
         }
         assert!(conn.stats().packets_dropped > 0);
     }
@@ -1404,7 +1425,7 @@ mod tests {
             .all(|&k| k > c.rcv_nxt && k - c.rcv_nxt < MAX_OUT_OF_ORDER));
         let ooo: usize = c.out_of_order.values().map(|(_, d)| d.len()).sum();
         assert_eq!(c.out_of_order_bytes, ooo);
-        assert!(c.buffered_bytes() <= RECV_WINDOW);
+        assert!(c.buffered_bytes() <= MAX_BUFFERED);
         assert!(c.held_bytes <= MAX_HELD_BYTES && c.held.len() <= MAX_HELD_PACKETS);
         assert!(c.retransmit.iter().all(|&s| s < c.snd_nxt));
     }
