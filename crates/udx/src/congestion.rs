@@ -295,6 +295,16 @@ impl Congestion {
         }
     }
 
+    /// Packets were declared lost. BBR's model ignores loss, with one exception: losses in
+    /// Startup while the RTT shows a queue (`srtt` above 1.5x `min_rtt`) mean Startup has
+    /// overfilled the bottleneck's buffer, so the bandwidth is found (as BBRv2 and v3 also
+    /// leave Startup on loss). Random loss does not inflate the RTT and leaves Startup alone.
+    pub fn on_loss(&mut self, srtt: Duration, min_rtt: Duration) {
+        if self.mode == Mode::Startup && min_rtt != Duration::MAX && srtt * 2 > min_rtt * 3 {
+            self.mode = Mode::Drain;
+        }
+    }
+
     /// The retransmission timer fired: the path may be gone, restart from a small window.
     pub fn on_rto(&mut self) {
         self.cwnd = MIN_WINDOW;

@@ -748,8 +748,10 @@ impl Stream {
         }
         self.loss_deadline = next;
         if lost > 0 {
-            // BBR's model does not change on loss: random loss is not congestion.
             tracing::trace!(stream = self.local_id, lost, "packets lost");
+            if let Some(srtt) = self.rtt.srtt() {
+                self.cc.on_loss(srtt, self.rtt.min_rtt());
+            }
         }
     }
 
