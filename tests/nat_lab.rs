@@ -11,24 +11,19 @@
 
 use test_support as support;
 
-use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use netlab::{Lab, LabProcess, LabSpec, Nat};
+use netlab::{LabSpec, Nat};
+use support::lab::{dump, panic_text, service_in, Log, TwoHomes};
 use support::net::{assert_exchanged, exchange_timed, Behaviour, Service};
-use support::node::{interop_dir, require_node};
 
 const MIB: u64 = 1024 * 1024;
 const VOLUME: u64 = 10 * MIB;
 const CONNECTIONS: u64 = 3;
 const LOSSY_VOLUME: u64 = 2 * MIB;
-/// Starting a process in the lab and its joining the lab's DHT take well under a second; a
-/// loaded 2-core machine can be much slower.
-const READY: Duration = Duration::from_secs(30);
 /// Longest a service may wait for the end of a connection's transfer.
 const TRANSFER: Duration = Duration::from_secs(120);
 /// Connections after the first reuse what the first found out, and must be quick.
@@ -36,121 +31,6 @@ const LATER_CONNECTION: Duration = Duration::from_secs(1);
 
 /// The tests measure speed and time: one lab at a time keeps them from competing for the CPU.
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn p2p_socket() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2p-socket"))
-}
-
-fn lab(spec: LabSpec) -> Lab {
-    Lab::new(spec).unwrap_or_else(|e| panic!("cannot build the NAT lab: {e}"))
-}
-
-/// Where a lab process's log goes, so that the test can read how each connection went.
-struct Log(PathBuf);
-
-impl Log {
-    fn new(name: &str) -> Log {
-        let dir = std::env::temp_dir().join(format!("p2p-socket-nat-lab-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("create the log directory");
-        Log(dir.join(format!("{name}.log")))
-    }
-
-    fn text(&self) -> String {
-        fs::read_to_string(&self.0).unwrap_or_default()
-    }
-
-    /// The log line about connection `n` that contains `what`.
-    fn line(&self, what: &str, n: u64) -> Option<String> {
-        let conn = format!(" connection={n}");
-        self.text()
-            .lines()
-            .find(|l| {
-                l.contains(what)
-                    && l.match_indices(&conn).any(|(at, _)| {
-                        l[at + conn.len()..].starts_with(' ') || at + conn.len() == l.len()
-                    })
-            })
-            .map(str::to_string)
-    }
-
-    /// The value of `key=` in the log line about connection `n` that contains `what`.
-    fn field(&self, what: &str, n: u64, key: &str) -> Option<String> {
-        let line = self.line(what, n)?;
-        let at = line.find(&format!(" {key}="))? + key.len() + 2;
-        Some(line[at..].split(' ').next().unwrap_or("").to_string())
-    }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// `p2p-socket args...` in `netns`, its log (stderr) going to `log`.
-fn p2p_socket_in(lab: &Lab, netns: &str, name: &str, log: &Log, args: &[&str]) -> LabProcess {
-    let mut cmd = lab.exec(netns, "sh");
-    cmd.args(["-c", r#"exec "$0" "$@" 2>"$P2P_LAB_LOG""#])
-        .arg(p2p_socket())
-        .args(args)
-        .env("P2P_LAB_LOG", &log.0)
-        .env("RUST_LOG", "info,p2p_socket=debug");
-    lab.spawn(name, cmd)
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
-}
-
-/// `node <script> args...` in `netns`. The fixtures stop when their stdin closes, so they get
-/// one that stays open; the lab kills what is left in its namespaces when it goes.
-fn node_in(lab: &Lab, netns: &str, script: &str, args: &[&str]) -> LabProcess {
-    require_node();
-    let mut cmd = lab.exec(netns, "sh");
-    cmd.args(["-c", r#"sleep 3600 | node "$@""#, "sh"])
-        .arg(interop_dir().join(script))
-        .args(args)
-        .current_dir(interop_dir());
-    lab.spawn(&format!("node {script}"), cmd)
-        .unwrap_or_else(|e| panic!("cannot start node {script}: {e}"))
-}
-
-fn share_key(share: &mut LabProcess) -> String {
-    share
-        .wait_for(READY, |l| {
-            let l = l.trim();
-            (l.len() == 64 && l.bytes().all(|c| c.is_ascii_hexdigit())).then(|| l.to_string())
-        })
-        .unwrap_or_else(|e| panic!("share printed no key: {e}"))
-}
-
-fn listening(connect: &mut LabProcess) -> SocketAddr {
-    connect
-        .wait_for(READY, |l| {
-            l.strip_prefix("Listening on ")
-                .and_then(|a| a.trim().parse().ok())
-        })
-        .unwrap_or_else(|e| panic!("connect did not listen: {e}"))
-}
-
-fn json_field(process: &mut LabProcess, name: &str) -> serde_json::Value {
-    process
-        .wait_for(READY, |l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get(name).cloned())
-        })
-        .unwrap_or_else(|e| panic!("{} printed no {name:?}: {e}", process.name()))
-}
-
-/// A service in `netns` that answers each connection with `volume` bytes (the n-th with seed
-/// 20 + n) while taking what the client sends.
-fn service_in(lab: &Lab, netns: &str, volume: u64) -> Service {
-    lab.in_netns(netns, move || {
-        Service::start_seq(move |n| Behaviour::Exchange {
-            send: volume,
-            seed: 20 + n,
-        })
-    })
-    .unwrap_or_else(|e| panic!("cannot start the service: {e}"))
-}
 
 /// One TCP connection through the tunnel.
 struct Connection {
@@ -164,7 +44,7 @@ struct Connection {
 /// Three connections in a row to `listen` (inside `netns`), each moving `volume` bytes both
 /// ways, verified at both ends. `path_of(n)` says how connection n travelled.
 fn three_connections(
-    lab: &Lab,
+    lab: &netlab::Lab,
     netns: &str,
     listen: SocketAddr,
     service: &Service,
@@ -255,13 +135,6 @@ fn print_table(title: &str, rows: &[Row]) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
 }
 
-fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
-    e.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panicked".into())
-}
-
 /// Runs `cell`, turning a panic into a failed row (so that the table shows every cell).
 fn run(cell: String, f: impl FnOnce() -> Outcome) -> Row {
     let outcome =
@@ -270,71 +143,32 @@ fn run(cell: String, f: impl FnOnce() -> Outcome) -> Row {
 }
 
 /// Two homes, the lab's DHT, and the test service in the first home (where shares run).
-struct TwoHomes {
-    lab: Lab,
-    bootstrap: String,
+struct Cell {
+    homes: TwoHomes,
     service: Service,
     /// Bytes each connection moves each way.
     volume: u64,
 }
 
-impl TwoHomes {
-    fn new(spec: LabSpec, volume: u64) -> TwoHomes {
-        let lab = lab(spec);
-        let bootstrap = lab
-            .start_dht(p2p_socket())
-            .unwrap_or_else(|e| panic!("cannot start the lab's DHT: {e}"));
-        let service = service_in(&lab, &lab.homes()[0].host.netns, volume);
-        TwoHomes {
-            lab,
-            bootstrap,
+impl Cell {
+    fn new(spec: LabSpec, volume: u64) -> Cell {
+        let homes = TwoHomes::new(spec);
+        // The n-th connection answers with seed 20 + n while taking what the client sends.
+        let service = service_in(&homes.lab, homes.sharing_home(), move |n| {
+            Behaviour::Exchange {
+                send: volume,
+                seed: 20 + n,
+            }
+        });
+        Cell {
+            homes,
             service,
             volume,
         }
     }
 
-    fn sharing_home(&self) -> &str {
-        &self.lab.homes()[0].host.netns
-    }
-
-    fn connecting_home(&self) -> &str {
-        &self.lab.homes()[1].host.netns
-    }
-
-    /// A `p2p-socket relay` on the lab's public relay host; returns it with its key.
-    fn relay(&self, log: &Log) -> (LabProcess, String) {
-        let args = ["relay", "--bootstrap", &self.bootstrap];
-        let netns = &self.lab.relay_host().netns;
-        let mut relay = p2p_socket_in(&self.lab, netns, "relay", log, &args);
-        let key = share_key(&mut relay);
-        (relay, key)
-    }
-
-    /// A Rust share of the service (`extra` arguments added); returns it with its key.
-    fn rust_share(&self, log: &Log, extra: &[&str]) -> (LabProcess, String) {
-        let port = self.service.port().to_string();
-        let mut args = vec![
-            "share",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--bootstrap",
-            &self.bootstrap,
-        ];
-        args.extend_from_slice(extra);
-        let mut share = p2p_socket_in(&self.lab, self.sharing_home(), "share", log, &args);
-        let key = share_key(&mut share);
-        (share, key)
-    }
-
-    /// A Rust connect to `key` (`extra` arguments added); returns it with where it listens.
-    fn rust_connect(&self, key: &str, log: &Log, extra: &[&str]) -> (LabProcess, SocketAddr) {
-        let mut args = vec!["connect", "--key", key, "--bootstrap", &self.bootstrap];
-        args.extend_from_slice(extra);
-        let mut connect = p2p_socket_in(&self.lab, self.connecting_home(), "connect", log, &args);
-        let listen = listening(&mut connect);
-        (connect, listen)
+    fn rust_share(&self, log: &Log, extra: &[&str]) -> (netlab::LabProcess, String) {
+        self.homes.rust_share(self.service.port(), log, extra)
     }
 
     /// Three connections to `listen`; a failure comes with the logs.
@@ -346,8 +180,8 @@ impl TwoHomes {
     ) -> Outcome {
         let run = catch_unwind(AssertUnwindSafe(|| {
             three_connections(
-                &self.lab,
-                self.connecting_home(),
+                &self.homes.lab,
+                self.homes.connecting_home(),
                 listen,
                 &self.service,
                 self.volume,
@@ -361,26 +195,22 @@ impl TwoHomes {
     }
 }
 
-fn dump(logs: &[&Log]) -> String {
-    logs.iter()
-        .map(|l| format!("--- {}\n{}", l.0.display(), l.text()))
-        .collect()
-}
-
 /// A Rust share in a home behind `share_nat`, a Rust connect in one behind `connect_nat`, both
 /// told about the lab's relay. Only two randomising NATs, between which no hole can be punched,
 /// may go through it (and then every connection must); elsewhere the relay must see no pairing.
 fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
-    let homes = TwoHomes::new(LabSpec::homes([share_nat, connect_nat]), VOLUME);
+    let cell = Cell::new(LabSpec::homes([share_nat, connect_nat]), VOLUME);
     let name = format!("{share_nat}-{connect_nat}");
     let relay_log = Log::new(&format!("{name}-relay"));
     let share_log = Log::new(&format!("{name}-share"));
     let connect_log = Log::new(&format!("{name}-connect"));
-    let (_relay, relay) = homes.relay(&relay_log);
-    let (_share, key) = homes.rust_share(&share_log, &["--relay", &relay]);
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--relay", &relay]);
+    let (_relay, relay) = cell.homes.relay(&relay_log);
+    let (_share, key) = cell.rust_share(&share_log, &["--relay", &relay]);
+    let (_connect, listen) = cell
+        .homes
+        .rust_connect(&key, &connect_log, &["--relay", &relay]);
     let logs = [&share_log, &connect_log, &relay_log];
-    let outcome = homes.connections(
+    let outcome = cell.connections(
         listen,
         |n| connect_log.field("connected to the sharer", n, "path"),
         &logs,
@@ -448,26 +278,12 @@ fn check(rows: &[Row], fast_later: bool) {
 
 /// A Node hyperdht client in a cone home reaching a Rust share in another.
 fn node_client_to_rust_share() -> Outcome {
-    let homes = TwoHomes::new(LabSpec::homes([Nat::Cone, Nat::Cone]), VOLUME);
+    let cell = Cell::new(LabSpec::homes([Nat::Cone, Nat::Cone]), VOLUME);
     let share_log = Log::new("node-client-share");
-    let (_share, key) = homes.rust_share(&share_log, &[]);
-    let args = [
-        "--bootstrap",
-        &homes.bootstrap,
-        "--key",
-        &key,
-        "--port",
-        "0",
-        "--host",
-        "0.0.0.0",
-    ];
-    let mut client = node_in(&homes.lab, homes.connecting_home(), "client.js", &args);
-    let port = json_field(&mut client, "port")
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .expect("the Node client's port");
-    homes.connections(
-        SocketAddr::from(([127, 0, 0, 1], port)),
+    let (_share, key) = cell.rust_share(&share_log, &[]);
+    let (_client, listen) = cell.homes.node_client(&key);
+    cell.connections(
+        listen,
         |n| share_log.field("peer connected", n, "path"),
         &[&share_log],
     )
@@ -475,26 +291,11 @@ fn node_client_to_rust_share() -> Outcome {
 
 /// A Rust connect in a cone home reaching a Node hyperdht server in another.
 fn rust_connect_to_node_server() -> Outcome {
-    let homes = TwoHomes::new(LabSpec::homes([Nat::Cone, Nat::Cone]), VOLUME);
-    let port = homes.service.port().to_string();
-    let args = [
-        "--bootstrap",
-        &homes.bootstrap,
-        "--target-host",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-        "--host",
-        "0.0.0.0",
-    ];
-    let mut server = node_in(&homes.lab, homes.sharing_home(), "server.js", &args);
-    let key = json_field(&mut server, "publicKey")
-        .as_str()
-        .expect("the Node server's key")
-        .to_string();
+    let cell = Cell::new(LabSpec::homes([Nat::Cone, Nat::Cone]), VOLUME);
+    let (_server, key) = cell.homes.node_server(cell.service.port());
     let connect_log = Log::new("node-server-connect");
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &[]);
-    homes.connections(
+    let (_connect, listen) = cell.homes.rust_connect(&key, &connect_log, &[]);
+    cell.connections(
         listen,
         |n| connect_log.field("connected to the sharer", n, "path"),
         &[&connect_log],
@@ -534,21 +335,21 @@ const DELAY: Duration = Duration::from_millis(50);
 /// lab's relay (which every connection must then take). Less volume: at 5 % loss and a 200 ms
 /// round trip any loss-driven congestion control moves a few hundred KiB a second.
 fn lossy_cell(nats: [Nat; 2]) -> Outcome {
-    let homes = TwoHomes::new(LabSpec::homes(nats).loss(LOSS).delay(DELAY), LOSSY_VOLUME);
+    let cell = Cell::new(LabSpec::homes(nats).loss(LOSS).delay(DELAY), LOSSY_VOLUME);
     let name = format!("lossy-{}-{}", nats[0], nats[1]);
     let relay_log = Log::new(&format!("{name}-relay"));
     let share_log = Log::new(&format!("{name}-share"));
     let connect_log = Log::new(&format!("{name}-connect"));
     let relayed = nats == [Nat::Symmetric, Nat::Symmetric];
-    let relay = relayed.then(|| homes.relay(&relay_log));
+    let relay = relayed.then(|| cell.homes.relay(&relay_log));
     let relay_args: Vec<&str> = match &relay {
         Some((_, key)) => vec!["--relay", key],
         None => Vec::new(),
     };
-    let (_share, key) = homes.rust_share(&share_log, &[]);
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &relay_args);
+    let (_share, key) = cell.rust_share(&share_log, &[]);
+    let (_connect, listen) = cell.homes.rust_connect(&key, &connect_log, &relay_args);
     let logs = [&share_log, &connect_log, &relay_log];
-    let outcome = homes.connections(
+    let outcome = cell.connections(
         listen,
         |n| connect_log.field("connected to the sharer", n, "path"),
         &logs,

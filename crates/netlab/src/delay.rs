@@ -1,18 +1,25 @@
 //! A delay line made of an NFQUEUE: iptables hands every packet of a home's uplink to this
-//! thread, which gives each one back to the kernel `delay` later. The kernel here has no netem,
-//! so this is how the lab adds latency.
+//! thread, which gives each one back to the kernel `delay` (plus a random share of `jitter`)
+//! later. The kernel here has no netem, so this is how the lab adds latency and reordering.
 //!
 //! The nfnetlink_queue protocol is spoken directly (a few fixed-layout messages): the thread
-//! asks for metadata only (no payload copies), and since every packet waits the same time and
-//! the kernel numbers packets in arrival order, one batch verdict releases all that are due.
+//! asks for metadata only (no payload copies). Without jitter every packet waits the same time
+//! and the kernel numbers packets in arrival order, so one batch verdict (which accepts every
+//! packet up to an id) releases all that are due. With jitter a later packet may be due first,
+//! which a batch verdict cannot express: each due packet gets its own verdict, by id, all of
+//! them sent together in one netlink datagram.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::error::LabError;
 use crate::netns;
@@ -23,6 +30,7 @@ pub(crate) const QUEUE: u16 = 0;
 // From linux/netfilter/nfnetlink.h and nfnetlink_queue.h.
 const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
+const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_CONFIG: u16 = 2;
 const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
 const NFQA_PACKET_HDR: u16 = 1;
@@ -42,6 +50,19 @@ const QUEUE_MAXLEN: u32 = 65_536;
 /// Socket buffer for the kernel's messages to us (about 100 bytes each with metadata only),
 /// so that a burst is never dropped for lack of room.
 const RCVBUF: libc::c_int = 32 << 20;
+/// Per-packet verdicts sent in one datagram: 32 bytes each, well inside a netlink socket's
+/// send buffer.
+const VERDICTS_PER_SEND: usize = 2048;
+
+/// How long a delay line holds each packet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hold {
+    pub delay: Duration,
+    /// Each packet waits `delay` plus a uniform random time in `0..=jitter`.
+    pub jitter: Duration,
+    /// Seeds the jitter, so that a lab draws the same holds for the same packets.
+    pub seed: u64,
+}
 
 /// A running delay line; dropping it stops the thread (the kernel then drops what was held).
 pub(crate) struct DelayLine {
@@ -50,9 +71,9 @@ pub(crate) struct DelayLine {
 }
 
 impl DelayLine {
-    /// Starts holding every packet queued to [`QUEUE`] in `netns` for `delay`. Returns once
+    /// Starts holding every packet queued to [`QUEUE`] in `netns` as `hold` says. Returns once
     /// the queue is bound, so NFQUEUE rules added afterwards find a listener.
-    pub(crate) fn start(netns: &str, delay: Duration) -> Result<DelayLine, LabError> {
+    pub(crate) fn start(netns: &str, hold: Hold) -> Result<DelayLine, LabError> {
         let ns = netns::open(netns)?;
         let name = netns.to_string();
         let stop = Arc::new(AtomicBool::new(false));
@@ -71,7 +92,7 @@ impl DelayLine {
                     match queue {
                         Ok(queue) => {
                             let _ = ready_tx.send(Ok(()));
-                            if let Err(e) = queue.hold(delay, &stop) {
+                            if let Err(e) = queue.hold(hold, &stop) {
                                 tracing::error!(netns = %name, "delay line stopped: {e}");
                             }
                         }
@@ -194,16 +215,20 @@ impl Queue {
         ))
     }
 
-    /// Holds every packet for `delay` until `stop` is set.
-    fn hold(&self, delay: Duration, stop: &AtomicBool) -> io::Result<()> {
-        let mut held: VecDeque<(Instant, u32)> = VecDeque::new();
+    /// Holds every packet as `hold` says until `stop` is set.
+    fn hold(&self, hold: Hold, stop: &AtomicBool) -> io::Result<()> {
+        let mut rng = StdRng::seed_from_u64(hold.seed);
+        let jitter_ns = u64::try_from(hold.jitter.as_nanos()).unwrap_or(u64::MAX);
+        // Ordered by due time, then by id (the kernel's arrival order) for equal times.
+        let mut held: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
         let mut buf = vec![0u8; 256 * 1024];
+        let mut due = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             // Wake for the next due packet, new packets, or (at the latest) to look at `stop`.
             let wait = held
-                .front()
-                .map(|(due, _)| due.saturating_duration_since(now))
+                .peek()
+                .map(|Reverse((due, _))| due.saturating_duration_since(now))
                 .unwrap_or(Duration::MAX)
                 .min(Duration::from_millis(50));
             let mut pfd = libc::pollfd {
@@ -235,7 +260,11 @@ impl Queue {
                 for (kind, body) in messages(&buf[..n]) {
                     if kind == (NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET) {
                         if let Some(id) = packet_id(body) {
-                            held.push_back((arrived + delay, id));
+                            let extra = match jitter_ns {
+                                0 => Duration::ZERO,
+                                j => Duration::from_nanos(rng.random_range(0..=j)),
+                            };
+                            held.push(Reverse((arrived + hold.delay + extra, id)));
                         }
                     } else if kind == libc::NLMSG_ERROR as u16 && body.len() >= 4 {
                         let errno = -i32::from_ne_bytes(body[..4].try_into().expect("4 bytes"));
@@ -249,22 +278,25 @@ impl Queue {
                 }
             }
             let now = Instant::now();
-            let mut last_due = None;
-            while held.front().is_some_and(|(due, _)| *due <= now) {
-                last_due = held.pop_front().map(|(_, id)| id);
+            due.clear();
+            while held.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                if let Some(Reverse((_, id))) = held.pop() {
+                    due.push(id);
+                }
             }
-            if let Some(id) = last_due {
-                let mut verdict = [0u8; 8];
-                verdict[..4].copy_from_slice(&NF_ACCEPT.to_be_bytes());
-                verdict[4..].copy_from_slice(&id.to_be_bytes());
-                let msg = message(
-                    NFQNL_MSG_VERDICT_BATCH,
-                    libc::NLM_F_REQUEST as u16,
-                    self.num,
-                    NFQA_VERDICT_HDR,
-                    &verdict,
-                );
-                self.send(&msg)?;
+            if jitter_ns == 0 {
+                // Due packets are exactly the oldest ones: accept up to the newest of them.
+                if let Some(&last) = due.last() {
+                    self.send(&verdict(NFQNL_MSG_VERDICT_BATCH, self.num, last))?;
+                }
+            } else {
+                for ids in due.chunks(VERDICTS_PER_SEND) {
+                    let msg: Vec<u8> = ids
+                        .iter()
+                        .flat_map(|&id| verdict(NFQNL_MSG_VERDICT, self.num, id))
+                        .collect();
+                    self.send(&msg)?;
+                }
             }
         }
         Ok(())
@@ -301,6 +333,21 @@ impl Queue {
         }
         Ok(n as usize)
     }
+}
+
+/// An accept verdict for packet `id` (`NFQNL_MSG_VERDICT`) or for every packet up to `id`
+/// (`NFQNL_MSG_VERDICT_BATCH`).
+fn verdict(kind: u16, queue: u16, id: u32) -> Vec<u8> {
+    let mut hdr = [0u8; 8];
+    hdr[..4].copy_from_slice(&NF_ACCEPT.to_be_bytes());
+    hdr[4..].copy_from_slice(&id.to_be_bytes());
+    message(
+        kind,
+        libc::NLM_F_REQUEST as u16,
+        queue,
+        NFQA_VERDICT_HDR,
+        &hdr,
+    )
 }
 
 /// One nfnetlink_queue message with a single attribute.

@@ -37,7 +37,7 @@ pub(crate) fn router(home: &HomeSpec) -> String {
             home.loss
         );
     }
-    if !home.delay.is_zero() {
+    if home.holds() {
         let _ = writeln!(r, "-A PREROUTING -i lan -j NFQUEUE --queue-num {QUEUE}");
     }
     r.push_str("COMMIT\n");

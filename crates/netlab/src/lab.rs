@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::cleanup;
-use crate::delay::DelayLine;
+use crate::delay::{DelayLine, Hold};
 use crate::error::LabError;
 use crate::firewall;
 use crate::netns;
@@ -196,9 +196,15 @@ impl Lab {
                 }
             }
         }
-        if !home.spec.delay.is_zero() {
+        if home.spec.holds() {
             // The queue must have its listener before the NFQUEUE rules send packets to it.
-            self.delays.push(DelayLine::start(r, home.spec.delay)?);
+            let hold = Hold {
+                delay: home.spec.delay,
+                jitter: home.spec.jitter,
+                // Reproducible: the same lab draws the same holds for the same packets.
+                seed: home.number as u64,
+            };
+            self.delays.push(DelayLine::start(r, hold)?);
         }
         netns::iptables_restore(r, &firewall::router(&home.spec))
     }

@@ -38,6 +38,10 @@ enum Command {
         /// Delay of the packets leaving each home on its uplink, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Extra delay per packet, uniform random from 0 to this many milliseconds, on top of
+        /// --delay-ms: packets overtake each other, as on Wi-Fi or a multipath link.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
         /// The p2p-socket binary that runs the DHT nodes (default: the one built next to netlab).
         #[arg(long, value_name = "PATH")]
         p2p_socket: Option<PathBuf>,
@@ -98,8 +102,15 @@ fn run(command: Command) -> Result<(), LabError> {
             homes,
             loss,
             delay_ms,
+            jitter_ms,
             p2p_socket,
-        } => up(homes, loss, Duration::from_millis(delay_ms), p2p_socket),
+        } => up(
+            homes,
+            loss,
+            Duration::from_millis(delay_ms),
+            Duration::from_millis(jitter_ms),
+            p2p_socket,
+        ),
         Command::Cleanup => {
             let removed = netlab::remove_stale_labs()?;
             if removed.is_empty() {
@@ -139,6 +150,7 @@ fn up(
     homes: Vec<Nat>,
     loss: f64,
     delay: Duration,
+    jitter: Duration,
     p2p_socket: Option<PathBuf>,
 ) -> Result<(), LabError> {
     if homes.is_empty() {
@@ -153,7 +165,7 @@ fn up(
     // Ctrl-C and SIGTERM are taken with sigwait below; blocked from here on, in this thread
     // and in every thread the lab starts, so they cannot kill the process mid-teardown.
     let signals = block_stop_signals();
-    let lab = Lab::new(LabSpec::homes(homes).loss(loss).delay(delay))?;
+    let lab = Lab::new(LabSpec::homes(homes).loss(loss).delay(delay).jitter(jitter))?;
     let bootstrap = lab.start_dht(&p2p_socket)?;
     print_guide(&lab, &bootstrap, &p2p_socket);
     wait_for(&signals);
@@ -251,6 +263,9 @@ fn describe(home: &Home) -> String {
     }
     if !home.spec.delay.is_zero() {
         line += &format!("  delay {} ms outbound", home.spec.delay.as_millis());
+    }
+    if !home.spec.jitter.is_zero() {
+        line += &format!("  + 0-{} ms jitter", home.spec.jitter.as_millis());
     }
     line
 }

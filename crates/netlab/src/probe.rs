@@ -53,6 +53,8 @@ pub struct TargetReport {
     pub seen_as: Option<SocketAddr>,
     pub rtt_min: Option<Duration>,
     pub rtt_max: Option<Duration>,
+    /// Replies that arrived after one to a later packet: packets that were overtaken.
+    pub reordered: u32,
 }
 
 /// Sends `count` numbered packets to each target, interleaved, from one socket, and collects
@@ -93,6 +95,7 @@ pub fn probe(opts: &ProbeOptions) -> io::Result<Vec<TargetReport>> {
             seen_as: r.seen_as,
             rtt_min: r.rtts.iter().min().copied(),
             rtt_max: r.rtts.iter().max().copied(),
+            reordered: r.reordered,
         })
         .collect())
 }
@@ -102,6 +105,8 @@ struct Replies {
     seqs: HashSet<u32>,
     seen_as: Option<SocketAddr>,
     rtts: Vec<Duration>,
+    highest: Option<u32>,
+    reordered: u32,
 }
 
 /// Collects replies until `wait` after the sender says (through `done`) it has finished.
@@ -153,7 +158,13 @@ fn receive(
         let Some(r) = replies.get_mut(i) else {
             continue;
         };
-        r.seqs.insert(seq);
+        if !r.seqs.insert(seq) {
+            continue;
+        }
+        if r.highest.is_some_and(|h| seq < h) {
+            r.reordered += 1;
+        }
+        r.highest = r.highest.max(Some(seq));
         r.seen_as.get_or_insert(seen);
         r.rtts.push(now.saturating_sub(Duration::from_nanos(sent)));
     }
@@ -180,7 +191,7 @@ impl fmt::Display for TargetReport {
         };
         write!(
             f,
-            "to={} sent={} received={} seen-as={} rtt-min-ms={} rtt-max-ms={}",
+            "to={} sent={} received={} seen-as={} rtt-min-ms={} rtt-max-ms={} reordered={}",
             self.to,
             self.sent,
             self.received,
@@ -189,6 +200,7 @@ impl fmt::Display for TargetReport {
                 .unwrap_or_else(|| "-".into()),
             ms(self.rtt_min),
             ms(self.rtt_max),
+            self.reordered,
         )
     }
 }
@@ -225,6 +237,7 @@ impl FromStr for TargetReport {
             seen_as: opt_addr("seen-as")?,
             rtt_min: opt_ms("rtt-min-ms")?,
             rtt_max: opt_ms("rtt-max-ms")?,
+            reordered: field("reordered")?.parse().map_err(|_| bad("reordered"))?,
         })
     }
 }
@@ -242,6 +255,7 @@ mod tests {
             seen_as: Some("198.18.1.1:40000".parse().unwrap()),
             rtt_min: Some(Duration::from_micros(120)),
             rtt_max: None,
+            reordered: 3,
         };
         let back: TargetReport = r.to_string().parse().unwrap();
         assert_eq!(back, r);

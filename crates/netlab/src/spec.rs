@@ -60,6 +60,9 @@ pub struct HomeSpec {
     pub loss: f64,
     /// Time the uplink holds each packet leaving the home.
     pub delay: Duration,
+    /// Extra hold, drawn per packet uniformly from 0 to this, on top of `delay`: packets sent
+    /// close together overtake each other, as on a Wi-Fi or multipath link.
+    pub jitter: Duration,
 }
 
 impl HomeSpec {
@@ -68,6 +71,7 @@ impl HomeSpec {
             nat,
             loss: 0.0,
             delay: Duration::ZERO,
+            jitter: Duration::ZERO,
         }
     }
 
@@ -79,6 +83,16 @@ impl HomeSpec {
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Whether the uplink holds packets at all (and so needs a delay line).
+    pub(crate) fn holds(&self) -> bool {
+        !self.delay.is_zero() || !self.jitter.is_zero()
     }
 }
 
@@ -109,6 +123,12 @@ impl LabSpec {
         self
     }
 
+    /// The same jitter on every home's uplink.
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.homes.iter_mut().for_each(|h| h.jitter = jitter);
+        self
+    }
+
     pub fn push(mut self, home: HomeSpec) -> Self {
         self.homes.push(home);
         self
@@ -129,11 +149,12 @@ impl LabSpec {
                     h.loss
                 )));
             }
-            if h.delay > MAX_DELAY {
+            if h.delay + h.jitter > MAX_DELAY {
                 return Err(LabError::Spec(format!(
-                    "home {}: delay {:?} is more than the {MAX_DELAY:?} the lab supports",
+                    "home {}: delay {:?} plus jitter {:?} is more than the {MAX_DELAY:?} the lab supports",
                     i + 1,
-                    h.delay
+                    h.delay,
+                    h.jitter
                 )));
             }
         }

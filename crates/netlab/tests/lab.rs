@@ -259,6 +259,34 @@ fn delay_holds_every_packet_on_the_uplink() {
 }
 
 #[test]
+fn jitter_reorders_packets_within_the_delay_bounds() {
+    let delay = Duration::from_millis(10);
+    let jitter = Duration::from_millis(20);
+    const COUNT: u32 = 300;
+    // One packet a millisecond, each held 10 to 30 ms: many are overtaken by later ones.
+    let r = round_trips(
+        LabSpec::homes([Nat::Cone]).delay(delay).jitter(jitter),
+        Probe::default().count(COUNT),
+    );
+    let (min, max) = (r.rtt_min.unwrap(), r.rtt_max.unwrap());
+    eprintln!(
+        "delay {delay:?} + jitter {jitter:?} outbound: round trips {min:?} to {max:?}, {} of {COUNT} overtaken",
+        r.reordered
+    );
+    assert_eq!(r.received, r.sent, "jitter must not lose packets");
+    assert!(
+        r.reordered > COUNT / 10,
+        "only {} of {COUNT} packets were overtaken: the uplink does not reorder",
+        r.reordered
+    );
+    assert!(min >= delay, "round trip {min:?} is shorter than the delay");
+    assert!(
+        max < delay + jitter + Duration::from_millis(100),
+        "round trip {max:?} is far longer than delay plus jitter"
+    );
+}
+
+#[test]
 fn a_dropped_lab_leaves_nothing_behind_even_after_a_panic() {
     common::init_logging();
     // A normal drop, with a process still running in a home.

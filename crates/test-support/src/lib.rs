@@ -4,6 +4,7 @@
 //! compiles one copy and the netlab crate's tests can use it too.
 
 pub mod cli;
+pub mod lab;
 pub mod net;
 pub mod node;
 pub mod process;
