@@ -38,6 +38,9 @@ pub mod bootstrap;
 pub mod connect;
 pub mod dht;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod holepunch;
 pub mod identity;
