@@ -121,7 +121,6 @@ pub fn relay_frame(data: &[u8]) {
                 );
                 continue;
             }
-            relay_wire::Incoming::Other => continue,
         };
         assert_eq!(
             relay_wire::decode(&again).expect("control frame re-decodes"),
