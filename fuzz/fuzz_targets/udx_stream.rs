@@ -328,11 +328,17 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         );
     }
     for (i, s) in w.sides.iter().enumerate() {
+        let peer = &w.sides[1 - i];
         assert!(
             s.closed || (s.eof && s.outstanding == 0),
-            "side {i} neither finished nor closed on a clean network"
+            "side {i} neither finished nor closed on a clean network (eof {}, {} of {} bytes \
+             received, {} unacknowledged, virtual {:?})",
+            s.eof,
+            s.received,
+            peer.written,
+            s.outstanding,
+            w.now
         );
-        let peer = &w.sides[1 - i];
         if s.eof && !s.dropped && !s.forged && !peer.forged {
             assert_eq!(
                 s.received, peer.written,
