@@ -174,8 +174,27 @@ impl UdxSocket {
     }
 
     /// The datagrams that are not stream traffic. Calling it again replaces the previous receiver.
+    ///
+    /// peeroxide-dht wants an unbounded receiver; the bound is below it, in p2p-udx's
+    /// [`udx::DatagramReceiver`] (drops counted in [`udx::UdxSocket::datagrams_dropped`]). A task
+    /// moves datagrams across one at a time and ends when either side is gone.
     pub fn recv_start(&self) -> Result<mpsc::UnboundedReceiver<Datagram>> {
-        Ok(self.bound()?.take_datagrams())
+        let mut bounded = self.bound()?.take_datagrams();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    datagram = bounded.recv() => {
+                        let Some(datagram) = datagram else { return };
+                        if tx.send(datagram).is_err() {
+                            return;
+                        }
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Drops this handle. The UDP socket closes when its last handle and last stream are gone,

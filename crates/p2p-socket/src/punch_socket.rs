@@ -348,7 +348,7 @@ pub(crate) enum RpcError {
     Busy,
 }
 
-async fn read_loop(state: Weak<State>, mut datagrams: mpsc::UnboundedReceiver<udx::Datagram>) {
+async fn read_loop(state: Weak<State>, mut datagrams: udx::DatagramReceiver) {
     while let Some(datagram) = datagrams.recv().await {
         let Some(state) = state.upgrade() else {
             return;

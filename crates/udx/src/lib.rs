@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod congestion;
+mod datagrams;
 pub mod proto;
 mod relay;
 mod rtt;
@@ -43,7 +44,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -51,6 +52,7 @@ use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
+pub use crate::datagrams::{DatagramReceiver, DATAGRAM_QUEUE_BYTES, DATAGRAM_QUEUE_PACKETS};
 pub use crate::relay::StreamObserver;
 use crate::shared::{CloseReason, Event, StreamShared};
 use crate::socket::{lock, SocketCore};
@@ -117,6 +119,7 @@ impl UdxSocket {
             events: tx,
             registry: Arc::new(Mutex::new(HashSet::new())),
             datagrams: Arc::new(Mutex::new(None)),
+            datagrams_dropped: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(socket::Driver::new(&core, rx)?.run());
         Ok(UdxSocket {
@@ -171,10 +174,18 @@ impl UdxSocket {
     }
 
     /// Takes the channel of non-stream datagrams. Calling it again replaces the previous receiver.
-    pub fn take_datagrams(&self) -> tokio::sync::mpsc::UnboundedReceiver<Datagram> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// The channel is bounded (see [`DatagramReceiver`]): what arrives while it is full is
+    /// dropped and counted in [`UdxSocket::datagrams_dropped`].
+    pub fn take_datagrams(&self) -> DatagramReceiver {
+        let (tx, rx) = datagrams::channel(self.core.datagrams_dropped.clone());
         *lock(&self.core.datagrams) = Some(tx);
         rx
+    }
+
+    /// Non-stream datagrams dropped since the socket was bound because the reader of
+    /// [`UdxSocket::take_datagrams`] did not keep up (a flood, or a stalled reader).
+    pub fn datagrams_dropped(&self) -> u64 {
+        self.core.datagrams_dropped.load(Ordering::Relaxed)
     }
 
     /// Registers a stream with local id `local_id` on this socket. Not yet connected: packets for it

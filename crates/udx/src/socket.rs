@@ -10,13 +10,14 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV6};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::datagrams::DatagramSender;
 use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, Stream, StreamEvent};
 use crate::shared::{Event, StreamShared};
 use crate::udp_io::{RecvBuffers, UdpIo};
@@ -32,7 +33,8 @@ pub(crate) struct SocketCore {
     pub(crate) v6: bool,
     pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) registry: Arc<Mutex<HashSet<u32>>>,
-    pub(crate) datagrams: Arc<Mutex<Option<mpsc::UnboundedSender<Datagram>>>>,
+    pub(crate) datagrams: Arc<Mutex<Option<DatagramSender>>>,
+    pub(crate) datagrams_dropped: Arc<AtomicU64>,
 }
 
 impl SocketCore {
@@ -63,7 +65,7 @@ pub(crate) struct Driver {
     /// Every `UdxSocket` and `UdxStream` handle is gone.
     handles_gone: bool,
     registry: Arc<Mutex<HashSet<u32>>>,
-    datagrams: Arc<Mutex<Option<mpsc::UnboundedSender<Datagram>>>>,
+    datagrams: Arc<Mutex<Option<DatagramSender>>>,
     endpoint: Endpoint,
     /// The handle side of every stream the endpoint knows.
     shared: HashMap<u32, Arc<StreamShared>>,
@@ -223,11 +225,12 @@ impl Driver {
                 }
             }
         }
-        if let Some(tx) = lock(&self.datagrams).as_ref() {
-            let _ = tx.send(Datagram {
+        if let Some(tx) = lock(&self.datagrams).as_mut() {
+            let datagram = Datagram {
                 data: data.to_vec(),
                 addr: normalize(from),
-            });
+            };
+            tx.offer(datagram, now);
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
-use udx::{UdxError, UdxSocket};
+use udx::{UdxError, UdxSocket, DATAGRAM_QUEUE_BYTES, DATAGRAM_QUEUE_PACKETS};
 
 async fn two_sockets() -> (UdxSocket, UdxSocket) {
     (
@@ -285,6 +285,88 @@ async fn non_stream_datagrams_reach_the_datagram_channel() {
     a.set_ttl(3).unwrap();
     assert_eq!(a.ttl().unwrap(), 3);
     a.set_ttl(64).unwrap();
+}
+
+/// Sends `count` datagrams of `size` bytes to `target`, pausing now and then so that the
+/// kernel's receive buffer does not overflow before the socket driver reads it (we test our
+/// queue, not the kernel's).
+async fn flood(from: &UdpSocket, target: std::net::SocketAddr, count: usize, size: usize) {
+    let payload = vec![0x42u8; size];
+    for i in 0..count {
+        from.send_to(&payload, target).await.unwrap();
+        if i % 64 == 63 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_non_stream_datagrams_is_bounded_counted_and_then_flows_again() {
+    let a = UdxSocket::bind(localhost()).await.unwrap();
+    let mut rx = a.take_datagrams();
+    let plain = UdpSocket::bind(localhost()).await.unwrap();
+    let target = a.local_addr().unwrap();
+
+    // Large datagrams while nobody reads: the byte bound is reached first.
+    let big = 1400;
+    let sent = 2 * DATAGRAM_QUEUE_BYTES / big;
+    within(
+        30,
+        "flood of large datagrams",
+        flood(&plain, target, sent, big),
+    )
+    .await;
+    eventually(10, "drops counted", || a.datagrams_dropped() > 0).await;
+    // An unbounded channel would hold every datagram the driver read, about twice these.
+    assert!(
+        rx.queued_bytes() <= DATAGRAM_QUEUE_BYTES,
+        "{} bytes queued",
+        rx.queued_bytes()
+    );
+    assert!(
+        rx.len() <= DATAGRAM_QUEUE_BYTES / big,
+        "{} datagrams queued",
+        rx.len()
+    );
+    assert!(rx.len() as u64 + a.datagrams_dropped() <= sent as u64);
+
+    // Reading frees the room again, byte for byte.
+    let mut read = 0;
+    while let Some(d) = rx.try_recv() {
+        assert_eq!(d.data.len(), big);
+        read += 1;
+    }
+    assert!(read > 0);
+    assert_eq!(rx.queued_bytes(), 0);
+
+    // Small datagrams while nobody reads: the count bound is reached first.
+    let dropped_before = a.datagrams_dropped();
+    let sent = 2 * DATAGRAM_QUEUE_PACKETS;
+    within(
+        30,
+        "flood of small datagrams",
+        flood(&plain, target, sent, 100),
+    )
+    .await;
+    eventually(10, "drops counted again", || {
+        a.datagrams_dropped() > dropped_before
+    })
+    .await;
+    assert!(
+        rx.len() <= DATAGRAM_QUEUE_PACKETS,
+        "{} datagrams queued",
+        rx.len()
+    );
+    while rx.try_recv().is_some() {}
+
+    // Afterwards datagrams flow again.
+    let dropped = a.datagrams_dropped();
+    plain.send_to(b"after the flood", target).await.unwrap();
+    let d = within(5, "datagram after the flood", rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(d.data, b"after the flood");
+    assert_eq!(a.datagrams_dropped(), dropped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
