@@ -44,6 +44,8 @@ fn pattern(side: usize, offset: usize) -> u8 {
 }
 
 const IDS: [u32; 2] = [7, 9];
+/// hyperdht's secret-stream keepalive.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Packets in flight per direction at most, so one input cannot grow the harness itself.
 const MAX_IN_FLIGHT: usize = 4096;
 /// Bytes each side may write in all.
@@ -87,6 +89,12 @@ impl World {
             let mut ep = Endpoint::new();
             assert!(ep.add_stream(IDS[i], base));
             ep.connect(IDS[i], IDS[1 - i], Some(addrs[1 - i]), base);
+            // As every real user of a stream has (the engine's secret stream sends keepalives):
+            // without one, a stream that only reads waits forever for a peer that timed out
+            // and vanished, as a TCP socket without keepalive would.
+            if let Some(s) = ep.stream_mut(IDS[i]) {
+                s.set_keepalive(Some(KEEPALIVE));
+            }
             Side {
                 ep,
                 addr: addrs[i],
