@@ -488,15 +488,22 @@ mod tests {
         let table = [
             ("localhost", 8080, 68),
             ("127.0.0.1", 3000, 68),
+            ("my-laptop1", 8080, 64),
+            ("my-laptop12", 8080, 60),
             ("host.docker.internal", 8080, 24),
             ("a-thirty-character-host-name.x", 8080, 0),
             ("a", 1, 112),
         ];
         for (host, port, bits) in table {
             assert_eq!(npm_share_key_secret_bits(host, port), bits, "{host}:{port}");
-            // The npm rule never keeps 128 bits: every npm key needs an explicit choice.
+            // The npm rule never keeps the full 128 bits; below 64 it needs an explicit choice.
             match identity.checked_share_key_pair(host, port) {
-                Err(IdentityError::WeakShareKey { secret_bits, .. }) => {
+                Ok(key) if bits >= MIN_NPM_SHARE_KEY_SECRET_BITS => {
+                    assert_eq!(key, identity.share_key_pair(host, port, ShareKeyRule::Npm))
+                }
+                Err(IdentityError::WeakShareKey { secret_bits, .. })
+                    if bits < MIN_NPM_SHARE_KEY_SECRET_BITS =>
+                {
                     assert_eq!(secret_bits, bits)
                 }
                 other => panic!("{host}:{port}: {other:?}"),

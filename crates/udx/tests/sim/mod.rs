@@ -268,6 +268,20 @@ impl FlowSpec {
     }
 }
 
+/// Every stream's progress, for a failure message.
+fn streams_state(nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .flat_map(|n| n.sides.values())
+        .map(|s| {
+            format!(
+                "stream {}: received {} eof {} removed {:?} closed {:?} {:?}",
+                s.id, s.received, s.eof, s.removed, s.closed, s.stats
+            )
+        })
+        .collect()
+}
+
 struct Node {
     addr: SocketAddr,
     ep: Endpoint,
@@ -544,16 +558,7 @@ impl Scenario {
                 consider(t);
             }
             let Some(next) = next else {
-                let state: Vec<String> = nodes
-                    .iter()
-                    .flat_map(|n| n.sides.values())
-                    .map(|s| {
-                        format!(
-                            "stream {}: received {} eof {} removed {:?} closed {:?} {:?}",
-                            s.id, s.received, s.eof, s.removed, s.closed, s.stats
-                        )
-                    })
-                    .collect();
+                let state = streams_state(&nodes);
                 fail(
                     seed,
                     format!("stuck at {now:?} with nothing scheduled: {state:?}"),
@@ -561,16 +566,7 @@ impl Scenario {
             };
             now = now.max(next);
             if now > self.deadline {
-                let state: Vec<String> = nodes
-                    .iter()
-                    .flat_map(|n| n.sides.values())
-                    .map(|s| {
-                        format!(
-                            "stream {}: received {} eof {} removed {:?} closed {:?} {:?}",
-                            s.id, s.received, s.eof, s.removed, s.closed, s.stats
-                        )
-                    })
-                    .collect();
+                let state = streams_state(&nodes);
                 fail(
                     seed,
                     format!("not finished within {:?}: {state:?}", self.deadline),
