@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use crate::error::LabError;
-use crate::lab::teardown;
 use crate::netns;
 
 /// The start of every lab namespace name.
@@ -20,7 +19,7 @@ pub fn remove_stale_labs() -> Result<Vec<String>, LabError> {
         .into_iter()
         .filter(|name| creator_pid(name).is_some_and(|pid| !alive(pid)))
         .collect();
-    teardown(&stale);
+    netns::teardown(&stale);
     let mut removed = Vec::new();
     for ns in stale {
         match netns::delete(&ns) {

@@ -341,7 +341,7 @@ impl Drop for Lab {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        teardown(&self.created);
+        netns::teardown(&self.created);
         self.delays.clear();
         for ns in self.created.iter().rev() {
             if let Err(e) = netns::delete(ns) {
@@ -349,16 +349,6 @@ impl Drop for Lab {
             }
         }
         tracing::info!(prefix = %self.prefix, "lab is down");
-    }
-}
-
-/// Ends every process left inside the namespaces (started by the user of the lab and not
-/// stopped), so that deleting the names really frees the namespaces.
-pub(crate) fn teardown(namespaces: &[String]) {
-    for ns in namespaces {
-        if let Err(e) = netns::kill_all_in(ns) {
-            tracing::warn!("could not stop the processes in {ns}: {e}");
-        }
     }
 }
 

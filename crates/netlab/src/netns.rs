@@ -184,3 +184,13 @@ pub(crate) fn kill_all_in(netns: &str) -> Result<usize, LabError> {
     }
     Ok(pids.len())
 }
+
+/// Ends every process left inside the namespaces (started by the user of the lab and not
+/// stopped), so that deleting the names really frees the namespaces.
+pub(crate) fn teardown(namespaces: &[String]) {
+    for ns in namespaces {
+        if let Err(e) = kill_all_in(ns) {
+            tracing::warn!("could not stop the processes in {ns}: {e}");
+        }
+    }
+}

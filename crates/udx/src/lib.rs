@@ -135,7 +135,7 @@ impl UdxSocket {
     /// Sends one datagram now (best effort, like UDP: if the kernel's send buffer is full,
     /// it is dropped).
     pub fn send_to(&self, data: &[u8], addr: SocketAddr) -> io::Result<()> {
-        let to = socket::to_socket_family(addr, self.core.v6);
+        let to = udp_io::to_socket_family(addr, self.core.v6);
         // Straight to the kernel: tokio's `try_send_to` answers WouldBlock from its readiness
         // cache until the reactor has seen the socket writable once, so on a fresh socket the
         // datagram would never be tried (the DHT's first bootstrap ping was lost that way).

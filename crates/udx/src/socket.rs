@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV6};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -47,16 +47,6 @@ impl SocketCore {
 /// Locks a mutex whose data stays valid even if a holder panicked.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// On an IPv6 socket an IPv4 destination must be written as a v4-mapped address.
-pub(crate) fn to_socket_family(addr: SocketAddr, v6: bool) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(a) if v6 => {
-            SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
-        }
-        other => other,
-    }
 }
 
 pub(crate) struct Driver {

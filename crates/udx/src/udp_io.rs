@@ -7,7 +7,7 @@
 //! `sendmsg`, and with GRO the kernel hands a burst from one peer up in one buffer.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -120,7 +120,7 @@ impl UdpIo {
         segment_size: Option<usize>,
     ) -> io::Result<()> {
         let transmit = Transmit {
-            destination: crate::socket::to_socket_family(dest, self.v6),
+            destination: to_socket_family(dest, self.v6),
             ecn: None,
             contents,
             segment_size,
@@ -143,5 +143,15 @@ impl UdpIo {
     /// Largest GSO send in bytes.
     pub(crate) fn max_gso_bytes(&self) -> usize {
         MAX_GSO_BYTES
+    }
+}
+
+/// On an IPv6 socket an IPv4 destination must be written as a v4-mapped address.
+pub(crate) fn to_socket_family(addr: SocketAddr, v6: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if v6 => {
+            SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+        }
+        other => other,
     }
 }
