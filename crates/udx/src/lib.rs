@@ -3,14 +3,21 @@
 //!
 //! API CONTRACT (the engine and the libudx shim are written against this; keep it):
 //!
-//! ```ignore
-//! let socket = UdxSocket::bind("127.0.0.1:0".parse()?).await?;
+//! ```no_run
+//! # use std::net::SocketAddr;
+//! # use udx::{UdxError, UdxSocket};
+//! # async fn contract(local_id: u32, remote_id: u32, peer_addr: SocketAddr) -> Result<(), UdxError> {
+//! let socket = UdxSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
 //! let mut datagrams = socket.take_datagrams();     // every packet that is not for a stream
 //! let stream = socket.create_stream(local_id)?;     // registers `local_id` on the socket
-//! stream.connect(remote_id, peer_addr)?;            // or:
-//! stream.connect_on_first_packet(remote_id);        // adopt the address of whoever sends first
+//! stream.connect(remote_id, peer_addr)?;            // or, on another stream:
+//! let other = socket.create_stream(local_id + 1)?;
+//! other.connect_on_first_packet(remote_id);         // adopt the address of whoever sends first
 //! // stream: AsyncRead + AsyncWrite; poll_shutdown sends END (half-close); drop/destroy sends DESTROY
-//! relay_a.relay_to(&relay_b)?;                      // before connect: a blind relay ([`relay`])
+//! let (relay_a, relay_b) = (socket.create_stream(2)?, socket.create_stream(3)?);
+//! relay_a.relay_to(&relay_b)?;                      // before connect: a blind relay
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # Design
