@@ -172,22 +172,21 @@ impl Endpoint {
 
     /// Destroys stream `id`: DESTROY to its peer, or for a relayed stream a silent close.
     pub fn destroy(&mut self, id: u32, now: Instant) {
-        match self.entries.get_mut(&id) {
-            Some(e) if e.relay_to.is_some() => self.close_relayed(id, CloseReason::Destroyed),
-            Some(e) => {
-                e.stream.destroy(now, &mut self.out);
-                self.wake(id);
-            }
-            None => {}
-        }
+        self.let_go(id, now, Stream::destroy);
     }
 
     /// The application let go of stream `id` (pass on its last writes and shutdown first).
     pub fn handle_dropped(&mut self, id: u32, now: Instant) {
+        self.let_go(id, now, Stream::on_handle_dropped);
+    }
+
+    /// The application is done with stream `id`: a relayed stream closes silently (it has
+    /// no protocol of its own to finish); any other does `finish` and is serviced.
+    fn let_go(&mut self, id: u32, now: Instant, finish: fn(&mut Stream, Instant, &mut Transmits)) {
         match self.entries.get_mut(&id) {
             Some(e) if e.relay_to.is_some() => self.close_relayed(id, CloseReason::Destroyed),
             Some(e) => {
-                e.stream.on_handle_dropped(now, &mut self.out);
+                finish(&mut e.stream, now, &mut self.out);
                 self.wake(id);
             }
             None => {}
