@@ -1,14 +1,16 @@
 //! `p2p-socket`: the command line. It parses, reports and waits for Ctrl-C; the tunnel itself
 //! is the `p2p-socket` library crate.
 
+mod config;
 mod demo;
+mod manual;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use p2p_socket::{
     default_identity_path, npm_share_key_secret_bits, Identity, KeyPair, PublicKey, ShareKeyRule,
 };
@@ -25,7 +27,12 @@ use tracing_subscriber::EnvFilter;
 /// No account, no server in the middle; the peers find each other through the public
 /// HyperDHT network (or a private one, see `bootstrap`).
 #[derive(Parser, Debug)]
-#[command(name = "p2p-socket", version, propagate_version = true)]
+#[command(
+    name = "p2p-socket",
+    version,
+    propagate_version = true,
+    after_long_help = AFTER_HELP
+)]
 struct Cli {
     /// DHT bootstrap nodes, host:port[,host:port...]. Default: the public HyperDHT nodes.
     #[arg(
@@ -43,6 +50,15 @@ struct Cli {
     /// Only print errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+
+    /// Config file of default flags (see "Config file" in --help). Default: the platform's
+    /// config dir, e.g. ~/.config/p2p-socket/config.toml, if it exists.
+    #[arg(long, global = true, value_name = "PATH", env = config::CONFIG_ENV)]
+    config: Option<PathBuf>,
+
+    /// Take this command's flags from `[profiles.NAME]` of the config file.
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -116,13 +132,55 @@ enum Command {
     /// Show the whole thing working on this machine, no internet needed: a private DHT, a
     /// share of a built-in web page, a connect, and a verified fetch through the tunnel.
     Demo,
+    /// Print a shell completion script, e.g. `p2p-socket completions bash >
+    /// ~/.local/share/bash-completion/completions/p2p-socket`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`p2p-socket man | man -l -`), or write one per command into a
+    /// directory.
+    Man {
+        /// Write p2p-socket.1, p2p-socket-share.1, ... into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
-fn init_logging(verbose: u8, quiet: bool, demo: bool) {
+/// The end of `--help`: what the rest of the world needs to drive the tool.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  done (a share, connect, relay or bootstrap node runs until Ctrl-C or SIGTERM, then exits 0)
+  1  failed: could not start (port busy, DHT unreachable, bad identity file...) or stopped by
+     an error; the message says what happened and what to do
+  2  bad command line or config file
+
+Config file:
+  Every key is the long name of a flag; values are strings, numbers, true/false or lists.
+  Top-level keys apply to every command, [share], [connect], [relay]... to one command, and
+  [profiles.NAME] to the command run with --profile NAME. The command line beats the
+  environment (P2P_SOCKET_BOOTSTRAP...), which beats the profile, then the command's table,
+  then the top level.
+
+    bootstrap = \"203.0.113.7:49737\"
+    [profiles.web]
+    port = 8080
+
+  `p2p-socket share --profile web` then shares port 8080 through that bootstrap node.
+
+Environment:
+  RUST_LOG             log filter, overrides -v/-q (e.g. RUST_LOG=p2p_socket=debug)
+  P2P_SOCKET_BOOTSTRAP same as --bootstrap
+  P2P_SOCKET_CONFIG    same as --config
+  P2P_SOCKET_FIREWALLED=1  never claim to be reachable (forces hole punching; for testing)";
+
+/// `own_output`: the command prints what matters itself (the demo's steps, a completion script,
+/// a man page), so only warnings are logged by default.
+fn init_logging(verbose: u8, quiet: bool, own_output: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        // The demo prints its own steps; its logs would only bury them.
-        (false, 0) if demo => "warn",
+        (false, 0) if own_output => "warn",
         (false, 0) => "warn,p2p_socket=info,p2p_socket_cli=info",
         (false, 1) => "info,p2p_socket=debug,p2p_socket_cli=debug,udx=debug",
         (false, _) => "debug,p2p_socket=trace,udx=trace",
@@ -155,13 +213,29 @@ fn network(cli_bootstrap: &Option<String>) -> Result<NetworkOptions> {
     })
 }
 
+/// Exit code of a bad command line or config file, as clap uses for a bad flag.
+const EXIT_USAGE: i32 = 2;
+/// Exit code of a failure at run time.
+const EXIT_FAILED: i32 = 1;
+
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet, matches!(cli.command, Command::Demo));
+    let args = match config::expand(&Cli::command(), std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::new(e));
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let quiet_logs = matches!(
+        cli.command,
+        Command::Demo | Command::Completions { .. } | Command::Man { .. }
+    );
+    init_logging(cli.verbose, cli.quiet, quiet_logs);
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(EXIT_FAILED);
     }
 }
 
@@ -230,6 +304,13 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo::run().await,
+        Command::Completions { shell } => {
+            manual::completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out_dir } => {
+            manual::man(Cli::command(), out_dir.as_deref(), &mut std::io::stdout())
+        }
     }
 }
 

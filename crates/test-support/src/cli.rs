@@ -26,6 +26,10 @@ pub fn binary() -> PathBuf {
 pub fn bin() -> Command {
     let mut cmd = Command::new(binary());
     cmd.env_remove("P2P_SOCKET_BOOTSTRAP");
+    // The user's own config file (~/.config/p2p-socket/config.toml) must not change what a
+    // test runs: point the platform config dir at nowhere, and forget any explicit one.
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent/p2p-socket-tests")
+        .env_remove("P2P_SOCKET_CONFIG");
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn,p2p_socket=info,udx=info");
     }
