@@ -88,8 +88,11 @@ impl Decoder {
 mod tests {
     use super::*;
 
+    /// What a stream of messages decodes to.
+    type Decoded = Result<Vec<Vec<u8>>, FrameError>;
+
     /// Feeds `messages` one after the other and collects every datagram, or the error.
-    fn decode_all(messages: &[&[u8]]) -> Result<Vec<Vec<u8>>, FrameError> {
+    fn decode_all(messages: &[&[u8]]) -> Decoded {
         let mut decoder = Decoder::default();
         let mut out = Vec::new();
         for message in messages {
@@ -114,7 +117,7 @@ mod tests {
     fn table() {
         let two = [encode(b"one"), encode(b"two")].concat();
         let max = encode(&vec![1u8; MAX_DATAGRAM]);
-        let cases: Vec<(&str, Vec<&[u8]>, Result<Vec<Vec<u8>>, FrameError>)> = vec![
+        let cases: Vec<(&str, Vec<&[u8]>, Decoded)> = vec![
             ("nothing", vec![], Ok(vec![])),
             ("empty message", vec![b""], Ok(vec![])),
             ("empty datagram", vec![&[0, 0, 0, 0]], Ok(vec![vec![]])),

@@ -97,11 +97,16 @@ struct Counters {
 }
 
 impl Counters {
-    /// Queues `datagram` for the peer, or drops and counts it when the queue is full. False when
-    /// the flow has ended.
-    fn enqueue(&self, flow: u64, queue: &mpsc::Sender<Vec<u8>>, datagram: Vec<u8>) -> bool {
+    /// Queues `datagram` for the peer, or drops and counts it when the queue is full. Hands it
+    /// back when the flow has ended.
+    fn enqueue(
+        &self,
+        flow: u64,
+        queue: &mpsc::Sender<Vec<u8>>,
+        datagram: Vec<u8>,
+    ) -> Result<(), Vec<u8>> {
         match queue.try_send(datagram) {
-            Ok(()) => true,
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                     warn!(
@@ -111,9 +116,9 @@ impl Counters {
                          or --udp-queue is too short for its bursts"
                     );
                 }
-                true
+                Ok(())
             }
-            Err(TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed(datagram)) => Err(datagram),
         }
     }
 
@@ -308,7 +313,7 @@ async fn read_service(
     loop {
         match socket.recv(&mut buf).await {
             Ok(len) => {
-                if !counters.enqueue(n, queue, buf[..len].to_vec()) {
+                if counters.enqueue(n, queue, buf[..len].to_vec()).is_err() {
                     return End::Stopped;
                 }
             }
@@ -365,15 +370,13 @@ pub(crate) async fn serve_connect(
             },
         };
         let datagram = buf[..len].to_vec();
-        let datagram = match flows.get(&client) {
-            Some(f) if f.counters.enqueue(f.n, &f.queue, datagram.clone()) => continue,
-            // Its flow just ended: this datagram opens the next.
-            Some(_) => {
-                flows.remove(&client);
-                datagram
-            }
-            None => datagram,
+        let queued = match flows.get(&client) {
+            Some(f) => f.counters.enqueue(f.n, &f.queue, datagram),
+            None => Err(datagram),
         };
+        let Err(datagram) = queued else { continue };
+        // A new client, or its flow just ended: this datagram opens the next.
+        flows.remove(&client);
         if flows.len() >= limits.max_flows {
             if !at_limit {
                 at_limit = true;
@@ -390,7 +393,7 @@ pub(crate) async fn serve_connect(
         n += 1;
         let (queue, outbound) = mpsc::channel(limits.queue);
         let counters = Arc::new(Counters::default());
-        counters.enqueue(n, &queue, datagram);
+        let _ = counters.enqueue(n, &queue, datagram);
         flows.insert(
             client,
             ClientFlow {
