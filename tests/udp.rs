@@ -217,15 +217,54 @@ fn udp_connect(dht: &LocalDht, key: &str, extra: &[&str], log: Option<&LogFile>)
     ConnectProcess::start_logged(&dht.bootstrap, key, &args, log)
 }
 
+/// Our share of an echo service and our connect to it, on a DHT of their own; `log` keeps one
+/// side's log.
+struct Tunnel {
+    echo: Echo,
+    connect: ConnectProcess,
+    _share: ShareProcess,
+    _dht: LocalDht,
+}
+
+enum Side {
+    Share,
+    Connect,
+}
+
+impl Tunnel {
+    fn start(
+        share_flags: &[&str],
+        connect_flags: &[&str],
+        log: Option<(&LogFile, Side)>,
+    ) -> Tunnel {
+        let dht = LocalDht::start(NODES);
+        let echo = Echo::start();
+        let (share_log, connect_log) = match log {
+            Some((log, Side::Share)) => (Some(log), None),
+            Some((log, Side::Connect)) => (None, Some(log)),
+            None => (None, None),
+        };
+        let share = udp_share(&dht, &echo, share_flags, share_log);
+        let connect = udp_connect(&dht, &share.key, connect_flags, connect_log);
+        Tunnel {
+            echo,
+            connect,
+            _share: share,
+            _dht: dht,
+        }
+    }
+
+    fn client(&self, id: u64) -> Client {
+        Client::new(id, self.connect.addr)
+    }
+}
+
 #[test]
 fn datagrams_round_trip_between_our_connect_and_share_one_flow_per_client() {
-    let dht = LocalDht::start(NODES);
-    let echo = Echo::start();
-    let share = udp_share(&dht, &echo, &[], None);
-    let connect = udp_connect(&dht, &share.key, &[], None);
-    many_clients_round_trip(connect.addr, 4);
+    let t = Tunnel::start(&[], &[], None);
+    many_clients_round_trip(t.connect.addr, 4);
     assert_eq!(
-        echo.distinct_sources().len(),
+        t.echo.distinct_sources().len(),
         4,
         "each client should reach the service from a socket of its own"
     );
@@ -233,17 +272,12 @@ fn datagrams_round_trip_between_our_connect_and_share_one_flow_per_client() {
 
 #[test]
 fn connect_drops_datagrams_of_clients_past_its_flow_limit() {
-    let dht = LocalDht::start(NODES);
-    let echo = Echo::start();
-    let share = udp_share(&dht, &echo, &[], None);
     let log = LogFile::new("connect");
-    let connect = udp_connect(&dht, &share.key, &["--udp-max-flows", "2"], Some(&log));
-    let mut a = Client::new(1, connect.addr);
-    let mut b = Client::new(2, connect.addr);
+    let t = Tunnel::start(&[], &["--udp-max-flows", "2"], Some((&log, Side::Connect)));
+    let (mut a, mut b) = (t.client(1), t.client(2));
     a.round_trip(100, FIRST_REPLY);
     b.round_trip(100, FIRST_REPLY);
-    let mut c = Client::new(3, connect.addr);
-    c.unanswered();
+    t.client(3).unanswered();
     log.wait_for_line(LOGGED, "dropping datagrams from new UDP clients");
     a.round_trip(1000, REPLY);
     b.round_trip(1000, REPLY);
@@ -251,34 +285,31 @@ fn connect_drops_datagrams_of_clients_past_its_flow_limit() {
 
 #[test]
 fn share_refuses_flows_past_its_limit() {
-    let dht = LocalDht::start(NODES);
-    let echo = Echo::start();
     let log = LogFile::new("share");
-    let share = udp_share(&dht, &echo, &["--udp-max-flows", "1"], Some(&log));
-    let connect = udp_connect(&dht, &share.key, &[], None);
-    let mut a = Client::new(1, connect.addr);
+    let t = Tunnel::start(&["--udp-max-flows", "1"], &[], Some((&log, Side::Share)));
+    let mut a = t.client(1);
     a.round_trip(100, FIRST_REPLY);
-    let mut b = Client::new(2, connect.addr);
-    b.unanswered();
+    t.client(2).unanswered();
     log.wait_for_line(LOGGED, "refused a peer's UDP flow");
     a.round_trip(1000, REPLY);
-    assert_eq!(echo.distinct_sources().len(), 1);
+    assert_eq!(t.echo.distinct_sources().len(), 1);
 }
 
 #[test]
 fn a_quiet_flow_ends_after_the_idle_timeout_and_the_next_datagram_opens_another() {
-    let dht = LocalDht::start(NODES);
-    let echo = Echo::start();
-    let share = udp_share(&dht, &echo, &[], None);
     let log = LogFile::new("connect");
-    let connect = udp_connect(&dht, &share.key, &["--udp-idle-timeout", "1"], Some(&log));
-    let mut a = Client::new(1, connect.addr);
+    let t = Tunnel::start(
+        &[],
+        &["--udp-idle-timeout", "1"],
+        Some((&log, Side::Connect)),
+    );
+    let mut a = t.client(1);
     a.round_trip(100, FIRST_REPLY);
-    let first = echo.last_source();
+    let first = t.echo.last_source();
     log.wait_for_line(LOGGED, "reason=Idle");
     a.round_trip(100, FIRST_REPLY);
     assert_ne!(
-        echo.last_source(),
+        t.echo.last_source(),
         first,
         "after the idle timeout the share should serve the client on a new flow"
     );
@@ -286,20 +317,13 @@ fn a_quiet_flow_ends_after_the_idle_timeout_and_the_next_datagram_opens_another(
 
 #[test]
 fn a_full_flow_queue_drops_and_counts_while_other_flows_are_served() {
-    let dht = LocalDht::start(NODES);
-    let echo = Echo::start();
-    let share = udp_share(&dht, &echo, &[], None);
     let log = LogFile::new("connect");
-    let connect = udp_connect(
-        &dht,
-        &share.key,
-        &["--udp-queue", "2", "--udp-idle-timeout", "2"],
-        Some(&log),
-    );
-    let mut calm = Client::new(1, connect.addr);
+    let flags = ["--udp-queue", "2", "--udp-idle-timeout", "2"];
+    let t = Tunnel::start(&[], &flags, Some((&log, Side::Connect)));
+    let mut calm = t.client(1);
     calm.round_trip(100, FIRST_REPLY);
     // A burst far longer than the queue, sent before the burst's own flow can have opened.
-    let mut burst = Client::new(2, connect.addr);
+    let mut burst = t.client(2);
     for _ in 0..300 {
         burst.send(200);
     }
