@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use p2p_socket::KeyPair;
-use p2p_socket::{BootstrapNode, Connect, ConnectOptions, NetworkOptions, Share, ShareOptions};
+use p2p_socket::{
+    BootstrapNode, Connect, ConnectOptions, NetworkOptions, Protocol, Share, ShareOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,6 +62,7 @@ pub async fn run() -> Result<()> {
         service_port: web_addr.port(),
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+        protocol: Protocol::Tcp,
     })
     .await
     .context("sharing the page")?;
@@ -77,6 +80,7 @@ pub async fn run() -> Result<()> {
         listen: SocketAddr::new(LOOPBACK, 0),
         relay: None,
         force_relay: false,
+        protocol: Protocol::Tcp,
     })
     .await
     .context("connecting to the share")?;

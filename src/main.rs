@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod manual;
+mod udp;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -15,8 +16,8 @@ use p2p_socket::{
     default_identity_path, npm_share_key_secret_bits, Identity, KeyPair, PublicKey, ShareKeyRule,
 };
 use p2p_socket::{
-    BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayLimits, RelayOptions, RelayServer,
-    Share, ShareOptions,
+    BootstrapNode, Connect, ConnectOptions, NetworkOptions, Protocol, RelayLimits, RelayOptions,
+    RelayServer, Share, ShareOptions,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -87,6 +88,8 @@ enum Command {
         /// where only the relay is reachable): ours, or the one the sharer offers.
         #[arg(long)]
         force_relay: bool,
+        #[command(flatten)]
+        udp: udp::UdpArgs,
     },
     /// Create an identity file so `share` keeps the same key across restarts (compatible with
     /// the npm p2p-socket's identity.json).
@@ -248,6 +251,7 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             relay,
             force_relay,
+            udp,
         } => {
             let remote: PublicKey = key.parse().context("the --key is not a p2p-socket key")?;
             let relay = relay_key(relay)?;
@@ -258,6 +262,7 @@ async fn run(cli: Cli) -> Result<()> {
                 listen: SocketAddr::new(host, port),
                 relay,
                 force_relay,
+                protocol: udp.protocol()?,
             })
             .await
         }
@@ -368,6 +373,8 @@ struct ShareArgs {
     /// close (the log says so).
     #[arg(long, value_name = "N", default_value_t = Share::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    #[command(flatten)]
+    udp: udp::UdpArgs,
 }
 
 /// `--key-derivation`: the CLI's names for the library's [`ShareKeyRule`]s.
@@ -413,7 +420,9 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         relay,
         key_derivation,
         max_connections,
+        udp,
     } = args;
+    let protocol = udp.protocol()?;
     let relay = relay_key(relay)?;
     if port == 0 {
         bail!("--port 0 is not a service port; give the port your local service listens on");
@@ -438,6 +447,7 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         service_port: port,
         relay,
         max_connections,
+        protocol,
     })
     .await
     .map_err(with_hint)
@@ -447,10 +457,14 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         .as_ref()
         .map(|b| format!(" --bootstrap {b}"))
         .unwrap_or_default();
-    println!("Sharing {host}:{port}. Key:");
+    let (udp_flag, udp_note) = match protocol {
+        Protocol::Tcp => ("", ""),
+        Protocol::Udp(_) => (" --udp", " (UDP)"),
+    };
+    println!("Sharing {host}:{port}{udp_note}. Key:");
     println!("{key}");
     println!("On the other machine run:");
-    println!("  p2p-socket connect --port {port} --key {key}{bootstrap_flag}");
+    println!("  p2p-socket connect{udp_flag} --port {port} --key {key}{bootstrap_flag}");
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
     share.close().await;
@@ -459,12 +473,17 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
 
 async fn connect(opts: ConnectOptions) -> Result<()> {
     let remote = opts.remote;
+    let what = if opts.protocol == Protocol::Tcp {
+        "Connections to it"
+    } else {
+        "UDP datagrams to it"
+    };
     let connect = Connect::start(opts)
         .await
         .map_err(with_hint)
         .context("could not connect")?;
     println!("Listening on {}", connect.local_addr());
-    println!("Connections to it reach the sharer of {remote}.");
+    println!("{what} reach the sharer of {remote}.");
     wait_for_shutdown().await?;
     connect.close().await;
     Ok(())

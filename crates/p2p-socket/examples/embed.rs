@@ -9,7 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use p2p_socket::{BootstrapNode, Connector, KeyPair, NetworkOptions, Share, ShareOptions};
+use p2p_socket::{
+    BootstrapNode, Connector, KeyPair, NetworkOptions, Protocol, Share, ShareOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -52,6 +54,7 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
         service_port,
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+        protocol: Protocol::Tcp,
     })
     .await?;
 

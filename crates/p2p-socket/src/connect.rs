@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
 use crate::pipe::pipe_and_log;
 use crate::running::Running;
+use crate::udp::{self, Protocol};
 
 /// What to connect to and where to listen.
 #[derive(Debug, Clone)]
@@ -31,6 +32,14 @@ pub struct ConnectOptions {
     pub relay: Option<PublicKey>,
     /// Go through a relay for every connection (see [`Connector::force_relay`]).
     pub force_relay: bool,
+    /// What local programs speak: TCP, or UDP (each client address a flow of datagrams).
+    pub protocol: Protocol,
+}
+
+/// Where local programs reach a connect.
+enum Local {
+    Tcp(TcpListener),
+    Udp(UdpSocket, udp::UdpLimits),
 }
 
 /// A running connect: a local TCP listener whose every connection reaches the sharer's service.
@@ -43,13 +52,21 @@ impl Connect {
     /// Binds the listener, finds the sharer, and starts forwarding.
     pub async fn start(opts: ConnectOptions) -> Result<Connect> {
         // Bind first: a busy port is the user's most likely mistake and costs nothing to check.
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: opts.listen.to_string(),
-                source,
-            })?;
-        let local_addr = listener.local_addr()?;
+        let bind_error = |source| Error::Bind {
+            addr: opts.listen.to_string(),
+            source,
+        };
+        let local = match opts.protocol {
+            Protocol::Tcp => Local::Tcp(TcpListener::bind(opts.listen).await.map_err(bind_error)?),
+            Protocol::Udp(limits) => Local::Udp(
+                UdpSocket::bind(opts.listen).await.map_err(bind_error)?,
+                limits,
+            ),
+        };
+        let local_addr = match &local {
+            Local::Tcp(listener) => listener.local_addr()?,
+            Local::Udp(socket, _) => socket.local_addr()?,
+        };
         let mut connector = Connector::new(&opts.network, opts.key_pair, opts.remote)
             .await?
             .force_relay(opts.force_relay);
@@ -57,7 +74,12 @@ impl Connect {
             connector = connector.with_relay(relay);
         }
         let connector = Arc::new(connector);
-        let running = Running::spawn(|stop| accept_loop(listener, connector, stop));
+        let running = match local {
+            Local::Tcp(listener) => Running::spawn(|stop| accept_loop(listener, connector, stop)),
+            Local::Udp(socket, limits) => {
+                Running::spawn(|stop| udp::serve_connect(socket, connector, limits, stop))
+            }
+        };
         Ok(Connect {
             local_addr,
             running,

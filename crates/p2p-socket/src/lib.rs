@@ -9,6 +9,8 @@
 //!   stream) for programs that want the stream itself.
 //! - [`Identity`] makes and loads key pairs, compatible with the npm p2p-socket's
 //!   `identity.json`, and derives share keys from them.
+//! - With [`Protocol::Udp`], both carry UDP datagrams instead (one connection per local UDP
+//!   client, holesail's framing), within [`UdpLimits`].
 //! - [`BootstrapNode`] runs a DHT node for a private network.
 //! - [`RelayServer`] runs a blind relay, through which share and connect go when no hole can be
 //!   punched between them (Node's `blind-relay` protocol, so Node peers can use it too).
@@ -18,7 +20,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), p2p_socket::Error> {
-//! use p2p_socket::{KeyPair, NetworkOptions, Share, ShareOptions};
+//! use p2p_socket::{KeyPair, NetworkOptions, Protocol, Share, ShareOptions};
 //!
 //! let share = Share::start(ShareOptions {
 //!     network: NetworkOptions::default(), // the public HyperDHT network
@@ -27,6 +29,7 @@
 //!     service_port: 8080,
 //!     relay: None,
 //!     max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+//!     protocol: Protocol::Tcp,
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -58,6 +61,7 @@ mod punch_socket;
 mod relay;
 mod running;
 mod share;
+mod udp;
 
 pub use bootstrap::BootstrapNode;
 pub use connect::{Connect, ConnectOptions};
@@ -73,3 +77,4 @@ pub use identity::{
 pub use peer::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
 pub use share::{Share, ShareOptions};
+pub use udp::{Protocol, UdpLimits};

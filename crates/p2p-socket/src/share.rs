@@ -14,6 +14,7 @@ use crate::identity::{KeyPair, PublicKey};
 use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
 use crate::peer::{Path, PeerStream};
 use crate::pipe::pipe_and_log;
+use crate::udp::{self, Protocol};
 
 /// How long to wait for the local service to accept a connection.
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +37,8 @@ pub struct ShareOptions {
     /// Peer connections open at once; past this, new peers get no answer until some close
     /// (and the log says so). [`Share::DEFAULT_MAX_CONNECTIONS`] suits most services.
     pub max_connections: usize,
+    /// What the service speaks: TCP, or UDP (each peer connection a flow of datagrams).
+    pub protocol: Protocol,
 }
 
 /// A running share. Dropping it stops serving; [`Share::close`] also withdraws the announcement.
@@ -49,10 +52,17 @@ impl Share {
 
     /// Joins the DHT, announces the key and starts serving. Returns once the key is findable.
     pub async fn start(opts: ShareOptions) -> Result<Share> {
-        let service = (opts.service_host, opts.service_port);
-        let handler: Handler = Arc::new(move |n, peer, _link, path| {
-            Box::pin(serve_tcp(n, peer, path, service.clone()))
-        });
+        let handler: Handler = match opts.protocol {
+            Protocol::Tcp => {
+                let service = (opts.service_host, opts.service_port);
+                Arc::new(move |n, peer, _link, path| {
+                    Box::pin(serve_tcp(n, peer, path, service.clone()))
+                })
+            }
+            Protocol::Udp(limits) => {
+                udp::share_handler(opts.service_host, opts.service_port, limits)
+            }
+        };
         let listener = Listener::start(
             &opts.network,
             opts.key_pair,

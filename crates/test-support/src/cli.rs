@@ -36,6 +36,63 @@ pub fn bin() -> Command {
     cmd
 }
 
+/// A process's log (its stderr) kept in a file, for a test to read what it logged.
+pub struct LogFile(PathBuf);
+
+impl LogFile {
+    pub fn new(name: &str) -> LogFile {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LogFile(
+            std::env::temp_dir().join(format!("p2p-socket-{name}-{}-{n}.log", std::process::id())),
+        )
+    }
+
+    /// The binary, as [`bin`] runs it, with its stderr going to this file.
+    pub fn bin(&self) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"exec "$0" "$@" 2>"$P2P_SOCKET_TEST_LOG""#])
+            .arg(binary())
+            .env_remove("P2P_SOCKET_BOOTSTRAP")
+            .env("P2P_SOCKET_TEST_LOG", &self.0);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn,p2p_socket=info");
+        }
+        cmd
+    }
+
+    /// What it logged so far. Its wording is not an interface: read it only for what has no
+    /// machine-readable output yet.
+    pub fn read(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for a logged line that contains `text`, and returns it.
+    pub fn wait_for_line(&self, timeout: Duration, text: &str) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.read().lines().find(|l| l.contains(text)) {
+                return line.to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no line with {text:?} logged within {timeout:?}; the log:\n{}",
+                self.read()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("[log {}]\n{}", self.0.display(), self.read());
+        }
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A private DHT on 127.0.0.1: one bootstrap node and `nodes - 1` more, each its own process.
 pub struct LocalDht {
     pub bootstrap: String,
@@ -93,7 +150,12 @@ impl ShareProcess {
 
     /// `p2p-socket share` with exactly these arguments (plus --bootstrap).
     pub fn start_with(bootstrap: &str, args: &[&str]) -> ShareProcess {
-        let mut cmd = bin();
+        Self::start_logged(bootstrap, args, None)
+    }
+
+    /// [`ShareProcess::start_with`], its log going to `log` if given.
+    pub fn start_logged(bootstrap: &str, args: &[&str], log: Option<&LogFile>) -> ShareProcess {
+        let mut cmd = log.map_or_else(bin, LogFile::bin);
         cmd.arg("share").args(args).args(["--bootstrap", bootstrap]);
         let mut process = ChildProcess::spawn(cmd, "share");
         let key = process.wait_for(READY, key_line);
@@ -115,7 +177,7 @@ impl ShareProcess {
 pub struct RelayProcess {
     pub key: String,
     pub process: ChildProcess,
-    log: std::path::PathBuf,
+    log: LogFile,
 }
 
 impl RelayProcess {
@@ -125,17 +187,10 @@ impl RelayProcess {
 
     /// `p2p-socket relay` with `extra` arguments.
     pub fn start_with(bootstrap: &str, extra: &[&str]) -> RelayProcess {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log =
-            std::env::temp_dir().join(format!("p2p-socket-relay-{}-{n}.log", std::process::id()));
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", r#"exec "$0" "$@" 2>"$RELAY_LOG""#])
-            .arg(bin().get_program())
-            .args(["relay", "--bootstrap", bootstrap])
+        let log = LogFile::new("relay");
+        let mut cmd = log.bin();
+        cmd.args(["relay", "--bootstrap", bootstrap])
             .args(extra)
-            .env_remove("P2P_SOCKET_BOOTSTRAP")
-            .env("RELAY_LOG", &log)
             .env("RUST_LOG", "warn,p2p_socket=info");
         let mut process = ChildProcess::spawn(cmd, "relay");
         let key = process.wait_for(READY, key_line);
@@ -145,16 +200,7 @@ impl RelayProcess {
     /// What it logged so far. Its wording is not an interface: read it only for what the relay
     /// has no machine-readable output for yet (which pairs it relayed, which cap it reached).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("[relay log]\n{}", self.log());
-        }
-        let _ = std::fs::remove_file(&self.log);
+        self.log.read()
     }
 }
 
@@ -171,7 +217,17 @@ impl ConnectProcess {
 
     /// `p2p-socket connect --key KEY` with `extra` arguments.
     pub fn start_with(bootstrap: &str, key: &str, extra: &[&str]) -> ConnectProcess {
-        let mut cmd = bin();
+        Self::start_logged(bootstrap, key, extra, None)
+    }
+
+    /// [`ConnectProcess::start_with`], its log going to `log` if given.
+    pub fn start_logged(
+        bootstrap: &str,
+        key: &str,
+        extra: &[&str],
+        log: Option<&LogFile>,
+    ) -> ConnectProcess {
+        let mut cmd = log.map_or_else(bin, LogFile::bin);
         cmd.args(["connect", "--key", key, "--bootstrap", bootstrap])
             .args(extra);
         let mut process = ChildProcess::spawn(cmd, "connect");

@@ -44,11 +44,37 @@ pub fn require_node() {
 /// The script exits when its stdin closes, so it cannot outlive a crashed test.
 fn start_script(script: &str, args: &[String]) -> (ChildProcess, Value) {
     require_node();
-    let mut cmd = Command::new("node");
+    start_on(Command::new("node"), "node", script, args)
+}
+
+/// The Bare runtime of the pinned npm package `bare-runtime-linux-x64`: holesail 2.4.1 is
+/// built for Bare and fails under Node at require time.
+pub fn bare() -> PathBuf {
+    interop_dir().join("node_modules/.bin/bare")
+}
+
+/// Starts `interop/node/<script>` on the Bare runtime, as [`start_script`] does on Node; panics
+/// with what to do when the runtime is missing.
+pub fn start_bare_script(script: &str, args: &[String]) -> (ChildProcess, Value) {
+    let bare = bare();
+    assert!(
+        bare.is_file(),
+        "{} is missing: run `npm ci` in interop/node (it installs the Bare runtime holesail needs)",
+        bare.display()
+    );
+    start_on(Command::new(bare), "bare", script, args)
+}
+
+fn start_on(
+    mut cmd: Command,
+    runtime: &str,
+    script: &str,
+    args: &[String],
+) -> (ChildProcess, Value) {
     cmd.arg(interop_dir().join(script))
         .args(args)
         .current_dir(interop_dir());
-    let mut process = ChildProcess::spawn(cmd, &format!("node {script}"));
+    let mut process = ChildProcess::spawn(cmd, &format!("{runtime} {script}"));
     let ready = process.wait_for(READY_TIMEOUT, |line| serde_json::from_str(line).ok());
     (process, ready)
 }

@@ -34,6 +34,7 @@ use crate::identity::{Identity, KeyPair, PublicKey, ShareKeyRule};
 use crate::nat::{Firewall, NatSampler};
 use crate::policy::dial_address;
 use crate::relay::wire as relay_wire;
+use crate::udp::frame as udp_frame;
 
 /// A fuzz target: the name of its corpus directory and of its `fuzz/fuzz_targets/` file.
 pub type Target = (&'static str, fn(&[u8]));
@@ -51,6 +52,7 @@ pub const TARGETS: &[Target] = &[
     ("nat_samples", nat_samples),
     ("public_key", public_key),
     ("identity_file", identity_file),
+    ("udp_frames", udp_frames),
 ];
 
 /// A UDX datagram as the socket reads it: header, then SACK blocks and payload.
@@ -128,6 +130,34 @@ pub fn relay_frame(data: &[u8]) {
             vec![item]
         );
     }
+}
+
+/// The byte stream of a UDP flow (holesail's framing), as a UDP share or connect reads it from a
+/// peer. The first byte says how the stream arrives: in messages of 1 to 256 bytes.
+pub fn udp_frames(data: &[u8]) {
+    let Some((&split, stream)) = data.split_first() else {
+        return;
+    };
+    let mut decoder = udp_frame::Decoder::default();
+    let mut decoded = Vec::new();
+    'messages: for message in stream.chunks(usize::from(split) + 1) {
+        let mut input = message;
+        loop {
+            match decoder.next_datagram(&mut input) {
+                Ok(Some(datagram)) => {
+                    assert!(datagram.len() <= udp_frame::MAX_DATAGRAM);
+                    decoded.extend(udp_frame::encode(&datagram));
+                }
+                Ok(None) => break,
+                Err(udp_frame::FrameError::TooLong { len }) => {
+                    assert!(len > udp_frame::MAX_DATAGRAM as u64);
+                    break 'messages;
+                }
+            }
+        }
+    }
+    // The datagrams re-encode to the stream they came from, up to where decoding stopped.
+    assert!(stream.starts_with(&decoded));
 }
 
 /// A DHT RPC datagram, as a punch socket reads it.

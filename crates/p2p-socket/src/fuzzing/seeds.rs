@@ -55,6 +55,18 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 format!("  {}\n", key.to_string().to_uppercase()).into_bytes(),
             ]
         }
+        "udp_frames" => vec![
+            [&[0u8][..], &udp_frame::encode(b"hello")].concat(),
+            [
+                &[2u8][..],
+                &udp_frame::encode(b""),
+                &udp_frame::encode(b"a"),
+                &udp_frame::encode(&[7; 300]),
+            ]
+            .concat(),
+            // One past the largest datagram.
+            vec![255, 0, 1, 0, 0, 1, 2, 3],
+        ],
         "identity_file" => {
             let key_pair = KeyPair::from_seed([4; 32]);
             let secret: Vec<u8> = key_pair
