@@ -1151,6 +1151,14 @@ impl Stream {
         }
         self.rto_timeouts += 1;
         self.stats.rto_timeouts += 1;
+        tracing::debug!(
+            stream = self.local_id,
+            timeouts = self.rto_timeouts,
+            in_flight = self.in_flight,
+            unacked = self.snd_nxt - self.snd_una,
+            rto = ?self.rtt.rto(),
+            "retransmission timeout"
+        );
         if self.rto_timeouts >= MAX_RTO_TIMEOUTS {
             tracing::debug!(
                 stream = self.local_id,
