@@ -731,7 +731,16 @@ impl Stream {
         for idx in 0..self.sent.len() {
             let seq = self.snd_una + idx as u64;
             let pkt = &mut self.sent[idx];
-            if pkt.state != SentState::InFlight || (pkt.time_sent, seq) >= (rack_time, rack_seq) {
+            if (pkt.time_sent, seq) >= (rack_time, rack_seq) {
+                if !pkt.retransmitted {
+                    // Sent once, after the delivered one: every packet above it was first
+                    // sent later still, so nothing above can be lost by this rule. The walk
+                    // stops here and costs no more than when it stopped at `rack_seq`.
+                    break;
+                }
+                continue;
+            }
+            if pkt.state != SentState::InFlight {
                 continue;
             }
             let deadline = pkt.time_sent + self.rack_rtt + reo_wnd;
