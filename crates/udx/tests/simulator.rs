@@ -315,36 +315,50 @@ fn random_loss_does_not_collapse_the_rate() {
 
 /// The lab's lossy cell (docs/lab.md): 50 ms and 5 % loss on each home uplink, so data and
 /// acks are both lost, no bottleneck but the path's own (veth, far faster than the flow),
-/// three verified 10 MiB transfers one after another. Prints where the time goes.
+/// three verified 10 MiB transfers one after another. Random loss must cost little: no
+/// retransmission timeout (the tail is repaired by RACK and the tail loss probe), and each
+/// transfer within 1.5x the clean path's time (before the fixes in docs/transport.md: 2.8-3.3x,
+/// with one to three timeouts each).
 #[test]
 fn lab_lossy_cell_three_transfers_of_ten_mib() {
-    for loss in [0.0, 0.05] {
-        for seed in 0..3 {
-            let link = LinkConfig {
-                delay: MS * 50,
-                loss,
-                ..Default::default()
-            };
-            let out = Scenario {
-                seed: 0x1ab5 + seed,
-                ab: link.clone(),
-                ba: link,
-                path_change: None,
-                flows: vec![FlowSpec::new(1, 2, 10 << 20, 0)],
-                deadline: Duration::from_secs(300),
-            }
-            .run();
-            let (a, _) = &out.flows[0];
-            let took = out.flows[0].1.completed_at.unwrap();
-            println!(
-                "lab cell, {:.0} % loss: {took:?}, {:.2} MB/s; sent {} lost {} retransmitted {} timeouts {}",
-                loss * 100.0,
-                mbps(10 << 20, took),
-                a.stats.packets_sent,
-                a.stats.packets_lost,
-                a.stats.retransmits,
-                a.stats.rto_timeouts,
-            );
+    let transfer = |loss: f64, seed: u64| {
+        let link = LinkConfig {
+            delay: MS * 50,
+            loss,
+            ..Default::default()
+        };
+        let out = Scenario {
+            seed,
+            ab: link.clone(),
+            ba: link,
+            path_change: None,
+            flows: vec![FlowSpec::new(1, 2, 10 << 20, 0)],
+            deadline: Duration::from_secs(300),
         }
+        .run();
+        let (a, b) = &out.flows[0];
+        let took = b.completed_at.unwrap();
+        println!(
+            "lab cell, {:.0} % loss: {took:?}, {:.2} MB/s; sent {} lost {} retransmitted {} timeouts {}",
+            loss * 100.0,
+            mbps(10 << 20, took),
+            a.stats.packets_sent,
+            a.stats.packets_lost,
+            a.stats.retransmits,
+            a.stats.rto_timeouts,
+        );
+        (took, a.stats.rto_timeouts)
+    };
+    let (clean, _) = transfer(0.0, 0x1ab5);
+    for seed in 0x1ab5..0x1ab8 {
+        let (took, timeouts) = transfer(0.05, seed);
+        assert_eq!(
+            timeouts, 0,
+            "seed {seed:#x}: a retransmission timeout at 5 % loss"
+        );
+        assert!(
+            took.as_secs_f64() < 1.5 * clean.as_secs_f64(),
+            "seed {seed:#x}: {took:?} at 5 % loss against {clean:?} on the clean path"
+        );
     }
 }
