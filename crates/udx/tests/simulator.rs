@@ -141,6 +141,19 @@ fn mbps(bytes: usize, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()
 }
 
+/// One stream sends 10 MiB over `link` (the same both ways), as a lab fetch does.
+fn ten_mib_one_way(seed: u64, link: LinkConfig) -> Outcome {
+    Scenario {
+        seed,
+        ab: link.clone(),
+        ba: link,
+        path_change: None,
+        flows: vec![FlowSpec::new(1, 2, 10 << 20, 0)],
+        deadline: Duration::from_secs(300),
+    }
+    .run()
+}
+
 /// The lab cell that crashed the share: 10 ms one way plus 0-20 ms per packet, both ways.
 #[test]
 fn reordering_path_three_transfers_of_ten_mib() {
@@ -152,15 +165,7 @@ fn reordering_path_three_transfers_of_ten_mib() {
             queue: 512 * 1024,
             ..Default::default()
         };
-        let out = Scenario {
-            seed: 0x7e0 + seed,
-            ab: link.clone(),
-            ba: link,
-            path_change: None,
-            flows: vec![FlowSpec::new(1, 2, 10 << 20, 0)],
-            deadline: Duration::from_secs(300),
-        }
-        .run();
+        let out = ten_mib_one_way(0x7e0 + seed, link);
         let took = out.flows[0].1.completed_at.unwrap();
         println!(
             "reordering 10 MiB: {took:?}, {:.2} MB/s",
@@ -327,15 +332,7 @@ fn lab_lossy_cell_three_transfers_of_ten_mib() {
             loss,
             ..Default::default()
         };
-        let out = Scenario {
-            seed,
-            ab: link.clone(),
-            ba: link,
-            path_change: None,
-            flows: vec![FlowSpec::new(1, 2, 10 << 20, 0)],
-            deadline: Duration::from_secs(300),
-        }
-        .run();
+        let out = ten_mib_one_way(seed, link);
         let (a, b) = &out.flows[0];
         let took = b.completed_at.unwrap();
         println!(
