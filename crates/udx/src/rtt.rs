@@ -51,6 +51,11 @@ impl RttEstimator {
         self.srtt
     }
 
+    /// RTT variation (RFC 6298's RTTVAR).
+    pub fn rttvar(&self) -> Duration {
+        self.rttvar
+    }
+
     /// Smallest RTT seen (`Duration::MAX` before the first sample).
     pub fn min_rtt(&self) -> Duration {
         self.min_rtt

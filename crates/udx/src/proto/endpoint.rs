@@ -368,7 +368,7 @@ impl Endpoint {
             }
             if stream.is_finished() {
                 if let Some(mut entry) = self.entries.remove(&id) {
-                    tracing::trace!(stream = id, stats = ?entry.stream.stats(), "stream finished");
+                    tracing::debug!(stream = id, stats = ?entry.stream.stats(), "stream finished");
                     if entry.stream.is_done() {
                         self.enter_time_wait(id, &mut entry.stream, now);
                     }
