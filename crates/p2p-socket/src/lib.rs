@@ -27,6 +27,7 @@
 //!     service_port: 8080,
 //!     relay: None,
 //!     max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+//!     allow: None, // anyone with the key; an AllowList admits only its client keys
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -35,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access;
 mod addr;
 mod bootstrap;
 mod connect;
@@ -59,6 +61,7 @@ mod relay;
 mod running;
 mod share;
 
+pub use access::{parse_seed, private_mode, AccessError, AllowFile, AllowList, MAX_ALLOWED_KEYS};
 pub use bootstrap::BootstrapNode;
 pub use connect::{Connect, ConnectOptions};
 pub use connection::Connection;
