@@ -133,9 +133,9 @@ impl AllowFile {
             if key.is_empty() {
                 continue;
             }
-            let key = key.parse().map_err(|source| AccessError::BadKey {
+            let key = key.parse().map_err(|reason| AccessError::BadKey {
                 line: index + 1,
-                source,
+                reason,
             })?;
             allow.insert(key)?;
         }
@@ -151,9 +151,9 @@ impl AllowFile {
         }
         let mut allow = AllowList::new();
         for (index, key) in conf.allow.iter().enumerate() {
-            let key = key.parse().map_err(|source| AccessError::BadConfKey {
+            let key = key.parse().map_err(|reason| AccessError::BadConfKey {
                 index: index + 1,
-                source,
+                reason,
             })?;
             allow.insert(key)?;
         }
@@ -164,9 +164,9 @@ impl AllowFile {
     /// Reads and parses an allow file (see [`AllowFile::parse`]); the error names the file.
     pub fn load(path: impl AsRef<Path>) -> Result<AllowFile, AccessError> {
         let path = path.as_ref();
-        let in_file = |source| AccessError::InFile {
+        let in_file = |problem| AccessError::InFile {
             path: path.to_path_buf(),
-            source: Box::new(source),
+            problem: Box::new(problem),
         };
         let read_error = |source| AccessError::Read {
             path: path.to_path_buf(),
@@ -220,24 +220,24 @@ pub enum AccessError {
         max: usize,
     },
     /// A line of a key file is not a key.
-    #[error("line {line} is not a client public key: {source}")]
+    #[error("line {line} is not a client public key (one key per line, # for comments): {reason}")]
     BadKey {
         /// 1-based line number.
         line: usize,
         /// What is wrong with it.
-        source: ParseKeyError,
+        reason: ParseKeyError,
     },
     /// An entry of a hypertele `conf.json`'s `allow` is not a key.
-    #[error("entry {index} of \"allow\" is not a client public key: {source}")]
+    #[error("entry {index} of \"allow\" is not a client public key: {reason}")]
     BadConfKey {
         /// 1-based position in the array.
         index: usize,
         /// What is wrong with it.
-        source: ParseKeyError,
+        reason: ParseKeyError,
     },
     /// A file that starts with `{` is not hypertele's `conf.json`.
     #[error("it starts with '{{' but is not a hypertele conf.json ({{\"seed\": \"<64 hex>\", \"allow\": [\"<64 hex key>\", ...]}}): {0}")]
-    BadConf(#[source] serde_json::Error),
+    BadConf(serde_json::Error),
     /// A seed that is not 64 hex characters.
     #[error("a seed is 64 hex characters (32 bytes), this one has {length} characters or is not hex; generate one with `openssl rand -hex 32`")]
     BadSeed {
@@ -253,20 +253,20 @@ pub enum AccessError {
         max: u64,
     },
     /// The file could not be read.
-    #[error("cannot read the allow file {}: {source}; check the path and its permissions", path.display())]
+    #[error("cannot read the allow file {}; check the path and its permissions", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// Something in the file is wrong; the source says what.
-    #[error("the allow file {} is not usable: {source}; write one client key (64 hex characters) per line, # for comments", path.display())]
+    /// Something in the file is wrong.
+    #[error("the allow file {} is not usable: {problem}", path.display())]
     InFile {
         /// The file.
         path: PathBuf,
         /// What is wrong in it.
-        source: Box<AccessError>,
+        problem: Box<AccessError>,
     },
 }
 
