@@ -167,9 +167,15 @@ impl ConnectProcess {
 
     /// `p2p-socket connect --key KEY` with `extra` arguments.
     pub fn start_with(bootstrap: &str, key: &str, extra: &[&str]) -> ConnectProcess {
+        let mut args = vec!["--key", key];
+        args.extend_from_slice(extra);
+        Self::start_args(bootstrap, &args)
+    }
+
+    /// `p2p-socket connect` with exactly these arguments (plus --bootstrap).
+    pub fn start_args(bootstrap: &str, args: &[&str]) -> ConnectProcess {
         let mut cmd = bin();
-        cmd.args(["connect", "--key", key, "--bootstrap", bootstrap])
-            .args(extra);
+        cmd.args(["connect", "--bootstrap", bootstrap]).args(args);
         let mut process = ChildProcess::spawn(cmd, "connect");
         let addr = process.wait_for(READY, |line| {
             line.strip_prefix("Listening on ")
