@@ -358,7 +358,12 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
     }
     let access = access.resolve(identity.is_some())?;
     let identity_path = identity.clone().unwrap_or_else(default_identity_path);
-    let key_pair = match (access.key_pair, Identity::load_optional(&identity_path)?) {
+    // A seed fixes the key: an identity file lying in the directory has no say.
+    let stored = match access.key_pair {
+        Some(_) => None,
+        None => Identity::load_optional(&identity_path)?,
+    };
+    let key_pair = match (access.key_pair, stored) {
         (Some(seeded), _) => seeded,
         (None, Some(id)) => {
             tracing::info!(path = %identity_path.display(), "using identity");
