@@ -52,6 +52,12 @@ fn our_identity(dir: &Path, name: &str, kp: &KeyPair) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// Our connect to `key` as `kp`, through an identity file of ours named `name`.
+fn connect_as(dir: &Path, bootstrap: &str, key: &str, name: &str, kp: &KeyPair) -> ConnectProcess {
+    let id = our_identity(dir, name, kp);
+    ConnectProcess::start_with(bootstrap, key, &["--identity", &id])
+}
+
 /// hypertele's identity file (`hypertele -i`) for `kp`.
 fn hypertele_identity(dir: &Path, name: &str, kp: &KeyPair) -> String {
     let path = dir.join(name);
@@ -166,25 +172,43 @@ fn hypertele_server(bootstrap: &str, port: u16, args: &[&str]) -> (ChildProcess,
     (server, key)
 }
 
-#[test]
-fn an_allowed_key_gets_in_and_another_is_refused_before_the_service() {
-    let dir = temp_dir("allow");
-    let (alice, mallory) = (key_pair(1), key_pair(2));
+/// A local DHT, a banner service and a share of it that admits only `allowed`.
+struct Allowing {
+    dir: PathBuf,
+    service: Service,
+    share: ShareProcess,
+    dht: LocalDht,
+}
+
+fn allowing(name: &str, allowed: &str) -> Allowing {
+    let dir = temp_dir(name);
     let dht = LocalDht::start(NODES);
     let service = Service::start(Behaviour::Banner(BANNER));
-    let allowed = alice.public_key().to_string();
-    let share = ShareProcess::start(&dht.bootstrap, service.port(), &["--allow", &allowed]);
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &["--allow", allowed]);
+    Allowing {
+        dir,
+        service,
+        share,
+        dht,
+    }
+}
 
-    let alice_id = our_identity(&dir, "alice.json", &alice);
-    let connect =
-        ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &alice_id]);
+#[test]
+fn an_allowed_key_gets_in_and_another_is_refused_before_the_service() {
+    let (alice, mallory) = (key_pair(1), key_pair(2));
+    let Allowing {
+        dir,
+        service,
+        share,
+        dht,
+    } = allowing("allow", &alice.public_key().to_string());
+
+    let connect = connect_as(&dir, &dht.bootstrap, &share.key, "alice.json", &alice);
     expect_banner(connect.addr, Duration::ZERO, "allowed client");
     service.next_tally(Duration::from_secs(30));
     drop(connect);
 
-    let mallory_id = our_identity(&dir, "mallory.json", &mallory);
-    let refused =
-        ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &mallory_id]);
+    let refused = connect_as(&dir, &dht.bootstrap, &share.key, "mallory.json", &mallory);
     let took = expect_refused(refused.addr, FAST_REFUSAL, "client not on the list");
     eprintln!("refusal reached our client in {took:?}");
     // A client with a fresh key each run is refused the same way.
@@ -221,8 +245,7 @@ fn allow_files_in_both_formats() {
         let c = ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &id]);
         expect_banner(c.addr, Duration::ZERO, name);
     }
-    let mallory_id = our_identity(&dir, "mallory.json", &mallory);
-    let c = ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &mallory_id]);
+    let c = connect_as(&dir, &dht.bootstrap, &share.key, "mallory.json", &mallory);
     expect_refused(c.addr, FAST_REFUSAL, "mallory (key file)");
     drop(share);
 
@@ -248,11 +271,9 @@ fn allow_files_in_both_formats() {
         KeyPair::from_seed(seed).public_key().to_string(),
         "conf.json's seed gives the share key"
     );
-    let alice_id = our_identity(&dir, "alice.json", &alice);
-    let c = ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &alice_id]);
+    let c = connect_as(&dir, &dht.bootstrap, &share.key, "alice.json", &alice);
     expect_banner(c.addr, Duration::ZERO, "alice (conf.json)");
-    let bob_id = our_identity(&dir, "bob.json", &bob);
-    let c = ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &bob_id]);
+    let c = connect_as(&dir, &dht.bootstrap, &share.key, "bob.json", &bob);
     expect_refused(c.addr, FAST_REFUSAL, "bob (not in conf.json)");
 }
 
@@ -293,15 +314,13 @@ fn hypertele_server_allow_list_admits_our_identity_only() {
 
 #[test]
 fn our_allow_list_admits_a_hypertele_client_identity_and_survives_its_keepalives() {
-    let dir = temp_dir("ht-client");
     let (alice, mallory) = (key_pair(8), key_pair(9));
-    let dht = LocalDht::start(NODES);
-    let service = Service::start(Behaviour::Banner(BANNER));
-    let share = ShareProcess::start(
-        &dht.bootstrap,
-        service.port(),
-        &["--allow", &alice.public_key().to_z32()],
-    );
+    let Allowing {
+        dir,
+        service,
+        share,
+        dht,
+    } = allowing("ht-client", &alice.public_key().to_z32());
     let alice_id = hypertele_identity(&dir, "alice.json", &alice);
     let (_client, addr) = hypertele_client(&dht.bootstrap, &["-s", &share.key, "-i", &alice_id]);
     // Idle across two of hypertele's 5 s keepalives, then still usable.
@@ -364,18 +383,14 @@ fn hypertele_private_mode_both_ways() {
 
 #[test]
 fn a_flood_of_refused_handshakes_leaves_the_share_serving() {
-    let dir = temp_dir("flood");
     let (alice, mallory) = (key_pair(10), key_pair(11));
-    let dht = LocalDht::start(NODES);
-    let service = Service::start(Behaviour::Banner(BANNER));
-    let share = ShareProcess::start(
-        &dht.bootstrap,
-        service.port(),
-        &["--allow", &alice.public_key().to_string()],
-    );
-    let mallory_id = our_identity(&dir, "mallory.json", &mallory);
-    let flood =
-        ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &mallory_id]);
+    let Allowing {
+        dir,
+        service,
+        share,
+        dht,
+    } = allowing("flood", &alice.public_key().to_string());
+    let flood = connect_as(&dir, &dht.bootstrap, &share.key, "mallory.json", &mallory);
     // Every local connection is a handshake of its own; all at once.
     const FLOOD: usize = 200;
     let attempts: Vec<_> = (0..FLOOD)
@@ -387,8 +402,7 @@ fn a_flood_of_refused_handshakes_leaves_the_share_serving() {
     for a in attempts {
         a.join().expect("a flooding connection was not refused");
     }
-    let alice_id = our_identity(&dir, "alice.json", &alice);
-    let c = ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--identity", &alice_id]);
+    let c = connect_as(&dir, &dht.bootstrap, &share.key, "alice.json", &alice);
     expect_banner(c.addr, Duration::ZERO, "allowed client after the flood");
     service.next_tally(Duration::from_secs(30));
     drop(c);
