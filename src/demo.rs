@@ -63,6 +63,7 @@ pub async fn run() -> Result<()> {
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
         protocol: Protocol::Tcp,
+        allow: None,
     })
     .await
     .context("sharing the page")?;

@@ -2,6 +2,7 @@
 //! is the `p2p-socket` library crate.
 
 mod config;
+mod access;
 mod demo;
 mod manual;
 mod udp;
@@ -72,8 +73,14 @@ enum Command {
     /// Connect to a share: listens locally and forwards every connection to the sharer.
     Connect {
         /// The key the sharer printed (64 hex characters).
-        #[arg(short, long, visible_alias = "remote-key")]
-        key: String,
+        #[arg(
+            short,
+            long,
+            visible_alias = "remote-key",
+            required_unless_present = "private",
+            conflicts_with = "private"
+        )]
+        key: Option<String>,
         /// Local port to listen on (0 picks a free one).
         #[arg(short, long, default_value_t = 0)]
         port: u16,
@@ -90,6 +97,8 @@ enum Command {
         force_relay: bool,
         #[command(flatten)]
         udp: udp::UdpArgs,
+        #[command(flatten)]
+        access: access::ConnectAccess,
     },
     /// Create an identity file so `share` keeps the same key across restarts (compatible with
     /// the npm p2p-socket's identity.json).
@@ -252,12 +261,18 @@ async fn run(cli: Cli) -> Result<()> {
             relay,
             force_relay,
             udp,
+            access,
         } => {
-            let remote: PublicKey = key.parse().context("the --key is not a p2p-socket key")?;
+            let (key_pair, private_remote) = access.resolve()?;
+            let remote: PublicKey = match (key, private_remote) {
+                (_, Some(remote)) => remote,
+                (Some(key), None) => key.parse().context("the --key is not a p2p-socket key")?,
+                (None, None) => bail!("give the sharer's key with --key"),
+            };
             let relay = relay_key(relay)?;
             connect(ConnectOptions {
                 network: network(&cli.bootstrap)?,
-                key_pair: KeyPair::generate(),
+                key_pair,
                 remote,
                 listen: SocketAddr::new(host, port),
                 relay,
@@ -287,6 +302,7 @@ async fn run(cli: Cli) -> Result<()> {
             let (identity, path) = Identity::save_new(&path, Some(seed.as_str()))?;
             println!("Wrote a new identity to {}", path.display());
             println!("Its public key: {}", identity.public_key());
+            println!("`p2p-socket connect --identity {}` connects as this key; a sharer admits it with --allow {}.", path.display(), identity.public_key());
             println!("`p2p-socket share` run in this directory now keeps the same key for the same --host and --port.");
             Ok(())
         }
@@ -375,6 +391,8 @@ struct ShareArgs {
     max_connections: usize,
     #[command(flatten)]
     udp: udp::UdpArgs,
+    #[command(flatten)]
+    access: access::ShareAccess,
 }
 
 /// `--key-derivation`: the CLI's names for the library's [`ShareKeyRule`]s.
@@ -421,25 +439,35 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         key_derivation,
         max_connections,
         udp,
+        access,
     } = args;
     let protocol = udp.protocol()?;
     let relay = relay_key(relay)?;
     if port == 0 {
         bail!("--port 0 is not a service port; give the port your local service listens on");
     }
+    let access = access.resolve(identity.is_some())?;
     let identity_path = identity.clone().unwrap_or_else(default_identity_path);
-    let key_pair = match Identity::load_optional(&identity_path)? {
-        Some(id) => {
+    // A seed fixes the key: an identity file lying in the directory has no say.
+    let stored = match access.key_pair {
+        Some(_) => None,
+        None => Identity::load_optional(&identity_path)?,
+    };
+    let key_pair = match (access.key_pair, stored) {
+        (Some(seeded), _) => seeded,
+        (None, Some(id)) => {
             tracing::info!(path = %identity_path.display(), "using identity");
             share_key_pair(&id, &host, port, key_derivation)?
         }
-        None if identity.is_some() => bail!(
+        (None, None) if identity.is_some() => bail!(
             "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
             identity_path.display(),
             identity_path.display()
         ),
-        None => KeyPair::generate(),
+        (None, None) => KeyPair::generate(),
     };
+    let (allow, connect_with) = (access.allow, access.connect_with);
+    let allowed = allow.as_ref().map(|a| a.len());
     let share = Share::start(ShareOptions {
         network,
         key_pair,
@@ -448,6 +476,7 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         relay,
         max_connections,
         protocol,
+        allow,
     })
     .await
     .map_err(with_hint)
@@ -464,7 +493,11 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
     println!("Sharing {host}:{port}{udp_note}. Key:");
     println!("{key}");
     println!("On the other machine run:");
-    println!("  p2p-socket connect{udp_flag} --port {port} --key {key}{bootstrap_flag}");
+    let connect_with = connect_with.unwrap_or_else(|| format!("--key {key}"));
+    println!("  p2p-socket connect{udp_flag} --port {port} {connect_with}{bootstrap_flag}");
+    if let Some(n) = allowed.filter(|_| connect_with.starts_with("--key")) {
+        println!("Only the {n} allowed client key(s) get in: add --identity <their identity file> there.");
+    }
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
     share.close().await;

@@ -55,6 +55,7 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
         protocol: Protocol::Tcp,
+        allow: None,
     })
     .await?;
 

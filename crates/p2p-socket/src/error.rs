@@ -30,7 +30,7 @@ pub enum Error {
     PeerNotFound,
 
     /// Peers announce the key but none completed the handshake.
-    #[error("found the peer on the DHT but it did not answer the handshake ({0}); the sharer may have just stopped, try again")]
+    #[error("found the peer on the DHT but it did not answer the handshake ({0}); the sharer may have just stopped (try again), or it admits only some client keys (Node and hypertele sharers do not answer a key they refuse)")]
     HandshakeFailed(String),
 
     /// The handshake worked but no packets got through on the data path.
@@ -48,6 +48,14 @@ pub enum Error {
     /// Going through a relay did not work.
     #[error("the relay did not get us through: {0}; check the relay key, and that `p2p-socket relay` runs on a host both sides can reach")]
     RelayFailed(String),
+
+    /// The sharer refused us during the handshake: it admits only some client keys, and ours
+    /// is not one of them.
+    #[error("the sharer refused our client key {client} (it admits only the keys on its allow list); give the sharer this key to allow, or connect with an identity it allows")]
+    Refused {
+        /// Our public key, the one the sharer would have to allow.
+        client: crate::identity::PublicKey,
+    },
 
     /// The remote side speaks an incompatible protocol version.
     #[error("the peer uses an incompatible protocol ({0}); update p2p-socket on both sides")]

@@ -30,6 +30,7 @@
 //!     relay: None,
 //!     max_connections: Share::DEFAULT_MAX_CONNECTIONS,
 //!     protocol: Protocol::Tcp,
+//!     allow: None, // anyone with the key; an AllowList admits only its client keys
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -38,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access;
 mod addr;
 mod bootstrap;
 mod connect;
@@ -63,6 +65,7 @@ mod running;
 mod share;
 mod udp;
 
+pub use access::{parse_seed, private_mode, AccessError, AllowFile, AllowList, MAX_ALLOWED_KEYS};
 pub use bootstrap::BootstrapNode;
 pub use connect::{Connect, ConnectOptions};
 pub use connection::Connection;

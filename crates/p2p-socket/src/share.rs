@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::access::AllowList;
 use crate::dht::NetworkOptions;
 use crate::error::Result;
 use crate::identity::{KeyPair, PublicKey};
@@ -39,6 +40,11 @@ pub struct ShareOptions {
     pub max_connections: usize,
     /// What the service speaks: TCP, or UDP (each peer connection a flow of datagrams).
     pub protocol: Protocol,
+    /// Only clients with these public keys get in; `None` admits anyone who knows the share
+    /// key. A refused client is answered with an error during the handshake (it fails at once
+    /// instead of timing out), is logged with its key, and never reaches the local service:
+    /// no punch, relay or service connection is made for it. See [`AllowList`].
+    pub allow: Option<AllowList>,
 }
 
 /// A running share. Dropping it stops serving; [`Share::close`] also withdraws the announcement.
@@ -68,6 +74,7 @@ impl Share {
             opts.key_pair,
             opts.relay,
             opts.max_connections,
+            opts.allow,
             handler,
         )
         .await?;

@@ -227,9 +227,19 @@ impl ConnectProcess {
         extra: &[&str],
         log: Option<&LogFile>,
     ) -> ConnectProcess {
+        let mut args = vec!["--key", key];
+        args.extend_from_slice(extra);
+        Self::start_args_logged(bootstrap, &args, log)
+    }
+
+    /// `p2p-socket connect` with exactly these arguments (plus --bootstrap).
+    pub fn start_args(bootstrap: &str, args: &[&str]) -> ConnectProcess {
+        Self::start_args_logged(bootstrap, args, None)
+    }
+
+    fn start_args_logged(bootstrap: &str, args: &[&str], log: Option<&LogFile>) -> ConnectProcess {
         let mut cmd = log.map_or_else(bin, LogFile::bin);
-        cmd.args(["connect", "--key", key, "--bootstrap", bootstrap])
-            .args(extra);
+        cmd.args(["connect", "--bootstrap", bootstrap]).args(args);
         let mut process = ChildProcess::spawn(cmd, "connect");
         let addr = process.wait_for(READY, |line| {
             line.strip_prefix("Listening on ")

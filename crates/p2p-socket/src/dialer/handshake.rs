@@ -3,7 +3,8 @@
 
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{
-    decode_handshake_from_bytes, NoisePayload, MODE_FROM_CLIENT, MODE_REPLY, PEER_HANDSHAKE,
+    decode_handshake_from_bytes, NoisePayload, ERROR_ABORTED, MODE_FROM_CLIENT, MODE_REPLY,
+    PEER_HANDSHAKE,
 };
 use peeroxide_dht::messages::Ipv4Peer;
 use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
@@ -57,12 +58,20 @@ impl Connector {
 
     /// Reads the sharer's half of the handshake.
     pub(super) fn finish_handshake(
+        &self,
         mut nw: NoiseWrap,
         noise: &[u8],
     ) -> Result<(NoisePayload, u32, NoiseWrapResult)> {
         let remote = nw
             .recv(noise)
             .map_err(|e| Error::HandshakeFailed(format!("bad answer: {e}")))?;
+        // A server that refuses our key answers with ABORTED (ours and Node's allow lists
+        // do); any other error is a protocol mismatch.
+        if remote.error == ERROR_ABORTED {
+            return Err(Error::Refused {
+                client: self.key_pair.public_key(),
+            });
+        }
         let remote_id = check_remote(&remote).map_err(Error::Incompatible)?;
         let hs = nw
             .finalize()
@@ -124,7 +133,7 @@ impl Connector {
                     continue;
                 }
             };
-            let (remote, remote_id, hs) = Self::finish_handshake(nw, &reply.noise)?;
+            let (remote, remote_id, hs) = self.finish_handshake(nw, &reply.noise)?;
             let relay_addr = to_socket_addr(relay)
                 .ok_or_else(|| Error::HandshakeFailed("a DHT node's address is invalid".into()))?;
             // A relayed answer names the address the relaying node saw the sharer at; a direct

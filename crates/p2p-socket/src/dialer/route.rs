@@ -114,7 +114,7 @@ impl Connector {
             .ok_or_else(|| {
                 Error::HandshakeFailed("no usable answer through the punched hole".into())
             })?;
-        let (_, remote_id, hs) = Self::finish_handshake(nw, &answer.noise)?;
+        let (_, remote_id, hs) = self.finish_handshake(nw, &answer.noise)?;
         stream.connect(remote_id, route.server)?;
         secure(
             true,

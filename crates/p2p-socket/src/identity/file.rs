@@ -142,6 +142,17 @@ pub enum IdentityError {
         /// What the JSON parser found.
         source: serde_json::Error,
     },
+    /// The file is JSON but neither identity layout.
+    #[error(
+        "{} is not an identity file: it has neither a \"keyPair\" (p2p-socket's identity.json, \
+         see `p2p-socket create-id`) nor \"publicKey\" and \"secretKey\" (hypertele's identity \
+         file)",
+        path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
     /// A key in the file is not a hex key of the right length.
     #[error(
         "the {field} in {} is damaged: {reason}; restore the file from a backup, or move it \

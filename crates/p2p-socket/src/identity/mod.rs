@@ -152,7 +152,9 @@ impl Identity {
         self.key_pair.public_key()
     }
 
-    /// Reads an identity file written by this tool or by the npm tool.
+    /// Reads an identity file written by this tool or by the npm tool, or hypertele's identity
+    /// file (`{"publicKey": hex, "secretKey": hex}`, what `hypertele -i` reads); the layout is
+    /// recognised by its fields.
     ///
     /// Stricter than the npm tool, which does not check the file at all: both keys must be
     /// complete hex and belong together, so a damaged file is reported instead of silently
@@ -170,13 +172,25 @@ impl Identity {
             },
         })?;
         warn_if_readable_by_others(path);
-        let file: IdentityFile =
-            serde_json::from_str(&text).map_err(|source| IdentityError::Parse {
+        let parse_error = |source| IdentityError::Parse {
+            path: path.to_path_buf(),
+            source,
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(parse_error)?;
+        // Ours nests the keys under "keyPair"; hypertele's `-i` file has them at the top.
+        let key_pair = if json.get("keyPair").is_some() {
+            serde_json::from_value::<IdentityFile>(json)
+                .map_err(parse_error)?
+                .key_pair
+        } else if json.get("publicKey").is_some() || json.get("secretKey").is_some() {
+            serde_json::from_value::<KeyPairFile>(json).map_err(parse_error)?
+        } else {
+            return Err(IdentityError::UnknownFormat {
                 path: path.to_path_buf(),
-                source,
-            })?;
-        let secret_key: [u8; 64] = decode_key_field(path, "secretKey", &file.key_pair.secret_key)?;
-        let public_key: [u8; 32] = decode_key_field(path, "publicKey", &file.key_pair.public_key)?;
+            });
+        };
+        let secret_key: [u8; 64] = decode_key_field(path, "secretKey", &key_pair.secret_key)?;
+        let public_key: [u8; 32] = decode_key_field(path, "publicKey", &key_pair.public_key)?;
         let mut seed = [0u8; 32];
         seed.copy_from_slice(&secret_key[..32]);
         let key_pair = KeyPair::from_seed(seed);
@@ -575,6 +589,31 @@ mod tests {
         )
         .expect("write compact file");
         assert_eq!(Identity::load(&path).expect("load compact"), abc_identity());
+    }
+
+    #[test]
+    fn loads_a_hypertele_identity_file_and_names_an_unknown_layout() {
+        let dir = TestDir::new();
+        let path = dir.0.join("hypertele-id.json");
+        fs::write(
+            &path,
+            format!("{{\"secretKey\":\"{ABC_SECRET}\",\"publicKey\":\"{ABC_PUBLIC}\"}}"),
+        )
+        .expect("write hypertele file");
+        assert_eq!(
+            Identity::load(&path).expect("load hypertele"),
+            abc_identity()
+        );
+        fs::write(&path, format!("{{\"publicKey\":\"{ABC_PUBLIC}\"}}")).expect("write");
+        let error = Identity::load(&path).expect_err("no secret key");
+        assert!(matches!(error, IdentityError::Parse { .. }), "{error:?}");
+        fs::write(&path, "{\"seed\":\"00\",\"allow\":[]}").expect("write");
+        let error = Identity::load(&path).expect_err("a conf.json");
+        assert!(
+            matches!(error, IdentityError::UnknownFormat { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("hypertele"), "{error}");
     }
 
     #[test]

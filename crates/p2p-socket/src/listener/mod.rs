@@ -6,6 +6,7 @@
 
 mod accept;
 mod announce;
+mod firewall;
 mod respond;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use peeroxide_dht::messages::{Command, Ipv4Peer};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::access::AllowList;
 use crate::addr::{ipv4_peer, to_socket_addr};
 use crate::dht::{DhtNode, NetworkOptions};
 use crate::dialer::relay_dialer;
@@ -36,6 +38,7 @@ use crate::relay::client::RelayClients;
 use crate::running::Running;
 use accept::PUNCHED_PACKET_TIMEOUT;
 use announce::{announce, keep_announced, ping_relays};
+use firewall::RefusalLog;
 use respond::Arrival;
 
 /// A client that gets no answer retries the same handshake, and a handshake can reach us through
@@ -102,13 +105,15 @@ struct Stats {
 
 impl Listener {
     /// Joins the DHT, announces `key_pair`'s public key and hands every connection to
-    /// `handler`; `relay` is offered to peers that cannot reach us otherwise, and at most
-    /// `max_connections` are open at once. Returns once the key is findable.
+    /// `handler`; `relay` is offered to peers that cannot reach us otherwise, at most
+    /// `max_connections` are open at once, and with an `allow` list only its keys get in.
+    /// Returns once the key is findable.
     pub(crate) async fn start(
         network: &NetworkOptions,
         key_pair: KeyPair,
         relay: Option<PublicKey>,
         max_connections: usize,
+        allow: Option<AllowList>,
         handler: Handler,
     ) -> Result<Listener> {
         let mut node = DhtNode::join(network).await?;
@@ -152,6 +157,8 @@ impl Listener {
             random_punches: Arc::new(Semaphore::new(RANDOM_PUNCHES_AT_ONCE)),
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            allow,
+            refusals: RefusalLog::new(),
             requests_tx,
             routes_tx,
         };
@@ -221,6 +228,9 @@ struct Server {
     /// One permit per open connection.
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// Only these clients get in, when set.
+    allow: Option<AllowList>,
+    refusals: RefusalLog,
 }
 
 impl Server {

@@ -16,6 +16,7 @@ use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
 use tracing::{debug, info, warn};
 
 use super::accept::{serve_connection, DataPath, Via};
+use super::firewall::Verdict;
 use super::{Server, Session, HANDSHAKE_MEMORY, MAX_RECENT, MAX_SESSIONS};
 use crate::addr::to_socket_addr;
 use crate::dht::next_stream_id;
@@ -66,6 +67,15 @@ impl Server {
         if let Some((_, reply)) = self.recent.get(&msg.noise) {
             debug!("repeated handshake; answering as before");
             return Some(reply.clone());
+        }
+        match self.check_allowed(&msg.noise) {
+            Verdict::Admit => {}
+            Verdict::Ignore => return None,
+            Verdict::Refuse(noise) => {
+                let reply = answer(&msg, noise, peer_address);
+                self.remember(msg.noise, now, reply.clone());
+                return Some(reply);
+            }
         }
         let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
             warn!(
@@ -142,13 +152,7 @@ impl Server {
                 return None;
             }
         };
-        // Answer the way the request came: straight back to a client that asked us directly,
-        // or back through the DHT node that forwarded it (router.js's FROM_SERVER).
-        let reply = if msg.mode == MODE_FROM_CLIENT {
-            message(MODE_REPLY, noise, None)
-        } else {
-            message(MODE_FROM_SERVER, noise, peer_address)
-        };
+        let reply = answer(&msg, noise, peer_address);
 
         let client = Client {
             arrival: &arrival,
@@ -165,17 +169,7 @@ impl Server {
                 return None;
             }
         };
-        if self.recent.len() >= MAX_RECENT {
-            if let Some(oldest) = self
-                .recent
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                self.recent.remove(&oldest);
-            }
-        }
-        self.recent.insert(msg.noise, (now, reply.clone()));
+        self.remember(msg.noise, now, reply.clone());
 
         let n = self.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let peer_key = PublicKey::from(hs.remote_public_key).to_string();
@@ -190,6 +184,21 @@ impl Server {
             permit,
         ));
         Some(reply)
+    }
+
+    /// Keeps our answer to a handshake for its repeats; a flood of fresh ones forgets the oldest.
+    fn remember(&mut self, noise: Vec<u8>, now: Instant, reply: Vec<u8>) {
+        if self.recent.len() >= MAX_RECENT {
+            if let Some(oldest) = self
+                .recent
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                self.recent.remove(&oldest);
+            }
+        }
+        self.recent.insert(noise, (now, reply));
     }
 
     /// Sets up the stream of a new connection: aimed at the client when it can be dialled or
@@ -265,5 +274,15 @@ impl Server {
             punch,
             relay,
         })
+    }
+}
+
+/// Our half of the handshake, sent the way the request came: straight back to a client that
+/// asked us directly, or back through the DHT node that forwarded it (router.js's FROM_SERVER).
+fn answer(msg: &HandshakeMessage, noise: Vec<u8>, peer_address: Option<Ipv4Peer>) -> Vec<u8> {
+    if msg.mode == MODE_FROM_CLIENT {
+        message(MODE_REPLY, noise, None)
+    } else {
+        message(MODE_FROM_SERVER, noise, peer_address)
     }
 }
