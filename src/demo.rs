@@ -60,6 +60,7 @@ pub async fn run() -> Result<()> {
         service_port: web_addr.port(),
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+        admit: None,
     })
     .await
     .context("sharing the page")?;

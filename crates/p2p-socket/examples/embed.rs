@@ -52,6 +52,7 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
         service_port,
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+        admit: None,
     })
     .await?;
 

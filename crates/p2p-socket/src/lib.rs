@@ -27,6 +27,7 @@
 //!     service_port: 8080,
 //!     relay: None,
 //!     max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+//!     admit: None,
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -36,9 +37,11 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod admit;
 mod bootstrap;
 mod connect;
 mod connection;
+mod connection_string;
 mod dht;
 mod dialer;
 mod error;
@@ -57,11 +60,16 @@ mod policy;
 mod punch_socket;
 mod relay;
 mod running;
+mod service_record;
 mod share;
 
+pub use admit::Admit;
 pub use bootstrap::BootstrapNode;
 pub use connect::{Connect, ConnectOptions};
 pub use connection::Connection;
+pub use connection_string::{
+    ConnectionString, KeyString, ParseConnectionStringError, MAX_KEY_STRING_LEN, MIN_KEY_STRING_LEN,
+};
 pub use dht::{NetworkOptions, DEFAULT_BOOTSTRAP_PORT};
 pub use dialer::Connector;
 pub use error::{Error, Result};
@@ -72,4 +80,5 @@ pub use identity::{
 };
 pub use peer::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
+pub use service_record::{RecordError, RecordKeeper, ServiceRecord, MAX_RECORD_BYTES};
 pub use share::{Share, ShareOptions};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::admit::Admit;
 use crate::dht::NetworkOptions;
 use crate::error::Result;
 use crate::identity::{KeyPair, PublicKey};
@@ -36,6 +37,9 @@ pub struct ShareOptions {
     /// Peer connections open at once; past this, new peers get no answer until some close
     /// (and the log says so). [`Share::DEFAULT_MAX_CONNECTIONS`] suits most services.
     pub max_connections: usize,
+    /// Which clients may connect, by their public key; `None` admits everyone who knows
+    /// the share's key. Refused clients get no answer and never reach the service.
+    pub admit: Option<Admit>,
 }
 
 /// A running share. Dropping it stops serving; [`Share::close`] also withdraws the announcement.
@@ -58,6 +62,7 @@ impl Share {
             opts.key_pair,
             opts.relay,
             opts.max_connections,
+            opts.admit,
             handler,
         )
         .await?;

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::addr::{ipv4_peer, to_socket_addr};
+use crate::admit::Admit;
 use crate::dht::{DhtNode, NetworkOptions};
 use crate::dialer::relay_dialer;
 use crate::error::{Error, Result};
@@ -102,13 +103,15 @@ struct Stats {
 
 impl Listener {
     /// Joins the DHT, announces `key_pair`'s public key and hands every connection to
-    /// `handler`; `relay` is offered to peers that cannot reach us otherwise, and at most
-    /// `max_connections` are open at once. Returns once the key is findable.
+    /// `handler`; `relay` is offered to peers that cannot reach us otherwise, at most
+    /// `max_connections` are open at once, and only clients `admit` admits are answered.
+    /// Returns once the key is findable.
     pub(crate) async fn start(
         network: &NetworkOptions,
         key_pair: KeyPair,
         relay: Option<PublicKey>,
         max_connections: usize,
+        admit: Option<Admit>,
         handler: Handler,
     ) -> Result<Listener> {
         let mut node = DhtNode::join(network).await?;
@@ -152,6 +155,7 @@ impl Listener {
             random_punches: Arc::new(Semaphore::new(RANDOM_PUNCHES_AT_ONCE)),
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            admit,
             requests_tx,
             routes_tx,
         };
@@ -221,6 +225,8 @@ struct Server {
     /// One permit per open connection.
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// Which clients get an answer; `None`: all.
+    admit: Option<Admit>,
 }
 
 impl Server {

@@ -142,6 +142,11 @@ impl Server {
                 return None;
             }
         };
+        let client_key = PublicKey::from(hs.remote_public_key);
+        if let Some(admit) = self.admit.as_ref().filter(|a| !a.admits(&client_key)) {
+            warn!(peer = %client_key, from = %seen, rule = ?admit, "refused a client whose key this share does not admit; it gets no answer and never reaches the service");
+            return None;
+        }
         // Answer the way the request came: straight back to a client that asked us directly,
         // or back through the DHT node that forwarded it (router.js's FROM_SERVER).
         let reply = if msg.mode == MODE_FROM_CLIENT {
@@ -178,7 +183,7 @@ impl Server {
         self.recent.insert(msg.noise, (now, reply.clone()));
 
         let n = self.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let peer_key = PublicKey::from(hs.remote_public_key).to_string();
+        let peer_key = client_key.to_string();
         info!(connection = n, peer = &peer_key[..12], from = %seen, "peer connecting");
         tokio::spawn(serve_connection(
             n,

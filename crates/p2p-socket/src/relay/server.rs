@@ -81,8 +81,15 @@ impl RelayServer {
                 },
             )
         };
-        let server =
-            Listener::start(&opts.network, opts.key_pair, None, MAX_CONNECTIONS, handler).await?;
+        let server = Listener::start(
+            &opts.network,
+            opts.key_pair,
+            None,
+            MAX_CONNECTIONS,
+            None,
+            handler,
+        )
+        .await?;
         // Ends when the relay does (the server's handler holds the other references).
         let weak = Arc::downgrade(&relay);
         tokio::spawn(async move {
