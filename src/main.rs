@@ -2,6 +2,7 @@
 //! is the `p2p-socket` library crate.
 
 mod demo;
+mod holesail;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
 use p2p_socket::{
-    default_identity_path, npm_share_key_secret_bits, Identity, KeyPair, PublicKey, ShareKeyRule,
+    default_identity_path, npm_share_key_secret_bits, Admit, Identity, KeyPair, PublicKey,
+    ShareKeyRule,
 };
 use p2p_socket::{
     BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayLimits, RelayOptions, RelayServer,
@@ -54,12 +56,15 @@ enum Command {
     Share(ShareArgs),
     /// Connect to a share: listens locally and forwards every connection to the sharer.
     Connect {
-        /// The key the sharer printed (64 hex characters).
+        /// The key or connection string the sharer printed: 64 hex characters, 52 z-base-32
+        /// characters, hs://0000<z32 key> (holesail public) or hs://s000<key string> (holesail
+        /// secure, also `share --secret`: we connect with the key pair derived from it).
         #[arg(short, long, visible_alias = "remote-key")]
         key: String,
-        /// Local port to listen on (0 picks a free one).
-        #[arg(short, long, default_value_t = 0)]
-        port: u16,
+        /// Local port to listen on (0 picks a free one). Without it, the port the sharer's
+        /// service record names (holesail and p2p-socket shares keep one), else a free one.
+        #[arg(short, long)]
+        port: Option<u16>,
         /// Local address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
@@ -175,16 +180,22 @@ async fn run(cli: Cli) -> Result<()> {
             relay,
             force_relay,
         } => {
-            let remote: PublicKey = key.parse().context("the --key is not a p2p-socket key")?;
+            let (remote, key_pair) = holesail::connect_key(&key)?;
             let relay = relay_key(relay)?;
-            connect(ConnectOptions {
-                network: network(&cli.bootstrap)?,
-                key_pair: KeyPair::generate(),
-                remote,
-                listen: SocketAddr::new(host, port),
-                relay,
-                force_relay,
-            })
+            let network = network(&cli.bootstrap)?;
+            let from_record = port.is_none();
+            let port = holesail::listen_port(&network, remote, port).await?;
+            connect(
+                ConnectOptions {
+                    network,
+                    key_pair,
+                    remote,
+                    listen: SocketAddr::new(host, port),
+                    relay,
+                    force_relay,
+                },
+                from_record,
+            )
             .await
         }
         Command::Relay {
@@ -287,6 +298,8 @@ struct ShareArgs {
     /// close (the log says so).
     #[arg(long, value_name = "N", default_value_t = Share::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    #[command(flatten)]
+    holesail: holesail::SecretArgs,
 }
 
 /// `--key-derivation`: the CLI's names for the library's [`ShareKeyRule`]s.
@@ -332,56 +345,79 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         relay,
         key_derivation,
         max_connections,
+        holesail,
     } = args;
     let relay = relay_key(relay)?;
     if port == 0 {
         bail!("--port 0 is not a service port; give the port your local service listens on");
     }
+    let secret = holesail.key_string()?;
     let identity_path = identity.clone().unwrap_or_else(default_identity_path);
-    let key_pair = match Identity::load_optional(&identity_path)? {
-        Some(id) => {
-            tracing::info!(path = %identity_path.display(), "using identity");
-            share_key_pair(&id, &host, port, key_derivation)?
-        }
-        None if identity.is_some() => bail!(
-            "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
-            identity_path.display(),
-            identity_path.display()
-        ),
-        None => KeyPair::generate(),
+    let key_pair = match &secret {
+        Some(secret) => secret.key_pair(),
+        None => match Identity::load_optional(&identity_path)? {
+            Some(id) => {
+                tracing::info!(path = %identity_path.display(), "using identity");
+                share_key_pair(&id, &host, port, key_derivation)?
+            }
+            None if identity.is_some() => bail!(
+                "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
+                identity_path.display(),
+                identity_path.display()
+            ),
+            None => KeyPair::generate(),
+        },
     };
+    // Secret mode admits only the key pair derived from the key string, as holesail's
+    // secure mode does: knowing the public key is not enough.
+    let admit = secret.as_ref().map(|_| Admit::only(key_pair.public_key()));
     let share = Share::start(ShareOptions {
-        network,
-        key_pair,
+        network: network.clone(),
+        key_pair: key_pair.clone(),
         service_host: host.clone(),
         service_port: port,
         relay,
         max_connections,
+        admit,
     })
     .await
     .map_err(with_hint)
     .context("could not start sharing")?;
+    let record = holesail::keep_record(&network, key_pair, &host, port).await;
     let key = share.public_key();
     let bootstrap_flag = bootstrap
         .as_ref()
         .map(|b| format!(" --bootstrap {b}"))
         .unwrap_or_default();
-    println!("Sharing {host}:{port}. Key:");
-    println!("{key}");
-    println!("On the other machine run:");
-    println!("  p2p-socket connect --port {port} --key {key}{bootstrap_flag}");
+    holesail::print_share(
+        &host,
+        port,
+        key,
+        secret.as_ref(),
+        holesail.qr,
+        &bootstrap_flag,
+    );
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
+    if let Some(record) = record {
+        record.close().await;
+    }
     share.close().await;
     Ok(())
 }
 
-async fn connect(opts: ConnectOptions) -> Result<()> {
+/// Runs connect until Ctrl-C; a port learned from the sharer's record that is taken here is
+/// given up for a free one (`from_record`).
+async fn connect(mut opts: ConnectOptions, from_record: bool) -> Result<()> {
     let remote = opts.remote;
-    let connect = Connect::start(opts)
-        .await
-        .map_err(with_hint)
-        .context("could not connect")?;
+    let started = match Connect::start(opts.clone()).await {
+        Err(e) if from_record && opts.listen.port() != 0 && holesail::port_taken(&e) => {
+            opts.listen = holesail::free_port_on(opts.listen.ip(), opts.listen.port());
+            Connect::start(opts).await
+        }
+        started => started,
+    };
+    let connect = started.map_err(with_hint).context("could not connect")?;
     println!("Listening on {}", connect.local_addr());
     println!("Connections to it reach the sharer of {remote}.");
     wait_for_shutdown().await?;
