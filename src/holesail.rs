@@ -45,19 +45,19 @@ impl SecretArgs {
     }
 }
 
-/// Puts the record holesail clients read to learn the port. A share works without it, so a
-/// failure is a warning, not a stop.
+/// Puts the record holesail clients read to learn the port and whether the share is UDP. A
+/// share works without it, so a failure is a warning, not a stop.
 pub async fn keep_record(
     network: &NetworkOptions,
     key_pair: KeyPair,
     host: &str,
     port: u16,
+    udp: bool,
 ) -> Option<RecordKeeper> {
     let record = ServiceRecord {
         host: Some(host.to_string()),
         port,
-        // h9-udp's `share --udp` sets this for a UDP share.
-        udp: false,
+        udp,
     };
     match RecordKeeper::start(network, key_pair, record).await {
         Ok(keeper) => Some(keeper),

@@ -371,19 +371,23 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
     // Secret mode admits only the key pair derived from the key string, as holesail's
     // secure mode does: knowing the public key is not enough.
     let admit = secret.as_ref().map(|_| Admit::only(key_pair.public_key()));
-    let share = Share::start(ShareOptions {
-        network: network.clone(),
-        key_pair: key_pair.clone(),
-        service_host: host.clone(),
-        service_port: port,
-        relay,
-        max_connections,
-        admit,
-    })
-    .await
-    .map_err(with_hint)
-    .context("could not start sharing")?;
-    let record = holesail::keep_record(&network, key_pair, &host, port).await;
+    // The record goes up while the share announces, not after: each joins the DHT.
+    let (share, record) = tokio::join!(
+        Share::start(ShareOptions {
+            network: network.clone(),
+            key_pair: key_pair.clone(),
+            service_host: host.clone(),
+            service_port: port,
+            relay,
+            max_connections,
+            admit,
+        }),
+        // udp: a UDP share (`share --udp`, another part of this work) says so in its record.
+        holesail::keep_record(&network, key_pair, &host, port, false)
+    );
+    let share = share
+        .map_err(with_hint)
+        .context("could not start sharing")?;
     let key = share.public_key();
     let bootstrap_flag = bootstrap
         .as_ref()

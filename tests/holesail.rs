@@ -158,6 +158,18 @@ fn a_holesail_client_listens_on_the_port_of_our_shares_record() {
 }
 
 #[test]
+fn connect_without_port_takes_a_free_one_when_the_records_port_is_taken_here() {
+    let bootstrap = testnet();
+    // The service itself holds 127.0.0.1:P, the port our share's record names.
+    let service = service();
+    let port = service.port().to_string();
+    let (share, _) = share(&bootstrap, &["--host", "127.0.0.1", "--port", &port]);
+    let connect = ConnectProcess::start(&bootstrap.join(","), &share.key);
+    assert_ne!(connect.addr.port(), service.port());
+    verify_transfer(connect.addr.port(), "connect on a free port");
+}
+
+#[test]
 fn connect_without_port_and_without_a_record_picks_a_free_port() {
     let bootstrap = testnet();
     let service = service();

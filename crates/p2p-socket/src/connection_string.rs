@@ -258,7 +258,8 @@ mod tests {
 
     #[test]
     fn refusals_name_what_is_accepted() {
-        let cases: &[(&str, fn(&ParseConnectionStringError) -> bool)] = &[
+        type Expect = fn(&ParseConnectionStringError) -> bool;
+        let cases: &[(&str, Expect)] = &[
             ("", |e| {
                 matches!(e, ParseConnectionStringError::Key(ParseKeyError::Empty))
             }),

@@ -29,11 +29,13 @@ use peeroxide_dht::secure_payload::SecurePayload;
 use udx::wire::{self, Header, HEADER_SIZE};
 
 use crate::addr::to_socket_addr;
+use crate::connection_string::ConnectionString;
 use crate::handshake::{check_remote, our_payload};
 use crate::identity::{Identity, KeyPair, PublicKey, ShareKeyRule};
 use crate::nat::{Firewall, NatSampler};
 use crate::policy::dial_address;
 use crate::relay::wire as relay_wire;
+use crate::service_record::ServiceRecord;
 
 /// A fuzz target: the name of its corpus directory and of its `fuzz/fuzz_targets/` file.
 pub type Target = (&'static str, fn(&[u8]));
@@ -51,6 +53,8 @@ pub const TARGETS: &[Target] = &[
     ("nat_samples", nat_samples),
     ("public_key", public_key),
     ("identity_file", identity_file),
+    ("connection_string", connection_string),
+    ("service_record", service_record),
 ];
 
 /// A UDX datagram as the socket reads it: header, then SACK blocks and payload.
@@ -305,6 +309,36 @@ pub fn public_key(data: &[u8]) {
     }
 }
 
+/// What a user pastes after `connect --key`: a key or a holesail `hs://` string.
+pub fn connection_string(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match text.parse::<ConnectionString>() {
+        Ok(string) => {
+            assert_eq!(
+                string.to_string().parse::<ConnectionString>(),
+                Ok(string.clone())
+            );
+            if let Some(key_pair) = string.client_key_pair() {
+                assert_eq!(key_pair.public_key(), string.remote());
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+/// A holesail service record as a DHT node returns it (its signature already checked: any
+/// key holder can sign anything).
+pub fn service_record(data: &[u8]) {
+    match ServiceRecord::parse(data) {
+        Ok(record) => {
+            assert!(data.len() <= crate::service_record::MAX_RECORD_BYTES);
+            assert_ne!(record.port, 0);
+            assert_eq!(ServiceRecord::parse(&record.to_bytes()).ok(), Some(record));
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
 /// An `identity.json` as a user may have edited or damaged it.
 pub fn identity_file(data: &[u8]) {
     let path = std::env::temp_dir().join(format!(
@@ -417,6 +451,19 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             )
             .into_bytes()]
         }
+        "connection_string" => {
+            let key = KeyPair::from_seed([4; 32]).public_key();
+            vec![
+                format!("hs://0000{}", key.to_z32()).into_bytes(),
+                format!("hs://s000{}", hex::encode([9u8; 32])).into_bytes(),
+                key.to_string().into_bytes(),
+            ]
+        }
+        "service_record" => vec![
+            br#"{"host":"127.0.0.1","udp":false,"port":8080}"#.to_vec(),
+            br#"{"host":"localhost","port":3000}"#.to_vec(),
+            br#"{"host":"0.0.0.0","udp":true,"port":53}"#.to_vec(),
+        ],
         _ => panic!("no fuzz target named {target}"),
     }
 }

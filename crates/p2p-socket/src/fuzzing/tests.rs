@@ -208,6 +208,16 @@ fn identity_file() {
     exercise("identity_file");
 }
 
+#[test]
+fn connection_string() {
+    exercise("connection_string");
+}
+
+#[test]
+fn service_record() {
+    exercise("service_record");
+}
+
 /// Every target has its file in fuzz/, and its corpus holds what [`seeds`] makes.
 #[test]
 fn targets_and_corpus_match() {

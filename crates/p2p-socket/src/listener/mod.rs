@@ -156,6 +156,7 @@ impl Listener {
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             admit,
+            refused: HashMap::new(),
             requests_tx,
             routes_tx,
         };
@@ -227,6 +228,9 @@ struct Server {
     max_connections: usize,
     /// Which clients get an answer; `None`: all.
     admit: Option<Admit>,
+    /// Clients refused lately, when each was last warned about: a refused client retries
+    /// every few seconds, and one warning a minute says enough.
+    refused: HashMap<PublicKey, Instant>,
 }
 
 impl Server {

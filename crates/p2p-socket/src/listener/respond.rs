@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use peeroxide_dht::hyperdht_messages::{
     HandshakeMessage, HolepunchInfo, NoisePayload, FIREWALL_OPEN, MODE_FROM_CLIENT,
@@ -31,6 +31,9 @@ use crate::policy::{
 };
 use crate::punch_socket::PunchSocket;
 use crate::relay::client::token;
+
+/// How often one refused client is warned of while it keeps retrying.
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// Where a handshake reached us.
 #[derive(Clone)]
@@ -144,7 +147,15 @@ impl Server {
         };
         let client_key = PublicKey::from(hs.remote_public_key);
         if let Some(admit) = self.admit.as_ref().filter(|a| !a.admits(&client_key)) {
-            warn!(peer = %client_key, from = %seen, rule = ?admit, "refused a client whose key this share does not admit; it gets no answer and never reaches the service");
+            self.refused
+                .retain(|_, at| now.duration_since(*at) < REFUSAL_WARNING_EVERY);
+            // Past the bound (a flood of keys), refusals are still made, only not warned of.
+            if !self.refused.contains_key(&client_key) && self.refused.len() < MAX_RECENT {
+                self.refused.insert(client_key, now);
+                warn!(peer = %client_key, from = %seen, rule = ?admit, "refused a client whose key this share does not admit; it gets no answer and never reaches the service (its retries are not logged for a minute)");
+            } else {
+                debug!(peer = %client_key, "refused a client again");
+            }
             return None;
         }
         // Answer the way the request came: straight back to a client that asked us directly,
