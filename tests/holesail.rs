@@ -66,6 +66,17 @@ fn share(bootstrap: &[String], args: &[&str]) -> (ShareProcess, String) {
     (share, string)
 }
 
+/// An echo service on 127.0.0.1 shared by `share` with `extra` arguments: the service, the
+/// share and the connection string it printed.
+fn shared_service(bootstrap: &[String], extra: &[&str]) -> (Service, ShareProcess, String) {
+    let service = service();
+    let port = service.port().to_string();
+    let mut args = vec!["--host", "127.0.0.1", "--port", &port];
+    args.extend_from_slice(extra);
+    let (share, string) = share(bootstrap, &args);
+    (service, share, string)
+}
+
 /// A free TCP port on 127.0.0.1 (free a moment ago), for a holesail client to listen on.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -75,37 +86,34 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn connect_reaches_a_holesail_public_server_with_its_hs_string() {
+/// Our connect, given the `hs://` string a holesail server printed, reaches its service.
+fn connect_reaches_holesail_server(secure: bool, prefix: &str) {
     let bootstrap = testnet();
     let service = service();
-    let server = Holesail::server(&bootstrap, "127.0.0.1", service.port(), false);
+    let server = Holesail::server(&bootstrap, "127.0.0.1", service.port(), secure);
     let url = server.get("url");
-    assert!(url.starts_with("hs://0000"), "{url}");
+    assert!(url.starts_with(prefix), "{url}");
     let connect = ConnectProcess::start_with(&bootstrap.join(","), url, &["--port", "0"]);
-    verify_transfer(connect.addr.port(), "to a holesail public server");
+    verify_transfer(
+        connect.addr.port(),
+        &format!("to a holesail server ({prefix})"),
+    );
+}
+
+#[test]
+fn connect_reaches_a_holesail_public_server_with_its_hs_string() {
+    connect_reaches_holesail_server(false, "hs://0000");
 }
 
 #[test]
 fn connect_reaches_a_holesail_secure_server_with_its_hs_string() {
-    let bootstrap = testnet();
-    let service = service();
-    let server = Holesail::server(&bootstrap, "127.0.0.1", service.port(), true);
-    let url = server.get("url");
-    assert!(url.starts_with("hs://s000"), "{url}");
-    let connect = ConnectProcess::start_with(&bootstrap.join(","), url, &["--port", "0"]);
-    verify_transfer(connect.addr.port(), "to a holesail secure server");
+    connect_reaches_holesail_server(true, "hs://s000");
 }
 
 #[test]
 fn a_holesail_secure_client_reaches_our_secret_share() {
     let bootstrap = testnet();
-    let service = service();
-    let port = service.port().to_string();
-    let (_share, string) = share(
-        &bootstrap,
-        &["--host", "127.0.0.1", "--port", &port, "--secret"],
-    );
+    let (_service, _share, string) = shared_service(&bootstrap, &["--secret"]);
     assert!(string.starts_with("hs://s000"), "{string}");
     let client = Holesail::client(&bootstrap, &string, "127.0.0.1", Some(free_port()));
     verify_transfer(client.port(), "holesail secure client to our share");
@@ -114,9 +122,7 @@ fn a_holesail_secure_client_reaches_our_secret_share() {
 #[test]
 fn a_holesail_public_client_reaches_our_share() {
     let bootstrap = testnet();
-    let service = service();
-    let port = service.port().to_string();
-    let (share, string) = share(&bootstrap, &["--host", "127.0.0.1", "--port", &port]);
+    let (_service, share, string) = shared_service(&bootstrap, &[]);
     assert!(string.starts_with("hs://0000"), "{string}");
     // The z-base-32 key in the string is the hex key share printed.
     let parsed: p2p_socket::ConnectionString = string.parse().unwrap();
@@ -161,9 +167,7 @@ fn a_holesail_client_listens_on_the_port_of_our_shares_record() {
 fn connect_without_port_takes_a_free_one_when_the_records_port_is_taken_here() {
     let bootstrap = testnet();
     // The service itself holds 127.0.0.1:P, the port our share's record names.
-    let service = service();
-    let port = service.port().to_string();
-    let (share, _) = share(&bootstrap, &["--host", "127.0.0.1", "--port", &port]);
+    let (service, share, _) = shared_service(&bootstrap, &[]);
     let connect = ConnectProcess::start(&bootstrap.join(","), &share.key);
     assert_ne!(connect.addr.port(), service.port());
     verify_transfer(connect.addr.port(), "connect on a free port");

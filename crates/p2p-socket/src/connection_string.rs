@@ -97,11 +97,11 @@ impl fmt::Debug for KeyString {
 /// Whom `connect` reaches and as whom, parsed from what the user pasted.
 ///
 /// ```
-/// use p2p_socket::ConnectionString;
+/// use p2p_socket::{ConnectionString, KeyPair};
 ///
-/// let public: ConnectionString = "hs://0000ybndrfg8ejkmcpqxot1uwisza345h769ybndrfg8ejkmcpqxot1uwi"
-///     .parse()
-///     .unwrap();
+/// let key = KeyPair::from_seed([1; 32]).public_key();
+/// let public: ConnectionString = format!("hs://0000{}", key.to_z32()).parse().unwrap();
+/// assert_eq!(public.remote(), key);
 /// assert!(public.client_key_pair().is_none());
 /// let secret: ConnectionString = "hs://s000my-long-and-secret-key-string-of-holesail".parse().unwrap();
 /// assert_eq!(secret.client_key_pair().unwrap().public_key(), secret.remote());
