@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
 use p2p_socket::{
-    ConnectionString, KeyPair, KeyString, NetworkOptions, PublicKey, RecordKeeper, ServiceRecord,
+    ConnectionString, KeyPair, KeyString, NetworkOptions, PublicKey, RecordError, RecordKeeper,
+    ServiceRecord,
 };
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
@@ -144,6 +145,8 @@ pub async fn listen_port(
             );
             Ok(record.port)
         }
+        // Connecting would fail the same way: say it once, now.
+        Err(RecordError::Dht(e @ p2p_socket::Error::BootstrapUnreachable { .. })) => Err(e.into()),
         Err(e) => {
             eprintln!(
                 "{:#}; listening on a free port instead (--port chooses one).",

@@ -136,7 +136,7 @@ fn connect_without_port_listens_on_the_port_of_a_holesail_servers_record() {
     let bootstrap = testnet();
     let service = Service::start_at(OTHER_LOOPBACK, Behaviour::Echo);
     let server = Holesail::server(&bootstrap, "127.0.0.2", service.port(), true);
-    let connect = ConnectProcess::start(&bootstrap.join(","), server.get("url"));
+    let connect = ConnectProcess::start_with(&bootstrap.join(","), server.get("url"), &[]);
     assert_eq!(
         connect.addr.port(),
         service.port(),
@@ -168,7 +168,7 @@ fn connect_without_port_takes_a_free_one_when_the_records_port_is_taken_here() {
     let bootstrap = testnet();
     // The service itself holds 127.0.0.1:P, the port our share's record names.
     let (service, share, _) = shared_service(&bootstrap, &[]);
-    let connect = ConnectProcess::start(&bootstrap.join(","), &share.key);
+    let connect = ConnectProcess::start_with(&bootstrap.join(","), &share.key, &[]);
     assert_ne!(connect.addr.port(), service.port());
     verify_transfer(connect.addr.port(), "connect on a free port");
 }
@@ -179,7 +179,7 @@ fn connect_without_port_and_without_a_record_picks_a_free_port() {
     let service = service();
     // The npm p2p-socket's share keeps no record.
     let server = NodeServer::start(&bootstrap, service.port(), None);
-    let mut connect = ConnectProcess::start(&bootstrap.join(","), &server.public_key);
+    let mut connect = ConnectProcess::start_with(&bootstrap.join(","), &server.public_key, &[]);
     assert_ne!(connect.addr.port(), 0);
     verify_transfer(connect.addr.port(), "connect on a free port");
     assert!(connect.process.is_running());
