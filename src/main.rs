@@ -1,9 +1,10 @@
 //! `p2p-socket`: the command line. It parses, reports and waits for Ctrl-C; the tunnel itself
 //! is the `p2p-socket` library crate.
 
-mod config;
 mod access;
+mod config;
 mod demo;
+mod holesail;
 mod manual;
 mod udp;
 
@@ -14,7 +15,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use p2p_socket::{
-    default_identity_path, npm_share_key_secret_bits, Identity, KeyPair, PublicKey, ShareKeyRule,
+    default_identity_path, npm_share_key_secret_bits, AllowList, Identity, KeyPair, PublicKey,
+    ShareKeyRule,
 };
 use p2p_socket::{
     BootstrapNode, Connect, ConnectOptions, NetworkOptions, Protocol, RelayLimits, RelayOptions,
@@ -72,7 +74,9 @@ enum Command {
     Share(ShareArgs),
     /// Connect to a share: listens locally and forwards every connection to the sharer.
     Connect {
-        /// The key the sharer printed (64 hex characters).
+        /// The key or connection string the sharer printed: 64 hex characters, 52 z-base-32
+        /// characters, hs://0000<z32 key> (holesail public) or hs://s000<key string> (holesail
+        /// secure, also `share --secret`: we connect with the key pair derived from it).
         #[arg(
             short,
             long,
@@ -81,9 +85,10 @@ enum Command {
             conflicts_with = "private"
         )]
         key: Option<String>,
-        /// Local port to listen on (0 picks a free one).
-        #[arg(short, long, default_value_t = 0)]
-        port: u16,
+        /// Local port to listen on (0 picks a free one). Without it, the port the sharer's
+        /// service record names (holesail and p2p-socket shares keep one), else a free one.
+        #[arg(short, long)]
+        port: Option<u16>,
         /// Local address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
@@ -263,22 +268,38 @@ async fn run(cli: Cli) -> Result<()> {
             udp,
             access,
         } => {
-            let (key_pair, private_remote) = access.resolve()?;
-            let remote: PublicKey = match (key, private_remote) {
-                (_, Some(remote)) => remote,
-                (Some(key), None) => key.parse().context("the --key is not a p2p-socket key")?,
-                (None, None) => bail!("give the sharer's key with --key"),
+            let (key_pair, remote) = match (access.resolve()?, key) {
+                ((key_pair, Some(remote)), _) => (key_pair, remote),
+                ((key_pair, None), Some(key)) => {
+                    let (remote, secret_pair) = holesail::connect_key(&key)?;
+                    // A secret-mode string prescribes the key pair; --identity otherwise.
+                    (
+                        if key.starts_with("hs://s") {
+                            secret_pair
+                        } else {
+                            key_pair
+                        },
+                        remote,
+                    )
+                }
+                (_, None) => bail!("give the sharer's key with --key"),
             };
             let relay = relay_key(relay)?;
-            connect(ConnectOptions {
-                network: network(&cli.bootstrap)?,
-                key_pair,
-                remote,
-                listen: SocketAddr::new(host, port),
-                relay,
-                force_relay,
-                protocol: udp.protocol()?,
-            })
+            let network = network(&cli.bootstrap)?;
+            let from_record = port.is_none();
+            let port = holesail::listen_port(&network, remote, port).await?;
+            connect(
+                ConnectOptions {
+                    network,
+                    key_pair,
+                    remote,
+                    listen: SocketAddr::new(host, port),
+                    relay,
+                    force_relay,
+                    protocol: udp.protocol()?,
+                },
+                from_record,
+            )
             .await
         }
         Command::Relay {
@@ -393,6 +414,8 @@ struct ShareArgs {
     udp: udp::UdpArgs,
     #[command(flatten)]
     access: access::ShareAccess,
+    #[command(flatten)]
+    holesail: holesail::SecretArgs,
 }
 
 /// `--key-derivation`: the CLI's names for the library's [`ShareKeyRule`]s.
@@ -440,81 +463,111 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         max_connections,
         udp,
         access,
+        holesail,
     } = args;
     let protocol = udp.protocol()?;
     let relay = relay_key(relay)?;
     if port == 0 {
         bail!("--port 0 is not a service port; give the port your local service listens on");
     }
+    let secret = holesail.key_string()?;
     let access = access.resolve(identity.is_some())?;
     let identity_path = identity.clone().unwrap_or_else(default_identity_path);
-    // A seed fixes the key: an identity file lying in the directory has no say.
-    let stored = match access.key_pair {
-        Some(_) => None,
-        None => Identity::load_optional(&identity_path)?,
+    // A key string or a seed fixes the key: an identity file lying in the directory has no say.
+    let stored = match (&secret, &access.key_pair) {
+        (None, None) => Identity::load_optional(&identity_path)?,
+        _ => None,
     };
-    let key_pair = match (access.key_pair, stored) {
-        (Some(seeded), _) => seeded,
-        (None, Some(id)) => {
+    let key_pair = match (&secret, access.key_pair, stored) {
+        (Some(secret), _, _) => secret.key_pair(),
+        (None, Some(seeded), _) => seeded,
+        (None, None, Some(id)) => {
             tracing::info!(path = %identity_path.display(), "using identity");
             share_key_pair(&id, &host, port, key_derivation)?
         }
-        (None, None) if identity.is_some() => bail!(
+        (None, None, None) if identity.is_some() => bail!(
             "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
             identity_path.display(),
             identity_path.display()
         ),
-        (None, None) => KeyPair::generate(),
+        (None, None, None) => KeyPair::generate(),
     };
-    let (allow, connect_with) = (access.allow, access.connect_with);
-    let allowed = allow.as_ref().map(|a| a.len());
-    let share = Share::start(ShareOptions {
-        network,
-        key_pair,
-        service_host: host.clone(),
-        service_port: port,
-        relay,
-        max_connections,
-        protocol,
-        allow,
-    })
-    .await
-    .map_err(with_hint)
-    .context("could not start sharing")?;
+    // Secret mode admits only the key pair derived from the key string, as holesail's secure
+    // mode does: knowing the public key is not enough.
+    let allow = match &secret {
+        Some(_) => {
+            let mut list = access.allow.unwrap_or_else(AllowList::new);
+            list.insert(key_pair.public_key())?;
+            Some(list)
+        }
+        None => access.allow,
+    };
+    let connect_with = access.connect_with;
+    let allowed = allow.as_ref().map(|a| a.len()).filter(|_| secret.is_none());
+    let udp = matches!(protocol, Protocol::Udp(_));
+    // The record goes up while the share announces, not after: each joins the DHT.
+    let (share, record) = tokio::join!(
+        Share::start(ShareOptions {
+            network: network.clone(),
+            key_pair: key_pair.clone(),
+            service_host: host.clone(),
+            service_port: port,
+            relay,
+            max_connections,
+            protocol,
+            allow,
+        }),
+        holesail::keep_record(&network, key_pair, &host, port, udp)
+    );
+    let share = share
+        .map_err(with_hint)
+        .context("could not start sharing")?;
     let key = share.public_key();
     let bootstrap_flag = bootstrap
         .as_ref()
         .map(|b| format!(" --bootstrap {b}"))
         .unwrap_or_default();
-    let (udp_flag, udp_note) = match protocol {
-        Protocol::Tcp => ("", ""),
-        Protocol::Udp(_) => (" --udp", " (UDP)"),
-    };
-    println!("Sharing {host}:{port}{udp_note}. Key:");
-    println!("{key}");
-    println!("On the other machine run:");
-    let connect_with = connect_with.unwrap_or_else(|| format!("--key {key}"));
-    println!("  p2p-socket connect{udp_flag} --port {port} {connect_with}{bootstrap_flag}");
-    if let Some(n) = allowed.filter(|_| connect_with.starts_with("--key")) {
+    holesail::print_share(
+        &holesail::Shared {
+            host: &host,
+            port,
+            udp,
+            key,
+            secret: secret.as_ref(),
+            connect_with: connect_with.as_deref(),
+        },
+        holesail.qr,
+        &bootstrap_flag,
+    );
+    if let Some(n) = allowed.filter(|_| connect_with.is_none()) {
         println!("Only the {n} allowed client key(s) get in: add --identity <their identity file> there.");
     }
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
+    if let Some(record) = record {
+        record.close().await;
+    }
     share.close().await;
     Ok(())
 }
 
-async fn connect(opts: ConnectOptions) -> Result<()> {
+/// Runs connect until Ctrl-C; a port learned from the sharer's record that is taken here is
+/// given up for a free one (`from_record`).
+async fn connect(mut opts: ConnectOptions, from_record: bool) -> Result<()> {
     let remote = opts.remote;
     let what = if opts.protocol == Protocol::Tcp {
         "Connections to it"
     } else {
         "UDP datagrams to it"
     };
-    let connect = Connect::start(opts)
-        .await
-        .map_err(with_hint)
-        .context("could not connect")?;
+    let started = match Connect::start(opts.clone()).await {
+        Err(e) if from_record && opts.listen.port() != 0 && holesail::port_taken(&e) => {
+            opts.listen = holesail::free_port_on(opts.listen.ip(), opts.listen.port());
+            Connect::start(opts).await
+        }
+        started => started,
+    };
+    let connect = started.map_err(with_hint).context("could not connect")?;
     println!("Listening on {}", connect.local_addr());
     println!("{what} reach the sharer of {remote}.");
     wait_for_shutdown().await?;

@@ -44,6 +44,7 @@ mod addr;
 mod bootstrap;
 mod connect;
 mod connection;
+mod connection_string;
 mod dht;
 mod dialer;
 mod error;
@@ -62,6 +63,7 @@ mod policy;
 mod punch_socket;
 mod relay;
 mod running;
+mod service_record;
 mod share;
 mod udp;
 
@@ -69,6 +71,9 @@ pub use access::{parse_seed, private_mode, AccessError, AllowFile, AllowList, MA
 pub use bootstrap::BootstrapNode;
 pub use connect::{Connect, ConnectOptions};
 pub use connection::Connection;
+pub use connection_string::{
+    ConnectionString, KeyString, ParseConnectionStringError, MAX_KEY_STRING_LEN, MIN_KEY_STRING_LEN,
+};
 pub use dht::{NetworkOptions, DEFAULT_BOOTSTRAP_PORT};
 pub use dialer::Connector;
 pub use error::{Error, Result};
@@ -79,5 +84,6 @@ pub use identity::{
 };
 pub use peer::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
+pub use service_record::{RecordError, RecordKeeper, ServiceRecord, MAX_RECORD_BYTES};
 pub use share::{Share, ShareOptions};
 pub use udp::{Protocol, UdpLimits};

@@ -211,8 +211,11 @@ pub struct ConnectProcess {
 }
 
 impl ConnectProcess {
+    /// `p2p-socket connect --key KEY` on a free port. (Without `--port`, connect would first
+    /// read the sharer's service record for one: [`ConnectProcess::start_with`] with no
+    /// arguments does that.)
     pub fn start(bootstrap: &str, key: &str) -> ConnectProcess {
-        Self::start_with(bootstrap, key, &[])
+        Self::start_with(bootstrap, key, &["--port", "0"])
     }
 
     /// `p2p-socket connect --key KEY` with `extra` arguments.

@@ -165,6 +165,13 @@ impl Service {
         )
     }
 
+    /// A service on a free port of another loopback address (127.0.0.2, say), so that a
+    /// tunnel's local end can take the same port number on 127.0.0.1.
+    pub fn start_at(ip: std::net::IpAddr, behaviour: Behaviour) -> Service {
+        let listener = TcpListener::bind((ip, 0)).expect("bind test service");
+        Self::serve_on(listener, move |_| behaviour)
+    }
+
     /// A service on a given port (to bring back a service that was down).
     pub fn start_on(port: u16, behaviour: Behaviour) -> Service {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind test service port");

@@ -47,22 +47,10 @@ fn start_script(script: &str, args: &[String]) -> (ChildProcess, Value) {
     start_on(Command::new("node"), "node", script, args)
 }
 
-/// The Bare runtime of the pinned npm package `bare-runtime-linux-x64`: holesail 2.4.1 is
-/// built for Bare and fails under Node at require time.
-pub fn bare() -> PathBuf {
-    interop_dir().join("node_modules/.bin/bare")
-}
-
-/// Starts `interop/node/<script>` on the Bare runtime, as [`start_script`] does on Node; panics
-/// with what to do when the runtime is missing.
+/// Starts `interop/node/<script>` on the Bare runtime ([`bare`]), as [`start_script`] does
+/// on Node.
 pub fn start_bare_script(script: &str, args: &[String]) -> (ChildProcess, Value) {
-    let bare = bare();
-    assert!(
-        bare.is_file(),
-        "{} is missing: run `npm ci` in interop/node (it installs the Bare runtime holesail needs)",
-        bare.display()
-    );
-    start_on(Command::new(bare), "bare", script, args)
+    start_on(Command::new(bare()), "bare", script, args)
 }
 
 fn start_on(
@@ -167,5 +155,91 @@ impl NodeClient {
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or_else(|| panic!("`node {script}` port is not a TCP port: {ready}"));
         NodeClient { port, process }
+    }
+}
+
+/// The Bare runtime that holesail needs (it loads Bare-only modules and fails under Node),
+/// from the pinned npm package `bare-runtime-linux-x64`.
+pub fn bare() -> PathBuf {
+    let bare = interop_dir().join("node_modules/.bin/bare");
+    assert!(
+        bare.exists() && interop_dir().join("node_modules/holesail").is_dir(),
+        "{} or holesail is missing: run `npm ci` in interop/node (it installs holesail 2.4.1 and the Bare runtime)",
+        bare.display()
+    );
+    bare
+}
+
+/// Holesail needs a mutable put and a DHT join before it is ready: seconds on loopback, more
+/// on a loaded machine.
+const HOLESAIL_READY: Duration = Duration::from_secs(60);
+
+/// The real holesail 2.4.1 (`interop/node/holesail.js` on the Bare runtime), on our test DHT.
+pub struct Holesail {
+    /// Holesail's `info` once ready: `url`, `port`, `host`, `key`, `publicKey`, `secure`...
+    pub info: Value,
+    pub process: ChildProcess,
+}
+
+impl Holesail {
+    /// A holesail server of `host:port`, in secure mode or public mode.
+    pub fn server(bootstrap: &[String], host: &str, port: u16, secure: bool) -> Self {
+        let mut args = vec![
+            "--role".into(),
+            "server".into(),
+            "--host".into(),
+            host.into(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        if secure {
+            args.push("--secure".into());
+        }
+        Self::start(bootstrap, args)
+    }
+
+    /// A holesail client of `url` (an `hs://` string), listening on `host` and on `port` or,
+    /// without one, on the port the server's DHT record names.
+    pub fn client(bootstrap: &[String], url: &str, host: &str, port: Option<u16>) -> Self {
+        let mut args = vec![
+            "--role".into(),
+            "client".into(),
+            "--key".into(),
+            url.into(),
+            "--host".into(),
+            host.into(),
+        ];
+        if let Some(port) = port {
+            args.extend(["--port".into(), port.to_string()]);
+        }
+        Self::start(bootstrap, args)
+    }
+
+    fn start(bootstrap: &[String], args: Vec<String>) -> Self {
+        let mut cmd = Command::new(bare());
+        cmd.arg("holesail.js")
+            .args(["--bootstrap", &bootstrap.join(",")])
+            .args(&args)
+            .current_dir(interop_dir());
+        let mut process = ChildProcess::spawn(cmd, "holesail");
+        let info = process.wait_for(HOLESAIL_READY, |line| serde_json::from_str(line).ok());
+        Holesail { info, process }
+    }
+
+    /// A string field of `info`.
+    pub fn get(&self, name: &str) -> &str {
+        self.info
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("holesail info {} has no string {name:?}", self.info))
+    }
+
+    /// The port it listens on (a client) or serves (a server).
+    pub fn port(&self) -> u16 {
+        self.info
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("holesail info {} has no port", self.info))
     }
 }

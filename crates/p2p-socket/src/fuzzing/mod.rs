@@ -29,11 +29,13 @@ use peeroxide_dht::secure_payload::SecurePayload;
 use udx::wire::{self, Header, HEADER_SIZE};
 
 use crate::addr::to_socket_addr;
+use crate::connection_string::ConnectionString;
 use crate::handshake::{check_remote, our_payload};
 use crate::identity::{Identity, KeyPair, PublicKey, ShareKeyRule};
 use crate::nat::{Firewall, NatSampler};
 use crate::policy::dial_address;
 use crate::relay::wire as relay_wire;
+use crate::service_record::ServiceRecord;
 use crate::udp::frame as udp_frame;
 
 /// A fuzz target: the name of its corpus directory and of its `fuzz/fuzz_targets/` file.
@@ -53,6 +55,8 @@ pub const TARGETS: &[Target] = &[
     ("public_key", public_key),
     ("identity_file", identity_file),
     ("udp_frames", udp_frames),
+    ("connection_string", connection_string),
+    ("service_record", service_record),
 ];
 
 /// A UDX datagram as the socket reads it: header, then SACK blocks and payload.
@@ -330,6 +334,36 @@ pub fn public_key(data: &[u8]) {
         Ok(key) => {
             assert_eq!(key.to_string().parse::<PublicKey>(), Ok(key));
             assert_eq!(key.to_z32().parse::<PublicKey>(), Ok(key));
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+/// What a user pastes after `connect --key`: a key or a holesail `hs://` string.
+pub fn connection_string(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match text.parse::<ConnectionString>() {
+        Ok(string) => {
+            assert_eq!(
+                string.to_string().parse::<ConnectionString>(),
+                Ok(string.clone())
+            );
+            if let Some(key_pair) = string.client_key_pair() {
+                assert_eq!(key_pair.public_key(), string.remote());
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+/// A holesail service record as a DHT node returns it (its signature already checked: any
+/// key holder can sign anything).
+pub fn service_record(data: &[u8]) {
+    match ServiceRecord::parse(data) {
+        Ok(record) => {
+            assert!(data.len() <= crate::service_record::MAX_RECORD_BYTES);
+            assert_ne!(record.port, 0);
+            assert_eq!(ServiceRecord::parse(&record.to_bytes()).ok(), Some(record));
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }

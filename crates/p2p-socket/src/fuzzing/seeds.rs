@@ -81,6 +81,19 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             )
             .into_bytes()]
         }
+        "connection_string" => {
+            let key = KeyPair::from_seed([4; 32]).public_key();
+            vec![
+                format!("hs://0000{}", key.to_z32()).into_bytes(),
+                format!("hs://s000{}", hex::encode([9u8; 32])).into_bytes(),
+                key.to_string().into_bytes(),
+            ]
+        }
+        "service_record" => vec![
+            br#"{"host":"127.0.0.1","udp":false,"port":8080}"#.to_vec(),
+            br#"{"host":"localhost","port":3000}"#.to_vec(),
+            br#"{"host":"0.0.0.0","udp":true,"port":53}"#.to_vec(),
+        ],
         _ => panic!("no fuzz target named {target}"),
     }
 }

@@ -213,6 +213,16 @@ fn udp_frames() {
     exercise("udp_frames");
 }
 
+#[test]
+fn connection_string() {
+    exercise("connection_string");
+}
+
+#[test]
+fn service_record() {
+    exercise("service_record");
+}
+
 /// Every target has its file in fuzz/, and its corpus holds what [`seeds`] makes.
 #[test]
 fn targets_and_corpus_match() {
