@@ -14,6 +14,7 @@ use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
 use crate::pipe::pipe_and_log;
+use crate::reconnect::Reconnect;
 use crate::running::Running;
 
 /// What to connect to and where to listen.
@@ -56,7 +57,7 @@ impl Connect {
         if let Some(relay) = opts.relay {
             connector = connector.with_relay(relay);
         }
-        let connector = Arc::new(connector);
+        let connector = Arc::new((connector, Reconnect::default()));
         let running = Running::spawn(|stop| accept_loop(listener, connector, stop));
         Ok(Connect {
             local_addr,
@@ -77,7 +78,7 @@ impl Connect {
 
 async fn accept_loop(
     listener: TcpListener,
-    connector: Arc<Connector>,
+    connector: Arc<(Connector, Reconnect)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut n = 0u64;
@@ -99,17 +100,18 @@ async fn accept_loop(
         tokio::spawn(forward(n, tcp, from, connector));
     }
     drop(listener);
-    if let Ok(connector) = Arc::try_unwrap(connector) {
+    if let Ok((connector, _)) = Arc::try_unwrap(connector) {
         connector.close().await;
     }
 }
 
-async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<Connector>) {
+async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<(Connector, Reconnect)>) {
     let started = Instant::now();
-    let (peer, path) = match connector.open_with_path().await {
+    let (connector, reconnect) = &*connector;
+    let (peer, path) = match reconnect.open(n, connector).await {
         Ok(p) => p,
         Err(e) => {
-            warn!(connection = n, %from, error = %e, "could not reach the sharer; closed the local connection");
+            warn!(connection = n, %from, waited_ms = started.elapsed().as_millis() as u64, error = %e, "could not reach the sharer; closed the local connection");
             return;
         }
     };

@@ -55,6 +55,7 @@ mod peer;
 mod pipe;
 mod policy;
 mod punch_socket;
+mod reconnect;
 mod relay;
 mod running;
 mod share;
@@ -64,12 +65,15 @@ pub use connect::{Connect, ConnectOptions};
 pub use connection::Connection;
 pub use dht::{NetworkOptions, DEFAULT_BOOTSTRAP_PORT};
 pub use dialer::Connector;
-pub use error::{Error, Result};
+pub use error::{
+    Error, HandshakeFailure, Incompatibility, PunchFailure, RelayFailure, Result, Stage,
+};
 pub use identity::{
     default_identity_path, npm_share_key_secret_bits, Identity, IdentityError, KeyPair,
     ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_NPM_SHARE_KEY_SECRET_BITS,
     MIN_SHARE_KEY_SECRET_BITS,
 };
+pub use nat::Firewall;
 pub use peer::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
 pub use share::{Share, ShareOptions};

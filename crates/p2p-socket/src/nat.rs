@@ -25,7 +25,7 @@ use crate::punch_socket::{PunchSocket, RpcMessage};
 
 /// How a NAT maps our socket, as hyperdht's `FIREWALL` constants encode it on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(crate) enum Firewall {
+pub enum Firewall {
     /// Not known (yet).
     #[default]
     Unknown,
@@ -65,13 +65,19 @@ impl Firewall {
     }
 
     /// A word for log lines and error messages.
-    pub(crate) fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             Firewall::Unknown => "unknown NAT",
             Firewall::Open => "no NAT (open)",
             Firewall::Consistent => "consistent (cone) NAT",
             Firewall::Random => "randomising (symmetric) NAT",
         }
+    }
+}
+
+impl std::fmt::Display for Firewall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
     }
 }
 

@@ -68,7 +68,8 @@ pub(crate) async fn secure(
     is_initiator: bool,
     stream: UdxStream,
     hs: &NoiseWrapResult,
-    path: &str,
+    path: Path,
+    peer: Option<SocketAddr>,
 ) -> Result<(PeerStream, Link)> {
     let link = Link {
         socket: stream.socket(),
@@ -85,7 +86,11 @@ pub(crate) async fn secure(
     match tokio::time::timeout(DATA_PATH_TIMEOUT, opened).await {
         Ok(Ok(s)) => Ok((s, link)),
         Ok(Err(e)) => Err(Error::SecretStream(Box::new(e))),
-        Err(_) => Err(Error::NoDataPath(path.to_string())),
+        Err(_) => Err(Error::NoDataPath {
+            path,
+            peer,
+            waited: DATA_PATH_TIMEOUT,
+        }),
     }
 }
 

@@ -6,6 +6,7 @@
 //! punched in both NATs; through a blind relay only when neither can be made (and then for the
 //! next connections too, for a while, so they need not find out again).
 
+mod attempt;
 mod handshake;
 mod relayed;
 mod route;
@@ -25,12 +26,14 @@ use udx::UdxStream;
 use crate::addr::to_socket_addr;
 use crate::connection::Connection;
 use crate::dht::{DhtNode, NetworkOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, PunchFailure, Result, Stage};
 use crate::identity::{KeyPair, PublicKey};
 use crate::lock::lock;
+use crate::nat::Firewall;
 use crate::peer::{secure, Link, Path, PeerStream};
 use crate::policy::{client_path, Answered, Decision, RelayOffer};
 use crate::relay::client::{DialRelay, RelayClients, RelayConnection};
+pub(crate) use attempt::ATTEMPT_TIMEOUT;
 use route::Route;
 
 /// How long finding the sharer may take. A lookup on a healthy DHT takes well under a second on
@@ -134,11 +137,17 @@ impl Connector {
 
     /// The DHT nodes that hold the announcement of `remote`.
     async fn lookup(&self) -> Result<Vec<Ipv4Peer>> {
+        attempt::enter(Stage::Lookup);
         let target = hash(self.remote.as_bytes());
+        let not_found = |nodes| Error::PeerNotFound {
+            key: self.remote,
+            nodes,
+        };
         let replies =
             tokio::time::timeout(LOOKUP_TIMEOUT, self.node.handle().query_find_peer(target))
                 .await
-                .map_err(|_| Error::PeerNotFound)??;
+                .map_err(|_| not_found(0))??;
+        let asked = replies.len();
         self.node
             .add_nodes(replies.iter().filter_map(|r| to_socket_addr(&r.from)));
         let mut relays: Vec<Ipv4Peer> = Vec::new();
@@ -157,13 +166,14 @@ impl Connector {
             }
         }
         if relays.is_empty() {
-            return Err(Error::PeerNotFound);
+            return Err(not_found(asked));
         }
         Ok(relays)
     }
 
     /// Opens one encrypted connection to the sharer: the most direct path that works, a relay
-    /// only where no other gets through.
+    /// only where no other gets through. It ends within 45 s: with the connection, or with an
+    /// error that says what was tried and at which stage it failed.
     pub async fn connect(&self) -> Result<Connection> {
         let (peer, path) = self.open_with_path().await?;
         Ok(Connection::new(peer, path))
@@ -172,12 +182,22 @@ impl Connector {
     /// Opens one encrypted connection to the sharer, as the secret stream itself (what
     /// [`crate::pipe`] moves without another copy), and says how its packets travel.
     pub(crate) async fn open_with_path(&self) -> Result<(PeerStream, Path)> {
-        let (peer, _, path) = self.open_link().await?;
+        self.open_within(ATTEMPT_TIMEOUT).await
+    }
+
+    /// [`Self::open_with_path`], given up after `limit` (at most [`ATTEMPT_TIMEOUT`]).
+    pub(crate) async fn open_within(&self, limit: Duration) -> Result<(PeerStream, Path)> {
+        let (peer, _, path) =
+            attempt::bounded(limit.min(ATTEMPT_TIMEOUT), self.try_open_link()).await?;
         Ok((peer, path))
     }
 
     /// Opens one encrypted connection to the sharer: the stream, what carries it, and how.
     pub(crate) async fn open_link(&self) -> Result<(PeerStream, Link, Path)> {
+        attempt::bounded(ATTEMPT_TIMEOUT, self.try_open_link()).await
+    }
+
+    async fn try_open_link(&self) -> Result<(PeerStream, Link, Path)> {
         if self.relay_is_needed() {
             match self.open_relayed().await {
                 Ok(opened) => return Ok(opened),
@@ -204,6 +224,10 @@ impl Connector {
             let mut answer = self.handshake(&Ask::Direct).await?;
             let decision = self.decide(&answer).await;
             let waiting = answer.waiting.take();
+            attempt::enter(match decision {
+                Decision::Punch => Stage::Punch,
+                Decision::Dial(_) | Decision::Wait => Stage::DataPath,
+            });
             let opened = match decision {
                 Decision::Dial(addr) => {
                     let stream = match waiting {
@@ -212,16 +236,19 @@ impl Connector {
                     };
                     debug!(%addr, "dialling the sharer");
                     stream.connect(answer.remote_id, addr)?;
-                    secure(true, stream, &answer.hs, &format!("to {addr}"))
+                    secure(true, stream, &answer.hs, Path::Direct, Some(addr))
                         .await
                         .map(|(peer, link)| (peer, link, Path::Direct))
                 }
                 Decision::Wait => {
-                    let stream = waiting
-                        .ok_or_else(|| Error::HandshakeFailed("no stream to wait on".into()))?;
+                    // The policy waits only when we said we are reachable, and then the
+                    // handshake made the stream.
+                    let Some(stream) = waiting else {
+                        unreachable!("Decision::Wait without a waiting stream");
+                    };
                     debug!("waiting for the sharer to reach us");
                     stream.connect_on_first_packet(answer.remote_id);
-                    secure(true, stream, &answer.hs, "from the sharer")
+                    secure(true, stream, &answer.hs, Path::Direct, None)
                         .await
                         .map(|(peer, link)| (peer, link, Path::Direct))
                 }
@@ -244,9 +271,11 @@ impl Connector {
                 other => other,
             };
         }
-        Err(Error::HolepunchFailed(
-            "the hole punched to the sharer stopped working right away".into(),
-        ))
+        Err(Error::HolepunchFailed {
+            ours: self.our_firewall(),
+            theirs: Firewall::Unknown,
+            failure: PunchFailure::RouteStopped,
+        })
     }
 
     /// How this connection reaches the sharer: what we know, handed to the policy.
@@ -278,7 +307,7 @@ impl Connector {
 fn needs_relay(e: &Error) -> bool {
     matches!(
         e,
-        Error::RelayNeeded(_) | Error::HolepunchFailed(_) | Error::NoDataPath(_)
+        Error::RelayNeeded { .. } | Error::HolepunchFailed { .. } | Error::NoDataPath { .. }
     )
 }
 
