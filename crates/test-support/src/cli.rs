@@ -106,12 +106,59 @@ impl ShareProcess {
     }
 }
 
-/// A running `p2p-socket relay`, its log (stderr) kept in a file so a test can see what it
-/// relayed.
+/// A child's log (stderr) kept in a file as well as shown, so a test can see what it did. Its
+/// wording is not an interface: read it only for what has no machine-readable output yet.
+pub struct LogFile {
+    path: PathBuf,
+}
+
+impl LogFile {
+    fn new(what: &str) -> LogFile {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("p2p-socket-{what}-{}-{n}.log", std::process::id()));
+        LogFile { path }
+    }
+
+    /// `cmd`, run through `sh` so that its stderr goes to this file (the process runner pipes
+    /// stderr itself).
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("sh");
+        wrapped
+            .args(["-c", r#"exec "$0" "$@" 2>"$P2P_SOCKET_TEST_LOG""#])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .env("P2P_SOCKET_TEST_LOG", &self.path);
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => wrapped.env(key, v),
+                None => wrapped.env_remove(key),
+            };
+        }
+        wrapped
+    }
+
+    /// What it logged so far.
+    pub fn read(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("[log {}]\n{}", self.path.display(), self.read());
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A running `p2p-socket relay`, its log kept in a file so a test can see what it relayed.
 pub struct RelayProcess {
     pub key: String,
     pub process: ChildProcess,
-    log: std::path::PathBuf,
+    log: LogFile,
 }
 
 impl RelayProcess {
@@ -121,36 +168,20 @@ impl RelayProcess {
 
     /// `p2p-socket relay` with `extra` arguments.
     pub fn start_with(bootstrap: &str, extra: &[&str]) -> RelayProcess {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log =
-            std::env::temp_dir().join(format!("p2p-socket-relay-{}-{n}.log", std::process::id()));
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", r#"exec "$0" "$@" 2>"$RELAY_LOG""#])
-            .arg(bin().get_program())
-            .args(["relay", "--bootstrap", bootstrap])
+        let log = LogFile::new("relay");
+        let mut cmd = bin();
+        cmd.args(["relay", "--bootstrap", bootstrap])
             .args(extra)
-            .env_remove("P2P_SOCKET_BOOTSTRAP")
-            .env("RELAY_LOG", &log)
             .env("RUST_LOG", "warn,p2p_socket=info");
-        let mut process = ChildProcess::spawn(cmd, "relay");
+        let mut process = ChildProcess::spawn(log.wrap(&cmd), "relay");
         let key = process.wait_for(READY, key_line);
         RelayProcess { key, process, log }
     }
 
-    /// What it logged so far. Its wording is not an interface: read it only for what the relay
-    /// has no machine-readable output for yet (which pairs it relayed, which cap it reached).
+    /// What it logged so far: read it only for what the relay has no machine-readable output
+    /// for yet (which pairs it relayed, which cap it reached).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("[relay log]\n{}", self.log());
-        }
-        let _ = std::fs::remove_file(&self.log);
+        self.log.read()
     }
 }
 
@@ -170,6 +201,19 @@ impl ConnectProcess {
         let mut cmd = bin();
         cmd.args(["connect", "--key", key, "--bootstrap", bootstrap])
             .args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Like [`ConnectProcess::start_with`], its log also kept in a file.
+    pub fn start_logged(bootstrap: &str, key: &str, extra: &[&str]) -> (ConnectProcess, LogFile) {
+        let log = LogFile::new("connect");
+        let mut cmd = bin();
+        cmd.args(["connect", "--key", key, "--bootstrap", bootstrap])
+            .args(extra);
+        (Self::spawn(log.wrap(&cmd)), log)
+    }
+
+    fn spawn(cmd: Command) -> ConnectProcess {
         let mut process = ChildProcess::spawn(cmd, "connect");
         let addr = process.wait_for(READY, |line| {
             line.strip_prefix("Listening on ")
