@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod address_watch;
 mod bootstrap;
 mod connect;
 mod connection;

@@ -24,6 +24,7 @@ use tracing::{debug, info};
 use udx::UdxStream;
 
 use crate::addr::to_socket_addr;
+use crate::address_watch::watch_moves;
 use crate::connection::Connection;
 use crate::dht::{DhtNode, NetworkOptions};
 use crate::error::{Error, PunchFailure, Result, Stage};
@@ -74,7 +75,7 @@ pub struct Connector {
     /// DHT nodes that held the sharer's announcement last time: later connections go straight to
     /// them instead of searching again (hyperdht's relay address cache does the same).
     relays: AsyncMutex<Vec<Ipv4Peer>>,
-    route: Mutex<Option<Arc<Route>>>,
+    route: Arc<Mutex<Option<Arc<Route>>>>,
     /// One punch at a time: a connection that needs one while another is punching waits, then
     /// takes the route that punch leaves.
     punching: AsyncMutex<()>,
@@ -84,7 +85,18 @@ pub struct Connector {
     force_relay: bool,
     relay_clients: Arc<RelayClients>,
     /// When a connection last found that only a relay gets through.
-    relayed_since: Mutex<Option<Instant>>,
+    relayed_since: Arc<Mutex<Option<Instant>>>,
+    /// Forgets what depended on our address when it changes.
+    _on_move: AbortOnDrop,
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Connector {
@@ -96,17 +108,21 @@ impl Connector {
         remote: PublicKey,
     ) -> Result<Self> {
         let node = DhtNode::join(network).await?;
+        let route = Arc::default();
+        let relayed_since = Arc::default();
+        let on_move = forget_on_move(&node, Arc::clone(&route), Arc::clone(&relayed_since));
         let connector = Connector {
             node,
             key_pair,
             remote,
             relays: AsyncMutex::new(Vec::new()),
-            route: Mutex::new(None),
+            route,
             punching: AsyncMutex::new(()),
             relay: None,
             force_relay: false,
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
-            relayed_since: Mutex::new(None),
+            relayed_since,
+            _on_move: on_move,
         };
         let started = Instant::now();
         let (relays, ()) = tokio::join!(connector.lookup(), connector.node.reachability_known());
@@ -300,6 +316,30 @@ impl Connector {
     pub async fn close(self) {
         self.node.destroy().await;
     }
+}
+
+/// When our address changes, the hole we punched from the old one leads nowhere (the sharer's
+/// end answers only the old mapping), and the NATs may now allow what needed a relay: forget
+/// both, so the next connection finds out afresh instead of failing on them first. Whether we
+/// are reachable is found out again too.
+fn forget_on_move(
+    node: &DhtNode,
+    route: Arc<Mutex<Option<Arc<Route>>>>,
+    relayed_since: Arc<Mutex<Option<Instant>>>,
+) -> AbortOnDrop {
+    let mut moves = watch_moves(node.handle().clone(), node.known().clone());
+    let reachability = node.reachability();
+    AbortOnDrop(tokio::spawn(async move {
+        while moves.changed().await.is_ok() {
+            let had_route = lock(&route).take().is_some();
+            let was_relayed = lock(&relayed_since).take().is_some();
+            info!(
+                had_route,
+                was_relayed, "we moved: forgot the punched route and the relay decision"
+            );
+            reachability.recheck();
+        }
+    }))
 }
 
 /// Whether a failure to open a connection is one a relay gets around: no hole could be
