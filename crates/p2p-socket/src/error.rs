@@ -35,11 +35,11 @@ pub enum Error {
     },
 
     /// The lookup found no announcement of the key.
-    #[error("no peer is sharing {key}: the lookup asked {nodes} DHT nodes and none holds its announcement; check the key, and that `p2p-socket share` is running on the other side and uses the same bootstrap nodes")]
+    #[error("no peer is sharing this key ({key}): the lookup heard from {nodes} DHT nodes and none holds its announcement; check the key, and that `p2p-socket share` is running on the other side and uses the same bootstrap nodes")]
     PeerNotFound {
         /// The key looked up.
         key: PublicKey,
-        /// How many DHT nodes answered the lookup (0: none did within the lookup's time).
+        /// How many DHT nodes answered the lookup (0: none within the lookup's time).
         nodes: usize,
     },
 
@@ -114,7 +114,7 @@ pub enum Error {
     },
 
     /// One attempt to reach the sharer ran out of time as a whole.
-    #[error("gave up reaching the sharer after {} s (the most one attempt may take), while {stage}; the next connection tries again", after.as_secs())]
+    #[error("gave up reaching the sharer after {} s, while {stage}; the next connection tries again", after.as_secs())]
     AttemptTimedOut {
         /// How long the attempt ran.
         after: Duration,
@@ -443,7 +443,10 @@ mod tests {
             })),
         };
         let cause = e.source().expect("the relay's lookup failure is kept");
-        assert!(cause.to_string().contains("asked 5 DHT nodes"), "{cause}");
+        assert!(
+            cause.to_string().contains("heard from 5 DHT nodes"),
+            "{cause}"
+        );
 
         let e = Error::HolepunchFailed {
             ours: Firewall::Consistent,
