@@ -6,9 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::firewall::Firewall;
 use crate::identity::PublicKey;
-use crate::nat::Firewall;
-use crate::peer::Path;
+use crate::path::Path;
 
 /// Everything the tunnel engine can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,7 @@ mod connection;
 mod dht;
 mod dialer;
 mod error;
+mod firewall;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -52,6 +53,7 @@ mod identity;
 mod listener;
 mod lock;
 mod nat;
+mod path;
 mod peer;
 mod pipe;
 mod policy;
@@ -69,12 +71,12 @@ pub use dialer::Connector;
 pub use error::{
     Error, HandshakeFailure, Incompatibility, PunchFailure, RelayFailure, Result, Stage,
 };
+pub use firewall::Firewall;
 pub use identity::{
     default_identity_path, npm_share_key_secret_bits, Identity, IdentityError, KeyPair,
     ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_NPM_SHARE_KEY_SECRET_BITS,
     MIN_SHARE_KEY_SECRET_BITS,
 };
-pub use nat::Firewall;
-pub use peer::Path;
+pub use path::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
 pub use share::{Share, ShareOptions};
