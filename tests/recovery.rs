@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::cli::{bin, ConnectProcess, LocalDht, ShareProcess};
+use support::cli::{bin, succeed, ConnectProcess, LocalDht, ShareProcess};
 use support::net::{exchange, pattern_sha, Behaviour, Service};
 
 const NODES: usize = 5;
@@ -29,15 +29,7 @@ fn identity(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("identity.json");
-    let out = bin()
-        .args(["create-id", "--identity", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(bin().args(["create-id", "--identity", path.to_str().unwrap()]));
     path
 }
 

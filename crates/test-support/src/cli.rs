@@ -32,6 +32,17 @@ pub fn bin() -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end and returns its output; panics with its stderr unless it succeeded.
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A private DHT on 127.0.0.1: one bootstrap node and `nodes - 1` more, each its own process.
 pub struct LocalDht {
     pub bootstrap: String,
