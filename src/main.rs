@@ -364,8 +364,14 @@ fn with_hint(e: p2p_socket::Error) -> anyhow::Error {
         p2p_socket::Error::BootstrapUnreachable { .. } => {
             Some("leave out --bootstrap (and P2P_SOCKET_BOOTSTRAP) to use the public network")
         }
-        p2p_socket::Error::HolepunchFailed(_) | p2p_socket::Error::RelayNeeded(_) => {
-            Some("name a relay with --relay KEY on either side")
+        p2p_socket::Error::PeerNotFound { .. } => {
+            Some("check the --key, and that share and connect use the same --bootstrap nodes")
+        }
+        p2p_socket::Error::HolepunchFailed { .. }
+        | p2p_socket::Error::RelayNeeded { .. }
+        | p2p_socket::Error::NoRelay { .. } => Some("name a relay with --relay KEY on either side"),
+        p2p_socket::Error::RelayFailed { .. } => {
+            Some("check the --relay KEY, or leave it out to try without a relay")
         }
         _ => None,
     };

@@ -6,7 +6,7 @@ use test_support as support;
 
 use std::path::PathBuf;
 
-use support::cli::{bin, LocalDht, ShareProcess};
+use support::cli::{bin, succeed, LocalDht, ShareProcess};
 use support::net::unused_udp_port;
 
 /// `p2p-socket create-id -s abc` in the npm tool writes this identity.
@@ -30,15 +30,10 @@ fn temp_dir(name: &str) -> PathBuf {
 #[test]
 fn create_id_writes_what_the_npm_tool_writes() {
     let dir = temp_dir("create-id");
-    let out = bin()
-        .args(["create-id", "--seed", "a", "bc"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        bin()
+            .args(["create-id", "--seed", "a", "bc"])
+            .current_dir(&dir),
     );
     let written = std::fs::read_to_string(dir.join("identity.json")).unwrap();
     // The npm tool joins the seed words without spaces: `-s a bc` is the seed "abc".

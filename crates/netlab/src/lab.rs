@@ -323,6 +323,41 @@ impl Lab {
         Ok(bootstrap)
     }
 
+    /// Gives NAT home `number` (1-based) a new public address, as a PPPoE reconnect or a DHCP
+    /// renewal does: the router's WAN address becomes `wan_ip` (in 198.18.0.0/15, unused) and
+    /// its NAT forgets every mapping, so the home's traffic leaves from the new address on new
+    /// ports and what was sent to the old one is lost.
+    pub fn renumber(&mut self, number: usize, wan_ip: Ipv4Addr) -> Result<(), LabError> {
+        let home = self
+            .homes
+            .iter_mut()
+            .find(|h| h.number == number)
+            .ok_or_else(|| LabError::Spec(format!("no home {number}")))?;
+        if home.spec.nat == Nat::Open {
+            return Err(LabError::Spec(format!(
+                "home {number} is open: its host holds the public address, there is no NAT to renumber"
+            )));
+        }
+        if !netns::tool_on_path("conntrack") {
+            return Err(LabError::MissingTool {
+                tool: "conntrack",
+                package: "conntrack",
+            });
+        }
+        let r = home.router.netns.clone();
+        let old = cidr(home.router.wan_ip, 15);
+        // Old first: in the same subnet the new address would be a secondary one, which the
+        // kernel deletes with the primary.
+        netns::ip_in(&r, &["addr", "del", &old, "dev", "wan"])?;
+        netns::ip_in(&r, &["addr", "add", &cidr(wan_ip, 15), "dev", "wan"])?;
+        // MASQUERADE picks the WAN's address per new mapping; old mappings would go on using
+        // the old address, so they all go, as in a router that reconnected.
+        netns::run(netns::exec(&r, "conntrack").arg("-F"))?;
+        home.router.wan_ip = wan_ip;
+        tracing::info!(home = number, %wan_ip, "renumbered the home's public address");
+        Ok(())
+    }
+
     /// The router's conntrack table (`conntrack -L`), to see what a NAT did.
     pub fn conntrack(&self, home: &Home) -> Result<String, LabError> {
         if !netns::tool_on_path("conntrack") {

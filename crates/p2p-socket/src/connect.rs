@@ -14,6 +14,7 @@ use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
 use crate::pipe::pipe_and_log;
+use crate::reconnect::Reconnect;
 use crate::running::Running;
 use crate::udp::{self, Protocol};
 
@@ -73,10 +74,13 @@ impl Connect {
         if let Some(relay) = opts.relay {
             connector = connector.with_relay(relay);
         }
-        let connector = Arc::new(connector);
         let running = match local {
-            Local::Tcp(listener) => Running::spawn(|stop| accept_loop(listener, connector, stop)),
+            Local::Tcp(listener) => {
+                let connector = Arc::new((connector, Reconnect::default()));
+                Running::spawn(|stop| accept_loop(listener, connector, stop))
+            }
             Local::Udp(socket, limits) => {
+                let connector = Arc::new(connector);
                 Running::spawn(|stop| udp::serve_connect(socket, connector, limits, stop))
             }
         };
@@ -99,7 +103,7 @@ impl Connect {
 
 async fn accept_loop(
     listener: TcpListener,
-    connector: Arc<Connector>,
+    connector: Arc<(Connector, Reconnect)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut n = 0u64;
@@ -121,17 +125,18 @@ async fn accept_loop(
         tokio::spawn(forward(n, tcp, from, connector));
     }
     drop(listener);
-    if let Ok(connector) = Arc::try_unwrap(connector) {
+    if let Ok((connector, _)) = Arc::try_unwrap(connector) {
         connector.close().await;
     }
 }
 
-async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<Connector>) {
+async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<(Connector, Reconnect)>) {
     let started = Instant::now();
-    let (peer, path) = match connector.open_with_path().await {
+    let (connector, reconnect) = &*connector;
+    let (peer, path) = match reconnect.open(n, connector).await {
         Ok(p) => p,
         Err(e) => {
-            warn!(connection = n, %from, error = %e, "could not reach the sharer; closed the local connection");
+            warn!(connection = n, %from, waited_ms = started.elapsed().as_millis() as u64, error = %e, "could not reach the sharer; closed the local connection");
             return;
         }
     };

@@ -137,6 +137,50 @@ impl KnownNodes {
     }
 }
 
+/// Finds out whether anyone on the network can send to our DHT socket unasked.
+#[derive(Clone)]
+pub(crate) struct Reachability {
+    handle: HyperDhtHandle,
+    nodes: KnownNodes,
+    open: Arc<watch::Sender<Option<bool>>>,
+    bind: IpAddr,
+    local_port: u16,
+    fixed: bool,
+}
+
+impl Reachability {
+    /// Checks again in the background; until it is done the last answer stands.
+    pub(crate) fn recheck(&self) {
+        if self.fixed {
+            return;
+        }
+        let Reachability {
+            handle,
+            nodes,
+            open,
+            bind,
+            local_port,
+            ..
+        } = self.clone();
+        tokio::spawn(async move {
+            let public = handle.remote_address().await.ok().flatten();
+            let public_host = public.as_ref().and_then(|p| p.host.parse().ok());
+            let reachable = crate::nat::check_open(bind, public_host, &nodes.list()).await;
+            let is_open = reachable && public.is_some_and(|p| p.port == local_port);
+            open.send_replace(Some(is_open));
+            info!(
+                reachable = is_open,
+                "reachability: {}",
+                if is_open {
+                    "others can reach us directly"
+                } else {
+                    "behind a NAT or firewall; peers will punch through"
+                }
+            );
+        });
+    }
+}
+
 /// A running DHT node: the handle for queries, the events for a server, and the UDP socket
 /// that our streams share with the RPC.
 pub struct DhtNode {
@@ -149,6 +193,8 @@ pub struct DhtNode {
     /// Whether anyone on the network can send to our DHT socket unasked (see
     /// [`crate::nat::check_open`]); `None` while that is being found out.
     open: Arc<watch::Sender<Option<bool>>>,
+    /// Whether `open` is settled once and for all (loopback, or told to be firewalled).
+    reachability_fixed: bool,
     // Kept alive for the DHT's sockets; peeroxide-dht creates everything through it.
     _runtime: libudx::UdxRuntime,
 }
@@ -173,7 +219,7 @@ impl DhtNode {
         config.port = 0;
         config.ephemeral = Some(true);
         config.firewalled = true;
-        let node = Self::spawn(config, bind_host).await?;
+        let mut node = Self::spawn(config, bind_host).await?;
         let joined = tokio::time::timeout(JOIN_TIMEOUT, node.handle.bootstrapped()).await;
         let table = node.handle.table_size().await.unwrap_or(0);
         if joined.is_err() || table == 0 {
@@ -186,9 +232,11 @@ impl DhtNode {
         if opts.firewalled {
             info!("treating this node as firewalled: never claiming to be reachable");
             node.open.send_replace(Some(false));
+            node.reachability_fixed = true;
         } else if bind_host.is_loopback() {
             // Nothing filters loopback: everyone on this network can send to us.
             node.open.send_replace(Some(true));
+            node.reachability_fixed = true;
         } else {
             node.spawn_reachability_check();
         }
@@ -199,27 +247,20 @@ impl DhtNode {
     /// Finds out in the background whether we are reachable unasked: the host must take
     /// packets on fresh ports, and our DHT socket's public port must be its own.
     fn spawn_reachability_check(&self) {
-        let handle = self.handle.clone();
-        let nodes = self.known_nodes();
-        let open = Arc::clone(&self.open);
-        let bind = self.bind_ip;
-        let local_port = self.socket.local_addr().map(|a| a.port()).unwrap_or(0);
-        tokio::spawn(async move {
-            let public = handle.remote_address().await.ok().flatten();
-            let public_host = public.as_ref().and_then(|p| p.host.parse().ok());
-            let reachable = crate::nat::check_open(bind, public_host, &nodes).await;
-            let is_open = reachable && public.is_some_and(|p| p.port == local_port);
-            open.send_replace(Some(is_open));
-            info!(
-                reachable = is_open,
-                "reachability: {}",
-                if is_open {
-                    "others can reach us directly"
-                } else {
-                    "behind a NAT or firewall; peers will punch through"
-                }
-            );
-        });
+        self.reachability().recheck();
+    }
+
+    /// What finds out again whether we are reachable (after we moved); it does nothing where
+    /// the answer is fixed (loopback, or told to be firewalled).
+    pub(crate) fn reachability(&self) -> Reachability {
+        Reachability {
+            handle: self.handle.clone(),
+            nodes: self.nodes.clone(),
+            open: Arc::clone(&self.open),
+            bind: self.bind_ip,
+            local_port: self.socket.local_addr().map(|a| a.port()).unwrap_or(0),
+            fixed: self.reachability_fixed,
+        }
     }
 
     /// Runs a persistent DHT node on a fixed address, as a bootstrap node for a private network
@@ -277,6 +318,7 @@ impl DhtNode {
             bind_ip,
             nodes: KnownNodes::default(),
             open: Arc::new(watch::channel(None).0),
+            reachability_fixed: false,
             _runtime: runtime,
         })
     }

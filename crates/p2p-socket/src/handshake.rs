@@ -7,6 +7,7 @@ use peeroxide_dht::hyperdht_messages::{
 };
 use peeroxide_dht::messages::Ipv4Peer;
 
+use crate::error::Incompatibility;
 use crate::nat::Firewall;
 
 /// The payload version hyperdht speaks.
@@ -42,22 +43,16 @@ pub(crate) fn our_payload(
     }
 }
 
-/// Checks the peer's half of the handshake; the error text names what is wrong.
-pub(crate) fn check_remote(payload: &NoisePayload) -> Result<u32, String> {
+/// Checks the peer's half of the handshake.
+pub(crate) fn check_remote(payload: &NoisePayload) -> Result<u32, Incompatibility> {
     if payload.version != PAYLOAD_VERSION {
-        return Err(format!("handshake version {}", payload.version));
+        return Err(Incompatibility::Version(payload.version));
     }
     if payload.error != ERROR_NONE {
-        return Err(format!(
-            "the peer refused with error code {}",
-            payload.error
-        ));
+        return Err(Incompatibility::Refused(payload.error));
     }
-    let udx = payload
-        .udx
-        .as_ref()
-        .ok_or_else(|| "the peer sent no stream parameters".to_string())?;
-    u32::try_from(udx.id).map_err(|_| format!("stream id {} out of range", udx.id))
+    let udx = payload.udx.as_ref().ok_or(Incompatibility::NoStream)?;
+    u32::try_from(udx.id).map_err(|_| Incompatibility::StreamId(udx.id))
 }
 
 /// Encodes a PEER_HANDSHAKE message.

@@ -41,6 +41,7 @@
 
 mod access;
 mod addr;
+mod address_watch;
 mod bootstrap;
 mod connect;
 mod connection;
@@ -48,6 +49,7 @@ mod connection_string;
 mod dht;
 mod dialer;
 mod error;
+mod firewall;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -57,10 +59,12 @@ mod identity;
 mod listener;
 mod lock;
 mod nat;
+mod path;
 mod peer;
 mod pipe;
 mod policy;
 mod punch_socket;
+mod reconnect;
 mod relay;
 mod running;
 mod service_record;
@@ -76,13 +80,16 @@ pub use connection_string::{
 };
 pub use dht::{NetworkOptions, DEFAULT_BOOTSTRAP_PORT};
 pub use dialer::Connector;
-pub use error::{Error, Result};
+pub use error::{
+    Error, HandshakeFailure, Incompatibility, PunchFailure, RelayFailure, Result, Stage,
+};
+pub use firewall::Firewall;
 pub use identity::{
     default_identity_path, npm_share_key_secret_bits, Identity, IdentityError, KeyPair,
     ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_NPM_SHARE_KEY_SECRET_BITS,
     MIN_SHARE_KEY_SECRET_BITS,
 };
-pub use peer::Path;
+pub use path::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
 pub use service_record::{RecordError, RecordKeeper, ServiceRecord, MAX_RECORD_BYTES};
 pub use share::{Share, ShareOptions};

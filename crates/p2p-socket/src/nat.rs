@@ -13,67 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use peeroxide_dht::hyperdht_messages::{
-    encode_holepunch_msg_to_bytes, HolepunchMessage, FIREWALL_CONSISTENT, FIREWALL_OPEN,
-    FIREWALL_RANDOM, FIREWALL_UNKNOWN, MODE_FROM_CLIENT, PEER_HOLEPUNCH,
+    encode_holepunch_msg_to_bytes, HolepunchMessage, MODE_FROM_CLIENT, PEER_HOLEPUNCH,
 };
 use peeroxide_dht::messages::{Command, Ipv4Peer};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+pub(crate) use crate::firewall::Firewall;
 use crate::lock::lock;
 use crate::punch_socket::{PunchSocket, RpcMessage};
-
-/// How a NAT maps our socket, as hyperdht's `FIREWALL` constants encode it on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(crate) enum Firewall {
-    /// Not known (yet).
-    #[default]
-    Unknown,
-    /// Reachable from anywhere: no NAT or firewall filters unsolicited packets.
-    Open,
-    /// Same public port for every destination (a cone NAT).
-    Consistent,
-    /// A new public port per destination (a symmetric NAT).
-    Random,
-}
-
-impl Firewall {
-    pub(crate) fn from_wire(v: u64) -> Firewall {
-        match v {
-            FIREWALL_OPEN => Firewall::Open,
-            FIREWALL_CONSISTENT => Firewall::Consistent,
-            FIREWALL_RANDOM => Firewall::Random,
-            _ => Firewall::Unknown,
-        }
-    }
-
-    pub(crate) fn wire(self) -> u64 {
-        match self {
-            Firewall::Unknown => FIREWALL_UNKNOWN,
-            Firewall::Open => FIREWALL_OPEN,
-            Firewall::Consistent => FIREWALL_CONSISTENT,
-            Firewall::Random => FIREWALL_RANDOM,
-        }
-    }
-
-    /// For punching, an open side behaves like a consistent one: its port never changes.
-    pub(crate) fn coerced(self) -> Firewall {
-        match self {
-            Firewall::Open => Firewall::Consistent,
-            other => other,
-        }
-    }
-
-    /// A word for log lines and error messages.
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            Firewall::Unknown => "unknown NAT",
-            Firewall::Open => "no NAT (open)",
-            Firewall::Consistent => "consistent (cone) NAT",
-            Firewall::Random => "randomising (symmetric) NAT",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sample {

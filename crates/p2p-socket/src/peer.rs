@@ -4,7 +4,6 @@
 //! does).
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,30 +13,7 @@ use tokio::sync::{mpsc, watch};
 use udx::UdxStream;
 
 use crate::error::{Error, Result};
-
-/// How a connection's packets travel between the peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Path {
-    /// Straight between the DHT sockets: one side is reachable (or both are on one machine or
-    /// LAN), so the other just sends to it.
-    Direct,
-    /// Through a hole punched in both NATs, on a socket of its own.
-    Punched,
-    /// Through a blind relay (`p2p-socket relay`), which passes on the encrypted packets:
-    /// where no hole can be punched.
-    Relayed,
-}
-
-impl fmt::Display for Path {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Path::Direct => "direct",
-            Path::Punched => "punched",
-            Path::Relayed => "relayed",
-        })
-    }
-}
+pub(crate) use crate::path::Path;
 
 /// What carries an encrypted connection: the UDX socket its stream lives on and a view of the
 /// stream. A relay pairs streams on the socket of the connection they were negotiated over, to
@@ -68,7 +44,8 @@ pub(crate) async fn secure(
     is_initiator: bool,
     stream: UdxStream,
     hs: &NoiseWrapResult,
-    path: &str,
+    path: Path,
+    peer: Option<SocketAddr>,
 ) -> Result<(PeerStream, Link)> {
     let link = Link {
         socket: stream.socket(),
@@ -85,7 +62,11 @@ pub(crate) async fn secure(
     match tokio::time::timeout(DATA_PATH_TIMEOUT, opened).await {
         Ok(Ok(s)) => Ok((s, link)),
         Ok(Err(e)) => Err(Error::SecretStream(Box::new(e))),
-        Err(_) => Err(Error::NoDataPath(path.to_string())),
+        Err(_) => Err(Error::NoDataPath {
+            path,
+            peer,
+            waited: DATA_PATH_TIMEOUT,
+        }),
     }
 }
 

@@ -54,6 +54,8 @@ impl LogFile {
         cmd.args(["-c", r#"exec "$0" "$@" 2>"$P2P_SOCKET_TEST_LOG""#])
             .arg(binary())
             .env_remove("P2P_SOCKET_BOOTSTRAP")
+            .env("XDG_CONFIG_HOME", "/nonexistent/p2p-socket-tests")
+            .env_remove("P2P_SOCKET_CONFIG")
             .env("P2P_SOCKET_TEST_LOG", &self.0);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn,p2p_socket=info");
@@ -91,6 +93,17 @@ impl Drop for LogFile {
         }
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Runs `cmd` to its end and returns its output; panics with its stderr unless it succeeded.
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A private DHT on 127.0.0.1: one bootstrap node and `nodes - 1` more, each its own process.
@@ -172,8 +185,7 @@ impl ShareProcess {
     }
 }
 
-/// A running `p2p-socket relay`, its log (stderr) kept in a file so a test can see what it
-/// relayed.
+/// A running `p2p-socket relay`, its log kept in a file so a test can see what it relayed.
 pub struct RelayProcess {
     pub key: String,
     pub process: ChildProcess,
@@ -197,8 +209,8 @@ impl RelayProcess {
         RelayProcess { key, process, log }
     }
 
-    /// What it logged so far. Its wording is not an interface: read it only for what the relay
-    /// has no machine-readable output for yet (which pairs it relayed, which cap it reached).
+    /// What it logged so far: read it only for what the relay has no machine-readable output
+    /// for yet (which pairs it relayed, which cap it reached).
     pub fn log(&self) -> String {
         self.log.read()
     }
@@ -249,5 +261,12 @@ impl ConnectProcess {
                 .and_then(|a| a.trim().parse().ok())
         });
         ConnectProcess { addr, process }
+    }
+
+    /// Like [`ConnectProcess::start_with`], its log also kept in a file it returns.
+    pub fn start_with_log(bootstrap: &str, key: &str, extra: &[&str]) -> (ConnectProcess, LogFile) {
+        let log = LogFile::new("connect");
+        let process = Self::start_logged(bootstrap, key, extra, Some(&log));
+        (process, log)
     }
 }

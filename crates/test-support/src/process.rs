@@ -39,6 +39,15 @@ impl ChildProcess {
         self.0.terminate()
     }
 
+    /// Sends `signal`, a name kill(1) knows (`STOP` and `CONT` stand for a laptop's lid).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.pid()
     }

@@ -1,6 +1,8 @@
 //! The handshake through the DHT nodes that hold the sharer's announcement: our half, the
 //! sharer's answer, and where it says the sharer is.
 
+use std::net::SocketAddr;
+
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{
     decode_handshake_from_bytes, NoisePayload, ERROR_ABORTED, MODE_FROM_CLIENT, MODE_REPLY,
@@ -11,10 +13,10 @@ use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
 use peeroxide_dht::rpc::UserRequestParams;
 use tracing::debug;
 
-use super::{Answer, Ask, Connector};
+use super::{attempt, Answer, Ask, Connector};
 use crate::addr::to_socket_addr;
 use crate::dht::next_stream_id;
-use crate::error::{Error, Result};
+use crate::error::{Error, HandshakeFailure, Result, Stage};
 use crate::handshake::{check_remote, message, our_payload};
 use crate::nat::Firewall;
 use crate::policy::{our_firewall, RelayOffer};
@@ -50,9 +52,11 @@ impl Connector {
             None,
         );
         payload.relay_through = relay_through;
-        let noise = nw
-            .send(&payload)
-            .map_err(|e| Error::HandshakeFailed(e.to_string()))?;
+        let noise = nw.send(&payload).map_err(|e| Error::HandshakeFailed {
+            via: Vec::new(),
+            failure: HandshakeFailure::CannotEncode,
+            source: Some(e.to_string().into()),
+        })?;
         Ok((nw, noise))
     }
 
@@ -61,10 +65,14 @@ impl Connector {
         &self,
         mut nw: NoiseWrap,
         noise: &[u8],
+        via: &[SocketAddr],
     ) -> Result<(NoisePayload, u32, NoiseWrapResult)> {
-        let remote = nw
-            .recv(noise)
-            .map_err(|e| Error::HandshakeFailed(format!("bad answer: {e}")))?;
+        let bad_answer = |e: String| Error::HandshakeFailed {
+            via: via.to_vec(),
+            failure: HandshakeFailure::BadAnswer,
+            source: Some(e.into()),
+        };
+        let remote = nw.recv(noise).map_err(|e| bad_answer(e.to_string()))?;
         // A server that refuses our key answers with ABORTED (ours and Node's allow lists
         // do); any other error is a protocol mismatch.
         if remote.error == ERROR_ABORTED {
@@ -72,10 +80,8 @@ impl Connector {
                 client: self.key_pair.public_key(),
             });
         }
-        let remote_id = check_remote(&remote).map_err(Error::Incompatible)?;
-        let hs = nw
-            .finalize()
-            .map_err(|e| Error::HandshakeFailed(e.to_string()))?;
+        let remote_id = check_remote(&remote).map_err(|problem| Error::Incompatible { problem })?;
+        let hs = nw.finalize().map_err(|e| bad_answer(e.to_string()))?;
         Ok((remote, remote_id, hs))
     }
 
@@ -84,7 +90,7 @@ impl Connector {
     pub(super) async fn handshake(&self, ask: &Ask) -> Result<Answer> {
         let relays = self.relays.lock().await.clone();
         match self.handshake_via(&relays, ask).await {
-            Err(Error::HandshakeFailed(why)) => {
+            Err(why @ Error::HandshakeFailed { .. }) => {
                 // The announcement may have moved (the sharer restarted, nodes churned).
                 debug!(%why, "cached DHT nodes failed; searching again");
                 let fresh = self.lookup().await?;
@@ -96,6 +102,7 @@ impl Connector {
     }
 
     pub(super) async fn handshake_via(&self, relays: &[Ipv4Peer], ask: &Ask) -> Result<Answer> {
+        attempt::enter(Stage::Handshake);
         let target = hash(self.remote.as_bytes());
         let local_id = next_stream_id();
         let waiting = if matches!(ask, Ask::Direct) && self.our_firewall() == Firewall::Open {
@@ -106,8 +113,14 @@ impl Connector {
         let (nw, noise) = self.start_handshake(local_id, ask).await?;
         let request = message(MODE_FROM_CLIENT, noise, None);
 
-        let mut last_error = String::from("no DHT node holds the announcement");
+        let mut via: Vec<SocketAddr> = Vec::new();
+        let mut failed = (HandshakeFailure::NoNode, None);
         for relay in relays.iter().take(HANDSHAKE_ATTEMPTS) {
+            let Some(relay_addr) = to_socket_addr(relay) else {
+                failed = (HandshakeFailure::BadAddress, None);
+                continue;
+            };
+            via.push(relay_addr);
             let mut params = UserRequestParams::default();
             params.command = PEER_HANDSHAKE;
             params.target = Some(target);
@@ -122,26 +135,26 @@ impl Connector {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    last_error = format!("{}:{}: {e}", relay.host, relay.port);
+                    failed = (HandshakeFailure::NoReply, Some(Box::new(e) as _));
                     continue;
                 }
             };
             let reply = match res.value.as_deref().map(decode_handshake_from_bytes) {
                 Some(Ok(m)) if m.mode == MODE_REPLY && !m.noise.is_empty() => m,
                 _ => {
-                    last_error = format!("{}:{} gave no usable answer", relay.host, relay.port);
+                    failed = (HandshakeFailure::BadReply, None);
                     continue;
                 }
             };
-            let (remote, remote_id, hs) = self.finish_handshake(nw, &reply.noise)?;
-            let relay_addr = to_socket_addr(relay)
-                .ok_or_else(|| Error::HandshakeFailed("a DHT node's address is invalid".into()))?;
+            let (remote, remote_id, hs) = self.finish_handshake(nw, &reply.noise, &via)?;
             // A relayed answer names the address the relaying node saw the sharer at; a direct
             // one came from the sharer itself.
             let relayed = reply.peer_address.is_some();
             let server_address = match reply.peer_address.as_ref() {
-                Some(p) => to_socket_addr(p).ok_or_else(|| {
-                    Error::HandshakeFailed("the peer's address is invalid".into())
+                Some(p) => to_socket_addr(p).ok_or_else(|| Error::HandshakeFailed {
+                    via: via.clone(),
+                    failure: HandshakeFailure::BadAddress,
+                    source: None,
                 })?,
                 None => relay_addr,
             };
@@ -156,6 +169,11 @@ impl Connector {
                 waiting,
             });
         }
-        Err(Error::HandshakeFailed(last_error))
+        let (failure, source) = failed;
+        Err(Error::HandshakeFailed {
+            via,
+            failure,
+            source,
+        })
     }
 }

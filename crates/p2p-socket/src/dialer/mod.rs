@@ -6,6 +6,7 @@
 //! punched in both NATs; through a blind relay only when neither can be made (and then for the
 //! next connections too, for a while, so they need not find out again).
 
+mod attempt;
 mod handshake;
 mod relayed;
 mod route;
@@ -23,14 +24,17 @@ use tracing::{debug, info};
 use udx::UdxStream;
 
 use crate::addr::to_socket_addr;
+use crate::address_watch::watch_moves;
 use crate::connection::Connection;
 use crate::dht::{DhtNode, NetworkOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, PunchFailure, Result, Stage};
 use crate::identity::{KeyPair, PublicKey};
 use crate::lock::lock;
+use crate::nat::Firewall;
 use crate::peer::{secure, Link, Path, PeerStream};
 use crate::policy::{client_path, Answered, Decision, RelayOffer};
 use crate::relay::client::{DialRelay, RelayClients, RelayConnection};
+pub(crate) use attempt::ATTEMPT_TIMEOUT;
 use route::Route;
 
 /// How long finding the sharer may take. A lookup on a healthy DHT takes well under a second on
@@ -71,7 +75,7 @@ pub struct Connector {
     /// DHT nodes that held the sharer's announcement last time: later connections go straight to
     /// them instead of searching again (hyperdht's relay address cache does the same).
     relays: AsyncMutex<Vec<Ipv4Peer>>,
-    route: Mutex<Option<Arc<Route>>>,
+    route: Arc<Mutex<Option<Arc<Route>>>>,
     /// One punch at a time: a connection that needs one while another is punching waits, then
     /// takes the route that punch leaves.
     punching: AsyncMutex<()>,
@@ -81,7 +85,18 @@ pub struct Connector {
     force_relay: bool,
     relay_clients: Arc<RelayClients>,
     /// When a connection last found that only a relay gets through.
-    relayed_since: Mutex<Option<Instant>>,
+    relayed_since: Arc<Mutex<Option<Instant>>>,
+    /// Forgets what depended on our address when it changes.
+    _on_move: AbortOnDrop,
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Connector {
@@ -93,17 +108,21 @@ impl Connector {
         remote: PublicKey,
     ) -> Result<Self> {
         let node = DhtNode::join(network).await?;
+        let route = Arc::default();
+        let relayed_since = Arc::default();
+        let on_move = forget_on_move(&node, Arc::clone(&route), Arc::clone(&relayed_since));
         let connector = Connector {
             node,
             key_pair,
             remote,
             relays: AsyncMutex::new(Vec::new()),
-            route: Mutex::new(None),
+            route,
             punching: AsyncMutex::new(()),
             relay: None,
             force_relay: false,
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
-            relayed_since: Mutex::new(None),
+            relayed_since,
+            _on_move: on_move,
         };
         let started = Instant::now();
         let (relays, ()) = tokio::join!(connector.lookup(), connector.node.reachability_known());
@@ -134,11 +153,17 @@ impl Connector {
 
     /// The DHT nodes that hold the announcement of `remote`.
     async fn lookup(&self) -> Result<Vec<Ipv4Peer>> {
+        attempt::enter(Stage::Lookup);
         let target = hash(self.remote.as_bytes());
+        let not_found = |nodes| Error::PeerNotFound {
+            key: self.remote,
+            nodes,
+        };
         let replies =
             tokio::time::timeout(LOOKUP_TIMEOUT, self.node.handle().query_find_peer(target))
                 .await
-                .map_err(|_| Error::PeerNotFound)??;
+                .map_err(|_| not_found(0))??;
+        let asked = replies.len();
         self.node
             .add_nodes(replies.iter().filter_map(|r| to_socket_addr(&r.from)));
         let mut relays: Vec<Ipv4Peer> = Vec::new();
@@ -157,13 +182,14 @@ impl Connector {
             }
         }
         if relays.is_empty() {
-            return Err(Error::PeerNotFound);
+            return Err(not_found(asked));
         }
         Ok(relays)
     }
 
     /// Opens one encrypted connection to the sharer: the most direct path that works, a relay
-    /// only where no other gets through.
+    /// only where no other gets through. It ends within 45 s: with the connection, or with an
+    /// error that says what was tried and at which stage it failed.
     pub async fn connect(&self) -> Result<Connection> {
         let (peer, path) = self.open_with_path().await?;
         Ok(Connection::new(peer, path))
@@ -172,12 +198,22 @@ impl Connector {
     /// Opens one encrypted connection to the sharer, as the secret stream itself (what
     /// [`crate::pipe`] moves without another copy), and says how its packets travel.
     pub(crate) async fn open_with_path(&self) -> Result<(PeerStream, Path)> {
-        let (peer, _, path) = self.open_link().await?;
+        self.open_within(ATTEMPT_TIMEOUT).await
+    }
+
+    /// [`Self::open_with_path`], given up after `limit` (at most [`ATTEMPT_TIMEOUT`]).
+    pub(crate) async fn open_within(&self, limit: Duration) -> Result<(PeerStream, Path)> {
+        let (peer, _, path) =
+            attempt::bounded(limit.min(ATTEMPT_TIMEOUT), self.try_open_link()).await?;
         Ok((peer, path))
     }
 
     /// Opens one encrypted connection to the sharer: the stream, what carries it, and how.
     pub(crate) async fn open_link(&self) -> Result<(PeerStream, Link, Path)> {
+        attempt::bounded(ATTEMPT_TIMEOUT, self.try_open_link()).await
+    }
+
+    async fn try_open_link(&self) -> Result<(PeerStream, Link, Path)> {
         if self.relay_is_needed() {
             match self.open_relayed().await {
                 Ok(opened) => return Ok(opened),
@@ -204,6 +240,10 @@ impl Connector {
             let mut answer = self.handshake(&Ask::Direct).await?;
             let decision = self.decide(&answer).await;
             let waiting = answer.waiting.take();
+            attempt::enter(match decision {
+                Decision::Punch => Stage::Punch,
+                Decision::Dial(_) | Decision::Wait => Stage::DataPath,
+            });
             let opened = match decision {
                 Decision::Dial(addr) => {
                     let stream = match waiting {
@@ -212,16 +252,19 @@ impl Connector {
                     };
                     debug!(%addr, "dialling the sharer");
                     stream.connect(answer.remote_id, addr)?;
-                    secure(true, stream, &answer.hs, &format!("to {addr}"))
+                    secure(true, stream, &answer.hs, Path::Direct, Some(addr))
                         .await
                         .map(|(peer, link)| (peer, link, Path::Direct))
                 }
                 Decision::Wait => {
-                    let stream = waiting
-                        .ok_or_else(|| Error::HandshakeFailed("no stream to wait on".into()))?;
+                    // The policy waits only when we said we are reachable, and then the
+                    // handshake made the stream.
+                    let Some(stream) = waiting else {
+                        unreachable!("Decision::Wait without a waiting stream");
+                    };
                     debug!("waiting for the sharer to reach us");
                     stream.connect_on_first_packet(answer.remote_id);
-                    secure(true, stream, &answer.hs, "from the sharer")
+                    secure(true, stream, &answer.hs, Path::Direct, None)
                         .await
                         .map(|(peer, link)| (peer, link, Path::Direct))
                 }
@@ -244,9 +287,11 @@ impl Connector {
                 other => other,
             };
         }
-        Err(Error::HolepunchFailed(
-            "the hole punched to the sharer stopped working right away".into(),
-        ))
+        Err(Error::HolepunchFailed {
+            ours: self.our_firewall(),
+            theirs: Firewall::Unknown,
+            failure: PunchFailure::RouteStopped,
+        })
     }
 
     /// How this connection reaches the sharer: what we know, handed to the policy.
@@ -273,12 +318,36 @@ impl Connector {
     }
 }
 
+/// When our address changes, the hole we punched from the old one leads nowhere (the sharer's
+/// end answers only the old mapping), and the NATs may now allow what needed a relay: forget
+/// both, so the next connection finds out afresh instead of failing on them first. Whether we
+/// are reachable is found out again too.
+fn forget_on_move(
+    node: &DhtNode,
+    route: Arc<Mutex<Option<Arc<Route>>>>,
+    relayed_since: Arc<Mutex<Option<Instant>>>,
+) -> AbortOnDrop {
+    let mut moves = watch_moves(node.handle().clone(), node.known().clone());
+    let reachability = node.reachability();
+    AbortOnDrop(tokio::spawn(async move {
+        while moves.changed().await.is_ok() {
+            let had_route = lock(&route).take().is_some();
+            let was_relayed = lock(&relayed_since).take().is_some();
+            info!(
+                had_route,
+                was_relayed, "we moved: forgot the punched route and the relay decision"
+            );
+            reachability.recheck();
+        }
+    }))
+}
+
 /// Whether a failure to open a connection is one a relay gets around: no hole could be
 /// punched, or no packet got through on the path we tried.
 fn needs_relay(e: &Error) -> bool {
     matches!(
         e,
-        Error::RelayNeeded(_) | Error::HolepunchFailed(_) | Error::NoDataPath(_)
+        Error::RelayNeeded { .. } | Error::HolepunchFailed { .. } | Error::NoDataPath { .. }
     )
 }
 

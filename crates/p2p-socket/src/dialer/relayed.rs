@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::{Answer, Ask, Connector};
-use crate::error::{Error, Result};
+use super::{attempt, Answer, Ask, Connector};
+use crate::error::{Error, Result, Stage};
 use crate::identity::PublicKey;
 use crate::lock::lock;
+use crate::nat::Firewall;
 use crate::peer::{secure, Link, Path, PeerStream};
 use crate::policy::{relay_choice, RelayOffer};
 use crate::relay::client::token;
@@ -50,7 +51,9 @@ impl Connector {
         why: Error,
     ) -> Result<(PeerStream, Link, Path)> {
         if self.relay_for(answer).is_none() {
-            return Err(why);
+            return Err(Error::NoRelay {
+                needed_because: Box::new(why),
+            });
         }
         info!(why = %why, "no direct path to the sharer; going through the relay");
         *lock(&self.relayed_since) = Some(Instant::now());
@@ -73,8 +76,14 @@ impl Connector {
         answer: &Answer,
         ours: Option<RelayOffer>,
     ) -> Result<(PeerStream, Link, Path)> {
-        let plan = relay_choice(answer.sharers_relay(), ours, false)
-            .ok_or_else(|| Error::RelayNeeded("neither side has a relay to go through".into()))?;
+        attempt::enter(Stage::Relay);
+        let plan =
+            relay_choice(answer.sharers_relay(), ours, false).ok_or_else(|| Error::NoRelay {
+                needed_because: Box::new(Error::RelayNeeded {
+                    ours: self.our_firewall(),
+                    theirs: Firewall::from_wire(answer.remote.firewall),
+                }),
+            })?;
         let paired = self
             .relay_clients
             .pair(
@@ -90,7 +99,8 @@ impl Connector {
             true,
             paired.stream,
             &answer.hs,
-            &format!("through the relay {}", paired.relay_addr),
+            Path::Relayed,
+            Some(paired.relay_addr),
         )
         .await?;
         Ok((peer, link, Path::Relayed))

@@ -11,14 +11,14 @@ use peeroxide_dht::hyperdht_messages::{
     decode_handshake_from_bytes, MODE_FROM_CLIENT, MODE_REPLY, PEER_HANDSHAKE,
 };
 
-use super::{Answer, Ask, Connector};
+use super::{attempt, Answer, Ask, Connector};
 use crate::dht::next_stream_id;
-use crate::error::{Error, Result};
+use crate::error::{Error, HandshakeFailure, PunchFailure, Result, Stage};
 use crate::handshake::message;
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::lock::lock;
 use crate::nat::Firewall;
-use crate::peer::{secure, Link, PeerStream};
+use crate::peer::{secure, Link, Path, PeerStream};
 use crate::punch_socket::{PunchSocket, RpcMessage};
 
 /// A handshake sent straight through a punched hole: one round trip, so a short wait, tried
@@ -100,7 +100,11 @@ impl Connector {
                 ROUTE_HANDSHAKE_TRIES,
             )
             .await
-            .map_err(|e| Error::HandshakeFailed(format!("through the punched hole: {e}")))?;
+            .map_err(|e| Error::HandshakeFailed {
+                via: vec![route.server],
+                failure: HandshakeFailure::NoReply,
+                source: Some(Box::new(e)),
+            })?;
         let answer = reply
             .value
             .as_deref()
@@ -111,18 +115,14 @@ impl Connector {
                     && !m.noise.is_empty()
                     && reply.from == route.server
             })
-            .ok_or_else(|| {
-                Error::HandshakeFailed("no usable answer through the punched hole".into())
+            .ok_or_else(|| Error::HandshakeFailed {
+                via: vec![route.server],
+                failure: HandshakeFailure::BadReply,
+                source: None,
             })?;
-        let (_, remote_id, hs) = self.finish_handshake(nw, &answer.noise)?;
+        let (_, remote_id, hs) = self.finish_handshake(nw, &answer.noise, &[route.server])?;
         stream.connect(remote_id, route.server)?;
-        secure(
-            true,
-            stream,
-            &hs,
-            &format!("through the punched hole to {}", route.server),
-        )
-        .await
+        secure(true, stream, &hs, Path::Punched, Some(route.server)).await
     }
 
     pub(super) async fn punch(&self, answer: &Answer) -> Result<(PeerStream, Link)> {
@@ -130,7 +130,11 @@ impl Connector {
             .remote
             .holepunch
             .as_ref()
-            .ok_or_else(|| Error::HolepunchFailed("the sharer offered no holepunch".into()))?;
+            .ok_or(Error::HolepunchFailed {
+                ours: self.our_firewall(),
+                theirs: Firewall::from_wire(answer.remote.firewall),
+                failure: PunchFailure::NotOffered,
+            })?;
         let (socket, addr) = punch_to_server(&ClientPunch {
             bind: self.node.bind_ip(),
             nodes: self.node.known_nodes(),
@@ -142,6 +146,7 @@ impl Connector {
             secret: answer.hs.holepunch_secret,
         })
         .await?;
+        attempt::enter(Stage::DataPath);
         let stream = socket.udx().create_stream(answer.local_id)?;
         stream.connect(answer.remote_id, addr)?;
         if answer
@@ -152,12 +157,6 @@ impl Connector {
         {
             *lock(&self.route) = Some(Arc::new(Route::new(socket, addr)));
         }
-        secure(
-            true,
-            stream,
-            &answer.hs,
-            &format!("through the punched hole to {addr}"),
-        )
-        .await
+        secure(true, stream, &answer.hs, Path::Punched, Some(addr)).await
     }
 }

@@ -2,6 +2,7 @@
 //! punch round, then waiting for the first probe that gets through.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use tracing::info;
 
 use super::{aborted, encrypt, feasible, our_round, NoPlan, NoPunch, Puncher, PUNCH_TIME};
 use crate::addr::{ipv4_peer, to_socket_addr};
-use crate::error::{Error, Result};
+use crate::error::{Error, PunchFailure, Result};
 use crate::nat::Firewall;
 use crate::punch_socket::{PunchSocket, RpcMessage};
 
@@ -25,16 +26,21 @@ const ROUND_TIMEOUT: Duration = Duration::from_millis(1500);
 const ROUND_TRIES: u32 = 3;
 /// After a server that does not know its NAT yet answered, give its sampling this long.
 const REMOTE_UNKNOWN_PAUSE: Duration = Duration::from_secs(1);
+/// How long a punch may take from its first round to the first probe back: the rounds, then
+/// the punching itself.
+pub(crate) const PUNCH_WAIT: Duration = Duration::from_secs(PUNCH_TIME.as_secs() + 5);
 
 /// The error for a punch that cannot be done: two randomising NATs need a relay, anything else
-/// is explained by `why`.
-fn cannot_punch(ours: Firewall, theirs: Firewall, why: &str) -> Error {
+/// is `failure`.
+fn cannot_punch(ours: Firewall, theirs: Firewall, failure: PunchFailure) -> Error {
     if feasible(ours, theirs) == Err(NoPlan::BothRandom) {
-        Error::RelayNeeded(
-            "both we and the sharer are behind randomising (symmetric) NATs, which pick a new port for every destination; no hole can be punched between two of them".into(),
-        )
+        Error::RelayNeeded { ours, theirs }
     } else {
-        Error::HolepunchFailed(why.to_string())
+        Error::HolepunchFailed {
+            ours,
+            theirs,
+            failure,
+        }
     }
 }
 
@@ -68,14 +74,28 @@ struct RoundReply {
     payload: HolepunchPayload,
 }
 
+/// A punch that failed at `failure`, with the NATs as `puncher` knows them now.
+fn punch_failed(puncher: &Puncher, failure: PunchFailure) -> Error {
+    Error::HolepunchFailed {
+        ours: puncher.nat.firewall(),
+        theirs: puncher.remote_firewall(),
+        failure,
+    }
+}
+
 struct Client<'a> {
     p: &'a ClientPunch<'a>,
     puncher: Arc<Puncher>,
     secure: SecurePayload,
-    round: u64,
+    /// Rounds sent so far (read from outside while the rounds run, for the error).
+    rounds: &'a AtomicU64,
 }
 
 impl Client<'_> {
+    fn failed(&self, failure: PunchFailure) -> Error {
+        punch_failed(&self.puncher, failure)
+    }
+
     /// Sends one round to the server through `via`, addressed to the server at `peer`.
     async fn round(
         &mut self,
@@ -83,16 +103,16 @@ impl Client<'_> {
         via: SocketAddr,
         mut payload: HolepunchPayload,
     ) -> Result<RoundReply> {
-        payload.round = self.round;
-        self.round += 1;
+        payload.round = self.rounds.fetch_add(1, Ordering::Relaxed);
         let msg = HolepunchMessage {
             mode: MODE_FROM_CLIENT,
             id: self.p.holepunch.id,
-            payload: encrypt(&self.secure, &payload)?,
+            payload: encrypt(&self.secure, &payload)
+                .ok_or_else(|| self.failed(PunchFailure::CannotEncode))?,
             peer_address: Some(ipv4_peer(peer)),
         };
         let bytes = encode_holepunch_msg_to_bytes(&msg)
-            .map_err(|e| Error::HolepunchFailed(format!("cannot encode a holepunch round: {e}")))?;
+            .map_err(|_| self.failed(PunchFailure::CannotEncode))?;
         let reply = self
             .puncher
             .main()
@@ -103,32 +123,27 @@ impl Client<'_> {
                 ROUND_TRIES,
             )
             .await
-            .map_err(|e| {
-                Error::HolepunchFailed(format!(
-                    "the DHT node {via} did not pass on our holepunch round ({e}); the sharer may have stopped"
-                ))
+            .map_err(|_| {
+                self.failed(PunchFailure::RoundNotPassed {
+                    via,
+                    tries: ROUND_TRIES,
+                })
             })?;
         let hp = reply
             .value
             .as_deref()
             .and_then(|v| decode_holepunch_msg_from_bytes(v).ok())
             .filter(|hp| reply.error == 0 && hp.mode == MODE_REPLY && reply.from == via)
-            .ok_or_else(|| {
-                Error::HolepunchFailed(format!("the DHT node {via} sent a bad holepunch reply"))
-            })?;
-        let remote = self.secure.decrypt(&hp.payload).map_err(|_| {
-            Error::HolepunchFailed("the sharer's holepunch reply does not decrypt".into())
-        })?;
+            .ok_or_else(|| self.failed(PunchFailure::BadReply { via }))?;
+        let remote = self
+            .secure
+            .decrypt(&hp.payload)
+            .map_err(|_| self.failed(PunchFailure::Undecryptable))?;
         if remote.error == ERROR_TRY_LATER {
-            return Err(Error::HolepunchFailed(
-                "the sharer is busy punching through a randomising NAT for someone else and asked us to try later (Node hyperdht allows one such punch at a time); try again in 20 s".into(),
-            ));
+            return Err(self.failed(PunchFailure::TryLater));
         }
         if remote.error != ERROR_NONE {
-            return Err(Error::HolepunchFailed(format!(
-                "the sharer aborted hole punching (error {}): it may be behind a NAT it cannot classify, or behind a randomising NAT like ours",
-                remote.error
-            )));
+            return Err(self.failed(PunchFailure::Aborted { code: remote.error }));
         }
         let echoed = payload.token.is_some() && remote.remote_token == payload.token;
         self.puncher.update_remote(
@@ -151,7 +166,7 @@ impl Client<'_> {
 
     /// Tells the server we give up, so it stops punching (best effort).
     async fn abort(&mut self, via: RelayPair) {
-        let payload = aborted(self.round, ERROR_ABORTED);
+        let payload = aborted(self.rounds.load(Ordering::Relaxed), ERROR_ABORTED);
         let _ = self.round(via.peer, via.relay, payload).await;
     }
 
@@ -194,12 +209,9 @@ impl Client<'_> {
                     return Err(cannot_punch(
                         ours,
                         theirs,
-                        &format!(
-                            "could not classify the NATs (ours: {} after {} DHT node answers, the sharer's: {})",
-                            ours.describe(),
-                            self.puncher.nat.sampled(),
-                            theirs.describe()
-                        ),
+                        PunchFailure::Unclassified {
+                            samples: self.puncher.nat.sampled(),
+                        },
                     ));
                 }
             }
@@ -226,8 +238,10 @@ pub(crate) async fn punch_to_server(p: &ClientPunch<'_>) -> Result<(PunchSocket,
         .iter()
         .find(|r| r.relay == p.relay)
         .or(relays.first())
-        .ok_or_else(|| {
-            Error::HolepunchFailed("the sharer offered no DHT node to punch through".into())
+        .ok_or(Error::HolepunchFailed {
+            ours: Firewall::Unknown,
+            theirs: p.remote_firewall,
+            failure: PunchFailure::NotOffered,
         })?;
 
     let puncher = Puncher::new(true, p.bind, p.nodes.clone(), None, None).await?;
@@ -235,11 +249,12 @@ pub(crate) async fn punch_to_server(p: &ClientPunch<'_>) -> Result<(PunchSocket,
     let mut hits = puncher
         .take_hits()
         .expect("a new puncher's probes are not taken yet");
+    let rounds_sent = AtomicU64::new(0);
     let mut client = Client {
         p,
         puncher: Arc::clone(&puncher),
         secure: SecurePayload::new(p.secret),
-        round: 0,
+        rounds: &rounds_sent,
     };
     let started = Instant::now();
     let rounds = async {
@@ -258,9 +273,7 @@ pub(crate) async fn punch_to_server(p: &ClientPunch<'_>) -> Result<(PunchSocket,
         payload.remote_token = Some(token);
         client.round(server_address, p.relay, payload).await?;
         if !client.puncher.remote_punching() {
-            return Err(Error::HolepunchFailed(
-                "the sharer declined to punch".into(),
-            ));
+            return Err(client.failed(PunchFailure::Declined));
         }
         if let Err(no) = client.puncher.punch().await {
             let ours = client.puncher.nat.firewall();
@@ -270,19 +283,11 @@ pub(crate) async fn punch_to_server(p: &ClientPunch<'_>) -> Result<(PunchSocket,
                 // A client punches once: it never waits for a permit.
                 NoPunch::Busy => "busy",
             };
-            return Err(cannot_punch(
-                ours,
-                theirs,
-                &format!(
-                    "no way to punch between our {} and the sharer's {}: {why}",
-                    ours.describe(),
-                    theirs.describe()
-                ),
-            ));
+            return Err(cannot_punch(ours, theirs, PunchFailure::NoPlan { why }));
         }
         Ok::<(), Error>(())
     };
-    let deadline = tokio::time::sleep(PUNCH_TIME + Duration::from_secs(5));
+    let deadline = tokio::time::sleep(PUNCH_WAIT);
     tokio::pin!(deadline);
     tokio::pin!(rounds);
     let mut rounds_done = false;
@@ -290,26 +295,24 @@ pub(crate) async fn punch_to_server(p: &ClientPunch<'_>) -> Result<(PunchSocket,
         tokio::select! {
             hit = hits.recv() => match hit {
                 Some(hit) => break hit,
-                None => return Err(Error::HolepunchFailed("the punch sockets closed".into())),
+                None => return Err(punch_failed(&puncher, PunchFailure::SocketsClosed)),
             },
             r = &mut rounds, if !rounds_done => {
                 r?;
                 rounds_done = true;
             }
             _ = &mut deadline => {
-                let ours = puncher.nat.firewall();
-                let theirs = puncher.remote_firewall();
                 puncher.stop();
-                return Err(Error::HolepunchFailed(format!(
-                    "no probe got through within {} s (our {}, the sharer's {}); the NATs may filter more strictly than punching can handle",
-                    PUNCH_TIME.as_secs(), ours.describe(), theirs.describe()
-                )));
+                return Err(punch_failed(&puncher, PunchFailure::NoProbeBack {
+                    rounds: rounds_sent.load(Ordering::Relaxed),
+                    waited: PUNCH_WAIT,
+                }));
             }
         }
     };
     let socket = puncher
         .keep_only(hit.index)
-        .ok_or_else(|| Error::HolepunchFailed("the punched socket is gone".into()))?;
+        .ok_or_else(|| punch_failed(&puncher, PunchFailure::SocketsClosed))?;
     info!(
         to = %hit.from,
         ours = puncher.nat.firewall().describe(),

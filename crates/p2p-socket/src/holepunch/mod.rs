@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::addr::{ipv4_peer, to_socket_addr_any_port};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lock::lock;
 use crate::nat::{Firewall, NatProbe};
 use crate::punch_socket::{ProbeHit, PunchSocket, RpcRequest};
@@ -321,10 +321,9 @@ fn peers(addrs: Option<Vec<SocketAddr>>) -> Option<Vec<Ipv4Peer>> {
     addrs.map(|a| a.into_iter().map(ipv4_peer).collect())
 }
 
-fn encrypt(secure: &SecurePayload, payload: &HolepunchPayload) -> Result<Vec<u8>> {
-    secure
-        .encrypt(payload)
-        .map_err(|e| Error::HolepunchFailed(format!("cannot encrypt a holepunch round: {e}")))
+/// Our round, encrypted; `None` only if it does not encode (it is ours, a few hundred bytes).
+fn encrypt(secure: &SecurePayload, payload: &HolepunchPayload) -> Option<Vec<u8>> {
+    secure.encrypt(payload).ok()
 }
 
 /// A round's payload with our NAT's current verdict and addresses.

@@ -66,7 +66,7 @@ impl ServerPunch {
         let msg = HolepunchMessage {
             mode: MODE_FROM_SERVER,
             id: 0,
-            payload: encrypt(&self.secure, payload).ok()?,
+            payload: encrypt(&self.secure, payload)?,
             peer_address: Some(client.clone()),
         };
         encode_holepunch_msg_to_bytes(&msg).ok()

@@ -197,7 +197,7 @@ pub(super) async fn serve_connection(
     if let Some(lease) = lease {
         lease.keep_while(&stream.observer());
     }
-    let (peer, link) = match secure(false, stream, &hs, "from the peer").await {
+    let (peer, link) = match secure(false, stream, &hs, path, remote).await {
         Ok(p) => p,
         Err(e) => {
             warn!(connection = n, error = %e, "connection did not open");

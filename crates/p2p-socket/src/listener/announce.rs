@@ -7,10 +7,11 @@ use peeroxide_dht::hyperdht::HyperDhtHandle;
 use peeroxide_dht::hyperdht_messages::RelayInfo;
 use peeroxide_dht::messages::Ipv4Peer;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::addr::to_socket_addr;
-use crate::dht::KnownNodes;
+use crate::address_watch::watch_moves;
+use crate::dht::{KnownNodes, Reachability};
 use crate::error::{Error, Result};
 
 /// DHT records expire (hyperdht keeps announcements for 20 minutes), and the nodes closest to
@@ -71,30 +72,42 @@ pub(super) async fn ping_relays(dht: &HyperDhtHandle) -> Vec<RelayInfo> {
 
 /// Keeps us findable, in the background of the server: pings the nodes holding our
 /// announcement every few seconds (behind a NAT that keeps open the mappings through which they
-/// forward handshakes to us) and announces again every few minutes, or at once when none of
-/// them answers any more.
+/// forward handshakes to us) and announces again every few minutes, at once when none of them
+/// answers any more, and at once when we moved (the nodes forward handshakes to the address we
+/// announced from; `reachability` is then found out again too).
 pub(super) async fn keep_announced(
     dht: HyperDhtHandle,
     target: [u8; 32],
     kp: peeroxide_dht::hyperdht::KeyPair,
     known: KnownNodes,
+    reachability: Reachability,
     relays: watch::Sender<Vec<RelayInfo>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut moves = watch_moves(dht.clone(), known.clone());
+    let mut watching = true;
     let mut last_announce = Instant::now();
     let mut keepalive = tokio::time::interval(RELAY_KEEPALIVE_EVERY);
     keepalive.tick().await;
     loop {
-        tokio::select! {
+        let moved = tokio::select! {
             _ = stop.changed() => return,
-            _ = keepalive.tick() => {}
+            _ = keepalive.tick() => false,
+            changed = moves.changed(), if watching => {
+                watching = changed.is_ok();
+                watching
+            }
+        };
+        if moved {
+            info!("we moved: announcing again from the new address");
+            reachability.recheck();
         }
         let mut fresh = ping_relays(&dht).await;
         let lost = fresh.is_empty() && !relays.borrow().is_empty();
         if lost {
             warn!("none of the DHT nodes holding our announcement answers; announcing again");
         }
-        if lost || last_announce.elapsed() >= REANNOUNCE_EVERY {
+        if lost || moved || last_announce.elapsed() >= REANNOUNCE_EVERY {
             last_announce = Instant::now();
             match announce(&dht, target, &kp).await {
                 Ok(closest) => known.add(closest.iter().filter_map(to_socket_addr)),

@@ -164,12 +164,14 @@ impl Listener {
         };
         let known = server.node.known().clone();
         let handle = server.node.handle().clone();
+        let reachability = server.node.reachability();
         let running = Running::spawn(|stop| {
             tokio::spawn(keep_announced(
                 handle,
                 target,
                 dht_kp,
                 known,
+                reachability,
                 relays_tx,
                 stop.clone(),
             ));

@@ -21,7 +21,7 @@ use udx::UdxStream;
 use super::channel::{self, Channel, Message};
 use super::wire::{Pair, Token};
 use crate::dht::{next_stream_id, NetworkOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, RelayFailure, Result};
 use crate::identity::PublicKey;
 use crate::lock::lock;
 use crate::peer::{Link, Path, PeerStream};
@@ -173,15 +173,14 @@ impl RelayClients {
         lock(&session.waiting).remove(&(token, is_initiator));
         let relay_id = answer
             .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| {
-                if session.channel.is_open() {
-                    Error::RelayFailed(format!(
-                        "the other peer did not come to the relay within {} s",
-                        wait.as_secs()
-                    ))
+            .ok_or_else(|| Error::RelayFailed {
+                relay,
+                failure: if session.channel.is_open() {
+                    RelayFailure::PeerDidNotCome { waited: wait }
                 } else {
-                    Error::RelayFailed("the connection to the relay closed".into())
-                }
+                    RelayFailure::Closed
+                },
+                source: None,
             })?;
         Ok(Paired {
             stream,
@@ -213,9 +212,11 @@ impl RelayClients {
             match sessions.get(relay.as_bytes()) {
                 Some(slot) => Arc::clone(slot),
                 None if sessions.len() >= MAX_RELAYS => {
-                    return Err(Error::RelayFailed(format!(
-                        "already connected to {MAX_RELAYS} relays, the most at once; a connection through another relay has to wait until one of them is no longer used"
-                    )));
+                    return Err(Error::RelayFailed {
+                        relay,
+                        failure: RelayFailure::TooManyRelays { max: MAX_RELAYS },
+                        source: None,
+                    });
                 }
                 None => Arc::clone(sessions.entry(*relay.as_bytes()).or_default()),
             }
@@ -259,10 +260,16 @@ impl Session {
             close,
         } = dial(network.clone(), relay)
             .await
-            .map_err(|e| Error::RelayFailed(format!("cannot reach the relay {relay}: {e}")))?;
-        let relay_addr = link
-            .peer()
-            .ok_or_else(|| Error::RelayFailed("the relay connection has no address".into()))?;
+            .map_err(|e| Error::RelayFailed {
+                relay,
+                failure: RelayFailure::Unreachable,
+                source: Some(Box::new(e)),
+            })?;
+        let relay_addr = link.peer().ok_or(Error::RelayFailed {
+            relay,
+            failure: RelayFailure::NoAddress,
+            source: None,
+        })?;
         let (channel, mut messages) = channel::open(stream, *our_key.as_bytes());
         let waiting: Arc<Waiters> = Arc::default();
         let dispatch = Arc::clone(&waiting);
@@ -323,10 +330,17 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(1), clients.session(key(MAX_RELAYS)))
                 .await
                 .expect("answered at once, not after the openings in progress");
-        assert!(matches!(past_the_cap, Err(Error::RelayFailed(_))));
+        assert!(matches!(past_the_cap, Err(Error::RelayFailed { .. })));
 
         // Relays that cannot be reached leave nothing behind.
-        let fail: DialRelay = Arc::new(|_, _| Box::pin(async { Err(Error::PeerNotFound) }));
+        let fail: DialRelay = Arc::new(|_, _| {
+            Box::pin(async {
+                Err(Error::PeerNotFound {
+                    key: key(0),
+                    nodes: 0,
+                })
+            })
+        });
         let clients = RelayClients::new(&NetworkOptions::default(), fail);
         for i in 0..3 * MAX_RELAYS {
             assert!(clients.session(key(i)).await.is_err());

@@ -1,0 +1,88 @@
+//! Reaching the sharer again after it went away (stopped, restarted, moved to a new address):
+//! a local connection that cannot reach it now tries again with growing pauses, for at most
+//! [`ATTEMPT_TIMEOUT`] in all, and is then closed with the reason logged, never left hanging.
+//! Consecutive failures are counted across connections, so the log tells how long the sharer
+//! has been out of reach.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::dialer::{Connector, ATTEMPT_TIMEOUT};
+use crate::error::{Error, Result};
+use crate::peer::{Path, PeerStream};
+
+/// The pause after the first failure; it doubles with each failure in a row.
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause: a sharer that comes back is found by a waiting connection within this.
+const MAX_PAUSE: Duration = Duration::from_secs(4);
+
+/// The pause before try number `failures + 1`, after `failures` failures in a row.
+pub(crate) fn pause_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_PAUSE.saturating_mul(1 << doublings).min(MAX_PAUSE)
+}
+
+/// Whether trying again may help: not when the sharer speaks another protocol.
+fn worth_retrying(e: &Error) -> bool {
+    !matches!(e, Error::Incompatible { .. })
+}
+
+/// Consecutive failed attempts to reach the sharer, over all local connections.
+#[derive(Default)]
+pub(crate) struct Reconnect {
+    failures: AtomicU32,
+}
+
+impl Reconnect {
+    /// A connection to the sharer for local connection `n`, retried until [`ATTEMPT_TIMEOUT`]
+    /// has passed since it began.
+    pub(crate) async fn open(&self, n: u64, connector: &Connector) -> Result<(PeerStream, Path)> {
+        let deadline = Instant::now() + ATTEMPT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match connector.open_within(left).await {
+                Ok(opened) => {
+                    let failed = self.failures.swap(0, Ordering::Relaxed);
+                    if failed > 0 {
+                        info!(
+                            connection = n,
+                            failed_attempts = failed,
+                            "reached the sharer again"
+                        );
+                    }
+                    return Ok(opened);
+                }
+                Err(e) => {
+                    let attempt = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    let pause = pause_after(attempt);
+                    if !worth_retrying(&e) || Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    warn!(
+                        connection = n,
+                        attempt,
+                        next_in_ms = pause.as_millis() as u64,
+                        error = %e,
+                        "could not reach the sharer; reconnecting"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_double_up_to_the_cap() {
+        let pauses: Vec<u64> = (1..=6).map(|f| pause_after(f).as_millis() as u64).collect();
+        assert_eq!(pauses, [500, 1000, 2000, 4000, 4000, 4000]);
+        assert_eq!(pause_after(u32::MAX), MAX_PAUSE);
+        assert_eq!(pause_after(0), FIRST_PAUSE);
+    }
+}
