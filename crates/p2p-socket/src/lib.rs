@@ -57,6 +57,7 @@ mod policy;
 mod punch_socket;
 mod relay;
 mod running;
+mod secret;
 mod share;
 
 pub use bootstrap::BootstrapNode;

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use peeroxide_dht::noise_wrap::NoiseWrapResult;
-use peeroxide_dht::secret_stream::SecretStream;
 use tokio::sync::{mpsc, watch};
 use udx::UdxStream;
 
 use crate::error::{Error, Result};
+use crate::secret::SecretStream;
 
 /// How a connection's packets travel between the peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
