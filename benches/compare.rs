@@ -712,6 +712,8 @@ fn main() {
         let path = start();
         let figures = measure(&path, w);
         runs.push((path.name, figures));
+        // The table so far, in case a later path fails or the run is cut short.
+        eprintln!("{}", table(w, &runs));
         // Dropping the path ends its processes: the next one has the machine to itself.
     }
     let table = table(w, &runs);

@@ -105,7 +105,7 @@ impl Connection {
             }
             Err(e) => {
                 self.write = WriteSide::Failed;
-                Poll::Ready(Err(io::Error::from(e)))
+                Poll::Ready(Err(e))
             }
         }
     }
@@ -215,7 +215,7 @@ impl AsyncWrite for Connection {
                             this.write = WriteSide::Shut;
                             Poll::Ready(Ok(()))
                         }
-                        Poll::Ready((_, Err(e))) => Poll::Ready(Err(io::Error::from(e))),
+                        Poll::Ready((_, Err(e))) => Poll::Ready(Err(e)),
                     };
                 }
                 WriteSide::Shut => {
