@@ -8,22 +8,16 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use peeroxide_dht::secret_stream::{
-    SecretStreamError, SecretStreamReadHalf, SecretStreamWriteHalf,
-};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use udx::UdxStream;
 
 use crate::identity::PublicKey;
 use crate::peer::{Path, PeerStream};
+use crate::secret::{self, SecretStreamError, MESSAGE as MAX_MESSAGE};
 
-/// The largest message one write makes: the secret stream caps a message at 16 MiB, and 64 KiB
-/// keeps the memory of a connection small while amortising each message's header and tag.
-const MAX_MESSAGE: usize = 64 * 1024;
-
-type Reader = SecretStreamReadHalf<ReadHalf<UdxStream>>;
-type Writer = SecretStreamWriteHalf<WriteHalf<UdxStream>>;
-type Step<H, T> = Pin<Box<dyn Future<Output = (H, Result<T, SecretStreamError>)> + Send>>;
+type Reader = secret::ReadHalf<ReadHalf<UdxStream>>;
+type Writer = secret::WriteHalf<WriteHalf<UdxStream>>;
+type Step<H, T, E> = Pin<Box<dyn Future<Output = (H, Result<T, E>)> + Send>>;
 
 /// One encrypted connection to a peer, opened by [`crate::Connector::connect`].
 ///
@@ -54,24 +48,17 @@ pub struct Connection {
 
 enum ReadSide {
     Idle(Reader),
-    Reading(Step<Reader, Option<Vec<u8>>>),
+    Reading(Step<Reader, Option<Vec<u8>>, SecretStreamError>),
     Ended,
     Failed,
 }
 
 enum WriteSide {
     Idle(Writer),
-    Writing(Step<Writer, ()>),
-    ShuttingDown(Step<Writer, ()>),
+    Writing(Step<Writer, (), io::Error>),
+    ShuttingDown(Step<Writer, (), io::Error>),
     Shut,
     Failed,
-}
-
-fn io_error(e: SecretStreamError) -> io::Error {
-    match e {
-        SecretStreamError::Io(e) => e,
-        other => io::Error::other(other),
-    }
 }
 
 fn broken() -> io::Error {
@@ -118,7 +105,7 @@ impl Connection {
             }
             Err(e) => {
                 self.write = WriteSide::Failed;
-                Poll::Ready(Err(io_error(e)))
+                Poll::Ready(Err(e))
             }
         }
     }
@@ -159,7 +146,7 @@ impl AsyncRead for Connection {
                         this.read = ReadSide::Ended;
                         return Poll::Ready(Ok(()));
                     }
-                    Poll::Ready((_, Err(e))) => return Poll::Ready(Err(io_error(e))),
+                    Poll::Ready((_, Err(e))) => return Poll::Ready(Err(io::Error::from(e))),
                 },
                 ReadSide::Ended => {
                     this.read = ReadSide::Ended;
@@ -228,7 +215,7 @@ impl AsyncWrite for Connection {
                             this.write = WriteSide::Shut;
                             Poll::Ready(Ok(()))
                         }
-                        Poll::Ready((_, Err(e))) => Poll::Ready(Err(io_error(e))),
+                        Poll::Ready((_, Err(e))) => Poll::Ready(Err(e)),
                     };
                 }
                 WriteSide::Shut => {

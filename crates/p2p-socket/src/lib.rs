@@ -67,6 +67,7 @@ mod punch_socket;
 mod reconnect;
 mod relay;
 mod running;
+mod secret;
 mod service_record;
 mod share;
 mod udp;

@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use peeroxide_dht::noise_wrap::NoiseWrapResult;
-use peeroxide_dht::secret_stream::SecretStream;
 use tokio::sync::{mpsc, watch};
 use udx::UdxStream;
 
 use crate::error::{Error, Result};
 pub(crate) use crate::path::Path;
+use crate::secret::SecretStream;
 
 /// What carries an encrypted connection: the UDX socket its stream lives on and a view of the
 /// stream. A relay pairs streams on the socket of the connection they were negotiated over, to

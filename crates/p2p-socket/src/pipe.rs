@@ -7,14 +7,11 @@
 
 use std::io;
 
-use peeroxide_dht::secret_stream::{SecretStream, SecretStreamError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-/// The secret stream caps a message at 16 MiB; 64 KiB keeps memory per connection small while
-/// amortising the per-message header and tag.
-const CHUNK: usize = 64 * 1024;
+use crate::secret::SecretStream;
 
 /// Bytes moved by one [`pipe`], each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,57 +22,45 @@ pub struct Transferred {
     pub from_peer: u64,
 }
 
-fn stream_error(e: SecretStreamError) -> io::Error {
-    match e {
-        SecretStreamError::Io(e) => e,
-        other => io::Error::other(other.to_string()),
-    }
-}
-
-/// Copies both ways until both directions have ended, or either fails.
-pub async fn pipe<T>(tcp: TcpStream, peer: SecretStream<T>) -> io::Result<Transferred>
+/// Copies both ways until both directions have ended, or either fails. Each byte is copied
+/// once into user space each way: TCP reads straight into the buffer a message is sealed in,
+/// and a message is opened where the transport put it and written to TCP from there.
+pub(crate) async fn pipe<T>(tcp: TcpStream, peer: SecretStream<T>) -> io::Result<Transferred>
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    T: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let _ = tcp.set_nodelay(true);
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let (mut peer_r, mut peer_w) = peer.into_split();
 
     let upstream = async {
-        let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
-            let n = tcp_r.read(&mut buf).await?;
+            let n = tcp_r.read(peer_w.buffer()).await?;
             if n == 0 {
-                peer_w.shutdown().await.map_err(stream_error)?;
+                peer_w.shutdown().await?;
                 debug!(
                     bytes = total,
                     "local side ended; passed the end to the peer"
                 );
                 return Ok::<u64, io::Error>(total);
             }
-            peer_w.write(&buf[..n]).await.map_err(stream_error)?;
+            peer_w.send(n).await?;
             total += n as u64;
         }
     };
     let downstream = async {
         let mut total = 0u64;
-        loop {
-            match peer_r.read().await.map_err(stream_error)? {
-                Some(data) => {
-                    tcp_w.write_all(&data).await?;
-                    total += data.len() as u64;
-                }
-                None => {
-                    tcp_w.shutdown().await?;
-                    debug!(
-                        bytes = total,
-                        "peer ended; passed the end to the local side"
-                    );
-                    return Ok::<u64, io::Error>(total);
-                }
-            }
+        while let Some(data) = peer_r.next().await? {
+            tcp_w.write_all(data).await?;
+            total += data.len() as u64;
         }
+        tcp_w.shutdown().await?;
+        debug!(
+            bytes = total,
+            "peer ended; passed the end to the local side"
+        );
+        Ok::<u64, io::Error>(total)
     };
     // try_join: the first error ends both directions (dropping the halves closes the
     // connection), a clean end of one direction leaves the other running.
@@ -86,7 +71,7 @@ where
 /// [`pipe`]s connection number `n` and logs how it ended.
 pub(crate) async fn pipe_and_log<T>(n: u64, tcp: TcpStream, peer: SecretStream<T>)
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    T: AsyncRead + AsyncWrite + Unpin + Send,
 {
     match pipe(tcp, peer).await {
         Ok(t) => info!(

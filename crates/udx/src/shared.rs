@@ -118,7 +118,8 @@ impl SharedState {
 }
 
 /// Initial send buffer: what a writer may queue before the first ack tells us more.
-pub(crate) const INITIAL_SEND_LIMIT: usize = 1 << 20;
+/// The same as the headroom beyond the window later on (`proto::stream`).
+pub(crate) const INITIAL_SEND_LIMIT: usize = 256 << 10;
 
 impl StreamShared {
     pub(crate) fn new(local_id: u32) -> Arc<StreamShared> {

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use peeroxide_dht::secret_stream::{SecretStreamReadHalf, SecretStreamWriteHalf};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -16,6 +15,7 @@ use udx::UdxStream;
 
 use super::wire::{self, Incoming, Pair, Token, PROTOCOL};
 use crate::peer::PeerStream;
+use crate::secret;
 
 /// Node's hyperdht keeps relay connections alive every 5 s (`relayKeepAlive`).
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -111,8 +111,8 @@ async fn until_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
-type Reader = SecretStreamReadHalf<ReadHalf<UdxStream>>;
-type Writer = SecretStreamWriteHalf<WriteHalf<UdxStream>>;
+type Reader = secret::ReadHalf<ReadHalf<UdxStream>>;
+type Writer = secret::WriteHalf<WriteHalf<UdxStream>>;
 
 async fn write_loop(
     mut w: Writer,

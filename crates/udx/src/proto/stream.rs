@@ -82,8 +82,11 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_PTO: Duration = Duration::from_millis(2);
 /// Lower bound of the reordering window used by loss detection.
 const MIN_REORDER_WINDOW: Duration = Duration::from_micros(500);
-/// The send buffer holds at least this much beyond the congestion window.
-const SEND_BUFFER_HEADROOM: usize = 1 << 20;
+/// The send buffer holds at least this much beyond the congestion window: a few of the
+/// tunnel's 64 KiB messages, so a writer does not wait while the window has room. Not more:
+/// it is memory per stream, held by every stream whose reader is slower than its writer (50
+/// streams with 1 MiB each held 70 MiB in a share).
+const SEND_BUFFER_HEADROOM: usize = 256 << 10;
 /// And at most this much in total.
 const MAX_SEND_BUFFER: usize = 16 << 20;
 
