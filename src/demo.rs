@@ -77,6 +77,8 @@ pub async fn run() -> Result<()> {
         listen: SocketAddr::new(LOOPBACK, 0),
         relay: None,
         force_relay: false,
+        max_connections: Connect::DEFAULT_MAX_CONNECTIONS,
+        multiplex: true,
     })
     .await
     .context("connecting to the share")?;

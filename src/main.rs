@@ -71,6 +71,14 @@ enum Command {
         /// where only the relay is reachable): ours, or the one the sharer offers.
         #[arg(long)]
         force_relay: bool,
+        /// Local connections open at once; past this, new ones are closed at once (the log
+        /// says so).
+        #[arg(long, value_name = "N", default_value_t = Connect::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Give every local connection an encrypted connection of its own, even when the
+        /// sharer can carry them all on one (docs/multiplexing.md).
+        #[arg(long)]
+        no_multiplex: bool,
     },
     /// Create an identity file so `share` keeps the same key across restarts (compatible with
     /// the npm p2p-socket's identity.json).
@@ -174,6 +182,8 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             relay,
             force_relay,
+            max_connections,
+            no_multiplex,
         } => {
             let remote: PublicKey = key.parse().context("the --key is not a p2p-socket key")?;
             let relay = relay_key(relay)?;
@@ -184,6 +194,8 @@ async fn run(cli: Cli) -> Result<()> {
                 listen: SocketAddr::new(host, port),
                 relay,
                 force_relay,
+                max_connections,
+                multiplex: !no_multiplex,
             })
             .await
         }

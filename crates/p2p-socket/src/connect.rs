@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::dht::NetworkOptions;
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
+use crate::mux::{pipe_stream, Opened, Pool};
 use crate::pipe::pipe_and_log;
 use crate::running::Running;
 
@@ -31,6 +32,12 @@ pub struct ConnectOptions {
     pub relay: Option<PublicKey>,
     /// Go through a relay for every connection (see [`Connector::force_relay`]).
     pub force_relay: bool,
+    /// Local connections open at once; past this, new ones are closed at once (and the log
+    /// says so). [`Connect::DEFAULT_MAX_CONNECTIONS`] suits most uses.
+    pub max_connections: usize,
+    /// Carry every local connection as a stream of one encrypted connection, when the sharer
+    /// can too (docs/multiplexing.md); otherwise each gets a connection of its own.
+    pub multiplex: bool,
 }
 
 /// A running connect: a local TCP listener whose every connection reaches the sharer's service.
@@ -40,6 +47,9 @@ pub struct Connect {
 }
 
 impl Connect {
+    /// The default of [`ConnectOptions::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
     /// Binds the listener, finds the sharer, and starts forwarding.
     pub async fn start(opts: ConnectOptions) -> Result<Connect> {
         // Bind first: a busy port is the user's most likely mistake and costs nothing to check.
@@ -56,8 +66,15 @@ impl Connect {
         if let Some(relay) = opts.relay {
             connector = connector.with_relay(relay);
         }
-        let connector = Arc::new(connector);
-        let running = Running::spawn(|stop| accept_loop(listener, connector, stop));
+        if opts.multiplex {
+            connector = connector.multiplexed();
+        }
+        let pool = Arc::new(Pool::new(Arc::new(connector)));
+        let limit = Limit {
+            open: Arc::new(Semaphore::new(opts.max_connections)),
+            max: opts.max_connections,
+        };
+        let running = Running::spawn(|stop| accept_loop(listener, pool, limit, stop));
         Ok(Connect {
             local_addr,
             running,
@@ -75,9 +92,16 @@ impl Connect {
     }
 }
 
+/// The cap on local connections open at once.
+struct Limit {
+    open: Arc<Semaphore>,
+    max: usize,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    connector: Arc<Connector>,
+    pool: Arc<Pool>,
+    limit: Limit,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut n = 0u64;
@@ -95,24 +119,69 @@ async fn accept_loop(
             },
         };
         n += 1;
-        let connector = Arc::clone(&connector);
-        tokio::spawn(forward(n, tcp, from, connector));
+        let Ok(permit) = Arc::clone(&limit.open).try_acquire_owned() else {
+            warn!(
+                connection = n,
+                %from,
+                max = limit.max,
+                "refused a local connection: this many are open already, the most at once (--max-connections); close some or raise the limit"
+            );
+            // A reset, so the program sees a refusal rather than an empty answer.
+            let _ = tcp.set_zero_linger();
+            continue;
+        };
+        tokio::spawn(forward(n, tcp, from, Arc::clone(&pool), permit));
     }
     drop(listener);
-    if let Ok(connector) = Arc::try_unwrap(connector) {
-        connector.close().await;
+    pool.close().await;
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        if let Ok(connector) = Arc::try_unwrap(Arc::clone(pool.connector())) {
+            drop(pool);
+            connector.close().await;
+        }
     }
 }
 
-async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<Connector>) {
+async fn forward(
+    n: u64,
+    tcp: TcpStream,
+    from: SocketAddr,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+) {
     let started = Instant::now();
-    let (peer, path) = match connector.open_with_path().await {
-        Ok(p) => p,
+    let opened = match pool.open().await {
+        Ok(o) => o,
         Err(e) => {
             warn!(connection = n, %from, error = %e, "could not reach the sharer; closed the local connection");
             return;
         }
     };
-    info!(connection = n, %from, %path, open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
-    pipe_and_log(n, tcp, peer).await;
+    let open_us = started.elapsed().as_micros() as u64;
+    match opened {
+        Opened::Raw(peer, path) => {
+            info!(connection = n, %from, %path, open_us, "connected to the sharer");
+            pipe_and_log(n, tcp, peer).await;
+        }
+        Opened::Stream {
+            stream,
+            path,
+            fresh,
+        } => {
+            let id = stream.id();
+            info!(connection = n, %from, %path, stream = id, fresh, open_us, "connected to the sharer, multiplexed");
+            match pipe_stream(tcp, stream).await {
+                Ok(t) => info!(
+                    connection = n,
+                    stream = id,
+                    to_peer = t.to_peer,
+                    from_peer = t.from_peer,
+                    "connection closed"
+                ),
+                Err(e) => {
+                    info!(connection = n, stream = id, error = %e, "connection ended with an error; reset the local connection")
+                }
+            }
+        }
+    }
 }

@@ -8,12 +8,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use peeroxide_dht::noise_wrap::NoiseWrapResult;
 use peeroxide_dht::secret_stream::SecretStream;
 use tokio::sync::{mpsc, watch};
 use udx::UdxStream;
 
 use crate::error::{Error, Result};
+use crate::noise_session::{Features, Keys};
 
 /// How a connection's packets travel between the peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,8 @@ impl fmt::Display for Path {
 pub(crate) struct Link {
     pub(crate) socket: udx::UdxSocket,
     pub(crate) stream: udx::StreamObserver,
+    /// What the handshake agreed the connection does (one stream of bytes, or many).
+    pub(crate) features: Features,
 }
 
 impl Link {
@@ -67,12 +69,13 @@ pub(crate) const DATA_PATH_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn secure(
     is_initiator: bool,
     stream: UdxStream,
-    hs: &NoiseWrapResult,
+    hs: &Keys,
     path: &str,
 ) -> Result<(PeerStream, Link)> {
     let link = Link {
         socket: stream.socket(),
         stream: stream.observer(),
+        features: hs.features,
     };
     let opened = SecretStream::from_session(
         is_initiator,

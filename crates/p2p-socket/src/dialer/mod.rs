@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{decode_hyper_peer_from_bytes, NoisePayload, FIREWALL_OPEN};
 use peeroxide_dht::messages::Ipv4Peer;
-use peeroxide_dht::noise_wrap::NoiseWrapResult;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info};
 use udx::UdxStream;
@@ -28,6 +27,7 @@ use crate::dht::{DhtNode, NetworkOptions};
 use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
 use crate::lock::lock;
+use crate::noise_session::{Features, Keys};
 use crate::peer::{secure, Link, Path, PeerStream};
 use crate::policy::{client_path, Answered, Decision, RelayOffer};
 use crate::relay::client::{DialRelay, RelayClients, RelayConnection};
@@ -39,7 +39,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// The sharer's answer to a handshake sent through a DHT node.
 struct Answer {
-    hs: NoiseWrapResult,
+    hs: Keys,
     remote: NoisePayload,
     remote_id: u32,
     local_id: u32,
@@ -82,6 +82,8 @@ pub struct Connector {
     relay_clients: Arc<RelayClients>,
     /// When a connection last found that only a relay gets through.
     relayed_since: Mutex<Option<Instant>>,
+    /// What our handshakes offer beyond one stream of bytes.
+    features: Features,
 }
 
 impl Connector {
@@ -104,6 +106,7 @@ impl Connector {
             force_relay: false,
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
             relayed_since: Mutex::new(None),
+            features: Features::default(),
         };
         let started = Instant::now();
         let (relays, ()) = tokio::join!(connector.lookup(), connector.node.reachability_known());
@@ -129,6 +132,13 @@ impl Connector {
     /// sharer's.
     pub fn force_relay(mut self, force: bool) -> Self {
         self.force_relay = force;
+        self
+    }
+
+    /// Offers multiplexing in every handshake: a sharer that offers it too expects
+    /// [`crate::mux`] frames on the connections, not raw bytes.
+    pub(crate) fn multiplexed(mut self) -> Self {
+        self.features.mux = true;
         self
     }
 

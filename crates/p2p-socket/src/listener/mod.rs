@@ -30,6 +30,7 @@ use crate::dialer::relay_dialer;
 use crate::error::{Error, Result};
 use crate::holepunch::{ServerPunch, BIRTHDAY_SOCKETS};
 use crate::identity::{KeyPair, PublicKey};
+use crate::noise_session::Features;
 use crate::peer::{Link, Path, PeerStream};
 use crate::punch_socket::{PunchSocket, RpcRequest};
 use crate::relay::client::RelayClients;
@@ -103,12 +104,14 @@ struct Stats {
 impl Listener {
     /// Joins the DHT, announces `key_pair`'s public key and hands every connection to
     /// `handler`; `relay` is offered to peers that cannot reach us otherwise, and at most
-    /// `max_connections` are open at once. Returns once the key is findable.
+    /// `max_connections` are open at once; `features` are offered in every handshake (the
+    /// handler finds what a connection agreed in its [`Link`]). Returns once the key is findable.
     pub(crate) async fn start(
         network: &NetworkOptions,
         key_pair: KeyPair,
         relay: Option<PublicKey>,
         max_connections: usize,
+        features: Features,
         handler: Handler,
     ) -> Result<Listener> {
         let mut node = DhtNode::join(network).await?;
@@ -152,6 +155,7 @@ impl Listener {
             random_punches: Arc::new(Semaphore::new(RANDOM_PUNCHES_AT_ONCE)),
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            features,
             requests_tx,
             routes_tx,
         };
@@ -221,6 +225,8 @@ struct Server {
     /// One permit per open connection.
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// Offered in every handshake.
+    features: Features,
 }
 
 impl Server {

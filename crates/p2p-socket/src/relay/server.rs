@@ -23,6 +23,7 @@ use crate::dht::{next_stream_id, NetworkOptions};
 use crate::error::Result;
 use crate::identity::{KeyPair, PublicKey};
 use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
+use crate::noise_session::Features;
 use crate::peer::{Link, PeerStream};
 
 /// A pairing whose other side has not come yet is forgotten after this long (Node's relay keeps
@@ -81,8 +82,15 @@ impl RelayServer {
                 },
             )
         };
-        let server =
-            Listener::start(&opts.network, opts.key_pair, None, MAX_CONNECTIONS, handler).await?;
+        let server = Listener::start(
+            &opts.network,
+            opts.key_pair,
+            None,
+            MAX_CONNECTIONS,
+            Features::default(),
+            handler,
+        )
+        .await?;
         // Ends when the relay does (the server's handler holds the other references).
         let weak = Arc::downgrade(&relay);
         tokio::spawn(async move {
