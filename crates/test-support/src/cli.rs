@@ -77,6 +77,7 @@ fn key_line(line: &str) -> Option<String> {
 pub struct ShareProcess {
     pub key: String,
     pub process: ChildProcess,
+    log: Option<LogFile>,
 }
 
 impl ShareProcess {
@@ -93,7 +94,69 @@ impl ShareProcess {
         cmd.arg("share").args(args).args(["--bootstrap", bootstrap]);
         let mut process = ChildProcess::spawn(cmd, "share");
         let key = process.wait_for(READY, key_line);
-        ShareProcess { key, process }
+        ShareProcess {
+            key,
+            process,
+            log: None,
+        }
+    }
+
+    /// Like [`ShareProcess::start`], with its log (stderr) kept for [`ShareProcess::log`].
+    pub fn start_logged(bootstrap: &str, service_port: u16, extra: &[&str]) -> ShareProcess {
+        let port = service_port.to_string();
+        let mut args = vec!["share", "--host", "127.0.0.1", "--port", &port];
+        args.extend_from_slice(extra);
+        args.extend(["--bootstrap", bootstrap]);
+        let (mut process, log) = LogFile::spawn("share", &args);
+        let key = process.wait_for(READY, key_line);
+        ShareProcess {
+            key,
+            process,
+            log: Some(log),
+        }
+    }
+
+    /// What it logged so far (started with [`ShareProcess::start_logged`]). Its wording is not
+    /// an interface: read it only for what share has no machine-readable output for yet.
+    pub fn log(&self) -> String {
+        self.log.as_ref().map(LogFile::read).unwrap_or_default()
+    }
+}
+
+/// A process's stderr kept in a file, removed with it (and shown if the test failed).
+struct LogFile {
+    path: std::path::PathBuf,
+    name: &'static str,
+}
+
+impl LogFile {
+    /// Spawns the binary with `args` and its stderr in a fresh file.
+    fn spawn(name: &'static str, args: &[&str]) -> (ChildProcess, LogFile) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("p2p-socket-{name}-{}-{n}.log", std::process::id()));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"exec "$0" "$@" 2>"$P2P_SOCKET_LOG""#])
+            .arg(bin().get_program())
+            .args(args)
+            .env_remove("P2P_SOCKET_BOOTSTRAP")
+            .env("P2P_SOCKET_LOG", &path)
+            .env("RUST_LOG", "warn,p2p_socket=info");
+        (ChildProcess::spawn(cmd, name), LogFile { path, name })
+    }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("[{} log]\n{}", self.name, self.read());
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -111,7 +174,7 @@ impl ShareProcess {
 pub struct RelayProcess {
     pub key: String,
     pub process: ChildProcess,
-    log: std::path::PathBuf,
+    log: LogFile,
 }
 
 impl RelayProcess {
@@ -121,19 +184,9 @@ impl RelayProcess {
 
     /// `p2p-socket relay` with `extra` arguments.
     pub fn start_with(bootstrap: &str, extra: &[&str]) -> RelayProcess {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log =
-            std::env::temp_dir().join(format!("p2p-socket-relay-{}-{n}.log", std::process::id()));
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", r#"exec "$0" "$@" 2>"$RELAY_LOG""#])
-            .arg(bin().get_program())
-            .args(["relay", "--bootstrap", bootstrap])
-            .args(extra)
-            .env_remove("P2P_SOCKET_BOOTSTRAP")
-            .env("RELAY_LOG", &log)
-            .env("RUST_LOG", "warn,p2p_socket=info");
-        let mut process = ChildProcess::spawn(cmd, "relay");
+        let mut args = vec!["relay", "--bootstrap", bootstrap];
+        args.extend_from_slice(extra);
+        let (mut process, log) = LogFile::spawn("relay", &args);
         let key = process.wait_for(READY, key_line);
         RelayProcess { key, process, log }
     }
@@ -141,16 +194,7 @@ impl RelayProcess {
     /// What it logged so far. Its wording is not an interface: read it only for what the relay
     /// has no machine-readable output for yet (which pairs it relayed, which cap it reached).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("[relay log]\n{}", self.log());
-        }
-        let _ = std::fs::remove_file(&self.log);
+        self.log.read()
     }
 }
 
