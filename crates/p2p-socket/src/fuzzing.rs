@@ -31,6 +31,7 @@ use udx::wire::{self, Header, HEADER_SIZE};
 use crate::addr::to_socket_addr;
 use crate::handshake::{check_remote, our_payload};
 use crate::identity::{Identity, KeyPair, PublicKey, ShareKeyRule};
+use crate::mux::proto::{self as mux, Event, Limits, Role, Session};
 use crate::nat::{Firewall, NatSampler};
 use crate::policy::dial_address;
 use crate::relay::wire as relay_wire;
@@ -51,6 +52,7 @@ pub const TARGETS: &[Target] = &[
     ("nat_samples", nat_samples),
     ("public_key", public_key),
     ("identity_file", identity_file),
+    ("mux_frames", mux_frames),
 ];
 
 /// A UDX datagram as the socket reads it: header, then SACK blocks and payload.
@@ -87,6 +89,68 @@ pub fn udx_packet(data: &[u8]) {
         if unwrapped != 0 {
             assert_eq!(unwrapped as u32, number);
         }
+    }
+}
+
+/// The multiplexing frames a peer sends on one connection (what a share reads from anyone who
+/// offered multiplexing): `[length u8][frame]...`, a length of 0 standing for our side taking
+/// up to 16 KiB of what the last stream that got data holds. Whatever the sequence, no stream holds more than
+/// the window we granted, no more streams are open than the limit, and nothing panics.
+pub fn mux_frames(data: &[u8]) {
+    const LIMITS: Limits = Limits {
+        max_streams: 4,
+        window: 64 * 1024,
+    };
+    let role = if data.first().is_some_and(|b| b & 1 == 1) {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let mut session = Session::new(role, LIMITS);
+    // Per stream, bytes received and not yet taken, and not yet granted back, as we count them.
+    let mut held: std::collections::HashMap<u32, (u64, u64)> = std::collections::HashMap::new();
+    let mut last = None;
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len).min(tail.len());
+        let (message, tail) = tail.split_at(len);
+        rest = tail;
+        if len == 0 {
+            if let Some(id) = last {
+                let (untaken, ungranted) = held.entry(id).or_default();
+                let n = (*untaken).min(16 * 1024);
+                *untaken -= n;
+                if let Some(grant) = session.taken(id, n as usize) {
+                    *ungranted -= u64::from(grant);
+                }
+            }
+            continue;
+        }
+        let Ok(frame) = mux::decode(message) else {
+            continue;
+        };
+        let Ok(event) = session.receive(frame) else {
+            // A violation ends the connection: what follows is never read.
+            return;
+        };
+        match event {
+            Event::Data(id, bytes) => {
+                let (untaken, ungranted) = held.entry(id).or_default();
+                *untaken += bytes.len() as u64;
+                *ungranted += bytes.len() as u64;
+                assert!(
+                    *ungranted <= u64::from(LIMITS.window),
+                    "stream {id} was sent {ungranted} bytes beyond what we granted"
+                );
+                last = Some(id);
+            }
+            Event::Opened(_) => assert_eq!(role, Role::Server),
+            Event::Reset(id) => {
+                held.remove(&id);
+            }
+            _ => {}
+        }
+        assert!(session.open_streams() <= LIMITS.max_streams);
     }
 }
 
@@ -357,6 +421,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "udx_packet" => udx_seeds(),
         "relay_frame" => relay_seeds(),
+        "mux_frames" => mux_seeds(),
         "dht_message" => dht_seeds(),
         "handshake" => handshake_seeds(),
         "noise_payload" => noise_payload_seeds(),
@@ -452,6 +517,39 @@ fn udx_seeds() -> Vec<Vec<u8>> {
         seeds.push(packet);
     }
     seeds
+}
+
+/// A share's view of a client: streams opened, data, ends, window updates, a refusal at the
+/// limit; and a client's view of a share's answers.
+fn mux_seeds() -> Vec<Vec<u8>> {
+    let script = |role: u8, frames: &[Vec<u8>]| {
+        let mut out = vec![role];
+        for f in frames {
+            out.push(f.len().min(255) as u8);
+            out.extend_from_slice(&f[..f.len().min(255)]);
+        }
+        out
+    };
+    vec![
+        script(
+            0,
+            &[
+                mux::open(1),
+                mux::data(1, b"GET / HTTP/1.1\r\n\r\n"),
+                Vec::new(),
+                mux::window(1, 4096),
+                mux::fin(1),
+                mux::open(2),
+                mux::reset(2),
+                mux::close("bye"),
+            ],
+        ),
+        script(0, &(1..=6).map(mux::open).collect::<Vec<_>>()),
+        script(
+            1,
+            &[mux::window(1, 1), mux::data(1, &[7; 200]), mux::fin(1)],
+        ),
+    ]
 }
 
 fn relay_seeds() -> Vec<Vec<u8>> {

@@ -208,6 +208,11 @@ fn identity_file() {
     exercise("identity_file");
 }
 
+#[test]
+fn mux_frames() {
+    exercise("mux_frames");
+}
+
 /// Every target has its file in fuzz/, and its corpus holds what [`seeds`] makes.
 #[test]
 fn targets_and_corpus_match() {

@@ -461,3 +461,131 @@ pub(crate) async fn pipe_stream(tcp: TcpStream, stream: MuxStream) -> io::Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver against a hostile peer that writes frames by hand, over a real secret stream
+    //! on loopback UDX.
+    use std::time::Duration;
+
+    use peeroxide_dht::secret_stream::SecretStream;
+
+    use super::*;
+
+    /// Two ends of one encrypted connection on 127.0.0.1.
+    async fn pair() -> (PeerStream, PeerStream) {
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let a = udx::UdxSocket::bind(loopback).await.unwrap();
+        let b = udx::UdxSocket::bind(loopback).await.unwrap();
+        let sa = a.create_stream(1).unwrap();
+        let sb = b.create_stream(2).unwrap();
+        sa.connect(2, b.local_addr().unwrap()).unwrap();
+        sb.connect(1, a.local_addr().unwrap()).unwrap();
+        let (k1, k2, hash) = ([1u8; 32], [2u8; 32], [3u8; 64]);
+        let (x, y) = tokio::join!(
+            SecretStream::from_session(true, sa, k1, k2, hash, [4; 32]),
+            SecretStream::from_session(false, sb, k2, k1, hash, [5; 32]),
+        );
+        (x.unwrap(), y.unwrap())
+    }
+
+    const SMALL: Limits = Limits {
+        max_streams: 2,
+        window: 1000,
+    };
+
+    /// The next frame the share sends, or none when it ended the connection.
+    async fn next(peer: &mut PeerStream) -> Option<Vec<u8>> {
+        tokio::time::timeout(Duration::from_secs(10), peer.read())
+            .await
+            .expect("the share answers within 10 s")
+            .ok()
+            .flatten()
+    }
+
+    /// The share's CLOSE reason, after which the connection ends.
+    async fn closed_with(peer: &mut PeerStream) -> String {
+        loop {
+            let Some(frame) = next(peer).await else {
+                panic!("the connection ended without a CLOSE");
+            };
+            if let Ok(proto::Frame::Close(reason)) = proto::decode(&frame) {
+                let reason = reason.to_string();
+                assert!(next(peer).await.is_none(), "nothing after CLOSE");
+                return reason;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_limit_are_reset_and_the_others_go_on() {
+        let (mut hostile, share) = pair().await;
+        let (_mux, mut accepted) = Mux::start(share, Role::Server, SMALL);
+        for id in 1..=3 {
+            hostile.write(&proto::open(id)).await.unwrap();
+        }
+        assert_eq!(next(&mut hostile).await, Some(proto::reset(3)));
+        let first = accepted.recv().await.unwrap();
+        let second = accepted.recv().await.unwrap();
+        assert_eq!((first.id(), second.id()), (1, 2));
+        // Ending one frees a place for a new stream.
+        second.refuse();
+        assert_eq!(next(&mut hostile).await, Some(proto::reset(2)));
+        hostile.write(&proto::open(4)).await.unwrap();
+        assert_eq!(accepted.recv().await.unwrap().id(), 4);
+    }
+
+    #[tokio::test]
+    async fn violations_end_the_connection_with_a_reason() {
+        let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
+            (
+                vec![proto::open(1), proto::data(1, &[0; 1001])],
+                "beyond the 1000 its window allows",
+            ),
+            (vec![vec![99, 0, 0, 0, 0]], "unknown frame type 99"),
+            (
+                vec![proto::open(1), proto::reset(1), proto::open(1)],
+                "stream 1 opened again",
+            ),
+            (vec![proto::data(7, b"x")], "never opened"),
+            (
+                vec![proto::data(1, &[0; 10])[..3].to_vec()],
+                "shorter than its header",
+            ),
+        ];
+        for (frames, expect) in cases {
+            let (mut hostile, share) = pair().await;
+            let (_mux, _accepted) = Mux::start(share, Role::Server, SMALL);
+            for f in &frames {
+                hostile.write(f).await.unwrap();
+            }
+            let reason = closed_with(&mut hostile).await;
+            assert!(reason.contains(expect), "{reason:?} for {expect:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_credit_and_resumes_when_granted() {
+        let (client_end, mut share) = pair().await;
+        let (mux, _) = Mux::start(client_end, Role::Client, SMALL);
+        let stream = mux.open().await.unwrap();
+        let sender = Sender {
+            id: stream.id,
+            shared: &stream.shared,
+            wake: &stream.wake,
+        };
+        assert_eq!(sender.credit().await.unwrap(), 1000);
+        sender.send(&[1; 1000]).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(200), sender.credit()).await;
+        assert!(waiting.is_err(), "no credit left: the stream waits");
+        assert_eq!(next(&mut share).await, Some(proto::open(1)));
+        assert_eq!(next(&mut share).await, Some(proto::data(1, &[1; 1000])));
+        share.write(&proto::window(1, 300)).await.unwrap();
+        assert_eq!(sender.credit().await.unwrap(), 300);
+        // The connection ending fails the waiting stream at once.
+        sender.send(&[2; 300]).await.unwrap();
+        drop(share);
+        mux.close("test over");
+        assert!(sender.credit().await.is_err());
+    }
+}
