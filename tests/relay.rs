@@ -104,7 +104,8 @@ fn rust_connect_forced_through_a_rust_relay_moves_every_byte() {
     let connect = ConnectProcess::start_with(
         &dht.bootstrap,
         &share.key,
-        &["--relay", &relay.key, "--force-relay"],
+        // Each local connection its own relayed connection (multiplexed, they would be one).
+        &["--relay", &relay.key, "--force-relay", "--no-multiplex"],
     );
     for n in 0..3 {
         let took = transfer(connect.addr, &service, 10 + n);
