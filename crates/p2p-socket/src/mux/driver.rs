@@ -21,6 +21,8 @@ use crate::pipe::Transferred;
 
 /// Data frames queued for the peer, all streams together: 16 of 64 KiB at most.
 const DATA_QUEUE: usize = 16;
+/// A stream reads its local connection into this much at first (see [`pipe_stream`]).
+const FIRST_READ: usize = 4096;
 /// Control frames queued for the peer. The reader answers a refused OPEN without waiting, so
 /// a peer that floods us with them while reading nothing fills this, and is cut off.
 const CONTROL_QUEUE: usize = 1024;
@@ -412,12 +414,16 @@ pub(crate) async fn pipe_stream(tcp: TcpStream, stream: MuxStream) -> io::Result
     };
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let upstream = async {
-        // Sized for one frame; what waits beyond it is bounded by the peer's window.
-        let mut buf = vec![0u8; MAX_DATA];
+        // Small for an interactive connection, grown to one whole frame for one that fills
+        // it: hundreds of idle local connections cost little.
+        let mut buf = vec![0u8; FIRST_READ];
         let mut total = 0u64;
         loop {
-            let credit = sender.credit().await?;
-            let n = tcp_r.read(&mut buf[..credit]).await?;
+            let want = sender.credit().await?.min(buf.len());
+            let n = tcp_r.read(&mut buf[..want]).await?;
+            if n == buf.len() && n < MAX_DATA {
+                buf.resize((n * 4).min(MAX_DATA), 0);
+            }
             if n == 0 {
                 sender.finish().await?;
                 return Ok::<u64, io::Error>(total);
