@@ -33,6 +33,7 @@ use crate::handshake::{check_remote, our_payload};
 use crate::identity::{Identity, KeyPair, PublicKey, ShareKeyRule};
 use crate::mux::proto::{self as mux, Event, Limits, Role, Session};
 use crate::nat::{Firewall, NatSampler};
+use crate::noise_session;
 use crate::policy::dial_address;
 use crate::relay::wire as relay_wire;
 
@@ -237,9 +238,13 @@ fn noise_message(noise: &[u8]) {
 /// The payload inside the Noise handshake: what a peer says about how to reach it. Anyone who
 /// knows a share's public key can make a share decrypt any payload.
 pub fn noise_payload(data: &[u8]) {
+    let ours = noise_session::decode(data);
     let Ok(payload) = decode_noise_payload_from_bytes(data) else {
+        assert!(ours.is_err());
         return;
     };
+    // Our extension never changes how the payload itself reads.
+    assert_eq!(ours.map(|(p, _)| p).as_ref(), Ok(&payload));
     if let Ok(id) = check_remote(&payload) {
         assert_eq!(payload.udx.as_ref().map(|u| u.id), Some(u64::from(id)));
     }
