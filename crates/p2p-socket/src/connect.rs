@@ -13,7 +13,7 @@ use crate::dht::NetworkOptions;
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
-use crate::mux::{pipe_stream, Opened, Pool};
+use crate::mux::{pipe_stream_and_log, Opened, Pool};
 use crate::pipe::pipe_and_log;
 use crate::running::Running;
 
@@ -168,20 +168,8 @@ async fn forward(
             path,
             fresh,
         } => {
-            let id = stream.id();
-            info!(connection = n, %from, %path, stream = id, fresh, open_us, "connected to the sharer, multiplexed");
-            match pipe_stream(tcp, stream).await {
-                Ok(t) => info!(
-                    connection = n,
-                    stream = id,
-                    to_peer = t.to_peer,
-                    from_peer = t.from_peer,
-                    "connection closed"
-                ),
-                Err(e) => {
-                    info!(connection = n, stream = id, error = %e, "connection ended with an error; reset the local connection")
-                }
-            }
+            info!(connection = n, %from, %path, stream = stream.id(), fresh, open_us, "connected to the sharer, multiplexed");
+            pipe_stream_and_log(n, tcp, stream).await;
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::proto::{self, Event, Limits, Role, Session, HEADER, MAX_DATA};
 use crate::lock::lock;
@@ -393,6 +393,23 @@ impl Sender<'_> {
     fn done(&self) {
         let mut inner = lock(&self.shared.inner);
         drop_stream(&mut inner, self.id);
+    }
+}
+
+/// [`pipe_stream`]s the stream of peer connection `n` and logs how it ended.
+pub(crate) async fn pipe_stream_and_log(n: u64, tcp: TcpStream, stream: MuxStream) {
+    let id = stream.id();
+    match pipe_stream(tcp, stream).await {
+        Ok(t) => info!(
+            connection = n,
+            stream = id,
+            to_peer = t.to_peer,
+            from_peer = t.from_peer,
+            "stream closed"
+        ),
+        Err(e) => {
+            info!(connection = n, stream = id, error = %e, "stream ended with an error; reset the local connection")
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tracing::info;
 
 use super::proto::{Limits, Role};
-use super::{pipe_stream, Mux};
+use super::{pipe_stream_and_log, Mux};
 use crate::peer::PeerStream;
 
 /// Serves connection number `n` until it ends: each stream is piped to a connection that
@@ -23,22 +23,9 @@ where
         streams += 1;
         let tcp = service(n);
         tokio::spawn(async move {
-            let id = stream.id();
-            let Some(tcp) = tcp.await else {
-                stream.refuse();
-                return;
-            };
-            match pipe_stream(tcp, stream).await {
-                Ok(t) => info!(
-                    connection = n,
-                    stream = id,
-                    to_peer = t.to_peer,
-                    from_peer = t.from_peer,
-                    "stream closed"
-                ),
-                Err(e) => {
-                    info!(connection = n, stream = id, error = %e, "stream ended with an error")
-                }
+            match tcp.await {
+                Some(tcp) => pipe_stream_and_log(n, tcp, stream).await,
+                None => stream.refuse(),
             }
         });
     }
