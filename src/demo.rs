@@ -82,6 +82,8 @@ pub async fn run() -> Result<()> {
         relay: None,
         force_relay: false,
         protocol: Protocol::Tcp,
+        max_connections: Connect::DEFAULT_MAX_CONNECTIONS,
+        multiplex: true,
     })
     .await
     .context("connecting to the share")?;

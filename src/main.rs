@@ -104,6 +104,14 @@ enum Command {
         udp: udp::UdpArgs,
         #[command(flatten)]
         access: access::ConnectAccess,
+        /// Local connections open at once; past this, new ones are closed at once (the log
+        /// says so).
+        #[arg(long, value_name = "N", default_value_t = Connect::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Give every local connection an encrypted connection of its own, even when the
+        /// sharer can carry them all on one (docs/multiplexing.md).
+        #[arg(long)]
+        no_multiplex: bool,
     },
     /// Create an identity file so `share` keeps the same key across restarts (compatible with
     /// the npm p2p-socket's identity.json).
@@ -267,6 +275,8 @@ async fn run(cli: Cli) -> Result<()> {
             force_relay,
             udp,
             access,
+            max_connections,
+            no_multiplex,
         } => {
             let (key_pair, remote) = match (access.resolve()?, key) {
                 ((key_pair, Some(remote)), _) => (key_pair, remote),
@@ -297,6 +307,8 @@ async fn run(cli: Cli) -> Result<()> {
                     relay,
                     force_relay,
                     protocol: udp.protocol()?,
+                    max_connections,
+                    multiplex: !no_multiplex,
                 },
                 from_record,
             )

@@ -23,7 +23,8 @@ fn a_share_holds_at_most_max_connections_and_serves_again_when_one_closes() {
     let dht = LocalDht::start(3);
     let service = Service::start(Behaviour::Echo);
     let share = ShareProcess::start(&dht.bootstrap, service.port(), &["--max-connections", "1"]);
-    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    // One encrypted connection per local connection: multiplexed, they would all be one.
+    let connect = ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--no-multiplex"]);
 
     // The one connection the sharer allows, held open.
     let mut first = TcpStream::connect(connect.addr).unwrap();

@@ -206,9 +206,10 @@ fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
     let connect_log = Log::new(&format!("{name}-connect"));
     let (_relay, relay) = cell.homes.relay(&relay_log);
     let (_share, key) = cell.rust_share(&share_log, &["--relay", &relay]);
-    let (_connect, listen) = cell
-        .homes
-        .rust_connect(&key, &connect_log, &["--relay", &relay]);
+    // Each connection its own pairing at the relay (multiplexed, they would be one).
+    let (_connect, listen) =
+        cell.homes
+            .rust_connect(&key, &connect_log, &["--relay", &relay, "--no-multiplex"]);
     let logs = [&share_log, &connect_log, &relay_log];
     let outcome = cell.connections(
         listen,

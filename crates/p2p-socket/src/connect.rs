@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::dht::NetworkOptions;
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::identity::{KeyPair, PublicKey};
+use crate::mux::{pipe_stream_and_log, Opened, Pool};
 use crate::pipe::pipe_and_log;
 use crate::reconnect::Reconnect;
 use crate::running::Running;
@@ -35,6 +36,12 @@ pub struct ConnectOptions {
     pub force_relay: bool,
     /// What local programs speak: TCP, or UDP (each client address a flow of datagrams).
     pub protocol: Protocol,
+    /// Local connections open at once; past this, new ones are closed at once (and the log
+    /// says so). [`Connect::DEFAULT_MAX_CONNECTIONS`] suits most uses.
+    pub max_connections: usize,
+    /// Carry every local connection as a stream of one encrypted connection, when the sharer
+    /// can too (docs/multiplexing.md); otherwise each gets a connection of its own.
+    pub multiplex: bool,
 }
 
 /// Where local programs reach a connect.
@@ -50,6 +57,9 @@ pub struct Connect {
 }
 
 impl Connect {
+    /// The default of [`ConnectOptions::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
     /// Binds the listener, finds the sharer, and starts forwarding.
     pub async fn start(opts: ConnectOptions) -> Result<Connect> {
         // Bind first: a busy port is the user's most likely mistake and costs nothing to check.
@@ -76,8 +86,16 @@ impl Connect {
         }
         let running = match local {
             Local::Tcp(listener) => {
-                let connector = Arc::new((connector, Reconnect::default()));
-                Running::spawn(|stop| accept_loop(listener, connector, stop))
+                if opts.multiplex {
+                    connector = connector.multiplexed();
+                }
+                let pool = Arc::new(Pool::new(Arc::new(connector)));
+                let limit = Limit {
+                    open: Arc::new(Semaphore::new(opts.max_connections)),
+                    max: opts.max_connections,
+                    reconnect: Arc::new(Reconnect::default()),
+                };
+                Running::spawn(|stop| accept_loop(listener, pool, limit, stop))
             }
             Local::Udp(socket, limits) => {
                 let connector = Arc::new(connector);
@@ -101,9 +119,17 @@ impl Connect {
     }
 }
 
+/// The cap on local connections open at once, and the retries they share.
+struct Limit {
+    open: Arc<Semaphore>,
+    max: usize,
+    reconnect: Arc<Reconnect>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    connector: Arc<(Connector, Reconnect)>,
+    pool: Arc<Pool>,
+    limit: Limit,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut n = 0u64;
@@ -121,25 +147,65 @@ async fn accept_loop(
             },
         };
         n += 1;
-        let connector = Arc::clone(&connector);
-        tokio::spawn(forward(n, tcp, from, connector));
+        let Ok(permit) = Arc::clone(&limit.open).try_acquire_owned() else {
+            warn!(
+                connection = n,
+                %from,
+                max = limit.max,
+                "refused a local connection: this many are open already, the most at once (--max-connections); close some or raise the limit"
+            );
+            // A reset, so the program sees a refusal rather than an empty answer.
+            let _ = tcp.set_zero_linger();
+            continue;
+        };
+        tokio::spawn(forward(
+            n,
+            tcp,
+            from,
+            Arc::clone(&pool),
+            Arc::clone(&limit.reconnect),
+            permit,
+        ));
     }
     drop(listener);
-    if let Ok((connector, _)) = Arc::try_unwrap(connector) {
-        connector.close().await;
+    pool.close().await;
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        if let Ok(connector) = Arc::try_unwrap(Arc::clone(pool.connector())) {
+            drop(pool);
+            connector.close().await;
+        }
     }
 }
 
-async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<(Connector, Reconnect)>) {
+async fn forward(
+    n: u64,
+    tcp: TcpStream,
+    from: SocketAddr,
+    pool: Arc<Pool>,
+    reconnect: Arc<Reconnect>,
+    _permit: OwnedSemaphorePermit,
+) {
     let started = Instant::now();
-    let (connector, reconnect) = &*connector;
-    let (peer, path) = match reconnect.open(n, connector).await {
-        Ok(p) => p,
+    let opened = match reconnect.open(n, |left| pool.open_within(left)).await {
+        Ok(o) => o,
         Err(e) => {
             warn!(connection = n, %from, waited_ms = started.elapsed().as_millis() as u64, error = %e, "could not reach the sharer; closed the local connection");
             return;
         }
     };
-    info!(connection = n, %from, %path, open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
-    pipe_and_log(n, tcp, peer).await;
+    let open_us = started.elapsed().as_micros() as u64;
+    match opened {
+        Opened::Raw(peer, path) => {
+            info!(connection = n, %from, %path, open_us, "connected to the sharer");
+            pipe_and_log(n, tcp, peer).await;
+        }
+        Opened::Stream {
+            stream,
+            path,
+            fresh,
+        } => {
+            info!(connection = n, %from, %path, stream = stream.id(), fresh, open_us, "connected to the sharer, multiplexed");
+            pipe_stream_and_log(n, tcp, stream).await;
+        }
+    }
 }

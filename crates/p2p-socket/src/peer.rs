@@ -7,11 +7,11 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use peeroxide_dht::noise_wrap::NoiseWrapResult;
 use tokio::sync::{mpsc, watch};
 use udx::UdxStream;
 
 use crate::error::{Error, Result};
+use crate::noise_session::{Features, Keys};
 pub(crate) use crate::path::Path;
 use crate::secret::SecretStream;
 
@@ -22,6 +22,8 @@ use crate::secret::SecretStream;
 pub(crate) struct Link {
     pub(crate) socket: udx::UdxSocket,
     pub(crate) stream: udx::StreamObserver,
+    /// What the handshake agreed the connection does (one stream of bytes, or many).
+    pub(crate) features: Features,
 }
 
 impl Link {
@@ -43,13 +45,14 @@ pub(crate) const DATA_PATH_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn secure(
     is_initiator: bool,
     stream: UdxStream,
-    hs: &NoiseWrapResult,
+    hs: &Keys,
     path: Path,
     peer: Option<SocketAddr>,
 ) -> Result<(PeerStream, Link)> {
     let link = Link {
         socket: stream.socket(),
         stream: stream.observer(),
+        features: hs.features,
     };
     let opened = SecretStream::from_session(
         is_initiator,

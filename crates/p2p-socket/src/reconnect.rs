@@ -4,14 +4,14 @@
 //! Consecutive failures are counted across connections, so the log tells how long the sharer
 //! has been out of reach.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::dialer::{Connector, ATTEMPT_TIMEOUT};
+use crate::dialer::ATTEMPT_TIMEOUT;
 use crate::error::{Error, Result};
-use crate::peer::{Path, PeerStream};
 
 /// The pause after the first failure; it doubles with each failure in a row.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
@@ -36,13 +36,17 @@ pub(crate) struct Reconnect {
 }
 
 impl Reconnect {
-    /// A connection to the sharer for local connection `n`, retried until [`ATTEMPT_TIMEOUT`]
-    /// has passed since it began.
-    pub(crate) async fn open(&self, n: u64, connector: &Connector) -> Result<(PeerStream, Path)> {
+    /// What `attempt` opens for local connection `n` (given the time left), retried until
+    /// [`ATTEMPT_TIMEOUT`] has passed since it began.
+    pub(crate) async fn open<T, F, Fut>(&self, n: u64, attempt: F) -> Result<T>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let deadline = Instant::now() + ATTEMPT_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match connector.open_within(left).await {
+            match attempt(left).await {
                 Ok(opened) => {
                     let failed = self.failures.swap(0, Ordering::Relaxed);
                     if failed > 0 {

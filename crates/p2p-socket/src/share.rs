@@ -13,7 +13,9 @@ use crate::dht::NetworkOptions;
 use crate::error::Result;
 use crate::identity::{KeyPair, PublicKey};
 use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
-use crate::peer::{Path, PeerStream};
+use crate::mux;
+use crate::noise_session::Features;
+use crate::peer::{Link, Path, PeerStream};
 use crate::pipe::pipe_and_log;
 use crate::udp::{self, Protocol};
 
@@ -58,11 +60,23 @@ impl Share {
 
     /// Joins the DHT, announces the key and starts serving. Returns once the key is findable.
     pub async fn start(opts: ShareOptions) -> Result<Share> {
+        // Datagram flows are framed as holesail frames them, one connection each.
+        let features = Features {
+            mux: opts.protocol == Protocol::Tcp,
+        };
         let handler: Handler = match opts.protocol {
             Protocol::Tcp => {
                 let service = (opts.service_host, opts.service_port);
-                Arc::new(move |n, peer, _link, path| {
-                    Box::pin(serve_tcp(n, peer, path, service.clone()))
+                Arc::new(move |n, peer, link: Link, path| {
+                    if link.features.mux {
+                        let service = service.clone();
+                        Box::pin(async move {
+                            info!(connection = n, %path, "peer connected, multiplexed");
+                            mux::serve(n, peer, move |n| connect_service(n, service.clone())).await
+                        })
+                    } else {
+                        Box::pin(serve_tcp(n, peer, path, service.clone()))
+                    }
                 })
             }
             Protocol::Udp(limits) => {
@@ -75,6 +89,7 @@ impl Share {
             opts.relay,
             opts.max_connections,
             opts.allow,
+            features,
             handler,
         )
         .await?;
@@ -99,6 +114,15 @@ impl Share {
 
 /// A share's handler: pipes the connection to the local service.
 async fn serve_tcp(n: u64, peer: PeerStream, path: Path, service: (String, u16)) {
+    let Some(tcp) = connect_service(n, service).await else {
+        return;
+    };
+    info!(connection = n, %path, "peer connected");
+    pipe_and_log(n, tcp, peer).await;
+}
+
+/// A connection to the local service for peer connection `n`, or none (said in the log).
+async fn connect_service(n: u64, service: (String, u16)) -> Option<TcpStream> {
     let (host, port) = service;
     let tcp = match tokio::time::timeout(
         SERVICE_CONNECT_TIMEOUT,
@@ -109,15 +133,14 @@ async fn serve_tcp(n: u64, peer: PeerStream, path: Path, service: (String, u16))
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             warn!(connection = n, "the shared service {host}:{port} refused the connection ({e}); closed this peer connection, still sharing");
-            return;
+            return None;
         }
         Err(_) => {
             warn!(connection = n, "the shared service {host}:{port} did not accept within {}s; closed this peer connection, still sharing", SERVICE_CONNECT_TIMEOUT.as_secs());
-            return;
+            return None;
         }
     };
     let local: Option<SocketAddr> = tcp.local_addr().ok();
-    info!(connection = n, %path, "peer connected");
     debug!(connection = n, ?local, "connected to the shared service");
-    pipe_and_log(n, tcp, peer).await;
+    Some(tcp)
 }

@@ -151,6 +151,7 @@ fn key_line(line: &str) -> Option<String> {
 pub struct ShareProcess {
     pub key: String,
     pub process: ChildProcess,
+    log: Option<LogFile>,
 }
 
 impl ShareProcess {
@@ -172,7 +173,28 @@ impl ShareProcess {
         cmd.arg("share").args(args).args(["--bootstrap", bootstrap]);
         let mut process = ChildProcess::spawn(cmd, "share");
         let key = process.wait_for(READY, key_line);
-        ShareProcess { key, process }
+        ShareProcess {
+            key,
+            process,
+            log: None,
+        }
+    }
+
+    /// Like [`ShareProcess::start`], with its log (stderr) kept for [`ShareProcess::log`].
+    pub fn start_with_log(bootstrap: &str, service_port: u16, extra: &[&str]) -> ShareProcess {
+        let port = service_port.to_string();
+        let mut args = vec!["--host", "127.0.0.1", "--port", &port];
+        args.extend_from_slice(extra);
+        let log = LogFile::new("share");
+        let mut share = Self::start_logged(bootstrap, &args, Some(&log));
+        share.log = Some(log);
+        share
+    }
+
+    /// What it logged so far (started with [`ShareProcess::start_with_log`]). Its wording is not
+    /// an interface: read it only for what share has no machine-readable output for yet.
+    pub fn log(&self) -> String {
+        self.log.as_ref().map(LogFile::read).unwrap_or_default()
     }
 }
 

@@ -9,7 +9,6 @@ use peeroxide_dht::hyperdht_messages::{
     PEER_HANDSHAKE,
 };
 use peeroxide_dht::messages::Ipv4Peer;
-use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
 use peeroxide_dht::rpc::UserRequestParams;
 use tracing::debug;
 
@@ -19,6 +18,7 @@ use crate::dht::next_stream_id;
 use crate::error::{Error, HandshakeFailure, Result, Stage};
 use crate::handshake::{check_remote, message, our_payload};
 use crate::nat::Firewall;
+use crate::noise_session::{Keys, Noise};
 use crate::policy::{our_firewall, RelayOffer};
 
 /// How long one DHT node may take to relay our handshake and bring back the answer.
@@ -39,8 +39,12 @@ impl Connector {
         &self,
         local_id: u32,
         ask: &Ask,
-    ) -> Result<(NoiseWrap, Vec<u8>)> {
-        let mut nw = NoiseWrap::new_initiator(self.key_pair.to_noise(), *self.remote.as_bytes());
+    ) -> Result<(Noise, Vec<u8>)> {
+        let mut nw = Noise::initiator(
+            self.key_pair.to_noise(),
+            *self.remote.as_bytes(),
+            self.features,
+        );
         let (firewall, relay_through) = match ask {
             Ask::Direct => (self.our_firewall(), None),
             Ask::Relay(ours) => (Firewall::Unknown, ours.map(RelayOffer::to_wire)),
@@ -63,10 +67,10 @@ impl Connector {
     /// Reads the sharer's half of the handshake.
     pub(super) fn finish_handshake(
         &self,
-        mut nw: NoiseWrap,
+        mut nw: Noise,
         noise: &[u8],
         via: &[SocketAddr],
-    ) -> Result<(NoisePayload, u32, NoiseWrapResult)> {
+    ) -> Result<(NoisePayload, u32, Keys)> {
         let bad_answer = |e: String| Error::HandshakeFailed {
             via: via.to_vec(),
             failure: HandshakeFailure::BadAnswer,

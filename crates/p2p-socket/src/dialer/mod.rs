@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{decode_hyper_peer_from_bytes, NoisePayload, FIREWALL_OPEN};
 use peeroxide_dht::messages::Ipv4Peer;
-use peeroxide_dht::noise_wrap::NoiseWrapResult;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info};
 use udx::UdxStream;
@@ -31,6 +30,7 @@ use crate::error::{Error, PunchFailure, Result, Stage};
 use crate::identity::{KeyPair, PublicKey};
 use crate::lock::lock;
 use crate::nat::Firewall;
+use crate::noise_session::{Features, Keys};
 use crate::peer::{secure, Link, Path, PeerStream};
 use crate::policy::{client_path, Answered, Decision, RelayOffer};
 use crate::relay::client::{DialRelay, RelayClients, RelayConnection};
@@ -43,7 +43,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// The sharer's answer to a handshake sent through a DHT node.
 struct Answer {
-    hs: NoiseWrapResult,
+    hs: Keys,
     remote: NoisePayload,
     remote_id: u32,
     local_id: u32,
@@ -88,6 +88,8 @@ pub struct Connector {
     relayed_since: Arc<Mutex<Option<Instant>>>,
     /// Forgets what depended on our address when it changes.
     _on_move: AbortOnDrop,
+    /// What our handshakes offer beyond one stream of bytes.
+    features: Features,
 }
 
 /// A background task that ends with its owner.
@@ -123,6 +125,7 @@ impl Connector {
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
             relayed_since,
             _on_move: on_move,
+            features: Features::default(),
         };
         let started = Instant::now();
         let (relays, ()) = tokio::join!(connector.lookup(), connector.node.reachability_known());
@@ -148,6 +151,13 @@ impl Connector {
     /// sharer's.
     pub fn force_relay(mut self, force: bool) -> Self {
         self.force_relay = force;
+        self
+    }
+
+    /// Offers multiplexing in every handshake: a sharer that offers it too expects
+    /// [`crate::mux`] frames on the connections, not raw bytes.
+    pub(crate) fn multiplexed(mut self) -> Self {
+        self.features.mux = true;
         self
     }
 
@@ -203,9 +213,16 @@ impl Connector {
 
     /// [`Self::open_with_path`], given up after `limit` (at most [`ATTEMPT_TIMEOUT`]).
     pub(crate) async fn open_within(&self, limit: Duration) -> Result<(PeerStream, Path)> {
-        let (peer, _, path) =
-            attempt::bounded(limit.min(ATTEMPT_TIMEOUT), self.try_open_link()).await?;
+        let (peer, _, path) = self.open_link_within(limit).await?;
         Ok((peer, path))
+    }
+
+    /// [`Connector::open_link`], given at most `limit`.
+    pub(crate) async fn open_link_within(
+        &self,
+        limit: Duration,
+    ) -> Result<(PeerStream, Link, Path)> {
+        attempt::bounded(limit.min(ATTEMPT_TIMEOUT), self.try_open_link()).await
     }
 
     /// Opens one encrypted connection to the sharer: the stream, what carries it, and how.

@@ -32,7 +32,9 @@ use crate::addr::to_socket_addr;
 use crate::connection_string::ConnectionString;
 use crate::handshake::{check_remote, our_payload};
 use crate::identity::{Identity, KeyPair, PublicKey, ShareKeyRule};
+use crate::mux::proto::{self as mux, Event, Limits, Role, Session};
 use crate::nat::{Firewall, NatSampler};
+use crate::noise_session;
 use crate::policy::dial_address;
 use crate::relay::wire as relay_wire;
 use crate::service_record::ServiceRecord;
@@ -57,6 +59,7 @@ pub const TARGETS: &[Target] = &[
     ("udp_frames", udp_frames),
     ("connection_string", connection_string),
     ("service_record", service_record),
+    ("mux_frames", mux_frames),
 ];
 
 /// A UDX datagram as the socket reads it: header, then SACK blocks and payload.
@@ -93,6 +96,68 @@ pub fn udx_packet(data: &[u8]) {
         if unwrapped != 0 {
             assert_eq!(unwrapped as u32, number);
         }
+    }
+}
+
+/// The multiplexing frames a peer sends on one connection (what a share reads from anyone who
+/// offered multiplexing): `[length u8][frame]...`, a length of 0 standing for our side taking
+/// up to 16 KiB of what the last stream that got data holds. Whatever the sequence, no stream holds more than
+/// the window we granted, no more streams are open than the limit, and nothing panics.
+pub fn mux_frames(data: &[u8]) {
+    const LIMITS: Limits = Limits {
+        max_streams: 4,
+        window: 64 * 1024,
+    };
+    let role = if data.first().is_some_and(|b| b & 1 == 1) {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let mut session = Session::new(role, LIMITS);
+    // Per stream, bytes received and not yet taken, and not yet granted back, as we count them.
+    let mut held: std::collections::HashMap<u32, (u64, u64)> = std::collections::HashMap::new();
+    let mut last = None;
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len).min(tail.len());
+        let (message, tail) = tail.split_at(len);
+        rest = tail;
+        if len == 0 {
+            if let Some(id) = last {
+                let (untaken, ungranted) = held.entry(id).or_default();
+                let n = (*untaken).min(16 * 1024);
+                *untaken -= n;
+                if let Some(grant) = session.taken(id, n as usize) {
+                    *ungranted -= u64::from(grant);
+                }
+            }
+            continue;
+        }
+        let Ok(frame) = mux::decode(message) else {
+            continue;
+        };
+        let Ok(event) = session.receive(frame) else {
+            // A violation ends the connection: what follows is never read.
+            return;
+        };
+        match event {
+            Event::Data(id, bytes) => {
+                let (untaken, ungranted) = held.entry(id).or_default();
+                *untaken += bytes.len() as u64;
+                *ungranted += bytes.len() as u64;
+                assert!(
+                    *ungranted <= u64::from(LIMITS.window),
+                    "stream {id} was sent {ungranted} bytes beyond what we granted"
+                );
+                last = Some(id);
+            }
+            Event::Opened(_) => assert_eq!(role, Role::Server),
+            Event::Reset(id) => {
+                held.remove(&id);
+            }
+            _ => {}
+        }
+        assert!(session.open_streams() <= LIMITS.max_streams);
     }
 }
 
@@ -207,9 +272,13 @@ fn noise_message(noise: &[u8]) {
 /// The payload inside the Noise handshake: what a peer says about how to reach it. Anyone who
 /// knows a share's public key can make a share decrypt any payload.
 pub fn noise_payload(data: &[u8]) {
+    let ours = noise_session::decode(data);
     let Ok(payload) = decode_noise_payload_from_bytes(data) else {
+        assert!(ours.is_err());
         return;
     };
+    // Our extension never changes how the payload itself reads.
+    assert_eq!(ours.map(|(p, _)| p).as_ref(), Ok(&payload));
     if let Ok(id) = check_remote(&payload) {
         assert_eq!(payload.udx.as_ref().map(|u| u.id), Some(u64::from(id)));
     }

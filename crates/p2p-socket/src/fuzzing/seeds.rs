@@ -9,6 +9,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "udx_packet" => udx_seeds(),
         "relay_frame" => relay_seeds(),
+        "mux_frames" => mux_seeds(),
         "dht_message" => dht_seeds(),
         "handshake" => handshake_seeds(),
         "noise_payload" => noise_payload_seeds(),
@@ -289,4 +290,37 @@ fn holepunch_message_seeds() -> Vec<Vec<u8>> {
             .expect("seed encodes")
         })
         .collect()
+}
+
+/// A share's view of a client: streams opened, data, ends, window updates, a refusal at the
+/// limit; and a client's view of a share's answers.
+fn mux_seeds() -> Vec<Vec<u8>> {
+    let script = |role: u8, frames: &[Vec<u8>]| {
+        let mut out = vec![role];
+        for f in frames {
+            out.push(f.len().min(255) as u8);
+            out.extend_from_slice(&f[..f.len().min(255)]);
+        }
+        out
+    };
+    vec![
+        script(
+            0,
+            &[
+                mux::open(1),
+                mux::data(1, b"GET / HTTP/1.1\r\n\r\n"),
+                Vec::new(),
+                mux::window(1, 4096),
+                mux::fin(1),
+                mux::open(2),
+                mux::reset(2),
+                mux::close("bye"),
+            ],
+        ),
+        script(0, &(1..=6).map(mux::open).collect::<Vec<_>>()),
+        script(
+            1,
+            &[mux::window(1, 1), mux::data(1, &[7; 200]), mux::fin(1)],
+        ),
+    ]
 }

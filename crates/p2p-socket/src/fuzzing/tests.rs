@@ -223,6 +223,11 @@ fn service_record() {
     exercise("service_record");
 }
 
+#[test]
+fn mux_frames() {
+    exercise("mux_frames");
+}
+
 /// Every target has its file in fuzz/, and its corpus holds what [`seeds`] makes.
 #[test]
 fn targets_and_corpus_match() {

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use peeroxide_dht::noise_wrap::NoiseWrapResult;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
 use super::Handler;
 use crate::holepunch::{ServerPunch, PUNCH_TIME};
+use crate::noise_session::Keys;
 use crate::peer::{secure, Acceptor, Path};
 use crate::policy::RelayPlan;
 use crate::punch_socket::PunchSocket;
@@ -160,7 +160,7 @@ async fn accept(
 pub(super) async fn serve_connection(
     n: u64,
     data_path: DataPath,
-    hs: NoiseWrapResult,
+    hs: Keys,
     handler: Handler,
     routes: mpsc::Sender<PunchSocket>,
     relay_clients: Arc<RelayClients>,

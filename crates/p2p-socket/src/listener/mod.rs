@@ -32,6 +32,7 @@ use crate::dialer::relay_dialer;
 use crate::error::{Error, Result};
 use crate::holepunch::{ServerPunch, BIRTHDAY_SOCKETS};
 use crate::identity::{KeyPair, PublicKey};
+use crate::noise_session::Features;
 use crate::peer::{Link, Path, PeerStream};
 use crate::punch_socket::{PunchSocket, RpcRequest};
 use crate::relay::client::RelayClients;
@@ -106,14 +107,16 @@ struct Stats {
 impl Listener {
     /// Joins the DHT, announces `key_pair`'s public key and hands every connection to
     /// `handler`; `relay` is offered to peers that cannot reach us otherwise, at most
-    /// `max_connections` are open at once, and with an `allow` list only its keys get in.
-    /// Returns once the key is findable.
+    /// `max_connections` are open at once, with an `allow` list only its keys get in, and
+    /// `features` are offered in every handshake (the handler finds what a connection agreed
+    /// in its [`Link`]). Returns once the key is findable.
     pub(crate) async fn start(
         network: &NetworkOptions,
         key_pair: KeyPair,
         relay: Option<PublicKey>,
         max_connections: usize,
         allow: Option<AllowList>,
+        features: Features,
         handler: Handler,
     ) -> Result<Listener> {
         let mut node = DhtNode::join(network).await?;
@@ -159,6 +162,7 @@ impl Listener {
             max_connections,
             allow,
             refusals: RefusalLog::new(),
+            features,
             requests_tx,
             routes_tx,
         };
@@ -233,6 +237,8 @@ struct Server {
     /// Only these clients get in, when set.
     allow: Option<AllowList>,
     refusals: RefusalLog,
+    /// Offered in every handshake.
+    features: Features,
 }
 
 impl Server {

@@ -12,7 +12,6 @@ use peeroxide_dht::hyperdht_messages::{
     MODE_FROM_SERVER, MODE_REPLY,
 };
 use peeroxide_dht::messages::Ipv4Peer;
-use peeroxide_dht::noise_wrap::{NoiseWrap, NoiseWrapResult};
 use tracing::{debug, info, warn};
 
 use super::accept::{serve_connection, DataPath, Via};
@@ -25,6 +24,7 @@ use crate::handshake::{check_remote, message, our_payload};
 use crate::holepunch::ServerPunch;
 use crate::identity::PublicKey;
 use crate::nat::Firewall;
+use crate::noise_session::{Keys, Noise};
 use crate::peer::{Acceptor, Path};
 use crate::policy::{
     dial_address, our_firewall, punch_offer, relay_choice, server_path, PunchOffer, RelayOffer,
@@ -85,7 +85,7 @@ impl Server {
             return None;
         };
 
-        let mut nw = NoiseWrap::new_responder(self.key_pair.to_noise());
+        let mut nw = Noise::responder(self.key_pair.to_noise(), self.features);
         let remote = match nw.recv(&msg.noise) {
             Ok(p) => p,
             Err(e) => {
@@ -207,7 +207,7 @@ impl Server {
         &mut self,
         client: &Client<'_>,
         session_id: Option<u64>,
-        hs: &NoiseWrapResult,
+        hs: &Keys,
         relay: Option<RelayPlan>,
     ) -> Result<DataPath> {
         let (socket, arrived_on) = match client.arrival {

@@ -23,6 +23,7 @@ use crate::dht::{next_stream_id, NetworkOptions};
 use crate::error::Result;
 use crate::identity::{KeyPair, PublicKey};
 use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
+use crate::noise_session::Features;
 use crate::peer::{Link, PeerStream};
 
 /// A pairing whose other side has not come yet is forgotten after this long (Node's relay keeps
@@ -87,6 +88,7 @@ impl RelayServer {
             None,
             MAX_CONNECTIONS,
             None,
+            Features::default(),
             handler,
         )
         .await?;

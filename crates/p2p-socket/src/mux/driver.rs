@@ -1,0 +1,636 @@
+//! Runs [`proto`](super::proto) on an encrypted connection: one task reads the peer's frames
+//! and hands each stream its data, one writes our frames, and each local TCP connection is
+//! piped to its stream by [`pipe_stream`].
+//!
+//! Control frames (OPEN, WINDOW, RESET, CLOSE) go before queued data, so a bulk transfer that
+//! filled the queue does not hold up another stream's window update or a new stream.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, info, warn};
+
+use super::proto::{self, Event, Limits, Role, Session, HEADER, MAX_DATA};
+use crate::lock::lock;
+use crate::peer::PeerStream;
+use crate::pipe::Transferred;
+
+/// Data frames queued for the peer, all streams together: 16 of 64 KiB at most.
+const DATA_QUEUE: usize = 16;
+/// A stream reads its local connection into this much at first (see [`pipe_stream`]).
+const FIRST_READ: usize = 4096;
+/// Control frames queued for the peer. The reader answers a refused OPEN without waiting, so
+/// a peer that floods us with them while reading nothing fills this, and is cut off.
+const CONTROL_QUEUE: usize = 1024;
+
+/// What a stream's reader gets; the channel ending without [`Incoming::Fin`] means the stream
+/// was reset or the connection is gone.
+enum Incoming {
+    /// A whole DATA frame: the bytes start at [`HEADER`], so no copy is made.
+    Data(Vec<u8>),
+    Fin,
+}
+
+struct StreamIo {
+    incoming: mpsc::UnboundedSender<Incoming>,
+    /// Woken when the stream gets credit, or ends.
+    wake: Arc<Notify>,
+}
+
+struct Inner {
+    session: Session,
+    streams: HashMap<u32, StreamIo>,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    data: mpsc::Sender<Vec<u8>>,
+    control: mpsc::Sender<Vec<u8>>,
+    closed: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Ends the connection: every stream fails at once, the tasks stop.
+    fn shut(&self, why: String) {
+        let mut inner = lock(&self.inner);
+        if inner.closed.is_some() {
+            return;
+        }
+        debug!(%why, streams = inner.streams.len(), "multiplexed connection ended");
+        for (_, io) in inner.streams.drain() {
+            io.wake.notify_one();
+        }
+        inner.closed = Some(why);
+        drop(inner);
+        let _ = self.closed.send(true);
+    }
+
+    /// Hands the peer's message to the session; an error ends the connection.
+    fn on_message(
+        self: &Arc<Self>,
+        message: Vec<u8>,
+        accepted: &mpsc::Sender<MuxStream>,
+    ) -> Result<(), String> {
+        let frame = proto::decode(&message).map_err(|v| self.violated(v))?;
+        let mut inner = lock(&self.inner);
+        let event = inner.session.receive(frame).map_err(|v| self.violated(v))?;
+        match event {
+            Event::Opened(id) => {
+                let (stream, io) = MuxStream::new(id, self);
+                inner.streams.insert(id, io);
+                if accepted.try_send(stream).is_err() {
+                    // The server stopped taking streams (it is closing).
+                    inner.streams.remove(&id);
+                    inner.session.forget(id);
+                    self.control_now(proto::reset(id))?;
+                }
+            }
+            Event::Refused(id) => {
+                warn!(
+                    stream = id,
+                    open = inner.session.open_streams(),
+                    "refused a stream: the peer has the most open at once on this connection; it may open more once some end"
+                );
+                self.control_now(proto::reset(id))?;
+            }
+            Event::Data(id, _) => {
+                let delivered = inner
+                    .streams
+                    .get(&id)
+                    .is_some_and(|io| io.incoming.send(Incoming::Data(message)).is_ok());
+                if !delivered {
+                    // Its reader is gone: the stream ends, so the peer stops sending.
+                    drop_stream(&mut inner, id);
+                    self.control_now(proto::reset(id))?;
+                }
+            }
+            Event::Fin(id) => {
+                // The stream's pipe forgets it once both directions ended.
+                if let Some(io) = inner.streams.get(&id) {
+                    let _ = io.incoming.send(Incoming::Fin);
+                }
+            }
+            Event::Reset(id) => drop_stream(&mut inner, id),
+            Event::Credit(id) => {
+                if let Some(io) = inner.streams.get(&id) {
+                    io.wake.notify_one();
+                }
+            }
+            Event::Closed(reason) => return Err(format!("the peer closed it: {reason}")),
+            Event::Late => {}
+        }
+        Ok(())
+    }
+
+    fn violated(&self, v: proto::Violation) -> String {
+        warn!(error = %v, "the peer broke the multiplexing protocol; closing the connection");
+        let _ = self.control.try_send(proto::close(&v.to_string()));
+        format!("protocol violation: {v}")
+    }
+
+    /// Queues a control frame from the reader, which must not wait on the writer.
+    fn control_now(&self, frame: Vec<u8>) -> Result<(), String> {
+        self.control
+            .try_send(frame)
+            .map_err(|_| "the peer sends control frames but does not read ours".to_string())
+    }
+}
+
+/// The stream's reader and waker go; the session forgets it.
+fn drop_stream(inner: &mut Inner, id: u32) {
+    inner.session.forget(id);
+    prune(inner, id);
+}
+
+fn prune(inner: &mut Inner, id: u32) {
+    if let Some(io) = inner.streams.remove(&id) {
+        io.wake.notify_one();
+    }
+}
+
+/// A multiplexed connection. Clones share it.
+#[derive(Clone)]
+pub(crate) struct Mux {
+    shared: Arc<Shared>,
+}
+
+impl Mux {
+    /// Starts multiplexing on `peer`. A server gets each stream the peer opens from the
+    /// receiver, which ends with the connection.
+    pub(crate) fn start(
+        peer: PeerStream,
+        role: Role,
+        limits: Limits,
+    ) -> (Mux, mpsc::Receiver<MuxStream>) {
+        let (data, data_rx) = mpsc::channel(DATA_QUEUE);
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (closed, closed_rx) = watch::channel(false);
+        let (accepted_tx, accepted) = mpsc::channel(limits.max_streams.max(1));
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                session: Session::new(role, limits),
+                streams: HashMap::new(),
+                closed: None,
+            }),
+            data,
+            control,
+            closed,
+        });
+        let (mut reader, writer) = peer.into_split();
+        let reading = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut closed = reading.closed.subscribe();
+            let why = loop {
+                let message = tokio::select! {
+                    _ = closed.changed() => return,
+                    m = reader.read() => m,
+                };
+                let result = match message {
+                    Ok(Some(m)) => reading.on_message(m, &accepted_tx),
+                    Ok(None) => Err("the peer ended the connection".to_string()),
+                    Err(e) => Err(format!("reading from the peer failed: {e}")),
+                };
+                if let Err(why) = result {
+                    break why;
+                }
+            };
+            reading.shut(why);
+        });
+        tokio::spawn(write_loop(
+            writer,
+            Arc::clone(&shared),
+            control_rx,
+            data_rx,
+            closed_rx,
+        ));
+        (Mux { shared }, accepted)
+    }
+
+    /// Opens a stream, or none when the connection ended or carries the most it may.
+    pub(crate) async fn open(&self) -> Option<MuxStream> {
+        let stream = {
+            let mut inner = lock(&self.shared.inner);
+            if inner.closed.is_some() {
+                return None;
+            }
+            let id = inner.session.open()?;
+            let (stream, io) = MuxStream::new(id, &self.shared);
+            inner.streams.insert(id, io);
+            stream
+        };
+        // On the control queue, which the writer empties first: the OPEN goes before the
+        // stream's data.
+        match self.shared.control.send(proto::open(stream.id)).await {
+            Ok(()) => Some(stream),
+            Err(_) => None,
+        }
+    }
+
+    /// Ends the connection and every stream on it.
+    pub(crate) fn close(&self, why: &str) {
+        let _ = self.shared.control.try_send(proto::close(why));
+        self.shared.shut(why.to_string());
+    }
+}
+
+async fn write_loop(
+    mut writer: crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>,
+    shared: Arc<Shared>,
+    mut control: mpsc::Receiver<Vec<u8>>,
+    mut data: mpsc::Receiver<Vec<u8>>,
+    mut closed: watch::Receiver<bool>,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            Some(f) = control.recv() => f,
+            Some(f) = data.recv() => f,
+            _ = closed.wait_for(|c| *c) => break,
+        };
+        if let Err(e) = writer.write(&frame).await {
+            shared.shut(format!("writing to the peer failed: {e}"));
+            return;
+        }
+    }
+    // A CLOSE queued as the connection ended still tells the peer why.
+    while let Ok(frame) = control.try_recv() {
+        if proto::decode(&frame).is_ok_and(|f| matches!(f, proto::Frame::Close(_))) {
+            let _ = writer.write(&frame).await;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// One stream of a multiplexed connection.
+pub(crate) struct MuxStream {
+    id: u32,
+    shared: Arc<Shared>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    wake: Arc<Notify>,
+}
+
+impl MuxStream {
+    fn new(id: u32, shared: &Arc<Shared>) -> (MuxStream, StreamIo) {
+        // Unbounded, yet bounded: the session refuses data beyond the window we granted.
+        let (incoming_tx, incoming) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
+        let stream = MuxStream {
+            id,
+            shared: Arc::clone(shared),
+            incoming,
+            wake: Arc::clone(&wake),
+        };
+        let io = StreamIo {
+            incoming: incoming_tx,
+            wake,
+        };
+        (stream, io)
+    }
+
+    /// The stream's id on its connection.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Abandons the stream before piping it (the local service refused): the peer's local
+    /// connection is reset at once.
+    pub(crate) fn refuse(self) {
+        let sender = Sender {
+            id: self.id,
+            shared: &self.shared,
+            wake: &self.wake,
+        };
+        sender.reset();
+    }
+}
+
+/// The sending side of a stream, shared by the two directions of [`pipe_stream`].
+struct Sender<'a> {
+    id: u32,
+    shared: &'a Shared,
+    wake: &'a Notify,
+}
+
+fn gone(why: &Option<String>) -> io::Error {
+    match why {
+        Some(why) => io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("the connection to the peer ended: {why}"),
+        ),
+        None => io::Error::new(io::ErrorKind::ConnectionReset, "the peer reset the stream"),
+    }
+}
+
+impl Sender<'_> {
+    /// Waits until the stream may send, and says how much.
+    async fn credit(&self) -> io::Result<usize> {
+        loop {
+            {
+                let inner = lock(&self.shared.inner);
+                if inner.closed.is_some() || !inner.streams.contains_key(&self.id) {
+                    return Err(gone(&inner.closed));
+                }
+                let credit = inner.session.credit(self.id);
+                if credit > 0 {
+                    return Ok(credit.min(MAX_DATA as u64) as usize);
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    async fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        lock(&self.shared.inner).session.sent(self.id, bytes.len());
+        self.queue(proto::data(self.id, bytes)).await
+    }
+
+    async fn queue(&self, frame: Vec<u8>) -> io::Result<()> {
+        self.shared
+            .data
+            .send(frame)
+            .await
+            .map_err(|_| gone(&Some("it is closing".into())))
+    }
+
+    /// Sends FIN (after the data queued before it).
+    async fn finish(&self) -> io::Result<()> {
+        self.queue(proto::fin(self.id)).await?;
+        let mut inner = lock(&self.shared.inner);
+        inner.session.fin_sent(self.id);
+        Ok(())
+    }
+
+    /// We took `n` bytes; grants them back to the peer once enough gathered.
+    async fn taken(&self, n: usize) {
+        let grant = lock(&self.shared.inner).session.taken(self.id, n);
+        if let Some(grant) = grant {
+            let _ = self
+                .shared
+                .control
+                .send(proto::window(self.id, grant))
+                .await;
+        }
+    }
+
+    /// Abandons the stream; the peer is told unless the connection is gone.
+    fn reset(&self) {
+        let mut inner = lock(&self.shared.inner);
+        if inner.closed.is_none() && inner.streams.contains_key(&self.id) {
+            drop_stream(&mut inner, self.id);
+            let _ = self.shared.control.try_send(proto::reset(self.id));
+        }
+    }
+
+    /// Forgets a stream that ended cleanly both ways.
+    fn done(&self) {
+        let mut inner = lock(&self.shared.inner);
+        drop_stream(&mut inner, self.id);
+    }
+}
+
+/// [`pipe_stream`]s the stream of peer connection `n` and logs how it ended.
+pub(crate) async fn pipe_stream_and_log(n: u64, tcp: TcpStream, stream: MuxStream) {
+    let id = stream.id();
+    match pipe_stream(tcp, stream).await {
+        Ok(t) => info!(
+            connection = n,
+            stream = id,
+            to_peer = t.to_peer,
+            from_peer = t.from_peer,
+            "stream closed"
+        ),
+        Err(e) => {
+            info!(connection = n, stream = id, error = %e, "stream ended with an error; reset the local connection")
+        }
+    }
+}
+
+/// Copies both ways between `tcp` and `stream` until both directions have ended, or either
+/// fails: then the stream is reset and the local connection too (RST), so neither end mistakes
+/// a cut transfer for a complete one.
+pub(crate) async fn pipe_stream(tcp: TcpStream, stream: MuxStream) -> io::Result<Transferred> {
+    let _ = tcp.set_nodelay(true);
+    let MuxStream {
+        id,
+        shared,
+        mut incoming,
+        wake,
+    } = stream;
+    let sender = Sender {
+        id,
+        shared: &shared,
+        wake: &wake,
+    };
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+    let upstream = async {
+        // Small for an interactive connection, grown to one whole frame for one that fills
+        // it: hundreds of idle local connections cost little.
+        let mut buf = vec![0u8; FIRST_READ];
+        let mut total = 0u64;
+        loop {
+            let want = sender.credit().await?.min(buf.len());
+            let n = tcp_r.read(&mut buf[..want]).await?;
+            if n == buf.len() && n < MAX_DATA {
+                buf.resize((n * 4).min(MAX_DATA), 0);
+            }
+            if n == 0 {
+                sender.finish().await?;
+                return Ok::<u64, io::Error>(total);
+            }
+            sender.send(&buf[..n]).await?;
+            total += n as u64;
+        }
+    };
+    let downstream = async {
+        let mut total = 0u64;
+        loop {
+            match incoming.recv().await {
+                Some(Incoming::Data(frame)) => {
+                    let bytes = &frame[HEADER..];
+                    tcp_w.write_all(bytes).await?;
+                    total += bytes.len() as u64;
+                    sender.taken(bytes.len()).await;
+                }
+                Some(Incoming::Fin) => {
+                    tcp_w.shutdown().await?;
+                    return Ok::<u64, io::Error>(total);
+                }
+                None => {
+                    let why = lock(&shared.inner).closed.clone();
+                    return Err(gone(&why));
+                }
+            }
+        }
+    };
+    match tokio::try_join!(upstream, downstream) {
+        Ok((to_peer, from_peer)) => {
+            sender.done();
+            Ok(Transferred { to_peer, from_peer })
+        }
+        Err(e) => {
+            sender.reset();
+            if let Ok(tcp) = tcp_r.reunite(tcp_w) {
+                let _ = tcp.set_zero_linger();
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver against a hostile peer that writes frames by hand, over a real secret stream
+    //! on loopback UDX.
+    use std::time::Duration;
+
+    use crate::secret::SecretStream;
+
+    use super::*;
+
+    /// Two ends of one encrypted connection on 127.0.0.1.
+    async fn pair() -> (PeerStream, PeerStream) {
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let a = udx::UdxSocket::bind(loopback).await.unwrap();
+        let b = udx::UdxSocket::bind(loopback).await.unwrap();
+        let sa = a.create_stream(1).unwrap();
+        let sb = b.create_stream(2).unwrap();
+        sa.connect(2, b.local_addr().unwrap()).unwrap();
+        sb.connect(1, a.local_addr().unwrap()).unwrap();
+        let (k1, k2, hash) = ([1u8; 32], [2u8; 32], [3u8; 64]);
+        let (x, y) = tokio::join!(
+            SecretStream::from_session(true, sa, k1, k2, hash, [4; 32]),
+            SecretStream::from_session(false, sb, k2, k1, hash, [5; 32]),
+        );
+        (x.unwrap(), y.unwrap())
+    }
+
+    const SMALL: Limits = Limits {
+        max_streams: 2,
+        window: 1000,
+    };
+
+    /// The hand-written end of a connection: both halves of its secret stream.
+    struct Hand {
+        r: crate::secret::ReadHalf<tokio::io::ReadHalf<udx::UdxStream>>,
+        w: crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>,
+    }
+
+    impl Hand {
+        fn new(peer: PeerStream) -> Hand {
+            let (r, w) = peer.into_split();
+            Hand { r, w }
+        }
+
+        async fn read(&mut self) -> Result<Option<Vec<u8>>, crate::secret::SecretStreamError> {
+            self.r.read().await
+        }
+
+        async fn write(&mut self, frame: &[u8]) -> io::Result<()> {
+            self.w.write(frame).await
+        }
+    }
+
+    /// The next frame the share sends, or none when it ended the connection.
+    async fn next(peer: &mut Hand) -> Option<Vec<u8>> {
+        tokio::time::timeout(Duration::from_secs(10), peer.read())
+            .await
+            .expect("the share answers within 10 s")
+            .ok()
+            .flatten()
+    }
+
+    /// The share's CLOSE reason, after which the connection ends.
+    async fn closed_with(peer: &mut Hand) -> String {
+        loop {
+            let Some(frame) = next(peer).await else {
+                panic!("the connection ended without a CLOSE");
+            };
+            if let Ok(proto::Frame::Close(reason)) = proto::decode(&frame) {
+                let reason = reason.to_string();
+                assert!(next(peer).await.is_none(), "nothing after CLOSE");
+                return reason;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_limit_are_reset_and_the_others_go_on() {
+        let (hostile, share) = pair().await;
+        let mut hostile = Hand::new(hostile);
+        let (_mux, mut accepted) = Mux::start(share, Role::Server, SMALL);
+        for id in 1..=3 {
+            hostile.write(&proto::open(id)).await.unwrap();
+        }
+        assert_eq!(next(&mut hostile).await, Some(proto::reset(3)));
+        let first = accepted.recv().await.unwrap();
+        let second = accepted.recv().await.unwrap();
+        assert_eq!((first.id(), second.id()), (1, 2));
+        // Ending one frees a place for a new stream.
+        second.refuse();
+        assert_eq!(next(&mut hostile).await, Some(proto::reset(2)));
+        hostile.write(&proto::open(4)).await.unwrap();
+        assert_eq!(accepted.recv().await.unwrap().id(), 4);
+    }
+
+    #[tokio::test]
+    async fn violations_end_the_connection_with_a_reason() {
+        let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
+            (
+                vec![proto::open(1), proto::data(1, &[0; 1001])],
+                "beyond the 1000 its window allows",
+            ),
+            (vec![vec![99, 0, 0, 0, 0]], "unknown frame type 99"),
+            (
+                vec![proto::open(1), proto::reset(1), proto::open(1)],
+                "stream 1 opened again",
+            ),
+            (vec![proto::data(7, b"x")], "never opened"),
+            (
+                vec![proto::data(1, &[0; 10])[..3].to_vec()],
+                "shorter than its header",
+            ),
+        ];
+        for (frames, expect) in cases {
+            let (hostile, share) = pair().await;
+            let mut hostile = Hand::new(hostile);
+            let (_mux, _accepted) = Mux::start(share, Role::Server, SMALL);
+            for f in &frames {
+                hostile.write(f).await.unwrap();
+            }
+            let reason = closed_with(&mut hostile).await;
+            assert!(reason.contains(expect), "{reason:?} for {expect:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_credit_and_resumes_when_granted() {
+        let (client_end, share) = pair().await;
+        let mut share = Hand::new(share);
+        let (mux, _) = Mux::start(client_end, Role::Client, SMALL);
+        let stream = mux.open().await.unwrap();
+        let sender = Sender {
+            id: stream.id,
+            shared: &stream.shared,
+            wake: &stream.wake,
+        };
+        assert_eq!(sender.credit().await.unwrap(), 1000);
+        sender.send(&[1; 1000]).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(200), sender.credit()).await;
+        assert!(waiting.is_err(), "no credit left: the stream waits");
+        assert_eq!(next(&mut share).await, Some(proto::open(1)));
+        assert_eq!(next(&mut share).await, Some(proto::data(1, &[1; 1000])));
+        share.write(&proto::window(1, 300)).await.unwrap();
+        assert_eq!(sender.credit().await.unwrap(), 300);
+        // The connection ending fails the waiting stream at once.
+        sender.send(&[2; 300]).await.unwrap();
+        drop(share);
+        mux.close("test over");
+        assert!(sender.credit().await.is_err());
+    }
+}

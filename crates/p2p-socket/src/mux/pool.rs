@@ -1,0 +1,98 @@
+//! The connecting side's multiplexed connection: the first local connection opens it, the
+//! next ones become streams on it, and when it ends (the sharer restarted, the path died) the
+//! next local connection opens a new one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::proto::{Limits, Role};
+use super::{Mux, MuxStream};
+use crate::dialer::Connector;
+use crate::error::{Error, Result};
+use crate::peer::{Path, PeerStream};
+
+/// How a local connection reaches the sharer.
+pub(crate) enum Opened {
+    /// A stream on the multiplexed connection; `fresh` when this connection opened it.
+    Stream {
+        stream: MuxStream,
+        path: Path,
+        fresh: bool,
+    },
+    /// A connection of its own, raw bytes: the sharer does not multiplex (Node, hypertele,
+    /// holesail, an older p2p-socket).
+    Raw(PeerStream, Path),
+}
+
+/// The connection local connections share.
+pub(crate) struct Pool {
+    connector: Arc<Connector>,
+    /// Held while a connection opens, so that a burst of local connections waits for one
+    /// handshake instead of making one each.
+    current: AsyncMutex<Option<(Mux, Path)>>,
+    /// The sharer answered without multiplexing: every local connection dials, in parallel.
+    raw: AtomicBool,
+}
+
+impl Pool {
+    pub(crate) fn new(connector: Arc<Connector>) -> Pool {
+        Pool {
+            connector,
+            current: AsyncMutex::new(None),
+            raw: AtomicBool::new(false),
+        }
+    }
+
+    /// The connector underneath.
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
+        &self.connector
+    }
+
+    /// A way to the sharer for one local connection, opening a connection (within `limit`)
+    /// only when there is none to share.
+    pub(crate) async fn open_within(&self, limit: Duration) -> Result<Opened> {
+        if self.raw.load(Ordering::Relaxed) {
+            let (peer, path) = self.connector.open_within(limit).await?;
+            return Ok(Opened::Raw(peer, path));
+        }
+        let mut current = self.current.lock().await;
+        if let Some((mux, path)) = current.as_ref() {
+            if let Some(stream) = mux.open().await {
+                return Ok(Opened::Stream {
+                    stream,
+                    path: *path,
+                    fresh: false,
+                });
+            }
+        }
+        // None yet, or it ended, or it carries the most streams it may: a new one. One that
+        // is full keeps serving its streams until they end.
+        let (peer, link, path) = self.connector.open_link_within(limit).await?;
+        if !link.features.mux {
+            self.raw.store(true, Ordering::Relaxed);
+            return Ok(Opened::Raw(peer, path));
+        }
+        let (mux, _) = Mux::start(peer, Role::Client, Limits::default());
+        let stream = mux.open().await.ok_or_else(|| Error::NoDataPath {
+            path,
+            peer: None,
+            waited: Duration::ZERO,
+        })?;
+        *current = Some((mux, path));
+        Ok(Opened::Stream {
+            stream,
+            path,
+            fresh: true,
+        })
+    }
+
+    /// Ends the shared connection (its streams fail).
+    pub(crate) async fn close(&self) {
+        if let Some((mux, _)) = self.current.lock().await.take() {
+            mux.close("the connect is stopping");
+        }
+    }
+}

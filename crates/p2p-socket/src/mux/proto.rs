@@ -1,0 +1,543 @@
+//! The multiplexing protocol without I/O: frames and what a connection's streams may do
+//! (docs/multiplexing.md). The driver ([`super::driver`]) feeds it the peer's frames and asks it
+//! before sending; every decision about a hostile peer is made here, and table-tested.
+//!
+//! A frame is one secret-stream message: `type (1 byte) | stream id (u32 LE) | body`.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+/// Bytes before a frame's body.
+pub(crate) const HEADER: usize = 5;
+/// Most bytes of data one frame carries (one secret-stream message of 64 KiB and the header).
+pub(crate) const MAX_DATA: usize = 64 * 1024;
+/// Longest reason a CLOSE frame carries.
+pub(crate) const MAX_REASON: usize = 256;
+
+const OPEN: u8 = 1;
+const DATA: u8 = 2;
+const FIN: u8 = 3;
+const RESET: u8 = 4;
+const WINDOW: u8 = 5;
+const CLOSE: u8 = 6;
+
+/// One frame as read from the peer; data borrows the message it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frame<'a> {
+    /// A new stream (only the connecting side opens streams).
+    Open(u32),
+    /// Bytes of a stream, 1 to [`MAX_DATA`] of them.
+    Data(u32, &'a [u8]),
+    /// The sender will send no more on this stream (TCP's FIN); the other direction goes on.
+    Fin(u32),
+    /// The stream is abandoned both ways (TCP's RST).
+    Reset(u32),
+    /// The receiver of a stream has taken this many more bytes: the sender may send them.
+    Window(u32, u32),
+    /// The connection ends, with why.
+    Close(&'a str),
+}
+
+/// Why a peer's frame ends the connection: the peer is broken or hostile.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub(crate) enum Violation {
+    #[error("a frame of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("a frame of type {kind} has a body of {len} bytes, which that type does not have")]
+    BadLength { kind: u8, len: usize },
+    #[error("the sharer opened a stream; only the connecting side does")]
+    OpenedByServer,
+    #[error("stream {0} opened again, or out of order (ids only grow)")]
+    ReusedId(u32),
+    #[error("a frame for stream {0}, which was never opened")]
+    NeverOpened(u32),
+    #[error("{got} bytes on stream {id}, beyond the {allowed} its window allows")]
+    OverWindow { id: u32, got: usize, allowed: u32 },
+    #[error("data on stream {0} after its end")]
+    DataAfterFin(u32),
+    #[error("a window update of 0 on stream {0}")]
+    EmptyWindow(u32),
+    #[error("the close reason is not UTF-8")]
+    BadReason,
+}
+
+/// Reads one frame; never panics, whatever the bytes.
+pub(crate) fn decode(message: &[u8]) -> Result<Frame<'_>, Violation> {
+    if message.len() < HEADER {
+        return Err(Violation::Short(message.len()));
+    }
+    let kind = message[0];
+    let id = u32::from_le_bytes([message[1], message[2], message[3], message[4]]);
+    let body = &message[HEADER..];
+    let bad = || Violation::BadLength {
+        kind,
+        len: body.len(),
+    };
+    match kind {
+        OPEN | FIN | RESET if !body.is_empty() => Err(bad()),
+        OPEN => Ok(Frame::Open(id)),
+        FIN => Ok(Frame::Fin(id)),
+        RESET => Ok(Frame::Reset(id)),
+        DATA if body.is_empty() || body.len() > MAX_DATA => Err(bad()),
+        DATA => Ok(Frame::Data(id, body)),
+        WINDOW => match body {
+            [a, b, c, d] => Ok(Frame::Window(id, u32::from_le_bytes([*a, *b, *c, *d]))),
+            _ => Err(bad()),
+        },
+        CLOSE if body.len() > MAX_REASON => Err(bad()),
+        CLOSE => std::str::from_utf8(body)
+            .map(Frame::Close)
+            .map_err(|_| Violation::BadReason),
+        other => Err(Violation::UnknownType(other)),
+    }
+}
+
+fn header(kind: u8, id: u32, body: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + body);
+    out.push(kind);
+    out.extend_from_slice(&id.to_le_bytes());
+    out
+}
+
+/// A DATA frame for `data` (at most [`MAX_DATA`] bytes).
+pub(crate) fn data(id: u32, data: &[u8]) -> Vec<u8> {
+    debug_assert!(!data.is_empty() && data.len() <= MAX_DATA);
+    let mut out = header(DATA, id, data.len());
+    out.extend_from_slice(data);
+    out
+}
+
+pub(crate) fn open(id: u32) -> Vec<u8> {
+    header(OPEN, id, 0)
+}
+
+pub(crate) fn fin(id: u32) -> Vec<u8> {
+    header(FIN, id, 0)
+}
+
+pub(crate) fn reset(id: u32) -> Vec<u8> {
+    header(RESET, id, 0)
+}
+
+pub(crate) fn window(id: u32, credit: u32) -> Vec<u8> {
+    let mut out = header(WINDOW, id, 4);
+    out.extend_from_slice(&credit.to_le_bytes());
+    out
+}
+
+/// A CLOSE frame; a reason longer than [`MAX_REASON`] is cut at a character boundary.
+pub(crate) fn close(reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = header(CLOSE, 0, end);
+    out.extend_from_slice(&reason.as_bytes()[..end]);
+    out
+}
+
+/// Which end of the connection we are: the connecting side opens streams, the sharer accepts
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+/// What one connection allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Streams open at once; the peer's next OPEN is answered with a RESET.
+    pub(crate) max_streams: usize,
+    /// Bytes a stream's sender may have sent beyond what the receiver took: what one stream
+    /// buffers at most.
+    pub(crate) window: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_streams: 256,
+            window: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Bytes the peer may still send before we grant more.
+    recv_credit: u32,
+    /// Bytes we took since we last granted them back.
+    taken: u32,
+    /// Bytes we may still send.
+    send_credit: u64,
+    fin_received: bool,
+    fin_sent: bool,
+}
+
+/// What a peer's frame means for us.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event<'a> {
+    /// A new stream, now open.
+    Opened(u32),
+    /// A new stream beyond our limit: answer with a RESET.
+    Refused(u32),
+    Data(u32, &'a [u8]),
+    Fin(u32),
+    Reset(u32),
+    /// The stream may send more.
+    Credit(u32),
+    /// The peer ends the connection.
+    Closed(&'a str),
+    /// For a stream that is gone already (we reset it, or it ended): a race, nothing to do.
+    Late,
+}
+
+/// The streams of one connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    role: Role,
+    limits: Limits,
+    streams: HashMap<u32, Stream>,
+    /// The highest id opened so far, by either side's count: ids only grow, so one that ended
+    /// cannot be opened again to confuse a frame in flight with a new stream.
+    highest: u32,
+}
+
+impl Session {
+    pub(crate) fn new(role: Role, limits: Limits) -> Session {
+        Session {
+            role,
+            limits,
+            streams: HashMap::new(),
+            highest: 0,
+        }
+    }
+
+    /// Streams open now.
+    pub(crate) fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Opens our next stream, or none when this connection carries as many as it may (or
+    /// ran out of ids): open another connection.
+    pub(crate) fn open(&mut self) -> Option<u32> {
+        if self.role != Role::Client || self.streams.len() >= self.limits.max_streams {
+            return None;
+        }
+        let id = self.highest.checked_add(1)?;
+        self.highest = id;
+        self.streams.insert(id, self.fresh());
+        Some(id)
+    }
+
+    fn fresh(&self) -> Stream {
+        Stream {
+            recv_credit: self.limits.window,
+            taken: 0,
+            send_credit: u64::from(self.limits.window),
+            fin_received: false,
+            fin_sent: false,
+        }
+    }
+
+    /// What the peer's `frame` does; an error ends the connection.
+    pub(crate) fn receive<'a>(&mut self, frame: Frame<'a>) -> Result<Event<'a>, Violation> {
+        let id = match frame {
+            Frame::Open(id) => return self.on_open(id),
+            Frame::Close(reason) => return Ok(Event::Closed(reason)),
+            Frame::Data(id, _) | Frame::Fin(id) | Frame::Reset(id) | Frame::Window(id, _) => id,
+        };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return if id == 0 || id > self.highest {
+                Err(Violation::NeverOpened(id))
+            } else {
+                Ok(Event::Late)
+            };
+        };
+        match frame {
+            Frame::Data(_, bytes) => {
+                if stream.fin_received {
+                    return Err(Violation::DataAfterFin(id));
+                }
+                if bytes.len() > stream.recv_credit as usize {
+                    return Err(Violation::OverWindow {
+                        id,
+                        got: bytes.len(),
+                        allowed: stream.recv_credit,
+                    });
+                }
+                stream.recv_credit -= bytes.len() as u32;
+                Ok(Event::Data(id, bytes))
+            }
+            Frame::Fin(_) => {
+                if stream.fin_received {
+                    return Err(Violation::DataAfterFin(id));
+                }
+                stream.fin_received = true;
+                if stream.fin_sent {
+                    self.streams.remove(&id);
+                }
+                Ok(Event::Fin(id))
+            }
+            Frame::Reset(_) => {
+                self.streams.remove(&id);
+                Ok(Event::Reset(id))
+            }
+            Frame::Window(_, 0) => Err(Violation::EmptyWindow(id)),
+            Frame::Window(_, credit) => {
+                // A peer granting more than it could ever hold only hurts itself; saturate.
+                stream.send_credit = stream.send_credit.saturating_add(u64::from(credit));
+                Ok(Event::Credit(id))
+            }
+            Frame::Open(_) | Frame::Close(_) => unreachable!("handled above"),
+        }
+    }
+
+    fn on_open(&mut self, id: u32) -> Result<Event<'static>, Violation> {
+        if self.role == Role::Client {
+            return Err(Violation::OpenedByServer);
+        }
+        if id <= self.highest {
+            return Err(Violation::ReusedId(id));
+        }
+        self.highest = id;
+        if self.streams.len() >= self.limits.max_streams {
+            return Ok(Event::Refused(id));
+        }
+        self.streams.insert(id, self.fresh());
+        Ok(Event::Opened(id))
+    }
+
+    /// Bytes stream `id` may send now (0 when it must wait for the peer, or is gone).
+    pub(crate) fn credit(&self, id: u32) -> u64 {
+        self.streams.get(&id).map_or(0, |s| s.send_credit)
+    }
+
+    /// We sent `n` bytes on stream `id` (no more than its [`Session::credit`]).
+    pub(crate) fn sent(&mut self, id: u32, n: usize) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.send_credit = s.send_credit.saturating_sub(n as u64);
+        }
+    }
+
+    /// Our side of stream `id` took `n` bytes; returns the credit to grant the peer now, if
+    /// enough has gathered to be worth a frame (a quarter of the window).
+    pub(crate) fn taken(&mut self, id: u32, n: usize) -> Option<u32> {
+        let window = self.limits.window;
+        let s = self.streams.get_mut(&id)?;
+        s.taken = s.taken.saturating_add(n as u32);
+        if s.fin_received || s.taken < window / 4 {
+            return None;
+        }
+        let grant = std::mem::take(&mut s.taken);
+        s.recv_credit += grant;
+        Some(grant)
+    }
+
+    /// We sent FIN on stream `id`.
+    pub(crate) fn fin_sent(&mut self, id: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.fin_sent = true;
+            if s.fin_received {
+                self.streams.remove(&id);
+            }
+        }
+    }
+
+    /// We reset stream `id` (or stopped caring about it): it is gone.
+    pub(crate) fn forget(&mut self, id: u32) {
+        self.streams.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: Limits = Limits {
+        max_streams: 2,
+        window: 100,
+    };
+
+    #[test]
+    fn frames_round_trip() {
+        let cases: Vec<(Vec<u8>, Frame<'_>)> = vec![
+            (open(1), Frame::Open(1)),
+            (data(7, b"abc"), Frame::Data(7, b"abc")),
+            (fin(u32::MAX), Frame::Fin(u32::MAX)),
+            (reset(3), Frame::Reset(3)),
+            (window(3, 65536), Frame::Window(3, 65536)),
+            (close("bye"), Frame::Close("bye")),
+        ];
+        for (bytes, frame) in cases {
+            assert_eq!(decode(&bytes), Ok(frame));
+        }
+        let max = vec![9u8; MAX_DATA];
+        assert_eq!(decode(&data(1, &max)), Ok(Frame::Data(1, &max)));
+        // A long reason is cut on a character boundary and still decodes.
+        let long = "é".repeat(MAX_REASON);
+        let frame = close(&long);
+        let Ok(Frame::Close(cut)) = decode(&frame) else {
+            panic!("a cut reason decodes")
+        };
+        assert!(cut.len() <= MAX_REASON && long.starts_with(cut));
+    }
+
+    #[test]
+    fn malformed_frames_are_violations() {
+        let mut too_big = data(1, &[0; MAX_DATA]);
+        too_big.push(0);
+        let cases: Vec<(Vec<u8>, Violation)> = vec![
+            (vec![], Violation::Short(0)),
+            (vec![OPEN, 1, 0, 0], Violation::Short(4)),
+            (vec![99, 1, 0, 0, 0], Violation::UnknownType(99)),
+            (vec![0, 1, 0, 0, 0], Violation::UnknownType(0)),
+            (
+                vec![OPEN, 1, 0, 0, 0, 0],
+                Violation::BadLength { kind: OPEN, len: 1 },
+            ),
+            (
+                vec![FIN, 1, 0, 0, 0, 0],
+                Violation::BadLength { kind: FIN, len: 1 },
+            ),
+            (
+                vec![DATA, 1, 0, 0, 0],
+                Violation::BadLength { kind: DATA, len: 0 },
+            ),
+            (
+                too_big,
+                Violation::BadLength {
+                    kind: DATA,
+                    len: MAX_DATA + 1,
+                },
+            ),
+            (
+                vec![WINDOW, 1, 0, 0, 0, 1, 0, 0],
+                Violation::BadLength {
+                    kind: WINDOW,
+                    len: 3,
+                },
+            ),
+            (vec![CLOSE, 0, 0, 0, 0, 0xff], Violation::BadReason),
+            (
+                [vec![CLOSE, 0, 0, 0, 0], vec![b'a'; MAX_REASON + 1]].concat(),
+                Violation::BadLength {
+                    kind: CLOSE,
+                    len: MAX_REASON + 1,
+                },
+            ),
+        ];
+        for (bytes, violation) in cases {
+            assert_eq!(decode(&bytes), Err(violation), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn a_server_refuses_streams_beyond_its_limit_and_takes_more_once_some_end() {
+        let mut s = Session::new(Role::Server, SMALL);
+        assert_eq!(s.receive(Frame::Open(1)), Ok(Event::Opened(1)));
+        assert_eq!(s.receive(Frame::Open(2)), Ok(Event::Opened(2)));
+        assert_eq!(s.receive(Frame::Open(3)), Ok(Event::Refused(3)));
+        assert_eq!(s.open_streams(), 2);
+        assert_eq!(s.receive(Frame::Reset(1)), Ok(Event::Reset(1)));
+        assert_eq!(s.receive(Frame::Open(4)), Ok(Event::Opened(4)));
+        // A refused stream's late frames are races, not violations.
+        assert_eq!(s.receive(Frame::Data(3, b"x")), Ok(Event::Late));
+    }
+
+    #[test]
+    fn stream_ids_cannot_be_reused_or_invented() {
+        let mut s = Session::new(Role::Server, SMALL);
+        assert_eq!(s.receive(Frame::Open(5)), Ok(Event::Opened(5)));
+        assert_eq!(s.receive(Frame::Reset(5)), Ok(Event::Reset(5)));
+        assert_eq!(s.receive(Frame::Open(5)), Err(Violation::ReusedId(5)));
+        assert_eq!(s.receive(Frame::Open(4)), Err(Violation::ReusedId(4)));
+        assert_eq!(
+            s.receive(Frame::Data(6, b"x")),
+            Err(Violation::NeverOpened(6))
+        );
+        assert_eq!(
+            s.receive(Frame::Window(0, 1)),
+            Err(Violation::NeverOpened(0))
+        );
+        let mut c = Session::new(Role::Client, SMALL);
+        assert_eq!(c.receive(Frame::Open(1)), Err(Violation::OpenedByServer));
+        assert_eq!(c.open(), Some(1));
+        assert_eq!(c.open(), Some(2));
+        assert_eq!(c.open(), None, "at the limit");
+        c.forget(1);
+        assert_eq!(c.open(), Some(3), "a fresh id, never 1 again");
+    }
+
+    #[test]
+    fn a_peer_may_not_send_beyond_the_window_we_granted() {
+        let mut s = Session::new(Role::Server, SMALL);
+        s.receive(Frame::Open(1)).unwrap();
+        assert_eq!(
+            s.receive(Frame::Data(1, &[0; 60])),
+            Ok(Event::Data(1, &[0; 60]))
+        );
+        assert_eq!(
+            s.receive(Frame::Data(1, &[0; 41])),
+            Err(Violation::OverWindow {
+                id: 1,
+                got: 41,
+                allowed: 40
+            })
+        );
+        // Taking bytes grants them back once a quarter of the window gathered.
+        assert_eq!(s.taken(1, 20), None);
+        assert_eq!(s.taken(1, 10), Some(30));
+        assert_eq!(
+            s.receive(Frame::Data(1, &[0; 70])),
+            Ok(Event::Data(1, &[0; 70]))
+        );
+        assert_eq!(
+            s.receive(Frame::Data(1, &[0; 1])),
+            Err(Violation::OverWindow {
+                id: 1,
+                got: 1,
+                allowed: 0
+            })
+        );
+    }
+
+    #[test]
+    fn sending_waits_for_credit() {
+        let mut c = Session::new(Role::Client, SMALL);
+        let id = c.open().unwrap();
+        assert_eq!(c.credit(id), 100);
+        c.sent(id, 100);
+        assert_eq!(c.credit(id), 0);
+        assert_eq!(c.receive(Frame::Window(id, 50)), Ok(Event::Credit(id)));
+        assert_eq!(c.credit(id), 50);
+        assert_eq!(
+            c.receive(Frame::Window(id, 0)),
+            Err(Violation::EmptyWindow(id))
+        );
+        c.receive(Frame::Window(id, u32::MAX)).unwrap();
+        c.receive(Frame::Window(id, u32::MAX)).unwrap();
+        assert!(c.credit(id) > u64::from(u32::MAX));
+        assert_eq!(c.credit(99), 0);
+    }
+
+    #[test]
+    fn a_stream_ends_when_both_sides_sent_fin() {
+        let mut s = Session::new(Role::Server, SMALL);
+        s.receive(Frame::Open(1)).unwrap();
+        assert_eq!(s.receive(Frame::Fin(1)), Ok(Event::Fin(1)));
+        assert_eq!(
+            s.receive(Frame::Data(1, b"x")),
+            Err(Violation::DataAfterFin(1))
+        );
+        assert_eq!(s.open_streams(), 1, "our direction goes on");
+        s.fin_sent(1);
+        assert_eq!(s.open_streams(), 0);
+        assert_eq!(s.receive(Frame::Window(1, 5)), Ok(Event::Late));
+        assert_eq!(s.receive(Frame::Fin(1)), Ok(Event::Late));
+    }
+}

@@ -1,0 +1,269 @@
+//! Multiplexing between our own peers (docs/multiplexing.md), with the real binary on a local
+//! DHT: many local connections ride one encrypted connection, streams do not starve each other,
+//! server-first protocols and Node peers keep working, and a share that restarts leaves no
+//! local connection hanging.
+
+use test_support as support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::cli::{bin, ConnectProcess, LocalDht, ShareProcess};
+use support::net::{assert_exchanged, exchange, pattern_sha, Behaviour, Service};
+use support::node::{require_node, NodeClient, NodeServer};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const NODES: usize = 3;
+const T: Duration = Duration::from_secs(120);
+
+fn dial(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect to the local end of the tunnel");
+    s.set_read_timeout(Some(T)).unwrap();
+    s
+}
+
+/// Encrypted connections the share accepted, from its log (the `--json` events will replace
+/// this scraping: one "peer connecting" line per handshake).
+fn handshakes(share: &ShareProcess) -> usize {
+    share.log().matches("peer connecting").count()
+}
+
+#[test]
+fn fifty_connections_ride_one_encrypted_connection() {
+    let dht = LocalDht::start(NODES);
+    let volume = 256 * KIB;
+    let service = Service::start(Behaviour::Exchange {
+        send: volume,
+        seed: 7,
+    });
+    let share = ShareProcess::start_with_log(&dht.bootstrap, service.port(), &[]);
+    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    let addr = connect.addr;
+    let clients: Vec<_> = (0..50u64)
+        .map(|i| thread::spawn(move || exchange(dial(addr), volume, 100 + i).unwrap()))
+        .collect();
+    let clients: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let mut servers: Vec<_> = (0..50).map(|_| service.next_tally(T)).collect();
+    for (i, client) in clients.iter().enumerate() {
+        let at = servers
+            .iter()
+            .position(|s| s.received_sha == client.sent_sha)
+            .unwrap_or_else(|| panic!("connection {i}: the service never got its bytes"));
+        let server = servers.swap_remove(at);
+        assert_exchanged(client, &server, volume, 7, &format!("connection {i}"));
+    }
+    let log = share.log();
+    assert_eq!(
+        handshakes(&share),
+        1,
+        "50 local connections, one encrypted connection:\n{log}"
+    );
+    assert!(log.contains("multiplexed"), "{log}");
+}
+
+#[test]
+fn an_interactive_round_trip_stays_quick_while_a_bulk_transfer_runs() {
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let share = ShareProcess::start_with_log(&dht.bootstrap, service.port(), &[]);
+    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    let addr = connect.addr;
+    // The bulk stream: 200 MiB echoed back, verified.
+    let bulk = thread::spawn(move || exchange(dial(addr), 200 * MIB, 9).unwrap());
+    thread::sleep(Duration::from_millis(300));
+    let mut chat = dial(addr);
+    chat.set_nodelay(true).unwrap();
+    let mut slowest = Duration::ZERO;
+    let mut byte = [0u8; 1];
+    for i in 0..100u8 {
+        let sent = Instant::now();
+        chat.write_all(&[i]).unwrap();
+        chat.read_exact(&mut byte).unwrap();
+        assert_eq!(byte[0], i);
+        slowest = slowest.max(sent.elapsed());
+    }
+    let bulk_done = bulk.is_finished();
+    let tally = bulk.join().unwrap();
+    assert_eq!(tally.received, 200 * MIB);
+    assert_eq!(
+        tally.received_sha, tally.sent_sha,
+        "the echo came back intact"
+    );
+    eprintln!("slowest interactive round trip during the bulk transfer: {slowest:?} (bulk over by then: {bulk_done})");
+    // Generous: a starved stream would wait for the whole bulk transfer (seconds).
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an interactive round trip took {slowest:?} beside a bulk transfer"
+    );
+    assert_eq!(handshakes(&share), 1, "{}", share.log());
+}
+
+const BANNER: &[u8] = b"220 hello, speak after me\r\n";
+
+/// Reads the banner before writing anything, then checks the echo.
+fn banner_then_echo(addr: std::net::SocketAddr) {
+    let mut s = dial(addr);
+    let mut got = vec![0u8; BANNER.len()];
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.read_exact(&mut got)
+        .expect("the banner arrives before the client says anything");
+    assert_eq!(got, BANNER);
+    s.write_all(b"ping").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"ping");
+}
+
+#[test]
+fn a_server_first_service_speaks_first_through_our_connect_and_a_node_client() {
+    require_node();
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Banner(BANNER));
+    let share = ShareProcess::start_with_log(&dht.bootstrap, service.port(), &[]);
+    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    // The first (opens the connection) and a later one (a stream on it).
+    banner_then_echo(connect.addr);
+    banner_then_echo(connect.addr);
+    let node = NodeClient::start(std::slice::from_ref(&dht.bootstrap), &share.key, 0);
+    let node_addr = ([127, 0, 0, 1], node.port).into();
+    banner_then_echo(node_addr);
+    banner_then_echo(node_addr);
+    let log = share.log();
+    assert!(
+        log.contains("peer connected, multiplexed"),
+        "our connect multiplexes:\n{log}"
+    );
+    assert!(
+        log.matches("peer connected").count() >= 3,
+        "the Node client's connections are raw ones of their own:\n{log}"
+    );
+}
+
+#[test]
+fn our_connect_falls_back_to_raw_connections_with_a_node_server() {
+    require_node();
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Exchange {
+        send: MIB,
+        seed: 11,
+    });
+    let server = NodeServer::start(std::slice::from_ref(&dht.bootstrap), service.port(), None);
+    let connect = ConnectProcess::start(&dht.bootstrap, &server.public_key);
+    let addr = connect.addr;
+    let clients: Vec<_> = (0..4u64)
+        .map(|i| thread::spawn(move || exchange(dial(addr), MIB, 20 + i).unwrap()))
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let client = c.join().unwrap();
+        assert_eq!(client.received, MIB, "connection {i}");
+        assert_eq!(client.received_sha, pattern_sha(MIB, 11), "connection {i}");
+        let server = service.next_tally(T);
+        assert_eq!(server.received, MIB, "connection {i}");
+    }
+}
+
+#[test]
+fn a_restarted_share_ends_open_streams_and_the_next_connection_opens_a_new_one() {
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let dir = std::env::temp_dir().join(format!("p2p-socket-mux-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = dir.join("identity.json");
+    let made = bin()
+        .args(["create-id", "--identity", identity.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let args = [
+        "--identity",
+        identity.to_str().unwrap(),
+        "--key-derivation",
+        "hashed",
+    ];
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
+    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+
+    let mut open = dial(connect.addr);
+    open.write_all(b"before").unwrap();
+    let mut got = [0u8; 6];
+    open.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"before");
+
+    drop(share); // killed: no goodbye reaches the connect
+                 // Bytes in flight to a dead peer: the stream must end (reset or EOF), not hang.
+    let ended = Instant::now();
+    let _ = open.write_all(&[1u8; 4096]);
+    let mut buf = [0u8; 4096];
+    let outcome = loop {
+        match open.read(&mut buf) {
+            Ok(0) => break "end of file",
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                panic!(
+                    "the open connection still hangs after {:?}",
+                    ended.elapsed()
+                )
+            }
+            Err(_) => break "reset",
+        }
+    };
+    eprintln!(
+        "the open connection ended ({outcome}) {:?} after the share died",
+        ended.elapsed()
+    );
+
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
+    let mut next = dial(connect.addr);
+    next.write_all(b"after").unwrap();
+    next.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    next.read_to_end(&mut back).unwrap();
+    assert_eq!(
+        back, b"after",
+        "the next connection reached the restarted share"
+    );
+    drop(share);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn connect_refuses_local_connections_beyond_max_connections() {
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &[]);
+    let connect =
+        ConnectProcess::start_with(&dht.bootstrap, &share.key, &["--max-connections", "2"]);
+    let round_trip = |s: &mut TcpStream| -> std::io::Result<()> {
+        s.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)
+    };
+    let mut first = dial(connect.addr);
+    let mut second = dial(connect.addr);
+    round_trip(&mut first).unwrap();
+    round_trip(&mut second).unwrap();
+    let mut third = dial(connect.addr);
+    assert!(
+        round_trip(&mut third).is_err(),
+        "a third local connection is closed at once"
+    );
+    drop(first);
+    // The slot frees once the first connection's end has gone through; bounded retries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut again = dial(connect.addr);
+        if round_trip(&mut again).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slot freed after a connection closed"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    round_trip(&mut second).unwrap();
+}
