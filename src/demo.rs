@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use p2p_socket::KeyPair;
-use p2p_socket::{BootstrapNode, Connect, ConnectOptions, NetworkOptions, Share, ShareOptions};
+use p2p_socket::{
+    BootstrapNode, Connect, ConnectOptions, Events, Listen, NetworkOptions, Service, Share,
+    ShareOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -56,10 +59,13 @@ pub async fn run() -> Result<()> {
     let share = Share::start(ShareOptions {
         network: network.clone(),
         key_pair: KeyPair::generate(),
-        service_host: web_addr.ip().to_string(),
-        service_port: web_addr.port(),
+        service: Service::Tcp {
+            host: web_addr.ip().to_string(),
+            port: web_addr.port(),
+        },
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+        events: Events::new(),
     })
     .await
     .context("sharing the page")?;
@@ -74,9 +80,10 @@ pub async fn run() -> Result<()> {
         network,
         key_pair: KeyPair::generate(),
         remote: key,
-        listen: SocketAddr::new(LOOPBACK, 0),
+        listen: Listen::Tcp(SocketAddr::new(LOOPBACK, 0)),
         relay: None,
         force_relay: false,
+        events: Events::new(),
     })
     .await
     .context("connecting to the share")?;
@@ -85,12 +92,15 @@ pub async fn run() -> Result<()> {
         &format!(
             "connect found the sharer in {:.1} ms, listening on {}",
             ms(t),
-            connect.local_addr()
+            connect.local()
         ),
     );
 
     let t = Instant::now();
-    let body = fetch(connect.local_addr()).await?;
+    let listening = connect
+        .local_addr()
+        .context("the connect listens on no TCP address")?;
+    let body = fetch(listening).await?;
     ensure!(
         body == PAGE,
         "the page came back different: {} bytes instead of {}",

@@ -2,6 +2,8 @@
 //! is the `p2p-socket` library crate.
 
 mod demo;
+mod report;
+mod stdio;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -13,9 +15,11 @@ use p2p_socket::{
     default_identity_path, npm_share_key_secret_bits, Identity, KeyPair, PublicKey, ShareKeyRule,
 };
 use p2p_socket::{
-    BootstrapNode, Connect, ConnectOptions, NetworkOptions, RelayLimits, RelayOptions, RelayServer,
-    Share, ShareOptions,
+    BootstrapNode, Connect, ConnectOptions, Connector, Events, Listen, NetworkOptions, RelayLimits,
+    RelayOptions, RelayServer, Service, Share, ShareOptions,
 };
+use report::{print_json_line, Output};
+use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
 /// Share a local TCP port with anyone, peer to peer, end-to-end encrypted, over HyperDHT.
@@ -44,6 +48,11 @@ struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
 
+    /// Machine-readable output: one JSON object per line on stdout (share, connect, relay,
+    /// bootstrap), instead of the text and the status line. The schema is docs/json.md.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +72,19 @@ enum Command {
         /// Local address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
+        /// Listen on a Unix socket at this path instead of a TCP port (created owner-only; a
+        /// stale socket there is replaced, any other file refused).
+        #[cfg(unix)]
+        #[arg(short, long, value_name = "PATH", conflicts_with_all = ["port", "host"])]
+        unix: Option<PathBuf>,
+        /// The Unix socket's permission bits, in octal (660 lets the group connect too).
+        #[cfg(unix)]
+        #[arg(long, value_name = "OCTAL", default_value = "600", requires = "unix", value_parser = octal_mode)]
+        unix_mode: u32,
+        /// Carry one connection on stdin and stdout instead of listening, and exit when the
+        /// sharer ends it (for ssh's ProxyCommand and other pipes).
+        #[arg(long, conflicts_with_all = ["port", "host", "json"])]
+        stdio: bool,
         /// A relay (`p2p-socket relay`) to go through when no hole can be punched to the
         /// sharer. One the sharer offers is used in preference.
         #[arg(long, value_name = "KEY")]
@@ -130,7 +152,7 @@ fn init_logging(verbose: u8, quiet: bool, demo: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(report::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
@@ -159,32 +181,70 @@ fn network(cli_bootstrap: &Option<String>) -> Result<NetworkOptions> {
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet, matches!(cli.command, Command::Demo));
+    let json = cli.json;
     if let Err(e) = run(cli).await {
+        if json {
+            print_json_line(json!({"event": "error", "message": format!("{e:#}")}));
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let output = Output::choose(cli.json, cli.quiet);
     match cli.command {
-        Command::Share(args) => share(network(&cli.bootstrap)?, args, &cli.bootstrap).await,
+        Command::Share(args) => share(network(&cli.bootstrap)?, args, &cli.bootstrap, output).await,
         Command::Connect {
             key,
             port,
             host,
+            #[cfg(unix)]
+            unix,
+            #[cfg(unix)]
+            unix_mode,
+            stdio,
             relay,
             force_relay,
         } => {
             let remote: PublicKey = key.parse().context("the --key is not a p2p-socket key")?;
             let relay = relay_key(relay)?;
-            connect(ConnectOptions {
-                network: network(&cli.bootstrap)?,
-                key_pair: KeyPair::generate(),
-                remote,
-                listen: SocketAddr::new(host, port),
-                relay,
-                force_relay,
-            })
+            let network = network(&cli.bootstrap)?;
+            if stdio {
+                let mut connector = Connector::new(&network, KeyPair::generate(), remote)
+                    .await
+                    .map_err(with_hint)
+                    .context("could not find the sharer")?
+                    .force_relay(force_relay);
+                if let Some(relay) = relay {
+                    connector = connector.with_relay(relay);
+                }
+                stdio::run(connector).await?;
+                // Now, not when main returns: the runtime would wait for the thread still
+                // blocked reading stdin.
+                std::process::exit(0);
+            }
+            let listen = Listen::Tcp(SocketAddr::new(host, port));
+            #[cfg(unix)]
+            let listen = match unix {
+                Some(path) => Listen::Unix {
+                    path,
+                    mode: unix_mode,
+                },
+                None => listen,
+            };
+            connect(
+                ConnectOptions {
+                    network,
+                    key_pair: KeyPair::generate(),
+                    remote,
+                    listen,
+                    relay,
+                    force_relay,
+                    events: Events::new(),
+                },
+                output,
+            )
             .await
         }
         Command::Relay {
@@ -200,7 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_pending,
                 ..RelayLimits::default()
             };
-            relay(network(&cli.bootstrap)?, seed, identity, limits).await
+            relay(network(&cli.bootstrap)?, seed, identity, limits, output).await
         }
         Command::CreateId { seed, identity } => {
             let path = identity.unwrap_or_else(default_identity_path);
@@ -220,11 +280,15 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .context("could not start the bootstrap node")?;
             let addr = node.local_addr()?;
-            println!("Bootstrap node running on {addr} (UDP).");
-            println!(
-                "Point peers at it with: --bootstrap <this machine's address>:{}",
-                addr.port()
-            );
+            if output == Output::Json {
+                print_json_line(json!({"event": "listening", "local": addr.to_string()}));
+            } else {
+                println!("Bootstrap node running on {addr} (UDP).");
+                println!(
+                    "Point peers at it with: --bootstrap <this machine's address>:{}",
+                    addr.port()
+                );
+            }
             wait_for_shutdown().await?;
             node.close().await;
             Ok(())
@@ -252,6 +316,14 @@ fn with_hint(e: p2p_socket::Error) -> anyhow::Error {
     }
 }
 
+#[cfg(unix)]
+fn octal_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not a file mode: give octal digits, like 600 or 660"))
+}
+
 fn relay_key(key: Option<String>) -> Result<Option<PublicKey>> {
     key.map(|k| k.parse().context("the --relay is not a relay key"))
         .transpose()
@@ -261,11 +333,15 @@ fn relay_key(key: Option<String>) -> Result<Option<PublicKey>> {
 #[derive(clap::Args, Debug)]
 struct ShareArgs {
     /// Port of the local service to share.
-    #[arg(short, long)]
-    port: u16,
+    #[arg(short, long, required_unless_present = "unix")]
+    port: Option<u16>,
     /// Host of the local service.
     #[arg(long, default_value = "localhost")]
     host: String,
+    /// Share the service listening on this Unix socket instead of a TCP port.
+    #[cfg(unix)]
+    #[arg(short, long, value_name = "PATH", conflicts_with_all = ["port", "host"])]
+    unix: Option<PathBuf>,
     /// Identity file; with one (see `create-id`) the key stays the same across restarts.
     /// Without one, a new key is made for this run.
     #[arg(long, value_name = "PATH")]
@@ -324,24 +400,48 @@ fn share_key_pair(
     Ok(npm_key)
 }
 
-async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<String>) -> Result<()> {
+async fn share(
+    network: NetworkOptions,
+    args: ShareArgs,
+    bootstrap: &Option<String>,
+    output: Output,
+) -> Result<()> {
     let ShareArgs {
         port,
         host,
+        #[cfg(unix)]
+        unix,
         identity,
         relay,
         key_derivation,
         max_connections,
     } = args;
     let relay = relay_key(relay)?;
-    if port == 0 {
-        bail!("--port 0 is not a service port; give the port your local service listens on");
-    }
+    // clap requires --port unless --unix is given.
+    let port = port.unwrap_or_default();
+    let service = Service::Tcp {
+        host: host.clone(),
+        port,
+    };
+    #[cfg(unix)]
+    let service = match unix {
+        Some(path) => Service::Unix(path),
+        None => service,
+    };
+    // An identity's share key is made from where the service is: host and port, or the
+    // socket's path.
+    let (key_host, key_port) = match &service {
+        Service::Tcp { .. } if port == 0 => {
+            bail!("--port 0 is not a service port; give the port your local service listens on")
+        }
+        Service::Tcp { host, port } => (host.clone(), *port),
+        other => (other.to_string(), 0),
+    };
     let identity_path = identity.clone().unwrap_or_else(default_identity_path);
     let key_pair = match Identity::load_optional(&identity_path)? {
         Some(id) => {
             tracing::info!(path = %identity_path.display(), "using identity");
-            share_key_pair(&id, &host, port, key_derivation)?
+            share_key_pair(&id, &key_host, key_port, key_derivation)?
         }
         None if identity.is_some() => bail!(
             "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
@@ -350,40 +450,51 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         ),
         None => KeyPair::generate(),
     };
+    let events = Events::new();
+    output.report(&events);
     let share = Share::start(ShareOptions {
         network,
         key_pair,
-        service_host: host.clone(),
-        service_port: port,
+        service: service.clone(),
         relay,
         max_connections,
+        events,
     })
     .await
     .map_err(with_hint)
     .context("could not start sharing")?;
     let key = share.public_key();
-    let bootstrap_flag = bootstrap
-        .as_ref()
-        .map(|b| format!(" --bootstrap {b}"))
-        .unwrap_or_default();
-    println!("Sharing {host}:{port}. Key:");
-    println!("{key}");
-    println!("On the other machine run:");
-    println!("  p2p-socket connect --port {port} --key {key}{bootstrap_flag}");
+    if output != Output::Json {
+        let bootstrap_flag = bootstrap
+            .as_ref()
+            .map(|b| format!(" --bootstrap {b}"))
+            .unwrap_or_default();
+        let port_flag = match service {
+            Service::Tcp { port, .. } => format!("--port {port}"),
+            _ => "--port PORT".into(),
+        };
+        println!("Sharing {service}. Key:");
+        println!("{key}");
+        println!("On the other machine run:");
+        println!("  p2p-socket connect {port_flag} --key {key}{bootstrap_flag}");
+    }
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
     share.close().await;
     Ok(())
 }
 
-async fn connect(opts: ConnectOptions) -> Result<()> {
+async fn connect(opts: ConnectOptions, output: Output) -> Result<()> {
     let remote = opts.remote;
+    output.report(&opts.events);
     let connect = Connect::start(opts)
         .await
         .map_err(with_hint)
         .context("could not connect")?;
-    println!("Listening on {}", connect.local_addr());
-    println!("Connections to it reach the sharer of {remote}.");
+    if output != Output::Json {
+        println!("Listening on {}", connect.local());
+        println!("Connections to it reach the sharer of {remote}.");
+    }
     wait_for_shutdown().await?;
     connect.close().await;
     Ok(())
@@ -394,6 +505,7 @@ async fn relay(
     seed: Vec<String>,
     identity: Option<PathBuf>,
     limits: RelayLimits,
+    output: Output,
 ) -> Result<()> {
     let key_pair = match identity {
         Some(path) => Identity::load(&path)
@@ -411,9 +523,13 @@ async fn relay(
     .await
     .context("could not start the relay")?;
     let key = relay.public_key();
-    println!("Relay running. Key:");
-    println!("{key}");
-    println!("Peers use it with: p2p-socket share|connect ... --relay {key}");
+    if output == Output::Json {
+        print_json_line(json!({"event": "listening", "key": key.to_string()}));
+    } else {
+        println!("Relay running. Key:");
+        println!("{key}");
+        println!("Peers use it with: p2p-socket share|connect ... --relay {key}");
+    }
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
     relay.close().await;

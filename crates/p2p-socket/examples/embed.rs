@@ -9,7 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use p2p_socket::{BootstrapNode, Connector, KeyPair, NetworkOptions, Share, ShareOptions};
+use p2p_socket::{
+    BootstrapNode, Connector, Events, KeyPair, NetworkOptions, Service, Share, ShareOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,10 +50,13 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
     let share = Share::start(ShareOptions {
         network: network.clone(),
         key_pair: KeyPair::generate(),
-        service_host: "127.0.0.1".into(),
-        service_port,
+        service: Service::Tcp {
+            host: "127.0.0.1".into(),
+            port: service_port,
+        },
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+        events: Events::new(),
     })
     .await?;
 

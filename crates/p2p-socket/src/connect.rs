@@ -1,18 +1,20 @@
-//! Connect: a local TCP listener whose every connection becomes an encrypted connection to
-//! the sharer, opened by the dialer ([`Connector`]), with the bytes piped between the two.
+//! Connect: a local listener (TCP or Unix socket) whose every connection becomes an encrypted
+//! connection to the sharer, opened by the dialer ([`Connector`]), with the bytes piped between
+//! the two.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::dht::NetworkOptions;
 use crate::dialer::Connector;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::events::{Event, Events};
 use crate::identity::{KeyPair, PublicKey};
+use crate::local::{Listen, LocalListener, LocalStream};
 use crate::pipe::pipe_and_log;
 use crate::running::Running;
 
@@ -25,17 +27,21 @@ pub struct ConnectOptions {
     pub key_pair: KeyPair,
     /// The sharer's key.
     pub remote: PublicKey,
-    /// Where local programs connect; port 0 picks a free port.
-    pub listen: SocketAddr,
+    /// Where local programs connect: a TCP address (port 0 picks a free port) or a Unix
+    /// socket.
+    pub listen: Listen,
     /// A blind relay (`p2p-socket relay`) for when no direct path to the sharer can be made.
     pub relay: Option<PublicKey>,
     /// Go through a relay for every connection (see [`Connector::force_relay`]).
     pub force_relay: bool,
+    /// Where the connect says what it does ([`Event`]s); subscribe before starting to see all.
+    pub events: Events,
 }
 
-/// A running connect: a local TCP listener whose every connection reaches the sharer's service.
+/// A running connect: a local listener whose every connection reaches the sharer's service.
 pub struct Connect {
-    local_addr: SocketAddr,
+    local: String,
+    local_addr: Option<SocketAddr>,
     running: Running,
 }
 
@@ -43,12 +49,8 @@ impl Connect {
     /// Binds the listener, finds the sharer, and starts forwarding.
     pub async fn start(opts: ConnectOptions) -> Result<Connect> {
         // Bind first: a busy port is the user's most likely mistake and costs nothing to check.
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: opts.listen.to_string(),
-                source,
-            })?;
+        let listener = LocalListener::bind(&opts.listen).await?;
+        let local = listener.describe()?;
         let local_addr = listener.local_addr()?;
         let mut connector = Connector::new(&opts.network, opts.key_pair, opts.remote)
             .await?
@@ -57,16 +59,27 @@ impl Connect {
             connector = connector.with_relay(relay);
         }
         let connector = Arc::new(connector);
-        let running = Running::spawn(|stop| accept_loop(listener, connector, stop));
+        opts.events.emit(Event::Listening {
+            key: opts.remote,
+            local: local.clone(),
+        });
+        let events = opts.events;
+        let running = Running::spawn(|stop| accept_loop(listener, connector, events, stop));
         Ok(Connect {
+            local,
             local_addr,
             running,
         })
     }
 
-    /// Where local programs connect.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The TCP address local programs connect to; none when listening on a Unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Where local programs connect: `host:port`, or `unix:PATH`.
+    pub fn local(&self) -> &str {
+        &self.local
     }
 
     /// Stops listening and leaves the DHT.
@@ -76,13 +89,14 @@ impl Connect {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: LocalListener,
     connector: Arc<Connector>,
+    events: Events,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut n = 0u64;
     loop {
-        let (tcp, from) = tokio::select! {
+        let (local, from) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -96,7 +110,7 @@ async fn accept_loop(
         };
         n += 1;
         let connector = Arc::clone(&connector);
-        tokio::spawn(forward(n, tcp, from, connector));
+        tokio::spawn(forward(n, local, from, connector, events.clone()));
     }
     drop(listener);
     if let Ok(connector) = Arc::try_unwrap(connector) {
@@ -104,15 +118,32 @@ async fn accept_loop(
     }
 }
 
-async fn forward(n: u64, tcp: TcpStream, from: SocketAddr, connector: Arc<Connector>) {
+async fn forward(
+    n: u64,
+    local: LocalStream,
+    from: String,
+    connector: Arc<Connector>,
+    events: Events,
+) {
     let started = Instant::now();
-    let (peer, path) = match connector.open_with_path().await {
+    let (peer, link, path) = match connector.open_link().await {
         Ok(p) => p,
         Err(e) => {
             warn!(connection = n, %from, error = %e, "could not reach the sharer; closed the local connection");
+            events.emit(Event::ConnectionFailed {
+                id: n,
+                reason: e.to_string(),
+            });
             return;
         }
     };
-    info!(connection = n, %from, %path, open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
-    pipe_and_log(n, tcp, peer).await;
+    let addr = link.peer();
+    info!(connection = n, %from, %path, ?addr, open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
+    events.emit(Event::ConnectionOpened {
+        id: n,
+        key: PublicKey::from(*peer.remote_public_key()),
+        path,
+        peer: addr,
+    });
+    pipe_and_log(n, local, peer, &events).await;
 }

@@ -25,6 +25,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A Unix socket to listen on could not be created at `path`.
+    #[error("cannot listen on the Unix socket {}: {why}", path.display())]
+    UnixSocket {
+        /// Where it was to go.
+        path: std::path::PathBuf,
+        /// What stood in the way, and what to do.
+        why: String,
+    },
+
     /// The DHT found no record for the key.
     #[error("no peer is sharing this key (searched the DHT and found no announcement); check the key, and that `p2p-socket share` is running on the other side and uses the same bootstrap nodes")]
     PeerNotFound,

@@ -18,15 +18,15 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), p2p_socket::Error> {
-//! use p2p_socket::{KeyPair, NetworkOptions, Share, ShareOptions};
+//! use p2p_socket::{Events, KeyPair, NetworkOptions, Service, Share, ShareOptions};
 //!
 //! let share = Share::start(ShareOptions {
 //!     network: NetworkOptions::default(), // the public HyperDHT network
 //!     key_pair: KeyPair::generate(),
-//!     service_host: "localhost".into(),
-//!     service_port: 8080,
+//!     service: Service::Tcp { host: "localhost".into(), port: 8080 },
 //!     relay: None,
 //!     max_connections: Share::DEFAULT_MAX_CONNECTIONS,
+//!     events: Events::new(),
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -42,6 +42,7 @@ mod connection;
 mod dht;
 mod dialer;
 mod error;
+mod events;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -49,6 +50,7 @@ mod handshake;
 mod holepunch;
 mod identity;
 mod listener;
+mod local;
 mod lock;
 mod nat;
 mod peer;
@@ -65,11 +67,15 @@ pub use connection::Connection;
 pub use dht::{NetworkOptions, DEFAULT_BOOTSTRAP_PORT};
 pub use dialer::Connector;
 pub use error::{Error, Result};
+pub use events::{Event, Events, Totals, EVENT_BUFFER};
 pub use identity::{
     default_identity_path, npm_share_key_secret_bits, Identity, IdentityError, KeyPair,
     ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_NPM_SHARE_KEY_SECRET_BITS,
     MIN_SHARE_KEY_SECRET_BITS,
 };
+#[cfg(unix)]
+pub use local::DEFAULT_UNIX_MODE;
+pub use local::{Listen, Service};
 pub use peer::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
 pub use share::{Share, ShareOptions};

@@ -1,4 +1,4 @@
-//! Moving bytes between a local TCP connection and an encrypted peer stream.
+//! Moving bytes between a local connection (TCP or Unix) and an encrypted peer stream.
 //!
 //! The rule that matters: *end, don't destroy*. When one side finishes sending, we pass the end
 //! on (TCP FIN becomes a UDX END and back) and keep the other direction running, so an HTTP/1.0
@@ -6,11 +6,14 @@
 //! half-close keep working. Only a failure (a reset, a dead peer) tears both directions down.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use peeroxide_dht::secret_stream::{SecretStream, SecretStreamError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info};
+
+use crate::events::{Event, Events};
+use crate::local::LocalStream;
 
 /// The secret stream caps a message at 16 MiB; 64 KiB keeps memory per connection small while
 /// amortising the per-message header and tag.
@@ -18,11 +21,11 @@ const CHUNK: usize = 64 * 1024;
 
 /// Bytes moved by one [`pipe`], each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transferred {
-    /// From the local TCP connection to the peer.
-    pub to_peer: u64,
-    /// From the peer to the local TCP connection.
-    pub from_peer: u64,
+pub(crate) struct Transferred {
+    /// From the local connection to the peer.
+    pub(crate) to_peer: u64,
+    /// From the peer to the local connection.
+    pub(crate) from_peer: u64,
 }
 
 fn stream_error(e: SecretStreamError) -> io::Error {
@@ -32,69 +35,87 @@ fn stream_error(e: SecretStreamError) -> io::Error {
     }
 }
 
-/// Copies both ways until both directions have ended, or either fails.
-pub async fn pipe<T>(tcp: TcpStream, peer: SecretStream<T>) -> io::Result<Transferred>
+/// Copies both ways until both directions have ended, or either fails, adding every chunk to
+/// `events`' totals as it goes (what a live status shows). Returns what moved, also when it
+/// failed.
+pub(crate) async fn pipe<T>(
+    local: LocalStream,
+    peer: SecretStream<T>,
+    events: &Events,
+) -> (Transferred, io::Result<()>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let _ = tcp.set_nodelay(true);
-    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+    let (mut local_r, mut local_w) = tokio::io::split(local);
     let (mut peer_r, mut peer_w) = peer.into_split();
+    let to_peer = AtomicU64::new(0);
+    let from_peer = AtomicU64::new(0);
 
     let upstream = async {
         let mut buf = vec![0u8; CHUNK];
-        let mut total = 0u64;
         loop {
-            let n = tcp_r.read(&mut buf).await?;
+            let n = local_r.read(&mut buf).await?;
             if n == 0 {
                 peer_w.shutdown().await.map_err(stream_error)?;
-                debug!(
-                    bytes = total,
-                    "local side ended; passed the end to the peer"
-                );
-                return Ok::<u64, io::Error>(total);
+                debug!("local side ended; passed the end to the peer");
+                return Ok::<(), io::Error>(());
             }
             peer_w.write(&buf[..n]).await.map_err(stream_error)?;
-            total += n as u64;
+            events.count_out(n);
+            to_peer.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
     let downstream = async {
-        let mut total = 0u64;
         loop {
             match peer_r.read().await.map_err(stream_error)? {
                 Some(data) => {
-                    tcp_w.write_all(&data).await?;
-                    total += data.len() as u64;
+                    local_w.write_all(&data).await?;
+                    events.count_in(data.len());
+                    from_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 None => {
-                    tcp_w.shutdown().await?;
-                    debug!(
-                        bytes = total,
-                        "peer ended; passed the end to the local side"
-                    );
-                    return Ok::<u64, io::Error>(total);
+                    local_w.shutdown().await?;
+                    debug!("peer ended; passed the end to the local side");
+                    return Ok::<(), io::Error>(());
                 }
             }
         }
     };
     // try_join: the first error ends both directions (dropping the halves closes the
     // connection), a clean end of one direction leaves the other running.
-    let (to_peer, from_peer) = tokio::try_join!(upstream, downstream)?;
-    Ok(Transferred { to_peer, from_peer })
+    let result = tokio::try_join!(upstream, downstream).map(|_| ());
+    let moved = Transferred {
+        to_peer: to_peer.into_inner(),
+        from_peer: from_peer.into_inner(),
+    };
+    (moved, result)
 }
 
-/// [`pipe`]s connection number `n` and logs how it ended.
-pub(crate) async fn pipe_and_log<T>(n: u64, tcp: TcpStream, peer: SecretStream<T>)
-where
+/// [`pipe`]s connection `id`, then logs how it ended and says so in `events`.
+pub(crate) async fn pipe_and_log<T>(
+    id: u64,
+    local: LocalStream,
+    peer: SecretStream<T>,
+    events: &Events,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    match pipe(tcp, peer).await {
-        Ok(t) => info!(
-            connection = n,
-            to_peer = t.to_peer,
-            from_peer = t.from_peer,
-            "connection closed"
-        ),
-        Err(e) => info!(connection = n, error = %e, "connection ended with an error"),
-    }
+    let (moved, result) = pipe(local, peer, events).await;
+    let error = match result {
+        Ok(()) => None,
+        Err(e) => Some(e.to_string()),
+    };
+    info!(
+        connection = id,
+        to_peer = moved.to_peer,
+        from_peer = moved.from_peer,
+        error = error.as_deref(),
+        "connection closed"
+    );
+    events.emit(Event::ConnectionClosed {
+        id,
+        bytes_in: moved.from_peer,
+        bytes_out: moved.to_peer,
+        error,
+    });
 }

@@ -1,22 +1,18 @@
-//! Share: every connection the listener accepts on the share's key is piped to a local TCP
-//! service.
+//! Share: every connection the listener accepts on the share's key is piped to a local
+//! service (TCP or Unix socket).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::dht::NetworkOptions;
 use crate::error::Result;
+use crate::events::{Event, Events};
 use crate::identity::{KeyPair, PublicKey};
 use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
-use crate::peer::{Path, PeerStream};
+use crate::local::{connect_service, Service};
+use crate::peer::{Link, Path, PeerStream};
 use crate::pipe::pipe_and_log;
-
-/// How long to wait for the local service to accept a connection.
-const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to share and how.
 #[derive(Debug, Clone)]
@@ -25,10 +21,8 @@ pub struct ShareOptions {
     pub network: NetworkOptions,
     /// The identity peers connect to; its public key is what the user hands out.
     pub key_pair: KeyPair,
-    /// Host of the local service every connection is forwarded to.
-    pub service_host: String,
-    /// Port of the local service.
-    pub service_port: u16,
+    /// The local service every connection is forwarded to.
+    pub service: Service,
     /// A blind relay (`p2p-socket relay`) to offer peers for when no direct path can be made
     /// between us: a peer goes through it only when punching fails. Peers may bring their own
     /// relay instead.
@@ -36,6 +30,8 @@ pub struct ShareOptions {
     /// Peer connections open at once; past this, new peers get no answer until some close
     /// (and the log says so). [`Share::DEFAULT_MAX_CONNECTIONS`] suits most services.
     pub max_connections: usize,
+    /// Where the share says what it does ([`Event`]s); subscribe before starting to see all.
+    pub events: Events,
 }
 
 /// A running share. Dropping it stops serving; [`Share::close`] also withdraws the announcement.
@@ -49,10 +45,21 @@ impl Share {
 
     /// Joins the DHT, announces the key and starts serving. Returns once the key is findable.
     pub async fn start(opts: ShareOptions) -> Result<Share> {
-        let service = (opts.service_host, opts.service_port);
-        let handler: Handler = Arc::new(move |n, peer, _link, path| {
-            Box::pin(serve_tcp(n, peer, path, service.clone()))
-        });
+        let service = Arc::new(opts.service);
+        let events = opts.events;
+        let handler: Handler = {
+            let (service, events) = (Arc::clone(&service), events.clone());
+            Arc::new(move |n, peer, link, path| {
+                Box::pin(serve(
+                    n,
+                    peer,
+                    link,
+                    path,
+                    Arc::clone(&service),
+                    events.clone(),
+                ))
+            })
+        };
         let listener = Listener::start(
             &opts.network,
             opts.key_pair,
@@ -61,6 +68,10 @@ impl Share {
             handler,
         )
         .await?;
+        events.emit(Event::Listening {
+            key: listener.public_key(),
+            local: service.to_string(),
+        });
         Ok(Share { listener })
     }
 
@@ -81,26 +92,32 @@ impl Share {
 }
 
 /// A share's handler: pipes the connection to the local service.
-async fn serve_tcp(n: u64, peer: PeerStream, path: Path, service: (String, u16)) {
-    let (host, port) = service;
-    let tcp = match tokio::time::timeout(
-        SERVICE_CONNECT_TIMEOUT,
-        TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            warn!(connection = n, "the shared service {host}:{port} refused the connection ({e}); closed this peer connection, still sharing");
-            return;
-        }
-        Err(_) => {
-            warn!(connection = n, "the shared service {host}:{port} did not accept within {}s; closed this peer connection, still sharing", SERVICE_CONNECT_TIMEOUT.as_secs());
+async fn serve(
+    n: u64,
+    peer: PeerStream,
+    link: Link,
+    path: Path,
+    service: Arc<Service>,
+    events: Events,
+) {
+    let local = match connect_service(&service).await {
+        Ok(local) => local,
+        Err(reason) => {
+            warn!(
+                connection = n,
+                "{reason}; closed this peer connection, still sharing"
+            );
+            events.emit(Event::ConnectionFailed { id: n, reason });
             return;
         }
     };
-    let local: Option<SocketAddr> = tcp.local_addr().ok();
-    info!(connection = n, %path, "peer connected");
-    debug!(connection = n, ?local, "connected to the shared service");
-    pipe_and_log(n, tcp, peer).await;
+    let addr = link.peer();
+    info!(connection = n, %path, ?addr, "peer connected");
+    events.emit(Event::ConnectionOpened {
+        id: n,
+        key: PublicKey::from(*peer.remote_public_key()),
+        path,
+        peer: addr,
+    });
+    pipe_and_log(n, local, peer, &events).await;
 }
