@@ -553,3 +553,14 @@ async fn wait_for_shutdown() -> Result<()> {
         .context("cannot watch for Ctrl-C")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a definition's consistency (conflicts, requirements naming real arguments)
+    /// only in debug builds, which the tests do not use: ask for it here.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

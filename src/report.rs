@@ -251,7 +251,8 @@ fn bytes(n: f64) -> String {
 
 async fn show_status(mut receiver: broadcast::Receiver<Event>, events: Events) {
     let mut status = Status::default();
-    let mut tick = tokio::time::interval(REDRAW);
+    // Not at once: the lines start prints (the key, the command for the peer) come first.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + REDRAW, REDRAW);
     let mut last = (Instant::now(), events.totals());
     loop {
         tokio::select! {

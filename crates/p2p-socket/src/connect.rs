@@ -126,8 +126,8 @@ async fn forward(
     events: Events,
 ) {
     let started = Instant::now();
-    let (peer, link, path) = match connector.open_link().await {
-        Ok(p) => p,
+    let opened = match connector.open_link().await {
+        Ok(opened) => opened,
         Err(e) => {
             warn!(connection = n, %from, error = %e, "could not reach the sharer; closed the local connection");
             events.emit(Event::ConnectionFailed {
@@ -137,13 +137,7 @@ async fn forward(
             return;
         }
     };
-    let addr = link.peer();
-    info!(connection = n, %from, %path, ?addr, open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
-    events.emit(Event::ConnectionOpened {
-        id: n,
-        key: PublicKey::from(*peer.remote_public_key()),
-        path,
-        peer: addr,
-    });
-    pipe_and_log(n, local, peer, &events).await;
+    let (_, link, path) = &opened;
+    info!(connection = n, %from, %path, addr = ?link.peer(), open_ms = started.elapsed().as_millis() as u64, "connected to the sharer");
+    pipe_and_log(n, local, opened, &events).await;
 }

@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::events::{Event, Events};
+use crate::identity::PublicKey;
 use crate::local::LocalStream;
+use crate::peer::{Link, Path, PeerStream};
 
 /// The secret stream caps a message at 16 MiB; 64 KiB keeps memory per connection small while
 /// amortising the per-message header and tag.
@@ -91,15 +93,20 @@ where
     (moved, result)
 }
 
-/// [`pipe`]s connection `id`, then logs how it ended and says so in `events`.
-pub(crate) async fn pipe_and_log<T>(
+/// Says in `events` that connection `id` opened, [`pipe`]s it, then logs how it ended and
+/// says so too.
+pub(crate) async fn pipe_and_log(
     id: u64,
     local: LocalStream,
-    peer: SecretStream<T>,
+    (peer, link, path): (PeerStream, Link, Path),
     events: &Events,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
+) {
+    events.emit(Event::ConnectionOpened {
+        id,
+        key: PublicKey::from(*peer.remote_public_key()),
+        path,
+        peer: link.peer(),
+    });
     let (moved, result) = pipe(local, peer, events).await;
     let error = match result {
         Ok(()) => None,

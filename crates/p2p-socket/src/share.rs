@@ -111,13 +111,6 @@ async fn serve(
             return;
         }
     };
-    let addr = link.peer();
-    info!(connection = n, %path, ?addr, "peer connected");
-    events.emit(Event::ConnectionOpened {
-        id: n,
-        key: PublicKey::from(*peer.remote_public_key()),
-        path,
-        peer: addr,
-    });
-    pipe_and_log(n, local, peer, &events).await;
+    info!(connection = n, %path, addr = ?link.peer(), "peer connected");
+    pipe_and_log(n, local, (peer, link, path), &events).await;
 }

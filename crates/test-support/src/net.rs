@@ -114,30 +114,26 @@ pub trait Duplex: Read + Write + Send + Sized + 'static {
     fn read_timeout(&self, timeout: Duration) -> std::io::Result<()>;
 }
 
-impl Duplex for TcpStream {
-    fn clone_handle(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_write(&self) -> std::io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-    fn read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(timeout))
-    }
+/// Both socket types have these methods under the same names, but no trait of std's holds them.
+macro_rules! duplex {
+    ($stream:ty) => {
+        impl Duplex for $stream {
+            fn clone_handle(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn shutdown_write(&self) -> std::io::Result<()> {
+                self.shutdown(Shutdown::Write)
+            }
+            fn read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(timeout))
+            }
+        }
+    };
 }
 
+duplex!(TcpStream);
 #[cfg(unix)]
-impl Duplex for UnixStream {
-    fn clone_handle(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_write(&self) -> std::io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-    fn read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(timeout))
-    }
-}
+duplex!(UnixStream);
 
 /// Sends `send` bytes (then half-closes) while reading everything the other side sends.
 pub fn exchange(stream: impl Duplex, send: u64, seed: u64) -> std::io::Result<Tally> {
