@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use p2p_socket::KeyPair;
 use p2p_socket::{
-    BootstrapNode, Connect, ConnectOptions, NetworkOptions, Protocol, Share, ShareOptions,
+    BootstrapNode, Connect, ConnectOptions, Events, Listen, NetworkOptions, Protocol, Service,
+    Share, ShareOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,12 +59,15 @@ pub async fn run() -> Result<()> {
     let share = Share::start(ShareOptions {
         network: network.clone(),
         key_pair: KeyPair::generate(),
-        service_host: web_addr.ip().to_string(),
-        service_port: web_addr.port(),
+        service: Service::Tcp {
+            host: web_addr.ip().to_string(),
+            port: web_addr.port(),
+        },
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
         protocol: Protocol::Tcp,
         allow: None,
+        events: Events::new(),
     })
     .await
     .context("sharing the page")?;
@@ -78,12 +82,13 @@ pub async fn run() -> Result<()> {
         network,
         key_pair: KeyPair::generate(),
         remote: key,
-        listen: SocketAddr::new(LOOPBACK, 0),
+        listen: Listen::Tcp(SocketAddr::new(LOOPBACK, 0)),
         relay: None,
         force_relay: false,
         protocol: Protocol::Tcp,
         max_connections: Connect::DEFAULT_MAX_CONNECTIONS,
         multiplex: true,
+        events: Events::new(),
     })
     .await
     .context("connecting to the share")?;
@@ -92,12 +97,15 @@ pub async fn run() -> Result<()> {
         &format!(
             "connect found the sharer in {:.1} ms, listening on {}",
             ms(t),
-            connect.local_addr()
+            connect.local()
         ),
     );
 
     let t = Instant::now();
-    let body = fetch(connect.local_addr()).await?;
+    let listening = connect
+        .local_addr()
+        .context("the connect listens on no TCP address")?;
+    let body = fetch(listening).await?;
     ensure!(
         body == PAGE,
         "the page came back different: {} bytes instead of {}",

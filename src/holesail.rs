@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{Context, Result};
 use p2p_socket::{
     ConnectionString, KeyPair, KeyString, NetworkOptions, PublicKey, RecordError, RecordKeeper,
-    ServiceRecord,
+    Service, ServiceRecord,
 };
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
@@ -71,8 +71,7 @@ pub async fn keep_record(
 
 /// What a share shares, for [`print_share`].
 pub struct Shared<'a> {
-    pub host: &'a str,
-    pub port: u16,
+    pub service: &'a Service,
     pub udp: bool,
     pub key: PublicKey,
     pub secret: Option<&'a KeyString>,
@@ -83,8 +82,7 @@ pub struct Shared<'a> {
 /// What share prints for its peers: the key, the `hs://` string and how to connect.
 pub fn print_share(shared: &Shared<'_>, qr: bool, bootstrap_flag: &str) {
     let Shared {
-        host,
-        port,
+        service,
         udp,
         key,
         secret,
@@ -95,7 +93,7 @@ pub fn print_share(shared: &Shared<'_>, qr: bool, bootstrap_flag: &str) {
         None => ConnectionString::Public(key),
     };
     let (udp_flag, udp_note) = if udp { (" --udp", " (UDP)") } else { ("", "") };
-    println!("Sharing {host}:{port}{udp_note}. Key:");
+    println!("Sharing {service}{udp_note}. Key:");
     println!("{key}");
     println!("Connection string (holesail and p2p-socket): {string}");
     if secret.is_some() {
@@ -107,6 +105,10 @@ pub fn print_share(shared: &Shared<'_>, qr: bool, bootstrap_flag: &str) {
         (None, None) => format!("--key {key}"),
     };
     println!("On the other machine run:");
+    let port = match service {
+        Service::Tcp { port, .. } => port.to_string(),
+        _ => "PORT".into(),
+    };
     println!("  p2p-socket connect{udp_flag} --port {port} {name}{bootstrap_flag}");
     if qr {
         match qr_code(&string.to_string()) {

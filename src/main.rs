@@ -6,6 +6,8 @@ mod config;
 mod demo;
 mod holesail;
 mod manual;
+mod report;
+mod stdio;
 mod udp;
 
 use std::io::IsTerminal;
@@ -19,9 +21,11 @@ use p2p_socket::{
     ShareKeyRule,
 };
 use p2p_socket::{
-    BootstrapNode, Connect, ConnectOptions, NetworkOptions, Protocol, RelayLimits, RelayOptions,
-    RelayServer, Share, ShareOptions,
+    BootstrapNode, Connect, ConnectOptions, Connector, Events, Listen, NetworkOptions, Protocol,
+    RelayLimits, RelayOptions, RelayServer, Service, Share, ShareOptions,
 };
+use report::{print_json_line, Output};
+use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
 /// Share a local TCP port with anyone, peer to peer, end-to-end encrypted, over HyperDHT.
@@ -63,6 +67,10 @@ struct Cli {
     /// Take this command's flags from `[profiles.NAME]` of the config file.
     #[arg(long, global = true, value_name = "NAME")]
     profile: Option<String>,
+    /// Machine-readable output: one JSON object per line on stdout (share, connect, relay,
+    /// bootstrap), instead of the text and the status line. The schema is docs/json.md.
+    #[arg(long, global = true)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -92,6 +100,19 @@ enum Command {
         /// Local address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
+        /// Listen on a Unix socket at this path instead of a TCP port (created owner-only; a
+        /// stale socket there is replaced, any other file refused).
+        #[cfg(unix)]
+        #[arg(short, long, value_name = "PATH", conflicts_with_all = ["port", "host"])]
+        unix: Option<PathBuf>,
+        /// The Unix socket's permission bits, in octal (660 lets the group connect too).
+        #[cfg(unix)]
+        #[arg(long, value_name = "OCTAL", default_value = "600", requires = "unix", value_parser = octal_mode)]
+        unix_mode: u32,
+        /// Carry one connection on stdin and stdout instead of listening, and exit when the
+        /// sharer ends it (for ssh's ProxyCommand and other pipes).
+        #[arg(long, conflicts_with_all = ["port", "host", "json"])]
+        stdio: bool,
         /// A relay (`p2p-socket relay`) to go through when no hole can be punched to the
         /// sharer. One the sharer offers is used in preference.
         #[arg(long, value_name = "KEY")]
@@ -213,7 +234,7 @@ fn init_logging(verbose: u8, quiet: bool, own_output: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(report::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
@@ -258,19 +279,29 @@ async fn main() {
         Command::Demo | Command::Completions { .. } | Command::Man { .. }
     );
     init_logging(cli.verbose, cli.quiet, quiet_logs);
+    let json = cli.json;
     if let Err(e) = run(cli).await {
+        if json {
+            print_json_line(json!({"event": "error", "message": format!("{e:#}")}));
+        }
         eprintln!("error: {e:#}");
         std::process::exit(EXIT_FAILED);
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let output = Output::choose(cli.json, cli.quiet);
     match cli.command {
-        Command::Share(args) => share(network(&cli.bootstrap)?, args, &cli.bootstrap).await,
+        Command::Share(args) => share(network(&cli.bootstrap)?, args, &cli.bootstrap, output).await,
         Command::Connect {
             key,
             port,
             host,
+            #[cfg(unix)]
+            unix,
+            #[cfg(unix)]
+            unix_mode,
+            stdio,
             relay,
             force_relay,
             udp,
@@ -296,21 +327,46 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let relay = relay_key(relay)?;
             let network = network(&cli.bootstrap)?;
+            if stdio {
+                let mut connector = Connector::new(&network, key_pair, remote)
+                    .await
+                    .map_err(with_hint)
+                    .context("could not find the sharer")?
+                    .force_relay(force_relay);
+                if let Some(relay) = relay {
+                    connector = connector.with_relay(relay);
+                }
+                stdio::run(connector).await?;
+                // Now, not when main returns: the runtime would wait for the thread still
+                // blocked reading stdin.
+                std::process::exit(0);
+            }
             let from_record = port.is_none();
             let port = holesail::listen_port(&network, remote, port).await?;
+            let listen = Listen::Tcp(SocketAddr::new(host, port));
+            #[cfg(unix)]
+            let listen = match unix {
+                Some(path) => Listen::Unix {
+                    path,
+                    mode: unix_mode,
+                },
+                None => listen,
+            };
             connect(
                 ConnectOptions {
                     network,
                     key_pair,
                     remote,
-                    listen: SocketAddr::new(host, port),
+                    listen,
                     relay,
                     force_relay,
                     protocol: udp.protocol()?,
                     max_connections,
                     multiplex: !no_multiplex,
+                    events: Events::new(),
                 },
                 from_record,
+                output,
             )
             .await
         }
@@ -327,7 +383,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_pending,
                 ..RelayLimits::default()
             };
-            relay(network(&cli.bootstrap)?, seed, identity, limits).await
+            relay(network(&cli.bootstrap)?, seed, identity, limits, output).await
         }
         Command::CreateId { seed, identity } => {
             let path = identity.unwrap_or_else(default_identity_path);
@@ -348,11 +404,15 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .context("could not start the bootstrap node")?;
             let addr = node.local_addr()?;
-            println!("Bootstrap node running on {addr} (UDP).");
-            println!(
-                "Point peers at it with: --bootstrap <this machine's address>:{}",
-                addr.port()
-            );
+            if output == Output::Json {
+                print_json_line(json!({"event": "listening", "local": addr.to_string()}));
+            } else {
+                println!("Bootstrap node running on {addr} (UDP).");
+                println!(
+                    "Point peers at it with: --bootstrap <this machine's address>:{}",
+                    addr.port()
+                );
+            }
             wait_for_shutdown().await?;
             node.close().await;
             Ok(())
@@ -393,6 +453,14 @@ fn with_hint(e: p2p_socket::Error) -> anyhow::Error {
     }
 }
 
+#[cfg(unix)]
+fn octal_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not a file mode: give octal digits, like 600 or 660"))
+}
+
 fn relay_key(key: Option<String>) -> Result<Option<PublicKey>> {
     key.map(|k| k.parse().context("the --relay is not a relay key"))
         .transpose()
@@ -402,11 +470,15 @@ fn relay_key(key: Option<String>) -> Result<Option<PublicKey>> {
 #[derive(clap::Args, Debug)]
 struct ShareArgs {
     /// Port of the local service to share.
-    #[arg(short, long)]
-    port: u16,
+    #[arg(short, long, required_unless_present = "unix")]
+    port: Option<u16>,
     /// Host of the local service.
     #[arg(long, default_value = "localhost")]
     host: String,
+    /// Share the service listening on this Unix socket instead of a TCP port.
+    #[cfg(unix)]
+    #[arg(short, long, value_name = "PATH", conflicts_with_all = ["port", "host"])]
+    unix: Option<PathBuf>,
     /// Identity file; with one (see `create-id`) the key stays the same across restarts.
     /// Without one, a new key is made for this run.
     #[arg(long, value_name = "PATH")]
@@ -471,10 +543,17 @@ fn share_key_pair(
     Ok(npm_key)
 }
 
-async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<String>) -> Result<()> {
+async fn share(
+    network: NetworkOptions,
+    args: ShareArgs,
+    bootstrap: &Option<String>,
+    output: Output,
+) -> Result<()> {
     let ShareArgs {
         port,
         host,
+        #[cfg(unix)]
+        unix,
         identity,
         relay,
         key_derivation,
@@ -485,9 +564,26 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
     } = args;
     let protocol = udp.protocol()?;
     let relay = relay_key(relay)?;
-    if port == 0 {
-        bail!("--port 0 is not a service port; give the port your local service listens on");
-    }
+    // clap requires --port unless --unix is given.
+    let port = port.unwrap_or_default();
+    let service = Service::Tcp {
+        host: host.clone(),
+        port,
+    };
+    #[cfg(unix)]
+    let service = match unix {
+        Some(path) => Service::Unix(path),
+        None => service,
+    };
+    // An identity's share key is made from where the service is: host and port, or the
+    // socket's path.
+    let (key_host, key_port) = match &service {
+        Service::Tcp { .. } if port == 0 => {
+            bail!("--port 0 is not a service port; give the port your local service listens on")
+        }
+        Service::Tcp { host, port } => (host.clone(), *port),
+        other => (other.to_string(), 0),
+    };
     let secret = holesail.key_string()?;
     let access = access.resolve(identity.is_some())?;
     let identity_path = identity.clone().unwrap_or_else(default_identity_path);
@@ -501,7 +597,7 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
         (None, Some(seeded), _) => seeded,
         (None, None, Some(id)) => {
             tracing::info!(path = %identity_path.display(), "using identity");
-            share_key_pair(&id, &host, port, key_derivation)?
+            share_key_pair(&id, &key_host, key_port, key_derivation)?
         }
         (None, None, None) if identity.is_some() => bail!(
             "no identity file at {}; create one with `p2p-socket create-id --identity {}`",
@@ -523,42 +619,45 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
     let connect_with = access.connect_with;
     let allowed = allow.as_ref().map(|a| a.len()).filter(|_| secret.is_none());
     let udp = matches!(protocol, Protocol::Udp(_));
+    let events = Events::new();
+    output.report(&events);
     // The record goes up while the share announces, not after: each joins the DHT.
     let (share, record) = tokio::join!(
         Share::start(ShareOptions {
             network: network.clone(),
             key_pair: key_pair.clone(),
-            service_host: host.clone(),
-            service_port: port,
+            service: service.clone(),
             relay,
             max_connections,
             protocol,
             allow,
+            events,
         }),
-        holesail::keep_record(&network, key_pair, &host, port, udp)
+        holesail::keep_record(&network, key_pair, &key_host, key_port, udp)
     );
     let share = share
         .map_err(with_hint)
         .context("could not start sharing")?;
     let key = share.public_key();
-    let bootstrap_flag = bootstrap
-        .as_ref()
-        .map(|b| format!(" --bootstrap {b}"))
-        .unwrap_or_default();
-    holesail::print_share(
-        &holesail::Shared {
-            host: &host,
-            port,
-            udp,
-            key,
-            secret: secret.as_ref(),
-            connect_with: connect_with.as_deref(),
-        },
-        holesail.qr,
-        &bootstrap_flag,
-    );
-    if let Some(n) = allowed.filter(|_| connect_with.is_none()) {
-        println!("Only the {n} allowed client key(s) get in: add --identity <their identity file> there.");
+    if output != Output::Json {
+        let bootstrap_flag = bootstrap
+            .as_ref()
+            .map(|b| format!(" --bootstrap {b}"))
+            .unwrap_or_default();
+        holesail::print_share(
+            &holesail::Shared {
+                service: &service,
+                udp,
+                key,
+                secret: secret.as_ref(),
+                connect_with: connect_with.as_deref(),
+            },
+            holesail.qr,
+            &bootstrap_flag,
+        );
+        if let Some(n) = allowed.filter(|_| connect_with.is_none()) {
+            println!("Only the {n} allowed client key(s) get in: add --identity <their identity file> there.");
+        }
     }
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
@@ -571,23 +670,29 @@ async fn share(network: NetworkOptions, args: ShareArgs, bootstrap: &Option<Stri
 
 /// Runs connect until Ctrl-C; a port learned from the sharer's record that is taken here is
 /// given up for a free one (`from_record`).
-async fn connect(mut opts: ConnectOptions, from_record: bool) -> Result<()> {
+async fn connect(mut opts: ConnectOptions, from_record: bool, output: Output) -> Result<()> {
     let remote = opts.remote;
     let what = if opts.protocol == Protocol::Tcp {
         "Connections to it"
     } else {
         "UDP datagrams to it"
     };
+    output.report(&opts.events);
     let started = match Connect::start(opts.clone()).await {
-        Err(e) if from_record && opts.listen.port() != 0 && holesail::port_taken(&e) => {
-            opts.listen = holesail::free_port_on(opts.listen.ip(), opts.listen.port());
-            Connect::start(opts).await
-        }
+        Err(e) if from_record && holesail::port_taken(&e) => match opts.listen {
+            Listen::Tcp(addr) if addr.port() != 0 => {
+                opts.listen = Listen::Tcp(holesail::free_port_on(addr.ip(), addr.port()));
+                Connect::start(opts).await
+            }
+            _ => Err(e),
+        },
         started => started,
     };
     let connect = started.map_err(with_hint).context("could not connect")?;
-    println!("Listening on {}", connect.local_addr());
-    println!("{what} reach the sharer of {remote}.");
+    if output != Output::Json {
+        println!("Listening on {}", connect.local());
+        println!("{what} reach the sharer of {remote}.");
+    }
     wait_for_shutdown().await?;
     connect.close().await;
     Ok(())
@@ -598,6 +703,7 @@ async fn relay(
     seed: Vec<String>,
     identity: Option<PathBuf>,
     limits: RelayLimits,
+    output: Output,
 ) -> Result<()> {
     let key_pair = match identity {
         Some(path) => Identity::load(&path)
@@ -615,9 +721,13 @@ async fn relay(
     .await
     .context("could not start the relay")?;
     let key = relay.public_key();
-    println!("Relay running. Key:");
-    println!("{key}");
-    println!("Peers use it with: p2p-socket share|connect ... --relay {key}");
+    if output == Output::Json {
+        print_json_line(json!({"event": "listening", "key": key.to_string()}));
+    } else {
+        println!("Relay running. Key:");
+        println!("{key}");
+        println!("Peers use it with: p2p-socket share|connect ... --relay {key}");
+    }
     wait_for_shutdown().await?;
     eprintln!("stopping: withdrawing the announcement");
     relay.close().await;
@@ -640,4 +750,15 @@ async fn wait_for_shutdown() -> Result<()> {
         .await
         .context("cannot watch for Ctrl-C")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a definition's consistency (conflicts, requirements naming real arguments)
+    /// only in debug builds, which the tests do not use: ask for it here.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -5,59 +5,10 @@ use test_support as support;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::cli::{bin, ConnectProcess, LocalDht, ShareProcess};
+use support::cli::{assert_clear_error, run, ConnectProcess, LocalDht, ShareProcess};
 use support::net::{unused_udp_port, Behaviour, Service};
-
-/// Runs the binary to completion (bounded) and returns (exit code, stderr).
-fn run(args: &[&str], limit: Duration) -> (i32, String, Duration) {
-    let started = Instant::now();
-    let mut child = bin()
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start p2p-socket");
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.code().unwrap_or(-1), err, started.elapsed());
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("p2p-socket {args:?} was still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_clear_error(code: i32, stderr: &str, expect: &str) {
-    assert_ne!(code, 0, "should fail; stderr: {stderr}");
-    assert!(
-        !stderr.contains("panicked"),
-        "a panic is not an error message: {stderr}"
-    );
-    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(
-        error_lines.len(),
-        1,
-        "one error line expected, got: {stderr}"
-    );
-    assert!(
-        error_lines[0].contains(expect),
-        "error should mention {expect:?}: {}",
-        error_lines[0]
-    );
-}
 
 #[test]
 fn a_malformed_key_is_refused_at_once() {

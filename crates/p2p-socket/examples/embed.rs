@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use p2p_socket::{
-    BootstrapNode, Connector, KeyPair, NetworkOptions, Protocol, Share, ShareOptions,
+    BootstrapNode, Connector, Events, KeyPair, NetworkOptions, Protocol, Service, Share,
+    ShareOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,12 +51,15 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
     let share = Share::start(ShareOptions {
         network: network.clone(),
         key_pair: KeyPair::generate(),
-        service_host: "127.0.0.1".into(),
-        service_port,
+        service: Service::Tcp {
+            host: "127.0.0.1".into(),
+            port: service_port,
+        },
         relay: None,
         max_connections: Share::DEFAULT_MAX_CONNECTIONS,
         protocol: Protocol::Tcp,
         allow: None,
+        events: Events::new(),
     })
     .await?;
 

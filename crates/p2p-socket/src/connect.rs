@@ -1,18 +1,21 @@
-//! Connect: a local TCP listener whose every connection becomes an encrypted connection to
-//! the sharer, opened by the dialer ([`Connector`]), with the bytes piped between the two.
+//! Connect: a local listener (TCP, Unix socket, or UDP) whose every connection becomes an
+//! encrypted connection to the sharer, opened by the dialer ([`Connector`]), or, when the
+//! sharer multiplexes, a stream of one shared connection; the bytes are piped between the two.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::dht::NetworkOptions;
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
+use crate::events::{Event, Events};
 use crate::identity::{KeyPair, PublicKey};
+use crate::local::{Listen, LocalListener, LocalStream};
 use crate::mux::{pipe_stream_and_log, Opened, Pool};
 use crate::pipe::pipe_and_log;
 use crate::reconnect::Reconnect;
@@ -24,17 +27,20 @@ use crate::udp::{self, Protocol};
 pub struct ConnectOptions {
     /// The DHT to search.
     pub network: NetworkOptions,
-    /// Our identity towards the sharer (a fresh one is fine; the sharer does not check it).
+    /// Our identity towards the sharer (a fresh one is fine unless the sharer admits only
+    /// some client keys).
     pub key_pair: KeyPair,
     /// The sharer's key.
     pub remote: PublicKey,
-    /// Where local programs connect; port 0 picks a free port.
-    pub listen: SocketAddr,
+    /// Where local programs connect: a TCP address (port 0 picks a free port) or a Unix
+    /// socket.
+    pub listen: Listen,
     /// A blind relay (`p2p-socket relay`) for when no direct path to the sharer can be made.
     pub relay: Option<PublicKey>,
     /// Go through a relay for every connection (see [`Connector::force_relay`]).
     pub force_relay: bool,
-    /// What local programs speak: TCP, or UDP (each client address a flow of datagrams).
+    /// What local programs speak: TCP, or UDP (each client address a flow of datagrams, on a
+    /// [`Listen::Tcp`] address).
     pub protocol: Protocol,
     /// Local connections open at once; past this, new ones are closed at once (and the log
     /// says so). [`Connect::DEFAULT_MAX_CONNECTIONS`] suits most uses.
@@ -42,17 +48,20 @@ pub struct ConnectOptions {
     /// Carry every local connection as a stream of one encrypted connection, when the sharer
     /// can too (docs/multiplexing.md); otherwise each gets a connection of its own.
     pub multiplex: bool,
+    /// Where the connect says what it does ([`Event`]s); subscribe before starting to see all.
+    pub events: Events,
 }
 
 /// Where local programs reach a connect.
 enum Local {
-    Tcp(TcpListener),
+    Stream(LocalListener),
     Udp(UdpSocket, udp::UdpLimits),
 }
 
-/// A running connect: a local TCP listener whose every connection reaches the sharer's service.
+/// A running connect: a local listener whose every connection reaches the sharer's service.
 pub struct Connect {
-    local_addr: SocketAddr,
+    local: String,
+    local_addr: Option<SocketAddr>,
     running: Running,
 }
 
@@ -63,20 +72,29 @@ impl Connect {
     /// Binds the listener, finds the sharer, and starts forwarding.
     pub async fn start(opts: ConnectOptions) -> Result<Connect> {
         // Bind first: a busy port is the user's most likely mistake and costs nothing to check.
-        let bind_error = |source| Error::Bind {
-            addr: opts.listen.to_string(),
-            source,
-        };
-        let local = match opts.protocol {
-            Protocol::Tcp => Local::Tcp(TcpListener::bind(opts.listen).await.map_err(bind_error)?),
-            Protocol::Udp(limits) => Local::Udp(
-                UdpSocket::bind(opts.listen).await.map_err(bind_error)?,
-                limits,
+        let local = match (&opts.protocol, &opts.listen) {
+            (Protocol::Tcp, listen) => Local::Stream(LocalListener::bind(listen).await?),
+            (Protocol::Udp(limits), Listen::Tcp(addr)) => Local::Udp(
+                UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+                *limits,
             ),
+            #[cfg(unix)]
+            (Protocol::Udp(_), Listen::Unix { path, .. }) => {
+                return Err(Error::UnixSocket {
+                    path: path.clone(),
+                    why: "UDP is received on a host and port, not a Unix socket".into(),
+                })
+            }
         };
-        let local_addr = match &local {
-            Local::Tcp(listener) => listener.local_addr()?,
-            Local::Udp(socket, _) => socket.local_addr()?,
+        let (local_name, local_addr) = match &local {
+            Local::Stream(listener) => (listener.describe()?, listener.local_addr()?),
+            Local::Udp(socket, _) => {
+                let addr = socket.local_addr()?;
+                (addr.to_string(), Some(addr))
+            }
         };
         let mut connector = Connector::new(&opts.network, opts.key_pair, opts.remote)
             .await?
@@ -84,18 +102,25 @@ impl Connect {
         if let Some(relay) = opts.relay {
             connector = connector.with_relay(relay);
         }
+        opts.events.emit(Event::Listening {
+            key: opts.remote,
+            local: local_name.clone(),
+        });
+        let events = opts.events;
         let running = match local {
-            Local::Tcp(listener) => {
+            Local::Stream(listener) => {
                 if opts.multiplex {
                     connector = connector.multiplexed();
                 }
                 let pool = Arc::new(Pool::new(Arc::new(connector)));
-                let limit = Limit {
+                let shared = Shared {
                     open: Arc::new(Semaphore::new(opts.max_connections)),
                     max: opts.max_connections,
                     reconnect: Arc::new(Reconnect::default()),
+                    remote: opts.remote,
+                    events,
                 };
-                Running::spawn(|stop| accept_loop(listener, pool, limit, stop))
+                Running::spawn(|stop| accept_loop(listener, pool, shared, stop))
             }
             Local::Udp(socket, limits) => {
                 let connector = Arc::new(connector);
@@ -103,14 +128,21 @@ impl Connect {
             }
         };
         Ok(Connect {
+            local: local_name,
             local_addr,
             running,
         })
     }
 
-    /// Where local programs connect.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The TCP (or UDP) address local programs connect to; none when listening on a Unix
+    /// socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Where local programs connect: `host:port`, or `unix:PATH`.
+    pub fn local(&self) -> &str {
+        &self.local
     }
 
     /// Stops listening and leaves the DHT.
@@ -119,22 +151,26 @@ impl Connect {
     }
 }
 
-/// The cap on local connections open at once, and the retries they share.
-struct Limit {
+/// What every local connection of a connect shares: the cap on those open at once, the
+/// retries, and where they are reported.
+#[derive(Clone)]
+struct Shared {
     open: Arc<Semaphore>,
     max: usize,
     reconnect: Arc<Reconnect>,
+    remote: PublicKey,
+    events: Events,
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: LocalListener,
     pool: Arc<Pool>,
-    limit: Limit,
+    shared: Shared,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut n = 0u64;
     loop {
-        let (tcp, from) = tokio::select! {
+        let (local, from) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -147,23 +183,21 @@ async fn accept_loop(
             },
         };
         n += 1;
-        let Ok(permit) = Arc::clone(&limit.open).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&shared.open).try_acquire_owned() else {
             warn!(
                 connection = n,
                 %from,
-                max = limit.max,
+                max = shared.max,
                 "refused a local connection: this many are open already, the most at once (--max-connections); close some or raise the limit"
             );
-            // A reset, so the program sees a refusal rather than an empty answer.
-            let _ = tcp.set_zero_linger();
             continue;
         };
         tokio::spawn(forward(
             n,
-            tcp,
+            local,
             from,
             Arc::clone(&pool),
-            Arc::clone(&limit.reconnect),
+            shared.clone(),
             permit,
         ));
     }
@@ -179,17 +213,25 @@ async fn accept_loop(
 
 async fn forward(
     n: u64,
-    tcp: TcpStream,
-    from: SocketAddr,
+    local: LocalStream,
+    from: String,
     pool: Arc<Pool>,
-    reconnect: Arc<Reconnect>,
+    shared: Shared,
     _permit: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    let opened = match reconnect.open(n, |left| pool.open_within(left)).await {
+    let opened = match shared
+        .reconnect
+        .open(n, |left| pool.open_within(left))
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
             warn!(connection = n, %from, waited_ms = started.elapsed().as_millis() as u64, error = %e, "could not reach the sharer; closed the local connection");
+            shared.events.emit(Event::ConnectionFailed {
+                id: n,
+                reason: e.to_string(),
+            });
             return;
         }
     };
@@ -197,7 +239,7 @@ async fn forward(
     match opened {
         Opened::Raw(peer, path) => {
             info!(connection = n, %from, %path, open_us, "connected to the sharer");
-            pipe_and_log(n, tcp, peer).await;
+            pipe_and_log(n, local, (peer, path, None), &shared.events).await;
         }
         Opened::Stream {
             stream,
@@ -205,7 +247,8 @@ async fn forward(
             fresh,
         } => {
             info!(connection = n, %from, %path, stream = stream.id(), fresh, open_us, "connected to the sharer, multiplexed");
-            pipe_stream_and_log(n, tcp, stream).await;
+            let opening = (shared.remote, path, None);
+            pipe_stream_and_log(n, local, stream, opening, &shared.events).await;
         }
     }
 }

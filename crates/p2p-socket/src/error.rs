@@ -34,6 +34,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A Unix socket to listen on could not be created at `path`.
+    #[error("cannot listen on the Unix socket {}: {why}", path.display())]
+    UnixSocket {
+        /// Where it was to go.
+        path: std::path::PathBuf,
+        /// What stood in the way, and what to do.
+        why: String,
+    },
+
     /// The lookup found no announcement of the key.
     #[error("no peer is sharing this key ({key}): the lookup heard from {nodes} DHT nodes and none holds its announcement; check the key, and that `p2p-socket share` is running on the other side and uses the same bootstrap nodes")]
     PeerNotFound {

@@ -20,17 +20,17 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), p2p_socket::Error> {
-//! use p2p_socket::{KeyPair, NetworkOptions, Protocol, Share, ShareOptions};
+//! use p2p_socket::{Events, KeyPair, NetworkOptions, Protocol, Service, Share, ShareOptions};
 //!
 //! let share = Share::start(ShareOptions {
 //!     network: NetworkOptions::default(), // the public HyperDHT network
 //!     key_pair: KeyPair::generate(),
-//!     service_host: "localhost".into(),
-//!     service_port: 8080,
+//!     service: Service::Tcp { host: "localhost".into(), port: 8080 },
 //!     relay: None,
 //!     max_connections: Share::DEFAULT_MAX_CONNECTIONS,
 //!     protocol: Protocol::Tcp,
 //!     allow: None, // anyone with the key; an AllowList admits only its client keys
+//!     events: Events::new(),
 //! })
 //! .await?;
 //! println!("connect with: p2p-socket connect --key {}", share.public_key());
@@ -49,6 +49,7 @@ mod connection_string;
 mod dht;
 mod dialer;
 mod error;
+mod events;
 mod firewall;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -57,6 +58,7 @@ mod handshake;
 mod holepunch;
 mod identity;
 mod listener;
+mod local;
 mod lock;
 mod mux;
 mod nat;
@@ -86,12 +88,16 @@ pub use dialer::Connector;
 pub use error::{
     Error, HandshakeFailure, Incompatibility, PunchFailure, RelayFailure, Result, Stage,
 };
+pub use events::{Event, Events, Totals, EVENT_BUFFER};
 pub use firewall::Firewall;
 pub use identity::{
     default_identity_path, npm_share_key_secret_bits, Identity, IdentityError, KeyPair,
     ParseKeyError, PublicKey, ShareKeyRule, IDENTITY_FILE_NAME, MIN_NPM_SHARE_KEY_SECRET_BITS,
     MIN_SHARE_KEY_SECRET_BITS,
 };
+#[cfg(unix)]
+pub use local::DEFAULT_UNIX_MODE;
+pub use local::{Listen, Service};
 pub use path::Path;
 pub use relay::{RelayLimits, RelayOptions, RelayServer, RelayStats};
 pub use service_record::{RecordError, RecordKeeper, ServiceRecord, MAX_RECORD_BYTES};

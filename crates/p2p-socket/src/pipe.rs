@@ -1,4 +1,4 @@
-//! Moving bytes between a local TCP connection and an encrypted peer stream.
+//! Moving bytes between a local connection (TCP or Unix) and an encrypted peer stream.
 //!
 //! The rule that matters: *end, don't destroy*. When one side finishes sending, we pass the end
 //! on (TCP FIN becomes a UDX END and back) and keep the other direction running, so an HTTP/1.0
@@ -6,80 +6,110 @@
 //! half-close keep working. Only a failure (a reset, a dead peer) tears both directions down.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info};
 
+use crate::events::{Event, Events};
+use crate::identity::PublicKey;
+use crate::local::LocalStream;
+use crate::peer::Path;
 use crate::secret::SecretStream;
 
 /// Bytes moved by one [`pipe`], each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transferred {
-    /// From the local TCP connection to the peer.
-    pub to_peer: u64,
-    /// From the peer to the local TCP connection.
-    pub from_peer: u64,
+pub(crate) struct Transferred {
+    /// From the local connection to the peer.
+    pub(crate) to_peer: u64,
+    /// From the peer to the local connection.
+    pub(crate) from_peer: u64,
 }
 
-/// Copies both ways until both directions have ended, or either fails. Each byte is copied
-/// once into user space each way: TCP reads straight into the buffer a message is sealed in,
-/// and a message is opened where the transport put it and written to TCP from there.
-pub(crate) async fn pipe<T>(tcp: TcpStream, peer: SecretStream<T>) -> io::Result<Transferred>
+/// Copies both ways until both directions have ended, or either fails, adding what moves to
+/// `events`' totals as it goes (what a live status shows). Returns what moved, also when it
+/// failed. Each byte is copied once into user space each way: the local side is read straight
+/// into the buffer a message is sealed in, and a message is opened where the transport put it
+/// and written to the local side from there.
+pub(crate) async fn pipe<T>(
+    local: LocalStream,
+    peer: SecretStream<T>,
+    events: &Events,
+) -> (Transferred, io::Result<()>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let _ = tcp.set_nodelay(true);
-    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+    let (mut local_r, mut local_w) = tokio::io::split(local);
     let (mut peer_r, mut peer_w) = peer.into_split();
+    let to_peer = AtomicU64::new(0);
+    let from_peer = AtomicU64::new(0);
 
     let upstream = async {
-        let mut total = 0u64;
         loop {
-            let n = tcp_r.read(peer_w.buffer()).await?;
+            let n = local_r.read(peer_w.buffer()).await?;
             if n == 0 {
                 peer_w.shutdown().await?;
-                debug!(
-                    bytes = total,
-                    "local side ended; passed the end to the peer"
-                );
-                return Ok::<u64, io::Error>(total);
+                debug!("local side ended; passed the end to the peer");
+                return Ok::<(), io::Error>(());
             }
             peer_w.send(n).await?;
-            total += n as u64;
+            events.count_out(n);
+            to_peer.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
     let downstream = async {
-        let mut total = 0u64;
         while let Some(data) = peer_r.next().await? {
-            tcp_w.write_all(data).await?;
-            total += data.len() as u64;
+            local_w.write_all(data).await?;
+            events.count_in(data.len());
+            from_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        tcp_w.shutdown().await?;
-        debug!(
-            bytes = total,
-            "peer ended; passed the end to the local side"
-        );
-        Ok::<u64, io::Error>(total)
+        local_w.shutdown().await?;
+        debug!("peer ended; passed the end to the local side");
+        Ok::<(), io::Error>(())
     };
     // try_join: the first error ends both directions (dropping the halves closes the
     // connection), a clean end of one direction leaves the other running.
-    let (to_peer, from_peer) = tokio::try_join!(upstream, downstream)?;
-    Ok(Transferred { to_peer, from_peer })
+    let result = tokio::try_join!(upstream, downstream).map(|_| ());
+    let moved = Transferred {
+        to_peer: to_peer.into_inner(),
+        from_peer: from_peer.into_inner(),
+    };
+    (moved, result)
 }
 
-/// [`pipe`]s connection number `n` and logs how it ended.
-pub(crate) async fn pipe_and_log<T>(n: u64, tcp: TcpStream, peer: SecretStream<T>)
-where
+/// Says in `events` that connection `id` opened (to `peer_addr` when known), [`pipe`]s it,
+/// then logs how it ended and says so too.
+pub(crate) async fn pipe_and_log<T>(
+    id: u64,
+    local: LocalStream,
+    (peer, path, peer_addr): (SecretStream<T>, Path, Option<SocketAddr>),
+    events: &Events,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    match pipe(tcp, peer).await {
-        Ok(t) => info!(
-            connection = n,
-            to_peer = t.to_peer,
-            from_peer = t.from_peer,
-            "connection closed"
-        ),
-        Err(e) => info!(connection = n, error = %e, "connection ended with an error"),
-    }
+    events.emit(Event::ConnectionOpened {
+        id,
+        key: PublicKey::from(*peer.remote_public_key()),
+        path,
+        peer: peer_addr,
+    });
+    let (moved, result) = pipe(local, peer, events).await;
+    let error = match result {
+        Ok(()) => None,
+        Err(e) => Some(e.to_string()),
+    };
+    info!(
+        connection = id,
+        to_peer = moved.to_peer,
+        from_peer = moved.from_peer,
+        error = error.as_deref(),
+        "connection closed"
+    );
+    events.emit(Event::ConnectionClosed {
+        id,
+        bytes_in: moved.from_peer,
+        bytes_out: moved.to_peer,
+        error,
+    });
 }

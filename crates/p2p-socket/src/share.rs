@@ -1,26 +1,23 @@
-//! Share: every connection the listener accepts on the share's key is piped to a local TCP
-//! service.
+//! Share: every connection the listener accepts on the share's key is piped to a local
+//! service (TCP, Unix socket, or UDP datagrams); a multiplexed connection from one of our own
+//! connects carries many such connections as streams.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::access::AllowList;
 use crate::dht::NetworkOptions;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::events::{Event, Events};
 use crate::identity::{KeyPair, PublicKey};
 use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
+use crate::local::{connect_service, LocalStream, Service};
 use crate::mux;
 use crate::noise_session::Features;
 use crate::peer::{Link, Path, PeerStream};
 use crate::pipe::pipe_and_log;
 use crate::udp::{self, Protocol};
-
-/// How long to wait for the local service to accept a connection.
-const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to share and how.
 #[derive(Debug, Clone)]
@@ -29,10 +26,8 @@ pub struct ShareOptions {
     pub network: NetworkOptions,
     /// The identity peers connect to; its public key is what the user hands out.
     pub key_pair: KeyPair,
-    /// Host of the local service every connection is forwarded to.
-    pub service_host: String,
-    /// Port of the local service.
-    pub service_port: u16,
+    /// The local service every connection is forwarded to.
+    pub service: Service,
     /// A blind relay (`p2p-socket relay`) to offer peers for when no direct path can be made
     /// between us: a peer goes through it only when punching fails. Peers may bring their own
     /// relay instead.
@@ -40,13 +35,16 @@ pub struct ShareOptions {
     /// Peer connections open at once; past this, new peers get no answer until some close
     /// (and the log says so). [`Share::DEFAULT_MAX_CONNECTIONS`] suits most services.
     pub max_connections: usize,
-    /// What the service speaks: TCP, or UDP (each peer connection a flow of datagrams).
+    /// What the service speaks: TCP, or UDP (each peer connection a flow of datagrams, to a
+    /// [`Service::Tcp`] host and port).
     pub protocol: Protocol,
     /// Only clients with these public keys get in; `None` admits anyone who knows the share
     /// key. A refused client is answered with an error during the handshake (it fails at once
     /// instead of timing out), is logged with its key, and never reaches the local service:
     /// no punch, relay or service connection is made for it. See [`AllowList`].
     pub allow: Option<AllowList>,
+    /// Where the share says what it does ([`Event`]s); subscribe before starting to see all.
+    pub events: Events,
 }
 
 /// A running share. Dropping it stops serving; [`Share::close`] also withdraws the announcement.
@@ -64,24 +62,33 @@ impl Share {
         let features = Features {
             mux: opts.protocol == Protocol::Tcp,
         };
+        let service = Arc::new(opts.service);
+        let events = opts.events;
         let handler: Handler = match opts.protocol {
             Protocol::Tcp => {
-                let service = (opts.service_host, opts.service_port);
-                Arc::new(move |n, peer, link: Link, path| {
-                    if link.features.mux {
-                        let service = service.clone();
-                        Box::pin(async move {
-                            info!(connection = n, %path, "peer connected, multiplexed");
-                            mux::serve(n, peer, move |n| connect_service(n, service.clone())).await
-                        })
-                    } else {
-                        Box::pin(serve_tcp(n, peer, path, service.clone()))
-                    }
+                let (service, events) = (Arc::clone(&service), events.clone());
+                Arc::new(move |n, peer, link, path| {
+                    Box::pin(serve(
+                        n,
+                        peer,
+                        link,
+                        path,
+                        Arc::clone(&service),
+                        events.clone(),
+                    ))
                 })
             }
-            Protocol::Udp(limits) => {
-                udp::share_handler(opts.service_host, opts.service_port, limits)
-            }
+            Protocol::Udp(limits) => match &*service {
+                Service::Tcp { host, port } => udp::share_handler(host.clone(), *port, limits),
+                #[cfg(unix)]
+                Service::Unix(path) => {
+                    return Err(Error::UnixSocket {
+                        path: path.clone(),
+                        why: "UDP shares send datagrams to a host and port, not a Unix socket"
+                            .into(),
+                    })
+                }
+            },
         };
         let listener = Listener::start(
             &opts.network,
@@ -93,6 +100,10 @@ impl Share {
             handler,
         )
         .await?;
+        events.emit(Event::Listening {
+            key: listener.public_key(),
+            local: service.to_string(),
+        });
         Ok(Share { listener })
     }
 
@@ -112,35 +123,47 @@ impl Share {
     }
 }
 
-/// A share's handler: pipes the connection to the local service.
-async fn serve_tcp(n: u64, peer: PeerStream, path: Path, service: (String, u16)) {
-    let Some(tcp) = connect_service(n, service).await else {
+/// A share's handler: pipes the connection to the local service, or, when it is multiplexed,
+/// each of its streams to a connection of its own to the service.
+async fn serve(
+    n: u64,
+    peer: PeerStream,
+    link: Link,
+    path: Path,
+    service: Arc<Service>,
+    events: Events,
+) {
+    if link.features.mux {
+        info!(connection = n, %path, addr = ?link.peer(), "peer connected, multiplexed");
+        let key = PublicKey::from(*peer.remote_public_key());
+        let opened = (key, path, link.peer());
+        let for_streams = events.clone();
+        mux::serve(n, peer, opened, &events, move |n| {
+            let (service, events) = (Arc::clone(&service), for_streams.clone());
+            async move { local_service(n, &service, &events).await }
+        })
+        .await;
+        return;
+    }
+    let Some(local) = local_service(n, &service, &events).await else {
         return;
     };
-    info!(connection = n, %path, "peer connected");
-    pipe_and_log(n, tcp, peer).await;
+    info!(connection = n, %path, addr = ?link.peer(), "peer connected");
+    pipe_and_log(n, local, (peer, path, link.peer()), &events).await;
 }
 
-/// A connection to the local service for peer connection `n`, or none (said in the log).
-async fn connect_service(n: u64, service: (String, u16)) -> Option<TcpStream> {
-    let (host, port) = service;
-    let tcp = match tokio::time::timeout(
-        SERVICE_CONNECT_TIMEOUT,
-        TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            warn!(connection = n, "the shared service {host}:{port} refused the connection ({e}); closed this peer connection, still sharing");
-            return None;
+/// A connection to the local service for peer connection `n`, or none (said in the log and
+/// as an event).
+async fn local_service(n: u64, service: &Service, events: &Events) -> Option<LocalStream> {
+    match connect_service(service).await {
+        Ok(local) => Some(local),
+        Err(reason) => {
+            warn!(
+                connection = n,
+                "{reason}; closed this peer connection, still sharing"
+            );
+            events.emit(Event::ConnectionFailed { id: n, reason });
+            None
         }
-        Err(_) => {
-            warn!(connection = n, "the shared service {host}:{port} did not accept within {}s; closed this peer connection, still sharing", SERVICE_CONNECT_TIMEOUT.as_secs());
-            return None;
-        }
-    };
-    let local: Option<SocketAddr> = tcp.local_addr().ok();
-    debug!(connection = n, ?local, "connected to the shared service");
-    Some(tcp)
+    }
 }

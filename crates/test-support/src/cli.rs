@@ -1,15 +1,15 @@
 //! The real `p2p-socket` binary as the tests run it: a local DHT made of `bootstrap` processes,
-//! `share` and `connect` processes, each waited for by the line it prints when ready.
+//! `share` and `connect` processes, each run with `--json` and waited for by its `listening`
+//! event (docs/json.md), never by the wording of its text.
 //!
-//! Scraping remains here: the ready lines are the human-readable ones the CLI prints on stdout,
-//! and the relay's log is read for what it relayed (see [`RelayProcess::log`]). The `--json`
-//! output (the around-the-tunnel issue) is meant to replace both; the Node fixtures already
-//! speak JSON lines (see `node`).
+//! One scrape remains: the relay's log is read for what it relayed (see [`RelayProcess::log`]),
+//! which no event says yet. The Node fixtures speak JSON lines too (see `node`).
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::process::ChildProcess;
 
@@ -112,19 +112,36 @@ pub struct LocalDht {
     _nodes: Vec<ChildProcess>,
 }
 
+/// The `--json` event `name` (docs/json.md), if `line` is one.
+pub fn event(line: &str, name: &str) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    (value["event"] == name).then_some(value)
+}
+
+/// A string field of the `listening` event, if `line` is that event.
+fn listening(line: &str, field: &str) -> Option<String> {
+    event(line, "listening")?[field].as_str().map(String::from)
+}
+
+/// Where a `listening` line says a share or relay is: its key.
+pub fn listening_key(line: &str) -> Option<String> {
+    listening(line, "key")
+}
+
+/// Where a `listening` line says a connect or bootstrap node is: its local address.
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
+    listening(line, "local")?.parse().ok()
+}
+
 fn start_node(join: Option<&str>) -> (ChildProcess, String) {
     let mut cmd = bin();
-    cmd.args(["bootstrap", "--host", "127.0.0.1", "--port", "0"]);
+    cmd.args(["bootstrap", "--json", "--host", "127.0.0.1", "--port", "0"]);
     if let Some(b) = join {
         cmd.args(["--bootstrap", b]);
     }
     let mut p = ChildProcess::spawn(cmd, "dht node");
-    let addr = p.wait_for(READY, |line| {
-        line.strip_prefix("Bootstrap node running on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(String::from)
-    });
-    (p, addr)
+    let addr = p.wait_for(READY, listening_addr);
+    (p, addr.to_string())
 }
 
 impl LocalDht {
@@ -139,12 +156,6 @@ impl LocalDht {
             _nodes: all,
         }
     }
-}
-
-/// The line with the key that share and relay print.
-fn key_line(line: &str) -> Option<String> {
-    let l = line.trim();
-    (l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())).then(|| l.to_string())
 }
 
 /// A running `p2p-socket share`.
@@ -170,9 +181,11 @@ impl ShareProcess {
     /// [`ShareProcess::start_with`], its log going to `log` if given.
     pub fn start_logged(bootstrap: &str, args: &[&str], log: Option<&LogFile>) -> ShareProcess {
         let mut cmd = log.map_or_else(bin, LogFile::bin);
-        cmd.arg("share").args(args).args(["--bootstrap", bootstrap]);
+        cmd.args(["share", "--json"])
+            .args(args)
+            .args(["--bootstrap", bootstrap]);
         let mut process = ChildProcess::spawn(cmd, "share");
-        let key = process.wait_for(READY, key_line);
+        let key = process.wait_for(READY, listening_key);
         ShareProcess {
             key,
             process,
@@ -223,11 +236,11 @@ impl RelayProcess {
     pub fn start_with(bootstrap: &str, extra: &[&str]) -> RelayProcess {
         let log = LogFile::new("relay");
         let mut cmd = log.bin();
-        cmd.args(["relay", "--bootstrap", bootstrap])
+        cmd.args(["relay", "--json", "--bootstrap", bootstrap])
             .args(extra)
             .env("RUST_LOG", "warn,p2p_socket=info");
         let mut process = ChildProcess::spawn(cmd, "relay");
-        let key = process.wait_for(READY, key_line);
+        let key = process.wait_for(READY, listening_key);
         RelayProcess { key, process, log }
     }
 
@@ -276,12 +289,10 @@ impl ConnectProcess {
 
     fn start_args_logged(bootstrap: &str, args: &[&str], log: Option<&LogFile>) -> ConnectProcess {
         let mut cmd = log.map_or_else(bin, LogFile::bin);
-        cmd.args(["connect", "--bootstrap", bootstrap]).args(args);
+        cmd.args(["connect", "--json", "--bootstrap", bootstrap])
+            .args(args);
         let mut process = ChildProcess::spawn(cmd, "connect");
-        let addr = process.wait_for(READY, |line| {
-            line.strip_prefix("Listening on ")
-                .and_then(|a| a.trim().parse().ok())
-        });
+        let addr = process.wait_for(READY, listening_addr);
         ConnectProcess { addr, process }
     }
 
@@ -291,4 +302,55 @@ impl ConnectProcess {
         let process = Self::start_logged(bootstrap, key, extra, Some(&log));
         (process, log)
     }
+}
+
+/// Runs the binary to completion (bounded) and returns (exit code, stderr).
+pub fn run(args: &[&str], limit: Duration) -> (i32, String, Duration) {
+    let started = Instant::now();
+    let mut child = bin()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start p2p-socket");
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code().unwrap_or(-1), err, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("p2p-socket {args:?} was still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A failure as a user should see it: a non-zero exit and one `error:` line that mentions
+/// `expect`, no panic.
+pub fn assert_clear_error(code: i32, stderr: &str, expect: &str) {
+    assert_ne!(code, 0, "should fail; stderr: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic is not an error message: {stderr}"
+    );
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        error_lines.len(),
+        1,
+        "one error line expected, got: {stderr}"
+    );
+    assert!(
+        error_lines[0].contains(expect),
+        "error should mention {expect:?}: {}",
+        error_lines[0]
+    );
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use netlab::{Lab, LabProcess, LabSpec};
 use sha2::{Digest, Sha256};
 
-use crate::cli::binary;
+use crate::cli::{binary, listening_addr, listening_key};
 use crate::net::{pattern_sha, Behaviour, Service};
 use crate::node::{interop_dir, require_node};
 
@@ -125,21 +125,17 @@ pub fn node_in(lab: &Lab, netns: &str, script: &str, args: &[&str]) -> LabProces
         .unwrap_or_else(|e| panic!("cannot start node {script}: {e}"))
 }
 
+/// The key in the `listening` event of a share or relay run with `--json`.
 pub fn share_key(share: &mut LabProcess) -> String {
     share
-        .wait_for(READY, |l| {
-            let l = l.trim();
-            (l.len() == 64 && l.bytes().all(|c| c.is_ascii_hexdigit())).then(|| l.to_string())
-        })
+        .wait_for(READY, listening_key)
         .unwrap_or_else(|e| panic!("share printed no key: {e}"))
 }
 
+/// The address in the `listening` event of a connect run with `--json`.
 pub fn listening(connect: &mut LabProcess) -> SocketAddr {
     connect
-        .wait_for(READY, |l| {
-            l.strip_prefix("Listening on ")
-                .and_then(|a| a.trim().parse().ok())
-        })
+        .wait_for(READY, listening_addr)
         .unwrap_or_else(|e| panic!("connect did not listen: {e}"))
 }
 
@@ -188,7 +184,7 @@ impl TwoHomes {
 
     /// A `p2p-socket relay` on the lab's public relay host; returns it with its key.
     pub fn relay(&self, log: &Log) -> (LabProcess, String) {
-        let args = ["relay", "--bootstrap", &self.bootstrap];
+        let args = ["relay", "--json", "--bootstrap", &self.bootstrap];
         let netns = &self.lab.relay_host().netns;
         let mut relay = p2p_socket_in(&self.lab, netns, "relay", log, &args);
         let key = share_key(&mut relay);
@@ -200,6 +196,7 @@ impl TwoHomes {
         let port = port.to_string();
         let mut args = vec![
             "share",
+            "--json",
             "--host",
             "127.0.0.1",
             "--port",
@@ -215,7 +212,14 @@ impl TwoHomes {
 
     /// A Rust connect to `key` (`extra` arguments added); returns it with where it listens.
     pub fn rust_connect(&self, key: &str, log: &Log, extra: &[&str]) -> (LabProcess, SocketAddr) {
-        let mut args = vec!["connect", "--key", key, "--bootstrap", &self.bootstrap];
+        let mut args = vec![
+            "connect",
+            "--json",
+            "--key",
+            key,
+            "--bootstrap",
+            &self.bootstrap,
+        ];
         args.extend_from_slice(extra);
         let mut connect = p2p_socket_in(&self.lab, self.connecting_home(), "connect", log, &args);
         let listen = listening(&mut connect);

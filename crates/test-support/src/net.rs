@@ -1,9 +1,13 @@
-//! Real TCP services and clients for the tunnel tests, with every byte accounted for by length
-//! and sha256. Data is pseudo-random (so a shifted or repeated chunk cannot hash the same) and
+//! Real TCP (and Unix socket) services and clients for the tunnel tests, with every byte
+//! accounted for by length and sha256. Data is pseudo-random (so a shifted or repeated chunk cannot hash the same) and
 //! generated on the fly (so 100 MiB costs no memory).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+#[cfg(unix)]
+use std::os::unix::net::{UnixListener, UnixStream};
+#[cfg(unix)]
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -103,26 +107,54 @@ pub fn read_all_timed(
     }
 }
 
+/// A connected stream socket, TCP or Unix: what the services and clients here need of one.
+pub trait Duplex: Read + Write + Send + Sized + 'static {
+    fn clone_handle(&self) -> std::io::Result<Self>;
+    fn shutdown_write(&self) -> std::io::Result<()>;
+    fn read_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+/// Both socket types have these methods under the same names, but no trait of std's holds them.
+macro_rules! duplex {
+    ($stream:ty) => {
+        impl Duplex for $stream {
+            fn clone_handle(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn shutdown_write(&self) -> std::io::Result<()> {
+                self.shutdown(Shutdown::Write)
+            }
+            fn read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(timeout))
+            }
+        }
+    };
+}
+
+duplex!(TcpStream);
+#[cfg(unix)]
+duplex!(UnixStream);
+
 /// Sends `send` bytes (then half-closes) while reading everything the other side sends.
-pub fn exchange(stream: TcpStream, send: u64, seed: u64) -> std::io::Result<Tally> {
+pub fn exchange(stream: impl Duplex, send: u64, seed: u64) -> std::io::Result<Tally> {
     exchange_timed(stream, send, seed).map(|(tally, _)| tally)
 }
 
 /// Like [`exchange`], also saying how long the other side's first byte took to arrive.
 pub fn exchange_timed(
-    stream: TcpStream,
+    mut stream: impl Duplex,
     send: u64,
     seed: u64,
 ) -> std::io::Result<(Tally, Option<Duration>)> {
     let started = Instant::now();
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut writer = stream.try_clone()?;
+    stream.read_timeout(Duration::from_secs(120))?;
+    let mut writer = stream.clone_handle()?;
     let sender = thread::spawn(move || {
         let sha = send_pattern(&mut writer, send, seed)?;
-        writer.shutdown(Shutdown::Write)?;
+        writer.shutdown_write()?;
         Ok::<_, std::io::Error>(sha)
     });
-    let (received, received_sha, first_byte) = read_all_timed(&mut &stream, started)?;
+    let (received, received_sha, first_byte) = read_all_timed(&mut stream, started)?;
     let sent_sha = sender.join().expect("sender thread")?;
     let tally = Tally {
         received,
@@ -183,19 +215,7 @@ impl Service {
         pick: impl Fn(u64) -> Behaviour + Send + 'static,
     ) -> Service {
         let addr = listener.local_addr().unwrap();
-        let (tx, tallies) = mpsc::channel();
-        thread::spawn(move || {
-            for (n, conn) in listener.incoming().enumerate() {
-                let Ok(conn) = conn else { break };
-                let tx = tx.clone();
-                let behaviour = pick(n as u64);
-                thread::spawn(move || {
-                    if let Ok(t) = serve(conn, behaviour) {
-                        let _ = tx.send(t);
-                    }
-                });
-            }
-        });
+        let tallies = serve_each(move || listener.accept().map(|(conn, _)| conn), pick);
         Service { addr, tallies }
     }
 
@@ -205,14 +225,67 @@ impl Service {
 
     /// The next connection's tally.
     pub fn next_tally(&self, timeout: Duration) -> Tally {
-        self.tallies
-            .recv_timeout(timeout)
-            .expect("the service saw no finished connection in time")
+        next_tally(&self.tallies, timeout)
     }
 }
 
-fn serve(conn: TcpStream, behaviour: Behaviour) -> std::io::Result<Tally> {
-    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+/// A service on a Unix socket, as [`Service`] is on TCP.
+#[cfg(unix)]
+pub struct UnixService {
+    pub path: PathBuf,
+    pub tallies: mpsc::Receiver<Tally>,
+}
+
+#[cfg(unix)]
+impl UnixService {
+    pub fn start(path: &Path, behaviour: Behaviour) -> UnixService {
+        let listener = UnixListener::bind(path).expect("bind test service socket");
+        let tallies = serve_each(
+            move || listener.accept().map(|(conn, _)| conn),
+            move |_| behaviour,
+        );
+        UnixService {
+            path: path.to_path_buf(),
+            tallies,
+        }
+    }
+
+    /// The next connection's tally.
+    pub fn next_tally(&self, timeout: Duration) -> Tally {
+        next_tally(&self.tallies, timeout)
+    }
+}
+
+fn next_tally(tallies: &mpsc::Receiver<Tally>, timeout: Duration) -> Tally {
+    tallies
+        .recv_timeout(timeout)
+        .expect("the service saw no finished connection in time")
+}
+
+/// Serves every connection `accept` returns on a thread of its own, as `pick` says for the
+/// n-th (from 0); their tallies come out of the receiver.
+fn serve_each<S: Duplex>(
+    mut accept: impl FnMut() -> std::io::Result<S> + Send + 'static,
+    pick: impl Fn(u64) -> Behaviour + Send + 'static,
+) -> mpsc::Receiver<Tally> {
+    let (tx, tallies) = mpsc::channel();
+    thread::spawn(move || {
+        for n in 0.. {
+            let Ok(conn) = accept() else { break };
+            let tx = tx.clone();
+            let behaviour = pick(n);
+            thread::spawn(move || {
+                if let Ok(t) = serve(conn, behaviour) {
+                    let _ = tx.send(t);
+                }
+            });
+        }
+    });
+    tallies
+}
+
+fn serve(conn: impl Duplex, behaviour: Behaviour) -> std::io::Result<Tally> {
+    conn.read_timeout(Duration::from_secs(120))?;
     match behaviour {
         Behaviour::Exchange { send, seed } => exchange(conn, send, seed),
         Behaviour::SendAndClose { send, seed } => {
@@ -227,7 +300,7 @@ fn serve(conn: TcpStream, behaviour: Behaviour) -> std::io::Result<Tally> {
             })
         }
         Behaviour::Echo | Behaviour::Banner(_) => {
-            let mut w = conn.try_clone()?;
+            let mut w = conn.clone_handle()?;
             let mut sent = 0u64;
             if let Behaviour::Banner(b) = behaviour {
                 w.write_all(b)?;
@@ -247,7 +320,7 @@ fn serve(conn: TcpStream, behaviour: Behaviour) -> std::io::Result<Tally> {
                 w.write_all(&buf[..n])?;
                 sent += n as u64;
             }
-            w.shutdown(Shutdown::Write)?;
+            w.shutdown_write()?;
             let sha = hex::encode(h.finalize());
             Ok(Tally {
                 received,

@@ -9,15 +9,23 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use std::net::SocketAddr;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::proto::{self, Event, Limits, Role, Session, HEADER, MAX_DATA};
+use crate::events::Events;
+use crate::identity::PublicKey;
+use crate::local::LocalStream;
 use crate::lock::lock;
-use crate::peer::PeerStream;
+use crate::peer::{Path, PeerStream};
 use crate::pipe::Transferred;
+
+/// Who a stream's connection is with, as events report it: the peer's key, the path, and its
+/// address where known.
+pub(crate) type Opening = (PublicKey, Path, Option<SocketAddr>);
 
 /// Data frames queued for the peer, all streams together: 16 of 64 KiB at most.
 const DATA_QUEUE: usize = 16;
@@ -394,28 +402,54 @@ impl Sender<'_> {
     }
 }
 
-/// [`pipe_stream`]s the stream of peer connection `n` and logs how it ended.
-pub(crate) async fn pipe_stream_and_log(n: u64, tcp: TcpStream, stream: MuxStream) {
+/// [`pipe_stream`]s the stream of peer connection `n`, reporting it in `events` as a
+/// connection of its own (under `n`), and logs how it ended.
+pub(crate) async fn pipe_stream_and_log(
+    n: u64,
+    local: LocalStream,
+    stream: MuxStream,
+    (key, path, peer): Opening,
+    events: &Events,
+) {
     let id = stream.id();
-    match pipe_stream(tcp, stream).await {
-        Ok(t) => info!(
-            connection = n,
-            stream = id,
-            to_peer = t.to_peer,
-            from_peer = t.from_peer,
-            "stream closed"
-        ),
-        Err(e) => {
-            info!(connection = n, stream = id, error = %e, "stream ended with an error; reset the local connection")
+    events.emit(crate::events::Event::ConnectionOpened {
+        id: n,
+        key,
+        path,
+        peer,
+    });
+    let (moved, error) = match pipe_stream(local, stream, events).await {
+        Ok(t) => {
+            info!(
+                connection = n,
+                stream = id,
+                to_peer = t.to_peer,
+                from_peer = t.from_peer,
+                "stream closed"
+            );
+            (t, None)
         }
-    }
+        Err((t, e)) => {
+            info!(connection = n, stream = id, error = %e, "stream ended with an error; closed the local connection");
+            (t, Some(e.to_string()))
+        }
+    };
+    events.emit(crate::events::Event::ConnectionClosed {
+        id: n,
+        bytes_in: moved.from_peer,
+        bytes_out: moved.to_peer,
+        error,
+    });
 }
 
-/// Copies both ways between `tcp` and `stream` until both directions have ended, or either
-/// fails: then the stream is reset and the local connection too (RST), so neither end mistakes
-/// a cut transfer for a complete one.
-pub(crate) async fn pipe_stream(tcp: TcpStream, stream: MuxStream) -> io::Result<Transferred> {
-    let _ = tcp.set_nodelay(true);
+/// Copies both ways between `local` and `stream` until both directions have ended, or either
+/// fails: then the stream is reset and the local connection dropped, so the peer does not
+/// mistake a cut transfer for a complete one. Returns what moved, also on failure.
+pub(crate) async fn pipe_stream(
+    local: LocalStream,
+    stream: MuxStream,
+    events: &Events,
+) -> Result<Transferred, (Transferred, io::Error)> {
     let MuxStream {
         id,
         shared,
@@ -427,39 +461,41 @@ pub(crate) async fn pipe_stream(tcp: TcpStream, stream: MuxStream) -> io::Result
         shared: &shared,
         wake: &wake,
     };
-    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+    let to_peer = std::sync::atomic::AtomicU64::new(0);
+    let from_peer = std::sync::atomic::AtomicU64::new(0);
+    let (mut local_r, mut local_w) = tokio::io::split(local);
     let upstream = async {
         // Small for an interactive connection, grown to one whole frame for one that fills
         // it: hundreds of idle local connections cost little.
         let mut buf = vec![0u8; FIRST_READ];
-        let mut total = 0u64;
         loop {
             let want = sender.credit().await?.min(buf.len());
-            let n = tcp_r.read(&mut buf[..want]).await?;
+            let n = local_r.read(&mut buf[..want]).await?;
             if n == buf.len() && n < MAX_DATA {
                 buf.resize((n * 4).min(MAX_DATA), 0);
             }
             if n == 0 {
                 sender.finish().await?;
-                return Ok::<u64, io::Error>(total);
+                return Ok::<(), io::Error>(());
             }
             sender.send(&buf[..n]).await?;
-            total += n as u64;
+            events.count_out(n);
+            to_peer.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     };
     let downstream = async {
-        let mut total = 0u64;
         loop {
             match incoming.recv().await {
                 Some(Incoming::Data(frame)) => {
                     let bytes = &frame[HEADER..];
-                    tcp_w.write_all(bytes).await?;
-                    total += bytes.len() as u64;
+                    local_w.write_all(bytes).await?;
+                    events.count_in(bytes.len());
+                    from_peer.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     sender.taken(bytes.len()).await;
                 }
                 Some(Incoming::Fin) => {
-                    tcp_w.shutdown().await?;
-                    return Ok::<u64, io::Error>(total);
+                    local_w.shutdown().await?;
+                    return Ok::<(), io::Error>(());
                 }
                 None => {
                     let why = lock(&shared.inner).closed.clone();
@@ -468,17 +504,19 @@ pub(crate) async fn pipe_stream(tcp: TcpStream, stream: MuxStream) -> io::Result
             }
         }
     };
-    match tokio::try_join!(upstream, downstream) {
-        Ok((to_peer, from_peer)) => {
+    let result = tokio::try_join!(upstream, downstream);
+    let moved = Transferred {
+        to_peer: to_peer.into_inner(),
+        from_peer: from_peer.into_inner(),
+    };
+    match result {
+        Ok(_) => {
             sender.done();
-            Ok(Transferred { to_peer, from_peer })
+            Ok(moved)
         }
         Err(e) => {
             sender.reset();
-            if let Ok(tcp) = tcp_r.reunite(tcp_w) {
-                let _ = tcp.set_zero_linger();
-            }
-            Err(e)
+            Err((moved, e))
         }
     }
 }

@@ -11,6 +11,6 @@ mod pool;
 pub(crate) mod proto;
 mod serve;
 
-pub(crate) use driver::{pipe_stream_and_log, Mux, MuxStream};
+pub(crate) use driver::{pipe_stream_and_log, Mux, MuxStream, Opening};
 pub(crate) use pool::{Opened, Pool};
 pub(crate) use serve::serve;

@@ -3,28 +3,36 @@
 
 use std::future::Future;
 
-use tokio::net::TcpStream;
 use tracing::info;
 
 use super::proto::{Limits, Role};
-use super::{pipe_stream_and_log, Mux};
+use super::{pipe_stream_and_log, Mux, Opening};
+use crate::events::Events;
+use crate::local::LocalStream;
 use crate::peer::PeerStream;
 
 /// Serves connection number `n` until it ends: each stream is piped to a connection that
 /// `service` makes (none: the service refused, and the stream is reset).
-pub(crate) async fn serve<F, Fut>(n: u64, peer: PeerStream, service: F)
-where
+/// Each stream is reported in `events` as a connection numbered `n`, of `opened`.
+pub(crate) async fn serve<F, Fut>(
+    n: u64,
+    peer: PeerStream,
+    opened: Opening,
+    events: &Events,
+    service: F,
+) where
     F: Fn(u64) -> Fut,
-    Fut: Future<Output = Option<TcpStream>> + Send + 'static,
+    Fut: Future<Output = Option<LocalStream>> + Send + 'static,
 {
     let (mux, mut accepted) = Mux::start(peer, Role::Server, Limits::default());
     let mut streams = 0u64;
     while let Some(stream) = accepted.recv().await {
         streams += 1;
-        let tcp = service(n);
+        let local = service(n);
+        let events = events.clone();
         tokio::spawn(async move {
-            match tcp.await {
-                Some(tcp) => pipe_stream_and_log(n, tcp, stream).await,
+            match local.await {
+                Some(local) => pipe_stream_and_log(n, local, stream, opened, &events).await,
                 None => stream.refuse(),
             }
         });
