@@ -47,7 +47,7 @@ fn start_script(script: &str, args: &[String]) -> (ChildProcess, Value) {
     start_on(Command::new("node"), "node", script, args)
 }
 
-/// Starts `interop/node/<script>` on the Bare runtime ([`bare`]), as [`start_script`] does
+/// Starts `interop/node/<script>` on the Bare runtime ([`bare`]), as `start_script` does
 /// on Node.
 pub fn start_bare_script(script: &str, args: &[String]) -> (ChildProcess, Value) {
     start_on(Command::new(bare()), "bare", script, args)
