@@ -105,27 +105,17 @@ fn exit_codes_are_the_documented_ones() {
         text(&out.stderr)
     );
 
-    // A failure at run time: the local port is taken.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port().to_string();
-    let key = "0".repeat(64);
+    // A failure at run time: the identity file named is not there.
     let out = run(&[
-        "connect",
-        "--key",
-        &key,
+        "share",
         "--port",
-        &port,
-        "--bootstrap",
-        "127.0.0.1:9",
+        "8080",
+        "--identity",
+        "/nonexistent/p2p-socket-identity.json",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "busy port: {}",
-        text(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("--port"),
+        text(&out.stderr).contains("create-id"),
         "{}",
         text(&out.stderr)
     );
