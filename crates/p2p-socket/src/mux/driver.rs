@@ -31,6 +31,9 @@ pub(crate) type Opening = (PublicKey, Path, Option<SocketAddr>);
 const DATA_QUEUE: usize = 16;
 /// A stream reads its local connection into this much at first (see [`pipe_stream`]).
 const FIRST_READ: usize = 4096;
+
+// Every frame goes out as one secret-stream message, so the peer reads it whole.
+const _: () = assert!(HEADER + MAX_DATA <= crate::secret::MESSAGE);
 /// Control frames queued for the peer. The reader answers a refused OPEN without waiting, so
 /// a peer that floods us with them while reading nothing fills this, and is cut off.
 const CONTROL_QUEUE: usize = 1024;

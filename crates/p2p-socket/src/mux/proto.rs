@@ -10,8 +10,10 @@ use thiserror::Error;
 
 /// Bytes before a frame's body.
 pub(crate) const HEADER: usize = 5;
-/// Most bytes of data one frame carries (one secret-stream message of 64 KiB and the header).
-pub(crate) const MAX_DATA: usize = 64 * 1024;
+/// Most bytes of data one frame carries: with the header, one whole 64 KiB secret-stream
+/// message, the most our secret stream puts in one (a longer frame would be cut in two
+/// messages, and the second read as a frame of its own).
+pub(crate) const MAX_DATA: usize = 64 * 1024 - HEADER;
 /// Longest reason a CLOSE frame carries.
 pub(crate) const MAX_REASON: usize = 256;
 
