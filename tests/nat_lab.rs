@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use netlab::{LabSpec, Nat};
 use support::lab::{dump, panic_text, service_in, Log, TwoHomes};
-use support::net::{assert_exchanged, exchange_timed, Behaviour, Service};
+use support::net::{assert_exchanged, exchange_timed, pattern_sha, Behaviour, Service};
 
 const MIB: u64 = 1024 * 1024;
 const VOLUME: u64 = 10 * MIB;
@@ -389,4 +389,100 @@ fn a_relayed_connection_survives_loss_and_delay() {
         [Nat::Symmetric, Nat::Symmetric],
         "a lossy, slow internet, through the relay",
     );
+}
+
+/// Issue 8's limit on random-port punches, with real processes: a sharer behind a randomising
+/// NAT and two connects behind a cone NAT, each with its own key, opening a connection at the
+/// same moment. A punch through a randomising NAT holds hundreds of sockets (or sprays probes)
+/// for seconds, so the sharer runs one at a time and tells the other client to try later, as
+/// Node's hyperdht does; that client retries and gets through once the first punch is done.
+/// Both transfers arrive whole, and the sharer's descriptors stay below the usual soft limit.
+#[test]
+fn a_second_random_punch_is_told_to_try_later_and_still_gets_through() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cell = Cell::new(LabSpec::homes([Nat::Symmetric, Nat::Cone]), MIB);
+    let share_log = Log::new("random-punch-share");
+    let connect_logs = [
+        Log::new("random-punch-connect-1"),
+        Log::new("random-punch-connect-2"),
+    ];
+    let (share, key) = cell.rust_share(&share_log, &[]);
+    let connects: Vec<_> = connect_logs
+        .iter()
+        .map(|log| cell.homes.rust_connect(&key, log, &[]))
+        .collect();
+    let logs: Vec<&Log> = std::iter::once(&share_log)
+        .chain(connect_logs.iter())
+        .collect();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", share.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let mut most_descriptors = descriptors();
+    let received = std::thread::scope(|scope| {
+        let transfers: Vec<_> = connects
+            .iter()
+            .enumerate()
+            .map(|(i, (_, listen))| {
+                let (lab, home, listen) = (&cell.homes.lab, cell.homes.connecting_home(), *listen);
+                scope.spawn(move || {
+                    let stream = lab
+                        .in_netns(home, move || TcpStream::connect(listen))
+                        .expect("enter the connecting home")
+                        .expect("dial the local end of the tunnel");
+                    exchange_timed(stream, MIB, 40 + i as u64)
+                        .unwrap_or_else(|e| panic!("connect {}: the transfer failed: {e}", i + 1))
+                        .0
+                })
+            })
+            .collect();
+        while transfers.iter().any(|t| !t.is_finished()) {
+            most_descriptors = most_descriptors.max(descriptors());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        transfers
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|e| panic!("{}\n{}", panic_text(e), dump(&logs)))
+            })
+            .collect::<Vec<_>>()
+    });
+    // The service answers its n-th connection (from 0) with the pattern of seed 20 + n, and the two
+    // connections may reach it in either order.
+    let answers = [pattern_sha(MIB, 20), pattern_sha(MIB, 21)];
+    for (i, client) in received.iter().enumerate() {
+        assert_eq!(client.received, MIB, "connect {}\n{}", i + 1, dump(&logs));
+        assert!(
+            answers.contains(&client.received_sha),
+            "connect {}: the service's answer arrived altered\n{}",
+            i + 1,
+            dump(&logs)
+        );
+    }
+    let mut sent: Vec<String> = received.iter().map(|c| c.sent_sha.clone()).collect();
+    let mut got: Vec<String> = (0..2)
+        .map(|_| cell.service.next_tally(TRANSFER).received_sha)
+        .collect();
+    sent.sort();
+    got.sort();
+    assert_eq!(
+        sent,
+        got,
+        "what the clients sent arrived whole\n{}",
+        dump(&logs)
+    );
+    assert!(
+        share_log.text().contains("told this one to try later"),
+        "the second punch was not told to wait its turn\n{}",
+        dump(&logs)
+    );
+    // One random punch's sockets (256) and the rest of the share: far below 1,024.
+    assert!(
+        most_descriptors < 700,
+        "the share held {most_descriptors} descriptors\n{}",
+        dump(&logs)
+    );
+    println!("random punches one at a time: both transfers verified, the share held at most {most_descriptors} descriptors");
 }
