@@ -24,9 +24,10 @@ pub(crate) fn pause_after(failures: u32) -> Duration {
     FIRST_PAUSE.saturating_mul(1 << doublings).min(MAX_PAUSE)
 }
 
-/// Whether trying again may help: not when the sharer speaks another protocol.
+/// Whether trying again may help: not when the sharer speaks another protocol, nor when it
+/// refused our key (it would refuse it again; the local program should hear so at once).
 fn worth_retrying(e: &Error) -> bool {
-    !matches!(e, Error::Incompatible { .. })
+    !matches!(e, Error::Incompatible { .. } | Error::Refused { .. })
 }
 
 /// Consecutive failed attempts to reach the sharer, over all local connections.
@@ -88,5 +89,18 @@ mod tests {
         assert_eq!(pauses, [500, 1000, 2000, 4000, 4000, 4000]);
         assert_eq!(pause_after(u32::MAX), MAX_PAUSE);
         assert_eq!(pause_after(0), FIRST_PAUSE);
+    }
+
+    #[test]
+    fn a_refusal_or_another_protocol_is_final() {
+        let refused = Error::Refused {
+            client: crate::identity::KeyPair::generate().public_key(),
+        };
+        assert!(!worth_retrying(&refused));
+        let gone = Error::AttemptTimedOut {
+            after: Duration::from_secs(1),
+            stage: crate::error::Stage::Handshake,
+        };
+        assert!(worth_retrying(&gone));
     }
 }
