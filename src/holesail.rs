@@ -79,6 +79,15 @@ pub struct Shared<'a> {
     pub connect_with: Option<&'a str>,
 }
 
+/// The string a share hands out: `hs://s000<key string>` in secret mode, else the public
+/// `hs://0000<z32 key>`.
+pub fn connection_string(key: PublicKey, secret: Option<&KeyString>) -> ConnectionString {
+    match secret {
+        Some(secret) => ConnectionString::Secret(secret.clone()),
+        None => ConnectionString::Public(key),
+    }
+}
+
 /// What share prints for its peers: the key, the `hs://` string and how to connect.
 pub fn print_share(shared: &Shared<'_>, qr: bool, bootstrap_flag: &str) {
     let Shared {
@@ -88,10 +97,7 @@ pub fn print_share(shared: &Shared<'_>, qr: bool, bootstrap_flag: &str) {
         secret,
         connect_with,
     } = *shared;
-    let string = match secret {
-        Some(secret) => ConnectionString::Secret(secret.clone()),
-        None => ConnectionString::Public(key),
-    };
+    let string = connection_string(key, secret);
     let (udp_flag, udp_note) = if udp { (" --udp", " (UDP)") } else { ("", "") };
     println!("Sharing {service}{udp_note}. Key:");
     println!("{key}");

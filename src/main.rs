@@ -620,7 +620,13 @@ async fn share(
     let allowed = allow.as_ref().map(|a| a.len()).filter(|_| secret.is_none());
     let udp = matches!(protocol, Protocol::Udp(_));
     let events = Events::new();
-    output.report(&events);
+    output.report_with(
+        &events,
+        serde_json::json!({
+            "connection_string": holesail::connection_string(key_pair.public_key(), secret.as_ref()).to_string(),
+            "secret": secret.is_some(),
+        }),
+    );
     // The record goes up while the share announces, not after: each joins the DHT.
     let (share, record) = tokio::join!(
         Share::start(ShareOptions {

@@ -45,10 +45,16 @@ impl Output {
     /// Starts reporting what `events` say (subscribed now, so call it before starting the
     /// share or connect). The task ends with the process.
     pub fn report(self, events: &Events) {
+        self.report_with(events, json!({}));
+    }
+
+    /// [`Output::report`], with `listening`'s fields added to the JSON `listening` event (what
+    /// the CLI knows beyond the engine: the connection string of a share).
+    pub fn report_with(self, events: &Events, listening: Value) {
         let receiver = events.subscribe();
         match self {
             Output::Json => {
-                tokio::spawn(print_json(receiver));
+                tokio::spawn(print_json(receiver, listening));
             }
             Output::Status => {
                 tokio::spawn(show_status(receiver, events.clone()));
@@ -104,10 +110,18 @@ pub fn event_json(event: &Event) -> Value {
     }
 }
 
-async fn print_json(mut receiver: broadcast::Receiver<Event>) {
+async fn print_json(mut receiver: broadcast::Receiver<Event>, listening: Value) {
     loop {
         match receiver.recv().await {
-            Ok(event) => print_json_line(event_json(&event)),
+            Ok(event) => {
+                let mut line = event_json(&event);
+                if let (Event::Listening { .. }, Some(extra)) = (&event, listening.as_object()) {
+                    for (k, v) in extra {
+                        line[k] = v.clone();
+                    }
+                }
+                print_json_line(line)
+            }
             Err(RecvError::Lagged(missed)) => {
                 print_json_line(json!({"event": "lagged", "missed": missed}))
             }

@@ -22,7 +22,6 @@ const NODES: usize = 10;
 /// A second loopback address for services whose port the tunnel's local end takes on 127.0.0.1
 /// (a record names the service's port, and both ends are on this one machine).
 const OTHER_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-const CONNECTION_STRING: &str = "Connection string (holesail and p2p-socket): ";
 
 /// One Node testnet (real hyperdht nodes) for all tests of this file: holesail's mutable
 /// records live on it. It exits with the test process (its stdin closes).
@@ -59,10 +58,11 @@ fn verify_transfer(port: u16, what: &str) {
 
 /// `share` with `args`; its hex key and the connection string it printed.
 fn share(bootstrap: &[String], args: &[&str]) -> (ShareProcess, String) {
-    let mut share = ShareProcess::start_with(&bootstrap.join(","), args);
-    let string = share.process.wait_for(READY, |line| {
-        line.strip_prefix(CONNECTION_STRING).map(str::to_string)
-    });
+    let share = ShareProcess::start_with(&bootstrap.join(","), args);
+    let string = share
+        .connection_string
+        .clone()
+        .expect("the listening event names the connection string");
     (share, string)
 }
 

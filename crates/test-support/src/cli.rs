@@ -161,6 +161,8 @@ impl LocalDht {
 /// A running `p2p-socket share`.
 pub struct ShareProcess {
     pub key: String,
+    /// The `hs://` string its `listening` event names.
+    pub connection_string: Option<String>,
     pub process: ChildProcess,
     log: Option<LogFile>,
 }
@@ -185,9 +187,12 @@ impl ShareProcess {
             .args(args)
             .args(["--bootstrap", bootstrap]);
         let mut process = ChildProcess::spawn(cmd, "share");
-        let key = process.wait_for(READY, listening_key);
+        let (key, connection_string) = process.wait_for(READY, |line| {
+            Some((listening_key(line)?, listening(line, "connection_string")))
+        });
         ShareProcess {
             key,
+            connection_string,
             process,
             log: None,
         }
