@@ -291,6 +291,14 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     let output = Output::choose(cli.json, cli.quiet);
+    let long_running = match &cli.command {
+        Command::Share(_) | Command::Relay { .. } | Command::Bootstrap { .. } => true,
+        Command::Connect { stdio, .. } => !stdio,
+        _ => false,
+    };
+    if long_running {
+        watch_for_shutdown()?;
+    }
     match cli.command {
         Command::Share(args) => share(network(&cli.bootstrap)?, args, &cli.bootstrap, output).await,
         Command::Connect {
@@ -341,8 +349,16 @@ async fn run(cli: Cli) -> Result<()> {
                 // blocked reading stdin.
                 std::process::exit(0);
             }
-            let from_record = port.is_none();
-            let port = holesail::listen_port(&network, remote, port).await?;
+            // A Unix socket has no port to learn from the sharer's record.
+            #[cfg(unix)]
+            let wants_port = unix.is_none();
+            #[cfg(not(unix))]
+            let wants_port = true;
+            let from_record = port.is_none() && wants_port;
+            let port = match (port, wants_port) {
+                (port, true) => holesail::listen_port(&network, remote, port).await?,
+                (port, false) => port.unwrap_or(0),
+            };
             let listen = Listen::Tcp(SocketAddr::new(host, port));
             #[cfg(unix)]
             let listen = match unix {
@@ -740,19 +756,40 @@ async fn relay(
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn wait_for_shutdown() -> Result<()> {
+/// Set once Ctrl-C or SIGTERM arrived; see [`watch_for_shutdown`].
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Starts listening for Ctrl-C and SIGTERM now, before the command starts: a share announces
+/// itself (its `--json` `listening` line is out) before it is done starting, and a signal in
+/// that window must still end it cleanly, not kill it.
+fn watch_for_shutdown() -> Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot watch for SIGTERM")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    tokio::spawn(async move {
+        #[cfg(unix)]
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot watch for Ctrl-C")?,
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+    });
+    let _ = SHUTDOWN.set(stopped);
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_shutdown() -> Result<()> {
+    let mut stopped = SHUTDOWN
+        .get()
+        .context("no watch for Ctrl-C was started")?
+        .clone();
+    stopped
+        .wait_for(|stop| *stop)
         .await
         .context("cannot watch for Ctrl-C")?;
     Ok(())

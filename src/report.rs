@@ -94,6 +94,9 @@ pub fn event_json(event: &Event) -> Value {
         Event::ConnectionFailed { id, reason } => {
             json!({"event": "connection_failed", "id": id, "reason": reason})
         }
+        Event::PeerRefused { key } => {
+            json!({"event": "peer_refused", "key": key.to_string()})
+        }
         Event::ConnectionClosed {
             id,
             bytes_in,

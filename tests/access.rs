@@ -199,7 +199,7 @@ fn an_allowed_key_gets_in_and_another_is_refused_before_the_service() {
     let Allowing {
         dir,
         service,
-        share,
+        mut share,
         dht,
     } = allowing("allow", &alice.public_key().to_string());
 
@@ -211,6 +211,12 @@ fn an_allowed_key_gets_in_and_another_is_refused_before_the_service() {
     let refused = connect_as(&dir, &dht.bootstrap, &share.key, "mallory.json", &mallory);
     let took = expect_refused(refused.addr, FAST_REFUSAL, "client not on the list");
     eprintln!("refusal reached our client in {took:?}");
+    // Programs reading --json hear of it with the client's key.
+    let mallory_key = mallory.public_key().to_string();
+    share.process.wait_for(Duration::from_secs(10), |line| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        (event["event"] == "peer_refused" && event["key"] == mallory_key.as_str()).then_some(())
+    });
     // A client with a fresh key each run is refused the same way.
     let anonymous = ConnectProcess::start(&dht.bootstrap, &share.key);
     expect_refused(anonymous.addr, FAST_REFUSAL, "anonymous client");

@@ -263,21 +263,34 @@ fn share_prints_the_strings_and_a_qr_code() {
     let bootstrap = testnet();
     let service = service();
     let port = service.port().to_string();
-    let (mut share, string) = share(
-        &bootstrap,
-        &["--host", "127.0.0.1", "--port", &port, "--secret", "--qr"],
-    );
+    // The text a person reads: no --json (test-support's ShareProcess asks for JSON).
+    let mut cmd = support::cli::bin();
+    cmd.args([
+        "share",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--secret",
+        "--qr",
+    ])
+    .args(["--bootstrap", &bootstrap.join(",")]);
+    let mut share = support::process::ChildProcess::spawn(cmd, "share");
+    let string = share.wait_for(READY, |line| {
+        line.strip_prefix("Connection string (holesail and p2p-socket): ")
+            .map(str::to_string)
+    });
     assert!(string.starts_with("hs://s000"));
     // The QR code follows: a square of half blocks (two module rows a line), quiet zone
     // included, at least version 3 (29 modules) for a 73-character string.
-    let first = share.process.wait_for(READY, |line| {
+    let first = share.wait_for(READY, |line| {
         line.contains('\u{2588}').then(|| line.to_string())
     });
     let width = first.chars().count();
     assert!(width >= 29 + 8, "{first:?}");
     let mut rows = vec![first];
     while rows.len() < (width - 1) / 2 {
-        let row = share.process.wait_for(READY, |line| Some(line.to_string()));
+        let row = share.wait_for(READY, |line| Some(line.to_string()));
         rows.push(row);
     }
     for row in &rows {

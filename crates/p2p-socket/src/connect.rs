@@ -237,17 +237,18 @@ async fn forward(
     };
     let open_us = started.elapsed().as_micros() as u64;
     match opened {
-        Opened::Raw(peer, path) => {
+        Opened::Raw(peer, path, addr) => {
             info!(connection = n, %from, %path, open_us, "connected to the sharer");
-            pipe_and_log(n, local, (peer, path, None), &shared.events).await;
+            pipe_and_log(n, local, (peer, path, addr), &shared.events).await;
         }
         Opened::Stream {
             stream,
             path,
             fresh,
+            peer,
         } => {
             info!(connection = n, %from, %path, stream = stream.id(), fresh, open_us, "connected to the sharer, multiplexed");
-            let opening = (shared.remote, path, None);
+            let opening = (shared.remote, path, peer);
             pipe_stream_and_log(n, local, stream, opening, &shared.events).await;
         }
     }

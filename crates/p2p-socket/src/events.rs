@@ -46,6 +46,13 @@ pub enum Event {
         /// Where the peer's packets come from (the relay's address when relayed).
         peer: Option<SocketAddr>,
     },
+    /// A share refused a client whose key is not on its allow list (or, in secret mode, not
+    /// the one key pair the string gives). Said for the first refusals of each minute; a
+    /// flood is summed up in the log.
+    PeerRefused {
+        /// The client's public key.
+        key: PublicKey,
+    },
     /// A connection could not be carried: the sharer could not be reached (connect), or the
     /// local service refused it (share). The share or connect keeps running.
     ConnectionFailed {

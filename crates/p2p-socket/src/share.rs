@@ -11,7 +11,7 @@ use crate::dht::NetworkOptions;
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
 use crate::identity::{KeyPair, PublicKey};
-use crate::listener::{Handler, Listener, MAX_CONNECTIONS};
+use crate::listener::{Admission, Handler, Listener, MAX_CONNECTIONS};
 use crate::local::{connect_service, LocalStream, Service};
 use crate::mux;
 use crate::noise_session::Features;
@@ -95,7 +95,10 @@ impl Share {
             opts.key_pair,
             opts.relay,
             opts.max_connections,
-            opts.allow,
+            opts.allow.map(|list| Admission {
+                list,
+                events: events.clone(),
+            }),
             features,
             handler,
         )

@@ -18,6 +18,7 @@ use peeroxide_dht::noise::HandshakeIK;
 use tracing::{debug, warn};
 
 use super::Server;
+use crate::events::{Event, Events};
 use crate::handshake::our_payload;
 use crate::identity::PublicKey;
 use crate::nat::Firewall;
@@ -38,18 +39,21 @@ pub(super) enum Verdict {
 }
 
 /// How many refusals were logged in the current window, to keep a flood out of the log.
+/// The refusals it logs are also said in `events`, as [`Event::PeerRefused`].
 pub(super) struct RefusalLog {
     window_start: Instant,
     logged: u32,
     quiet: u64,
+    events: Option<Events>,
 }
 
 impl RefusalLog {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(events: Option<Events>) -> Self {
         Self {
             window_start: Instant::now(),
             logged: 0,
             quiet: 0,
+            events,
         }
     }
 
@@ -63,7 +67,7 @@ impl RefusalLog {
                     self.quiet
                 );
             }
-            *self = Self::new();
+            *self = Self::new(self.events.take());
         }
         if self.logged < LOGGED_PER_WINDOW {
             self.logged += 1;
@@ -71,6 +75,9 @@ impl RefusalLog {
                 client = %client,
                 "refused a connection: this client key is not on the allow list; add it with --allow if it should get in"
             );
+            if let Some(events) = &self.events {
+                events.emit(Event::PeerRefused { key: *client });
+            }
         } else {
             self.quiet += 1;
             debug!(client = %client, "refused a connection (not on the allow list)");

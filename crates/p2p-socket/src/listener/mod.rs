@@ -30,6 +30,7 @@ use crate::addr::{ipv4_peer, to_socket_addr};
 use crate::dht::{DhtNode, NetworkOptions};
 use crate::dialer::relay_dialer;
 use crate::error::{Error, Result};
+use crate::events::Events;
 use crate::holepunch::{ServerPunch, BIRTHDAY_SOCKETS};
 use crate::identity::{KeyPair, PublicKey};
 use crate::noise_session::Features;
@@ -75,6 +76,12 @@ const PUNCH_DESCRIPTORS: usize =
     MAX_SESSIONS + RANDOM_PUNCHES_AT_ONCE * BIRTHDAY_SOCKETS + MAX_ROUTES;
 const _: () = assert!(PUNCH_DESCRIPTORS <= 640);
 
+/// A listener that admits only some clients: the list, and where refusals are reported.
+pub(crate) struct Admission {
+    pub(crate) list: AllowList,
+    pub(crate) events: Events,
+}
+
 /// What a server does with each connection once it is open and encrypted: the number of the
 /// connection, the stream, what carries it, and how it travels.
 pub(crate) type Handler = Arc<
@@ -115,7 +122,7 @@ impl Listener {
         key_pair: KeyPair,
         relay: Option<PublicKey>,
         max_connections: usize,
-        allow: Option<AllowList>,
+        allow: Option<Admission>,
         features: Features,
         handler: Handler,
     ) -> Result<Listener> {
@@ -160,8 +167,8 @@ impl Listener {
             random_punches: Arc::new(Semaphore::new(RANDOM_PUNCHES_AT_ONCE)),
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
-            allow,
-            refusals: RefusalLog::new(),
+            refusals: RefusalLog::new(allow.as_ref().map(|a| a.events.clone())),
+            allow: allow.map(|a| a.list),
             features,
             requests_tx,
             routes_tx,

@@ -2,6 +2,7 @@
 //! next ones become streams on it, and when it ends (the sharer restarted, the path died) the
 //! next local connection opens a new one.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +22,12 @@ pub(crate) enum Opened {
         stream: MuxStream,
         path: Path,
         fresh: bool,
+        /// The sharer's address, where known.
+        peer: Option<SocketAddr>,
     },
     /// A connection of its own, raw bytes: the sharer does not multiplex (Node, hypertele,
     /// holesail, an older p2p-socket).
-    Raw(PeerStream, Path),
+    Raw(PeerStream, Path, Option<SocketAddr>),
 }
 
 /// The connection local connections share.
@@ -32,7 +35,7 @@ pub(crate) struct Pool {
     connector: Arc<Connector>,
     /// Held while a connection opens, so that a burst of local connections waits for one
     /// handshake instead of making one each.
-    current: AsyncMutex<Option<(Mux, Path)>>,
+    current: AsyncMutex<Option<(Mux, Path, Option<SocketAddr>)>>,
     /// The sharer answered without multiplexing: every local connection dials, in parallel.
     raw: AtomicBool,
 }
@@ -55,16 +58,17 @@ impl Pool {
     /// only when there is none to share.
     pub(crate) async fn open_within(&self, limit: Duration) -> Result<Opened> {
         if self.raw.load(Ordering::Relaxed) {
-            let (peer, path) = self.connector.open_within(limit).await?;
-            return Ok(Opened::Raw(peer, path));
+            let (peer, link, path) = self.connector.open_link_within(limit).await?;
+            return Ok(Opened::Raw(peer, path, link.peer()));
         }
         let mut current = self.current.lock().await;
-        if let Some((mux, path)) = current.as_ref() {
+        if let Some((mux, path, peer)) = current.as_ref() {
             if let Some(stream) = mux.open().await {
                 return Ok(Opened::Stream {
                     stream,
                     path: *path,
                     fresh: false,
+                    peer: *peer,
                 });
             }
         }
@@ -73,7 +77,7 @@ impl Pool {
         let (peer, link, path) = self.connector.open_link_within(limit).await?;
         if !link.features.mux {
             self.raw.store(true, Ordering::Relaxed);
-            return Ok(Opened::Raw(peer, path));
+            return Ok(Opened::Raw(peer, path, link.peer()));
         }
         let (mux, _) = Mux::start(peer, Role::Client, Limits::default());
         let stream = mux.open().await.ok_or_else(|| Error::NoDataPath {
@@ -81,17 +85,19 @@ impl Pool {
             peer: None,
             waited: Duration::ZERO,
         })?;
-        *current = Some((mux, path));
+        let peer = link.peer();
+        *current = Some((mux, path, peer));
         Ok(Opened::Stream {
             stream,
             path,
             fresh: true,
+            peer,
         })
     }
 
     /// Ends the shared connection (its streams fail).
     pub(crate) async fn close(&self) {
-        if let Some((mux, _)) = self.current.lock().await.take() {
+        if let Some((mux, ..)) = self.current.lock().await.take() {
             mux.close("the connect is stopping");
         }
     }
