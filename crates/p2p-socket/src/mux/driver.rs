@@ -1,6 +1,6 @@
 //! Runs [`proto`](super::proto) on an encrypted connection: one task reads the peer's frames
-//! and hands each stream its data, one writes our frames, and each local TCP connection is
-//! piped to its stream by [`pipe_stream`].
+//! and hands each stream its data, one writes our frames, and each local connection is piped
+//! to its stream by [`pipe_stream`](super::pipe::pipe_stream).
 //!
 //! Control frames (OPEN, WINDOW, RESET, CLOSE) go before queued data, so a bulk transfer that
 //! filled the queue does not hold up another stream's window update or a new stream.
@@ -11,17 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::proto::{self, Event, Limits, Role, Session, HEADER, MAX_DATA};
-use crate::events::Events;
 use crate::identity::PublicKey;
-use crate::local::LocalStream;
 use crate::lock::lock;
 use crate::peer::{Path, PeerStream};
-use crate::pipe::Transferred;
 
 /// Who a stream's connection is with, as events report it: the peer's key, the path, and its
 /// address where known.
@@ -29,8 +25,9 @@ pub(crate) type Opening = (PublicKey, Path, Option<SocketAddr>);
 
 /// Data frames queued for the peer, all streams together: 16 of 64 KiB at most.
 const DATA_QUEUE: usize = 16;
-/// A stream reads its local connection into this much at first (see [`pipe_stream`]).
-const FIRST_READ: usize = 4096;
+/// A stream reads its local connection into this much at first (see
+/// [`pipe_stream`](super::pipe::pipe_stream)).
+pub(super) const FIRST_READ: usize = 4096;
 
 // Every frame goes out as one secret-stream message, so the peer reads it whole.
 const _: () = assert!(HEADER + MAX_DATA <= crate::secret::MESSAGE);
@@ -40,7 +37,7 @@ const CONTROL_QUEUE: usize = 1024;
 
 /// What a stream's reader gets; the channel ending without [`Incoming::Fin`] means the stream
 /// was reset or the connection is gone.
-enum Incoming {
+pub(super) enum Incoming {
     /// A whole DATA frame: the bytes start at [`HEADER`], so no copy is made.
     Data(Vec<u8>),
     Fin,
@@ -59,7 +56,7 @@ struct Inner {
     closed: Option<String>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     inner: Mutex<Inner>,
     data: mpsc::Sender<Vec<u8>>,
     control: mpsc::Sender<Vec<u8>>,
@@ -67,6 +64,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Why the connection ended, once it has.
+    pub(super) fn closed_reason(&self) -> Option<String> {
+        lock(&self.inner).closed.clone()
+    }
+
     /// Ends the connection: every stream fails at once, the tasks stop.
     fn shut(&self, why: String) {
         let mut inner = lock(&self.inner);
@@ -280,10 +282,10 @@ async fn write_loop(
 
 /// One stream of a multiplexed connection.
 pub(crate) struct MuxStream {
-    id: u32,
-    shared: Arc<Shared>,
-    incoming: mpsc::UnboundedReceiver<Incoming>,
-    wake: Arc<Notify>,
+    pub(super) id: u32,
+    pub(super) shared: Arc<Shared>,
+    pub(super) incoming: mpsc::UnboundedReceiver<Incoming>,
+    pub(super) wake: Arc<Notify>,
 }
 
 impl MuxStream {
@@ -321,14 +323,15 @@ impl MuxStream {
     }
 }
 
-/// The sending side of a stream, shared by the two directions of [`pipe_stream`].
-struct Sender<'a> {
-    id: u32,
-    shared: &'a Shared,
-    wake: &'a Notify,
+/// The sending side of a stream, shared by the two directions of
+/// [`pipe_stream`](super::pipe::pipe_stream).
+pub(super) struct Sender<'a> {
+    pub(super) id: u32,
+    pub(super) shared: &'a Shared,
+    pub(super) wake: &'a Notify,
 }
 
-fn gone(why: &Option<String>) -> io::Error {
+pub(super) fn gone(why: &Option<String>) -> io::Error {
     match why {
         Some(why) => io::Error::new(
             io::ErrorKind::ConnectionAborted,
@@ -340,7 +343,7 @@ fn gone(why: &Option<String>) -> io::Error {
 
 impl Sender<'_> {
     /// Waits until the stream may send, and says how much.
-    async fn credit(&self) -> io::Result<usize> {
+    pub(super) async fn credit(&self) -> io::Result<usize> {
         loop {
             {
                 let inner = lock(&self.shared.inner);
@@ -356,12 +359,12 @@ impl Sender<'_> {
         }
     }
 
-    async fn send(&self, bytes: &[u8]) -> io::Result<()> {
+    pub(super) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
         lock(&self.shared.inner).session.sent(self.id, bytes.len());
         self.queue(proto::data(self.id, bytes)).await
     }
 
-    async fn queue(&self, frame: Vec<u8>) -> io::Result<()> {
+    pub(super) async fn queue(&self, frame: Vec<u8>) -> io::Result<()> {
         self.shared
             .data
             .send(frame)
@@ -370,7 +373,7 @@ impl Sender<'_> {
     }
 
     /// Sends FIN (after the data queued before it).
-    async fn finish(&self) -> io::Result<()> {
+    pub(super) async fn finish(&self) -> io::Result<()> {
         self.queue(proto::fin(self.id)).await?;
         let mut inner = lock(&self.shared.inner);
         inner.session.fin_sent(self.id);
@@ -378,7 +381,7 @@ impl Sender<'_> {
     }
 
     /// We took `n` bytes; grants them back to the peer once enough gathered.
-    async fn taken(&self, n: usize) {
+    pub(super) async fn taken(&self, n: usize) {
         let grant = lock(&self.shared.inner).session.taken(self.id, n);
         if let Some(grant) = grant {
             let _ = self
@@ -390,7 +393,7 @@ impl Sender<'_> {
     }
 
     /// Abandons the stream; the peer is told unless the connection is gone.
-    fn reset(&self) {
+    pub(super) fn reset(&self) {
         let mut inner = lock(&self.shared.inner);
         if inner.closed.is_none() && inner.streams.contains_key(&self.id) {
             drop_stream(&mut inner, self.id);
@@ -399,128 +402,9 @@ impl Sender<'_> {
     }
 
     /// Forgets a stream that ended cleanly both ways.
-    fn done(&self) {
+    pub(super) fn done(&self) {
         let mut inner = lock(&self.shared.inner);
         drop_stream(&mut inner, self.id);
-    }
-}
-
-/// [`pipe_stream`]s the stream of peer connection `n`, reporting it in `events` as a
-/// connection of its own (under `n`), and logs how it ended.
-pub(crate) async fn pipe_stream_and_log(
-    n: u64,
-    local: LocalStream,
-    stream: MuxStream,
-    (key, path, peer): Opening,
-    events: &Events,
-) {
-    let id = stream.id();
-    events.emit(crate::events::Event::ConnectionOpened {
-        id: n,
-        key,
-        path,
-        peer,
-    });
-    let (moved, error) = match pipe_stream(local, stream, events).await {
-        Ok(t) => {
-            info!(
-                connection = n,
-                stream = id,
-                to_peer = t.to_peer,
-                from_peer = t.from_peer,
-                "stream closed"
-            );
-            (t, None)
-        }
-        Err((t, e)) => {
-            info!(connection = n, stream = id, error = %e, "stream ended with an error; closed the local connection");
-            (t, Some(e.to_string()))
-        }
-    };
-    events.emit(crate::events::Event::ConnectionClosed {
-        id: n,
-        bytes_in: moved.from_peer,
-        bytes_out: moved.to_peer,
-        error,
-    });
-}
-
-/// Copies both ways between `local` and `stream` until both directions have ended, or either
-/// fails: then the stream is reset and the local connection dropped, so the peer does not
-/// mistake a cut transfer for a complete one. Returns what moved, also on failure.
-pub(crate) async fn pipe_stream(
-    local: LocalStream,
-    stream: MuxStream,
-    events: &Events,
-) -> Result<Transferred, (Transferred, io::Error)> {
-    let MuxStream {
-        id,
-        shared,
-        mut incoming,
-        wake,
-    } = stream;
-    let sender = Sender {
-        id,
-        shared: &shared,
-        wake: &wake,
-    };
-    let to_peer = std::sync::atomic::AtomicU64::new(0);
-    let from_peer = std::sync::atomic::AtomicU64::new(0);
-    let (mut local_r, mut local_w) = tokio::io::split(local);
-    let upstream = async {
-        // Small for an interactive connection, grown to one whole frame for one that fills
-        // it: hundreds of idle local connections cost little.
-        let mut buf = vec![0u8; FIRST_READ];
-        loop {
-            let want = sender.credit().await?.min(buf.len());
-            let n = local_r.read(&mut buf[..want]).await?;
-            if n == buf.len() && n < MAX_DATA {
-                buf.resize((n * 4).min(MAX_DATA), 0);
-            }
-            if n == 0 {
-                sender.finish().await?;
-                return Ok::<(), io::Error>(());
-            }
-            sender.send(&buf[..n]).await?;
-            events.count_out(n);
-            to_peer.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-    };
-    let downstream = async {
-        loop {
-            match incoming.recv().await {
-                Some(Incoming::Data(frame)) => {
-                    let bytes = &frame[HEADER..];
-                    local_w.write_all(bytes).await?;
-                    events.count_in(bytes.len());
-                    from_peer.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    sender.taken(bytes.len()).await;
-                }
-                Some(Incoming::Fin) => {
-                    local_w.shutdown().await?;
-                    return Ok::<(), io::Error>(());
-                }
-                None => {
-                    let why = lock(&shared.inner).closed.clone();
-                    return Err(gone(&why));
-                }
-            }
-        }
-    };
-    let result = tokio::try_join!(upstream, downstream);
-    let moved = Transferred {
-        to_peer: to_peer.into_inner(),
-        from_peer: from_peer.into_inner(),
-    };
-    match result {
-        Ok(_) => {
-            sender.done();
-            Ok(moved)
-        }
-        Err(e) => {
-            sender.reset();
-            Err((moved, e))
-        }
     }
 }
 

@@ -7,10 +7,12 @@
 //! protocol without I/O, [`driver`] runs it on a secret stream.
 
 mod driver;
+mod pipe;
 mod pool;
 pub(crate) mod proto;
 mod serve;
 
-pub(crate) use driver::{pipe_stream_and_log, Mux, MuxStream, Opening};
+pub(crate) use driver::{Mux, MuxStream, Opening};
+pub(crate) use pipe::pipe_stream_and_log;
 pub(crate) use pool::{Opened, Pool};
 pub(crate) use serve::serve;
