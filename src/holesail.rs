@@ -138,12 +138,11 @@ pub fn qr_code(text: &str) -> Option<String> {
     )
 }
 
-/// `connect --key`: the sharer's key and the key pair to connect with (secret mode prescribes
-/// one; otherwise a fresh one).
-pub fn connect_key(key: &str) -> Result<(PublicKey, KeyPair)> {
+/// `connect --key`: the sharer's key, and the key pair to connect with where the string
+/// prescribes one (secret mode).
+pub fn connect_key(key: &str) -> Result<(PublicKey, Option<KeyPair>)> {
     let string: ConnectionString = key.parse().context("the --key is not usable")?;
-    let key_pair = string.client_key_pair().unwrap_or_else(KeyPair::generate);
-    Ok((string.remote(), key_pair))
+    Ok((string.remote(), string.client_key_pair()))
 }
 
 /// Where connect listens: `--port` when given; else the port in the sharer's service record,

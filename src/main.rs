@@ -322,14 +322,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ((key_pair, None), Some(key)) => {
                     let (remote, secret_pair) = holesail::connect_key(&key)?;
                     // A secret-mode string prescribes the key pair; --identity otherwise.
-                    (
-                        if key.starts_with("hs://s") {
-                            secret_pair
-                        } else {
-                            key_pair
-                        },
-                        remote,
-                    )
+                    (secret_pair.unwrap_or(key_pair), remote)
                 }
                 (_, None) => bail!("give the sharer's key with --key"),
             };
