@@ -183,16 +183,21 @@ enum Broke {
 fn steady_stream(
     mut stream: TcpStream,
     seed: u64,
+    soak: Instant,
     stop: &AtomicBool,
     traffic: &Mutex<Traffic>,
 ) -> Result<(), Broke> {
-    let io = |e: std::io::Error, doing: &str, after: u64| match e.kind() {
+    let mut last_echo = soak.elapsed();
+    let io = |e: std::io::Error, doing: &str, after: u64, last: Duration| {
+        match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Broke::Hung(format!(
-            "{doing}: nothing for {} s after {after} bytes",
-            HUNG.as_secs()
+            "long-lived stream {seed}: {doing}: nothing for {} s after {after} bytes, the last echo at {} s of the soak",
+            HUNG.as_secs(),
+            last.as_secs()
         )),
         std::io::ErrorKind::UnexpectedEof => Broke::Cleanly(format!("{doing}: closed")),
         _ => Broke::Cleanly(format!("{doing}: {}", e.kind())),
+    }
     };
     let _ = stream.set_read_timeout(Some(HUNG));
     let _ = stream.set_write_timeout(Some(HUNG));
@@ -203,10 +208,10 @@ fn steady_stream(
         out.fill(&mut chunk);
         stream
             .write_all(&chunk)
-            .map_err(|e| io(e, "write", echoed))?;
+            .map_err(|e| io(e, "write", echoed, last_echo))?;
         stream
             .read_exact(&mut got)
-            .map_err(|e| io(e, "read", echoed))?;
+            .map_err(|e| io(e, "read", echoed, last_echo))?;
         expect.fill(&mut want);
         if got != want {
             return Err(Broke::Corrupt(format!(
@@ -214,22 +219,28 @@ fn steady_stream(
             )));
         }
         echoed += CHUNK as u64;
+        last_echo = soak.elapsed();
         lock(traffic).bytes_verified += CHUNK as u64;
         std::thread::sleep(CHUNK_PAUSE);
     }
     Ok(())
 }
 
-/// One long-lived stream after another, for as long as the soak runs.
-fn steady(netns: &str, listen: SocketAddr, stop: &AtomicBool, traffic: &Mutex<Traffic>) {
+/// One long-lived stream after another, for as long as the soak (started at `soak`) runs.
+fn steady(
+    netns: &str,
+    listen: SocketAddr,
+    soak: Instant,
+    stop: &AtomicBool,
+    traffic: &Mutex<Traffic>,
+) {
     let mut seed = 1_000_000;
     while !stop.load(Ordering::Relaxed) {
         seed += 1;
-        let opened = Instant::now();
         let broke = match dial(netns, listen) {
             Ok(stream) => {
                 lock(traffic).steady_streams += 1;
-                steady_stream(stream, seed, stop, traffic)
+                steady_stream(stream, seed, soak, stop, traffic)
             }
             Err(e) => Err(Broke::Cleanly(e)),
         };
@@ -238,10 +249,7 @@ fn steady(netns: &str, listen: SocketAddr, stop: &AtomicBool, traffic: &Mutex<Tr
             Ok(()) => {}
             Err(Broke::Cleanly(why)) => *t.steady_breaks.entry(why).or_default() += 1,
             Err(Broke::Corrupt(why)) => t.corrupt.push(why),
-            Err(Broke::Hung(why)) => t.hung.push(format!(
-                "long-lived stream opened at {} s: {why}",
-                opened.elapsed().as_secs()
-            )),
+            Err(Broke::Hung(why)) => t.hung.push(why),
         }
         drop(t);
         std::thread::sleep(Duration::from_millis(200));
@@ -611,7 +619,7 @@ fn main() {
     let mut json_events: BTreeMap<String, u64> = BTreeMap::new();
     let mut connect_failures: BTreeMap<String, u64> = BTreeMap::new();
     std::thread::scope(|s| {
-        s.spawn(|| steady(&netns, listen, &stop_traffic, &traffic));
+        s.spawn(|| steady(&netns, listen, started, &stop_traffic, &traffic));
         s.spawn(|| bursts(&netns, listen, &stop_traffic, &traffic));
         // The baseline once the traffic has run a while (threads started, buffers and the
         // allocator's arenas warmed up), just before the first event.
@@ -896,18 +904,15 @@ impl Summary<'_> {
         })
     }
 
-    /// summary.md, summary.json and the tail of each process's log under `--out`.
+    /// summary.md, summary.json and each process's log under `--out`.
     fn write(&self, markdown: &str, logs: &[Log]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.o.out)?;
         std::fs::write(self.o.out.join("summary.md"), markdown)?;
         let json = serde_json::to_string_pretty(&self.json()).map_err(std::io::Error::other)?;
         std::fs::write(self.o.out.join("summary.json"), json)?;
         for log in logs {
-            let text = log.text();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(300)..].join("\n");
             if let Some(name) = log.0.file_name() {
-                std::fs::write(self.o.out.join(name), tail)?;
+                std::fs::copy(&log.0, self.o.out.join(name))?;
             }
         }
         Ok(())
