@@ -230,6 +230,54 @@ fn a_restarted_share_ends_open_streams_and_the_next_connection_opens_a_new_one()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The shared connection was idle when the share died (SIGKILL: no goodbye): the path is dead
+/// but nothing was sent on it, so the transport has not noticed. The next local connection
+/// must not be put on it and fail: the connect probes the idle connection, finds no answer,
+/// and opens a new one to the restarted share (docs/multiplexing.md, "Liveness").
+#[test]
+fn a_connection_opened_after_an_idle_share_died_reaches_the_restarted_share() {
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let dir = std::env::temp_dir().join(format!("p2p-socket-mux-idle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = dir.join("identity.json");
+    let made = bin()
+        .args(["create-id", "--identity", identity.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let args = [
+        "--identity",
+        identity.to_str().unwrap(),
+        "--key-derivation",
+        "hashed",
+    ];
+    let volume = 64 * KIB;
+    let verified = |seed: u64, connect: &ConnectProcess| {
+        let t = exchange(dial(connect.addr), volume, seed)
+            .unwrap_or_else(|e| panic!("connection {seed} failed: {e}"));
+        assert_eq!(t.received, volume, "connection {seed}");
+        assert_eq!(
+            t.received_sha,
+            pattern_sha(volume, seed),
+            "connection {seed}"
+        );
+    };
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
+    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    verified(1, &connect);
+
+    drop(share); // SIGKILL, while the shared connection is idle
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
+    // Past the idle spell after which a shared connection is probed (1 s), whatever the time
+    // the restart took.
+    thread::sleep(Duration::from_millis(1500));
+    verified(2, &connect);
+    verified(3, &connect);
+    drop(share);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn connect_refuses_local_connections_beyond_max_connections() {
     let dht = LocalDht::start(NODES);
