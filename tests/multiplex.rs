@@ -278,6 +278,94 @@ fn a_connection_opened_after_an_idle_share_died_reaches_the_restarted_share() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// How an open local connection ended: a reset (what a cut tunnel must look like), a clean end
+/// of data (what it must not), or nothing within `limit`.
+fn ending(stream: &mut TcpStream, limit: Duration) -> (&'static str, Duration) {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return ("end of data", started.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return ("reset", started.elapsed())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return ("nothing", started.elapsed())
+            }
+            Err(e) => panic!("unexpected error reading the local connection: {e}"),
+        }
+    }
+}
+
+/// A share stopped with SIGTERM tells the connect at once (a multiplexed connection gets a
+/// CLOSE, a raw one its transport stream's end), and the connect resets the local connection
+/// instead of ending it cleanly: the program sees a cut connection, not a complete answer. An
+/// idle connection would otherwise learn of it only from its next unanswered bytes.
+#[test]
+fn a_share_stopped_with_sigterm_resets_the_open_local_connections_at_once() {
+    for extra in [&[][..], &["--no-multiplex"][..]] {
+        let dht = LocalDht::start(NODES);
+        let service = Service::start(Behaviour::Echo);
+        let mut share = ShareProcess::start(&dht.bootstrap, service.port(), &[]);
+        let mut args = vec!["--port", "0"];
+        args.extend_from_slice(extra);
+        let connect = ConnectProcess::start_with(&dht.bootstrap, &share.key, &args);
+        let mut open = dial(connect.addr);
+        open.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        open.read_exact(&mut got).unwrap();
+        let stopped = Instant::now();
+        share.terminate_and_expect_clean_exit();
+        let (how, _) = ending(&mut open, Duration::from_secs(20));
+        eprintln!(
+            "{extra:?}: the open local connection ended ({how}) {:?} after SIGTERM",
+            stopped.elapsed()
+        );
+        assert_eq!(how, "reset", "{extra:?}");
+    }
+}
+
+/// The other way: a connect stopped with SIGTERM closes its connection to the share, and the
+/// share resets its connection to the local service.
+#[test]
+fn a_connect_stopped_with_sigterm_resets_the_shares_service_connection_at_once() {
+    for extra in [&[][..], &["--no-multiplex"][..]] {
+        let dht = LocalDht::start(NODES);
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = service.local_addr().unwrap().port();
+        let share = ShareProcess::start(&dht.bootstrap, port, &[]);
+        let mut args = vec!["--port", "0"];
+        args.extend_from_slice(extra);
+        let mut connect = ConnectProcess::start_with(&dht.bootstrap, &share.key, &args);
+        let mut open = dial(connect.addr);
+        open.write_all(b"x").unwrap();
+        let (mut served, _) = service.accept().unwrap();
+        let mut got = [0u8; 1];
+        served.set_read_timeout(Some(T)).unwrap();
+        served.read_exact(&mut got).unwrap();
+        let stopped = Instant::now();
+        connect.process.terminate();
+        let status = connect.process.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "connect exited with {status} after SIGTERM"
+        );
+        let (how, _) = ending(&mut served, Duration::from_secs(20));
+        eprintln!(
+            "{extra:?}: the service's connection ended ({how}) {:?} after SIGTERM",
+            stopped.elapsed()
+        );
+        assert_eq!(how, "reset", "{extra:?}");
+    }
+}
+
 #[test]
 fn connect_refuses_local_connections_beyond_max_connections() {
     let dht = LocalDht::start(NODES);
