@@ -166,24 +166,44 @@ fn our_connect_falls_back_to_raw_connections_with_a_node_server() {
     }
 }
 
+/// An identity file, so that a restarted share has the same key; removed when dropped.
+struct Identity {
+    dir: std::path::PathBuf,
+    file: String,
+}
+
+impl Identity {
+    fn create(name: &str) -> Identity {
+        let dir =
+            std::env::temp_dir().join(format!("p2p-socket-mux-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("identity.json").to_str().unwrap().to_string();
+        let made = bin()
+            .args(["create-id", "--identity", &file])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        Identity { dir, file }
+    }
+
+    /// What a share with this identity is started with.
+    fn share_args(&self) -> [&str; 4] {
+        ["--identity", &self.file, "--key-derivation", "hashed"]
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn a_restarted_share_ends_open_streams_and_the_next_connection_opens_a_new_one() {
     let dht = LocalDht::start(NODES);
     let service = Service::start(Behaviour::Echo);
-    let dir = std::env::temp_dir().join(format!("p2p-socket-mux-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let identity = dir.join("identity.json");
-    let made = bin()
-        .args(["create-id", "--identity", identity.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let args = [
-        "--identity",
-        identity.to_str().unwrap(),
-        "--key-derivation",
-        "hashed",
-    ];
+    let identity = Identity::create("restart");
+    let args = identity.share_args();
     let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
     let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
 
@@ -227,7 +247,6 @@ fn a_restarted_share_ends_open_streams_and_the_next_connection_opens_a_new_one()
         "the next connection reached the restarted share"
     );
     drop(share);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The shared connection was idle when the share died (SIGKILL: no goodbye): the path is dead
@@ -238,20 +257,8 @@ fn a_restarted_share_ends_open_streams_and_the_next_connection_opens_a_new_one()
 fn a_connection_opened_after_an_idle_share_died_reaches_the_restarted_share() {
     let dht = LocalDht::start(NODES);
     let service = Service::start(Behaviour::Echo);
-    let dir = std::env::temp_dir().join(format!("p2p-socket-mux-idle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let identity = dir.join("identity.json");
-    let made = bin()
-        .args(["create-id", "--identity", identity.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let args = [
-        "--identity",
-        identity.to_str().unwrap(),
-        "--key-derivation",
-        "hashed",
-    ];
+    let identity = Identity::create("idle");
+    let args = identity.share_args();
     let volume = 64 * KIB;
     let verified = |seed: u64, connect: &ConnectProcess| {
         let t = exchange(dial(connect.addr), volume, seed)
@@ -275,7 +282,6 @@ fn a_connection_opened_after_an_idle_share_died_reaches_the_restarted_share() {
     verified(2, &connect);
     verified(3, &connect);
     drop(share);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// How an open local connection ended: a reset (what a cut tunnel must look like), a clean end

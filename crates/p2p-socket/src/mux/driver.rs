@@ -57,6 +57,8 @@ pub(super) struct Inner {
     pub(super) closed: Option<String>,
     /// When the peer's last frame arrived (or the connection started).
     pub(super) heard: Instant,
+    /// When a stream last sent data.
+    pub(super) sent: Instant,
     /// Both sides agreed on PING frames.
     pub(super) pinging: bool,
     /// Our last PING's number and when it went.
@@ -218,14 +220,17 @@ impl Mux {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (closed, closed_rx) = watch::channel(false);
         let (accepted_tx, accepted) = mpsc::channel(limits.max_streams.max(1));
+        let started = Instant::now();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 session: Session::new(role, limits).pinging(pinging),
                 streams: HashMap::new(),
                 closed: None,
-                heard: Instant::now(),
+                heard: started,
+                // Not after `heard`: a new connection owes us nothing.
+                sent: started,
                 pinging,
-                pinged: (0, Instant::now()),
+                pinged: (0, started),
                 rtt: None,
                 retired: false,
             }),
@@ -266,6 +271,7 @@ impl Mux {
         if pinging && role == Role::Client {
             // The round trip, measured now, bounds how long a later liveness probe waits.
             mux.ping();
+            tokio::spawn(mux.clone().watchdog());
         }
         (mux, accepted)
     }
@@ -418,7 +424,11 @@ impl Sender<'_> {
     }
 
     pub(super) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        lock(&self.shared.inner).session.sent(self.id, bytes.len());
+        {
+            let mut inner = lock(&self.shared.inner);
+            inner.session.sent(self.id, bytes.len());
+            inner.sent = Instant::now();
+        }
         self.queue(proto::data(self.id, bytes)).await
     }
 

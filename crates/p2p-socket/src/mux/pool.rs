@@ -11,17 +11,13 @@ use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::info;
 
+use super::live::IDLE;
 use super::proto::{Limits, Role};
 use super::{Mux, MuxStream};
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::farewell::Guards;
 use crate::peer::{Path, PeerStream};
-
-/// A shared connection that heard nothing from the sharer for this long is probed before a
-/// stream goes on it: long enough that a busy connection never is, short enough that a path
-/// that died while idle is noticed before the next local connection fails on it.
-pub(crate) const IDLE: Duration = Duration::from_secs(1);
 
 /// The shared connection, and what it was opened with.
 struct Current {
@@ -94,7 +90,7 @@ impl Pool {
                         peer: c.peer,
                     });
                 }
-            } else {
+            } else if let Some(c) = current.take() {
                 info!(
                     moved,
                     "the shared connection to the sharer did not answer; opening a new one"
