@@ -37,10 +37,10 @@ fn address_change(home: usize, wan: Ipv4Addr) {
     let share_log = Log::new(&format!("recovery-{side}-share"));
     let connect_log = Log::new(&format!("recovery-{side}-connect"));
     let (_share, key) = homes.rust_share(service.port(), &share_log, &[]);
-    // Raw connections, one per probe: an idle multiplexed connection over the path that just
-    // died is noticed only by the transport's timeout, and a probe sent down it in the
-    // meantime fails (a known gap of multiplexing, docs/multiplexing.md).
-    let (_connect, ours) = homes.rust_connect(&key, &connect_log, &["--no-multiplex"]);
+    // Multiplexed: the shared connection's path dies with the move; the connect must notice
+    // (a PING unanswered, or its own move) before putting a probe's stream on it
+    // (docs/multiplexing.md, "Liveness").
+    let (_connect, ours) = homes.rust_connect(&key, &connect_log, &[]);
     let (_server, node_key) = homes.node_server(service.port());
     let (_client, node) = homes.node_client(&node_key);
     let logs = [&share_log, &connect_log];

@@ -166,24 +166,44 @@ fn our_connect_falls_back_to_raw_connections_with_a_node_server() {
     }
 }
 
+/// An identity file, so that a restarted share has the same key; removed when dropped.
+struct Identity {
+    dir: std::path::PathBuf,
+    file: String,
+}
+
+impl Identity {
+    fn create(name: &str) -> Identity {
+        let dir =
+            std::env::temp_dir().join(format!("p2p-socket-mux-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("identity.json").to_str().unwrap().to_string();
+        let made = bin()
+            .args(["create-id", "--identity", &file])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        Identity { dir, file }
+    }
+
+    /// What a share with this identity is started with.
+    fn share_args(&self) -> [&str; 4] {
+        ["--identity", &self.file, "--key-derivation", "hashed"]
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn a_restarted_share_ends_open_streams_and_the_next_connection_opens_a_new_one() {
     let dht = LocalDht::start(NODES);
     let service = Service::start(Behaviour::Echo);
-    let dir = std::env::temp_dir().join(format!("p2p-socket-mux-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let identity = dir.join("identity.json");
-    let made = bin()
-        .args(["create-id", "--identity", identity.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let args = [
-        "--identity",
-        identity.to_str().unwrap(),
-        "--key-derivation",
-        "hashed",
-    ];
+    let identity = Identity::create("restart");
+    let args = identity.share_args();
     let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
     let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
 
@@ -227,7 +247,129 @@ fn a_restarted_share_ends_open_streams_and_the_next_connection_opens_a_new_one()
         "the next connection reached the restarted share"
     );
     drop(share);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shared connection was idle when the share died (SIGKILL: no goodbye): the path is dead
+/// but nothing was sent on it, so the transport has not noticed. The next local connection
+/// must not be put on it and fail: the connect probes the idle connection, finds no answer,
+/// and opens a new one to the restarted share (docs/multiplexing.md, "Liveness").
+#[test]
+fn a_connection_opened_after_an_idle_share_died_reaches_the_restarted_share() {
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let identity = Identity::create("idle");
+    let args = identity.share_args();
+    let volume = 64 * KIB;
+    let verified = |seed: u64, connect: &ConnectProcess| {
+        let t = exchange(dial(connect.addr), volume, seed)
+            .unwrap_or_else(|e| panic!("connection {seed} failed: {e}"));
+        assert_eq!(t.received, volume, "connection {seed}");
+        assert_eq!(
+            t.received_sha,
+            pattern_sha(volume, seed),
+            "connection {seed}"
+        );
+    };
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
+    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    verified(1, &connect);
+
+    drop(share); // SIGKILL, while the shared connection is idle
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &args);
+    // Past the idle spell after which a shared connection is probed (1 s), whatever the time
+    // the restart took.
+    thread::sleep(Duration::from_millis(1500));
+    verified(2, &connect);
+    verified(3, &connect);
+    drop(share);
+}
+
+/// How an open local connection ended: a reset (what a cut tunnel must look like), a clean end
+/// of data (what it must not), or nothing within `limit`.
+fn ending(stream: &mut TcpStream, limit: Duration) -> (&'static str, Duration) {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return ("end of data", started.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return ("reset", started.elapsed())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return ("nothing", started.elapsed())
+            }
+            Err(e) => panic!("unexpected error reading the local connection: {e}"),
+        }
+    }
+}
+
+/// A share stopped with SIGTERM tells the connect at once (a multiplexed connection gets a
+/// CLOSE, a raw one its transport stream's end), and the connect resets the local connection
+/// instead of ending it cleanly: the program sees a cut connection, not a complete answer. An
+/// idle connection would otherwise learn of it only from its next unanswered bytes.
+#[test]
+fn a_share_stopped_with_sigterm_resets_the_open_local_connections_at_once() {
+    for extra in [&[][..], &["--no-multiplex"][..]] {
+        let dht = LocalDht::start(NODES);
+        let service = Service::start(Behaviour::Echo);
+        let mut share = ShareProcess::start(&dht.bootstrap, service.port(), &[]);
+        let mut args = vec!["--port", "0"];
+        args.extend_from_slice(extra);
+        let connect = ConnectProcess::start_with(&dht.bootstrap, &share.key, &args);
+        let mut open = dial(connect.addr);
+        open.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        open.read_exact(&mut got).unwrap();
+        let stopped = Instant::now();
+        share.terminate_and_expect_clean_exit();
+        let (how, _) = ending(&mut open, Duration::from_secs(20));
+        eprintln!(
+            "{extra:?}: the open local connection ended ({how}) {:?} after SIGTERM",
+            stopped.elapsed()
+        );
+        assert_eq!(how, "reset", "{extra:?}");
+    }
+}
+
+/// The other way: a connect stopped with SIGTERM closes its connection to the share, and the
+/// share resets its connection to the local service.
+#[test]
+fn a_connect_stopped_with_sigterm_resets_the_shares_service_connection_at_once() {
+    for extra in [&[][..], &["--no-multiplex"][..]] {
+        let dht = LocalDht::start(NODES);
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = service.local_addr().unwrap().port();
+        let share = ShareProcess::start(&dht.bootstrap, port, &[]);
+        let mut args = vec!["--port", "0"];
+        args.extend_from_slice(extra);
+        let mut connect = ConnectProcess::start_with(&dht.bootstrap, &share.key, &args);
+        let mut open = dial(connect.addr);
+        open.write_all(b"x").unwrap();
+        let (mut served, _) = service.accept().unwrap();
+        let mut got = [0u8; 1];
+        served.set_read_timeout(Some(T)).unwrap();
+        served.read_exact(&mut got).unwrap();
+        let stopped = Instant::now();
+        connect.process.terminate();
+        let status = connect.process.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "connect exited with {status} after SIGTERM"
+        );
+        let (how, _) = ending(&mut served, Duration::from_secs(20));
+        eprintln!(
+            "{extra:?}: the service's connection ended ({how}) {:?} after SIGTERM",
+            stopped.elapsed()
+        );
+        assert_eq!(how, "reset", "{extra:?}");
+    }
 }
 
 #[test]

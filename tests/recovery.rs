@@ -98,11 +98,9 @@ fn a_stopped_share_is_reported_and_found_again_when_it_returns() {
     let service = Service::start(Behaviour::Echo);
     let id = identity("recovery-restart");
     let mut share = start_share(&dht, service.port(), &id);
-    // Raw connections: a multiplexed one that sits idle when the share stops learns of it only
-    // from the transport's timeout, and the next local connection fails on it instead of
-    // retrying (a known gap of multiplexing, docs/multiplexing.md).
-    let (connect, log) =
-        ConnectProcess::start_with_log(&dht.bootstrap, &share.key, &["--no-multiplex"]);
+    // Multiplexed: the stopping share's CLOSE ends the shared connection at once, so the next
+    // local connection dials afresh (docs/multiplexing.md, "Liveness" and "Stopping").
+    let (connect, log) = ConnectProcess::start_with_log(&dht.bootstrap, &share.key, &[]);
     echo_works(&connect, 64 * 1024, 1);
 
     // Nobody shares the key any more: a local connection is closed within the bound.

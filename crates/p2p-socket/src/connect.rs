@@ -14,6 +14,7 @@ use crate::dht::NetworkOptions;
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
+use crate::farewell::{Farewell, Guards, PARTING};
 use crate::identity::{KeyPair, PublicKey};
 use crate::local::{Listen, LocalListener, LocalStream};
 use crate::mux::{pipe_stream_and_log, Opened, Pool};
@@ -112,15 +113,18 @@ impl Connect {
                 if opts.multiplex {
                     connector = connector.multiplexed();
                 }
-                let pool = Arc::new(Pool::new(Arc::new(connector)));
+                let farewell = Farewell::new();
+                let guards = farewell.guards();
+                let pool = Arc::new(Pool::new(Arc::new(connector), guards.clone()));
                 let shared = Shared {
                     open: Arc::new(Semaphore::new(opts.max_connections)),
                     max: opts.max_connections,
                     reconnect: Arc::new(Reconnect::default()),
                     remote: opts.remote,
                     events,
+                    guards,
                 };
-                Running::spawn(|stop| accept_loop(listener, pool, shared, stop))
+                Running::spawn(|stop| accept_loop(listener, pool, shared, farewell, stop))
             }
             Local::Udp(socket, limits) => {
                 let connector = Arc::new(connector);
@@ -160,12 +164,15 @@ struct Shared {
     reconnect: Arc<Reconnect>,
     remote: PublicKey,
     events: Events,
+    /// Each connection says goodbye to the sharer when the connect stops.
+    guards: Guards,
 }
 
 async fn accept_loop(
     listener: LocalListener,
     pool: Arc<Pool>,
     shared: Shared,
+    farewell: Farewell,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut n = 0u64;
@@ -202,7 +209,8 @@ async fn accept_loop(
         ));
     }
     drop(listener);
-    pool.close().await;
+    // Before the DHT node goes: the goodbyes leave on its sockets.
+    farewell.part(PARTING).await;
     if let Ok(pool) = Arc::try_unwrap(pool) {
         if let Ok(connector) = Arc::try_unwrap(Arc::clone(pool.connector())) {
             drop(pool);
@@ -239,7 +247,8 @@ async fn forward(
     match opened {
         Opened::Raw(peer, path, addr) => {
             info!(connection = n, %from, %path, open_us, "connected to the sharer");
-            pipe_and_log(n, local, (peer, path, addr), &shared.events).await;
+            let guard = shared.guards.guard();
+            pipe_and_log(n, local, (peer, path, addr), &shared.events, guard).await;
         }
         Opened::Stream {
             stream,

@@ -50,6 +50,7 @@ mod dht;
 mod dialer;
 mod error;
 mod events;
+mod farewell;
 mod firewall;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

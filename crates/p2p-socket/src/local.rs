@@ -66,9 +66,27 @@ pub enum Listen {
 /// How long to wait for a local service to accept a connection.
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A local connection, TCP or Unix: all the pipe needs is bytes both ways and a half-close.
-pub(crate) trait LocalIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> LocalIo for T {}
+/// A local connection, TCP or Unix: all the pipe needs is bytes both ways, a half-close, and
+/// a way to fail.
+pub(crate) trait LocalIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Makes dropping the connection reset it (a TCP RST) instead of ending it (FIN): the
+    /// tunnel failed, and the program on the other end must see an error, not a clean end of
+    /// data it could take for a complete transfer. A Unix socket has no reset: it just ends.
+    fn reset_on_drop(&self) {}
+}
+
+impl LocalIo for TcpStream {
+    fn reset_on_drop(&self) {
+        // Linger 0 makes close() send RST and drop unsent data, without blocking.
+        if let Err(e) = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(error = %e, "could not make the local connection end with a reset");
+        }
+    }
+}
+
+#[cfg(unix)]
+impl LocalIo for tokio::net::UnixStream {}
+
 pub(crate) type LocalStream = Box<dyn LocalIo>;
 
 /// Opens a connection to `service`; the error says what to check.

@@ -25,6 +25,9 @@ pub(crate) const MAGIC: [u8; 4] = *b"p2ps";
 const EXTENSION_VERSION: u8 = 1;
 /// Bit of the feature field: the connection carries many streams (crate::mux).
 const FEATURE_MUX: u8 = 1;
+/// Bit of the feature field: the multiplexed connection answers PING frames (docs/multiplexing.md,
+/// "Liveness"). A peer that did not name it (an older p2p-socket) takes a PING for a violation.
+const FEATURE_PING: u8 = 2;
 
 /// What a side offers in its half of the handshake, and after both halves, what the
 /// connection does.
@@ -32,20 +35,32 @@ const FEATURE_MUX: u8 = 1;
 pub(crate) struct Features {
     /// Streams of many local connections on one encrypted connection ([`crate::mux`]).
     pub(crate) mux: bool,
+    /// PING and PONG frames on a multiplexed connection, to tell a live peer from a dead path.
+    pub(crate) ping: bool,
 }
 
 impl Features {
+    /// Multiplexing with every extension of it we know: what our connect and share offer.
+    pub(crate) const MUX: Features = Features {
+        mux: true,
+        ping: true,
+    };
+
     fn bits(self) -> u8 {
+        let mut bits = 0;
         if self.mux {
-            FEATURE_MUX
-        } else {
-            0
+            bits |= FEATURE_MUX;
         }
+        if self.ping {
+            bits |= FEATURE_PING;
+        }
+        bits
     }
 
     fn both(self, other: Features) -> Features {
         Features {
             mux: self.mux && other.mux,
+            ping: self.ping && other.ping,
         }
     }
 }
@@ -73,6 +88,7 @@ pub(crate) fn decode(plaintext: &[u8]) -> Result<(NoisePayload, Features), Strin
         [m0, m1, m2, m3, EXTENSION_VERSION, bits, ..] if [*m0, *m1, *m2, *m3] == MAGIC => {
             Features {
                 mux: bits & FEATURE_MUX != 0,
+                ping: bits & FEATURE_PING != 0,
             }
         }
         _ => Features::default(),
@@ -204,15 +220,23 @@ mod tests {
             (false, false, false),
         ] {
             let (c, s) = (keypair(1), keypair(2));
-            let mut i = Noise::initiator(c, s.public_key, Features { mux: client });
-            let mut r = Noise::responder(s, Features { mux: server });
+            let offer = |on: bool| {
+                if on {
+                    Features::MUX
+                } else {
+                    Features::default()
+                }
+            };
+            let mut i = Noise::initiator(c, s.public_key, offer(client));
+            let mut r = Noise::responder(s, offer(server));
             let m1 = i.send(&payload()).unwrap();
             assert_eq!(r.recv(&m1).unwrap(), payload());
             let m2 = r.send(&payload()).unwrap();
             assert_eq!(i.recv(&m2).unwrap(), payload());
             let (ik, rk) = (i.finalize().unwrap(), r.finalize().unwrap());
             assert_eq!(ik.features.mux, expect, "{client} {server}");
-            assert_eq!(rk.features.mux, expect, "{client} {server}");
+            assert_eq!(rk.features, ik.features, "{client} {server}");
+            assert_eq!(ik.features.ping, expect, "{client} {server}");
             assert_eq!(ik.tx, rk.rx);
             assert_eq!(ik.holepunch_secret, rk.holepunch_secret);
         }
@@ -223,7 +247,7 @@ mod tests {
     #[test]
     fn hyperdht_reads_an_extended_payload_as_a_plain_one() {
         let (c, s) = (keypair(3), keypair(4));
-        let mut ours = Noise::initiator(c, s.public_key, Features { mux: true });
+        let mut ours = Noise::initiator(c, s.public_key, Features::MUX);
         let mut theirs = NoiseWrap::new_responder(s);
         let m1 = ours.send(&payload()).unwrap();
         assert_eq!(theirs.recv(&m1).unwrap(), payload());
@@ -243,13 +267,18 @@ mod tests {
             p.extend_from_slice(tail);
             decode(&p).unwrap().1.mux
         };
-        assert!(with(&extension(Features { mux: true })));
+        assert!(with(&extension(Features::MUX)));
         assert!(with(b"p2ps\x01\x01more from a later version"));
         assert!(!with(b""));
         assert!(!with(b"p2ps\x02\x01"), "another layout version");
         assert!(!with(b"p2ps\x01"), "cut short");
         assert!(!with(b"p2pz\x01\x01"));
-        assert!(!with(b"p2ps\x01\x02"), "a feature we do not know");
+        assert!(!with(b"p2ps\x01\x04"), "a feature we do not know");
+        // An older p2p-socket names multiplexing without PING: it gets no PING frames.
+        let mut older = plain.clone();
+        older.extend_from_slice(b"p2ps\x01\x01");
+        let offered = decode(&older).unwrap().1;
+        assert!(offered.mux && !offered.ping);
         assert!(extension(Features::default()).is_empty());
         assert_eq!(
             decode_noise_payload_from_bytes(&plain).unwrap(),

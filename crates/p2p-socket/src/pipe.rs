@@ -3,7 +3,8 @@
 //! The rule that matters: *end, don't destroy*. When one side finishes sending, we pass the end
 //! on (TCP FIN becomes a UDX END and back) and keep the other direction running, so an HTTP/1.0
 //! server that writes its answer and closes still gets every byte to the peer, and protocols that
-//! half-close keep working. Only a failure (a reset, a dead peer) tears both directions down.
+//! half-close keep working. Only a failure (a reset, a dead peer, our own stop) tears both
+//! directions down, and then the local connection is reset, not ended.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::events::{Event, Events};
+use crate::farewell::Guard;
 use crate::identity::PublicKey;
 use crate::local::LocalStream;
 use crate::peer::Path;
@@ -27,15 +29,17 @@ pub(crate) struct Transferred {
     pub(crate) from_peer: u64,
 }
 
-/// Copies both ways until both directions have ended, or either fails, adding what moves to
-/// `events`' totals as it goes (what a live status shows). Returns what moved, also when it
-/// failed. Each byte is copied once into user space each way: the local side is read straight
+/// Copies both ways until both directions have ended, or either fails, or `guard` says we
+/// stop, adding what moves to `events`' totals as it goes (what a live status shows). Returns
+/// what moved, also when it failed. On failure the local connection is reset and the peer
+/// stream dropped unfinished (the transport tells the peer at once). Each byte is copied once into user space each way: the local side is read straight
 /// into the buffer a message is sealed in, and a message is opened where the transport put it
 /// and written to the local side from there.
 pub(crate) async fn pipe<T>(
     local: LocalStream,
     peer: SecretStream<T>,
     events: &Events,
+    guard: &mut Guard,
 ) -> (Transferred, io::Result<()>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send,
@@ -68,9 +72,15 @@ where
         debug!("peer ended; passed the end to the local side");
         Ok::<(), io::Error>(())
     };
-    // try_join: the first error ends both directions (dropping the halves closes the
-    // connection), a clean end of one direction leaves the other running.
-    let result = tokio::try_join!(upstream, downstream).map(|_| ());
+    // try_join: the first error ends both directions, a clean end of one direction leaves the
+    // other running.
+    let result = tokio::select! {
+        r = async { tokio::try_join!(upstream, downstream) } => r.map(|_| ()),
+        _ = guard.stopping() => Err(stopping()),
+    };
+    if result.is_err() {
+        local_r.unsplit(local_w).reset_on_drop();
+    }
     let moved = Transferred {
         to_peer: to_peer.into_inner(),
         from_peer: from_peer.into_inner(),
@@ -78,13 +88,22 @@ where
     (moved, result)
 }
 
-/// Says in `events` that connection `id` opened (to `peer_addr` when known), [`pipe`]s it,
-/// then logs how it ended and says so too.
+/// Why a connection ended when we stop.
+pub(crate) fn stopping() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "stopping (SIGINT, SIGTERM or closed): the connection was ended",
+    )
+}
+
+/// Says in `events` that connection `id` opened (to `peer_addr` when known), [`pipe`]s it
+/// (until `guard` says we stop), then logs how it ended and says so too.
 pub(crate) async fn pipe_and_log<T>(
     id: u64,
     local: LocalStream,
     (peer, path, peer_addr): (SecretStream<T>, Path, Option<SocketAddr>),
     events: &Events,
+    mut guard: Guard,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -94,7 +113,7 @@ pub(crate) async fn pipe_and_log<T>(
         path,
         peer: peer_addr,
     });
-    let (moved, result) = pipe(local, peer, events).await;
+    let (moved, result) = pipe(local, peer, events, &mut guard).await;
     let error = match result {
         Ok(()) => None,
         Err(e) => Some(e.to_string()),

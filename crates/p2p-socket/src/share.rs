@@ -10,6 +10,7 @@ use crate::access::AllowList;
 use crate::dht::NetworkOptions;
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
+use crate::farewell::{Farewell, Guard, PARTING};
 use crate::identity::{KeyPair, PublicKey};
 use crate::listener::{Admission, Handler, Listener, MAX_CONNECTIONS};
 use crate::local::{connect_service, LocalStream, Service};
@@ -50,6 +51,8 @@ pub struct ShareOptions {
 /// A running share. Dropping it stops serving; [`Share::close`] also withdraws the announcement.
 pub struct Share {
     listener: Listener,
+    /// Tells the peers connected when we stop.
+    farewell: Farewell,
 }
 
 impl Share {
@@ -59,14 +62,18 @@ impl Share {
     /// Joins the DHT, announces the key and starts serving. Returns once the key is findable.
     pub async fn start(opts: ShareOptions) -> Result<Share> {
         // Datagram flows are framed as holesail frames them, one connection each.
-        let features = Features {
-            mux: opts.protocol == Protocol::Tcp,
+        let features = if opts.protocol == Protocol::Tcp {
+            Features::MUX
+        } else {
+            Features::default()
         };
         let service = Arc::new(opts.service);
         let events = opts.events;
+        let farewell = Farewell::new();
         let handler: Handler = match opts.protocol {
             Protocol::Tcp => {
                 let (service, events) = (Arc::clone(&service), events.clone());
+                let guards = farewell.guards();
                 Arc::new(move |n, peer, link, path| {
                     Box::pin(serve(
                         n,
@@ -75,6 +82,7 @@ impl Share {
                         path,
                         Arc::clone(&service),
                         events.clone(),
+                        guards.guard(),
                     ))
                 })
             }
@@ -107,7 +115,7 @@ impl Share {
             key: listener.public_key(),
             local: service.to_string(),
         });
-        Ok(Share { listener })
+        Ok(Share { listener, farewell })
     }
 
     /// The key to hand to peers.
@@ -120,8 +128,10 @@ impl Share {
         self.listener.connections()
     }
 
-    /// Withdraws the announcement and stops. Connections in progress are cut.
+    /// Tells every peer connected that we stop (docs/multiplexing.md, "Stopping"), withdraws
+    /// the announcement and stops.
     pub async fn close(self) {
+        self.farewell.part(PARTING).await;
         self.listener.close().await;
     }
 }
@@ -135,16 +145,25 @@ async fn serve(
     path: Path,
     service: Arc<Service>,
     events: Events,
+    guard: Guard,
 ) {
     if link.features.mux {
         info!(connection = n, %path, addr = ?link.peer(), "peer connected, multiplexed");
         let key = PublicKey::from(*peer.remote_public_key());
         let opened = (key, path, link.peer());
         let for_streams = events.clone();
-        mux::serve(n, peer, opened, &events, move |n| {
-            let (service, events) = (Arc::clone(&service), for_streams.clone());
-            async move { local_service(n, &service, &events).await }
-        })
+        mux::serve(
+            n,
+            peer,
+            link.features.ping,
+            guard,
+            opened,
+            &events,
+            move |n| {
+                let (service, events) = (Arc::clone(&service), for_streams.clone());
+                async move { local_service(n, &service, &events).await }
+            },
+        )
         .await;
         return;
     }
@@ -152,7 +171,7 @@ async fn serve(
         return;
     };
     info!(connection = n, %path, addr = ?link.peer(), "peer connected");
-    pipe_and_log(n, local, (peer, path, link.peer()), &events).await;
+    pipe_and_log(n, local, (peer, path, link.peer()), &events, guard).await;
 }
 
 /// A connection to the local service for peer connection `n`, or none (said in the log and

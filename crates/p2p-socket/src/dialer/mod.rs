@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{decode_hyper_peer_from_bytes, NoisePayload, FIREWALL_OPEN};
 use peeroxide_dht::messages::Ipv4Peer;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{watch, Mutex as AsyncMutex};
 use tracing::{debug, info};
 use udx::UdxStream;
 
@@ -88,6 +88,8 @@ pub struct Connector {
     relayed_since: Arc<Mutex<Option<Instant>>>,
     /// Forgets what depended on our address when it changes.
     _on_move: AbortOnDrop,
+    /// How many times our address changed.
+    moves: watch::Receiver<u64>,
     /// What our handshakes offer beyond one stream of bytes.
     features: Features,
 }
@@ -112,7 +114,13 @@ impl Connector {
         let node = DhtNode::join(network).await?;
         let route = Arc::default();
         let relayed_since = Arc::default();
-        let on_move = forget_on_move(&node, Arc::clone(&route), Arc::clone(&relayed_since));
+        let moves = watch_moves(node.handle().clone(), node.known().clone());
+        let on_move = forget_on_move(
+            moves.clone(),
+            &node,
+            Arc::clone(&route),
+            Arc::clone(&relayed_since),
+        );
         let connector = Connector {
             node,
             key_pair,
@@ -125,6 +133,7 @@ impl Connector {
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
             relayed_since,
             _on_move: on_move,
+            moves,
             features: Features::default(),
         };
         let started = Instant::now();
@@ -157,7 +166,7 @@ impl Connector {
     /// Offers multiplexing in every handshake: a sharer that offers it too expects
     /// [`crate::mux`] frames on the connections, not raw bytes.
     pub(crate) fn multiplexed(mut self) -> Self {
-        self.features.mux = true;
+        self.features = Features::MUX;
         self
     }
 
@@ -329,6 +338,12 @@ impl Connector {
             our_local: &our_local,
         })
     }
+    /// How many times our address changed since the connector started (what depends on the
+    /// old address, such as a connection made from it, may be dead).
+    pub(crate) fn moves(&self) -> u64 {
+        *self.moves.borrow()
+    }
+
     /// Stops the DHT node.
     pub async fn close(self) {
         self.node.destroy().await;
@@ -340,11 +355,11 @@ impl Connector {
 /// both, so the next connection finds out afresh instead of failing on them first. Whether we
 /// are reachable is found out again too.
 fn forget_on_move(
+    mut moves: watch::Receiver<u64>,
     node: &DhtNode,
     route: Arc<Mutex<Option<Arc<Route>>>>,
     relayed_since: Arc<Mutex<Option<Instant>>>,
 ) -> AbortOnDrop {
-    let mut moves = watch_moves(node.handle().clone(), node.known().clone());
     let reachability = node.reachability();
     AbortOnDrop(tokio::spawn(async move {
         while moves.changed().await.is_ok() {

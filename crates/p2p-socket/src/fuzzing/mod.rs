@@ -100,7 +100,8 @@ pub fn udx_packet(data: &[u8]) {
 }
 
 /// The multiplexing frames a peer sends on one connection (what a share reads from anyone who
-/// offered multiplexing): `[length u8][frame]...`, a length of 0 standing for our side taking
+/// offered multiplexing): `[flags u8][length u8][frame]...` (flags: bit 0 we connect, bit 1
+/// PING agreed), a length of 0 standing for our side taking
 /// up to 16 KiB of what the last stream that got data holds. Whatever the sequence, no stream holds more than
 /// the window we granted, no more streams are open than the limit, and nothing panics.
 pub fn mux_frames(data: &[u8]) {
@@ -113,7 +114,9 @@ pub fn mux_frames(data: &[u8]) {
     } else {
         Role::Server
     };
-    let mut session = Session::new(role, LIMITS);
+    // Bit 1 of the first byte: both sides agreed on PING frames.
+    let pinging = data.first().is_some_and(|b| b & 2 == 2);
+    let mut session = Session::new(role, LIMITS).pinging(pinging);
     // Per stream, bytes received and not yet taken, and not yet granted back, as we count them.
     let mut held: std::collections::HashMap<u32, (u64, u64)> = std::collections::HashMap::new();
     let mut last = None;

@@ -7,14 +7,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
-
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, warn};
 
 use super::proto::{self, Event, Limits, Role, Session, HEADER, MAX_DATA};
+use crate::farewell::Guard;
 use crate::identity::PublicKey;
 use crate::lock::lock;
 use crate::peer::{Path, PeerStream};
@@ -43,24 +44,38 @@ pub(super) enum Incoming {
     Fin,
 }
 
-struct StreamIo {
+pub(super) struct StreamIo {
     incoming: mpsc::UnboundedSender<Incoming>,
     /// Woken when the stream gets credit, or ends.
     wake: Arc<Notify>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     session: Session,
-    streams: HashMap<u32, StreamIo>,
+    pub(super) streams: HashMap<u32, StreamIo>,
     /// Why the connection ended, once it has.
-    closed: Option<String>,
+    pub(super) closed: Option<String>,
+    /// When the peer's last frame arrived (or the connection started).
+    pub(super) heard: Instant,
+    /// When a stream last sent data.
+    pub(super) sent: Instant,
+    /// Both sides agreed on PING frames.
+    pub(super) pinging: bool,
+    /// Our last PING's number and when it went.
+    pub(super) pinged: (u32, Instant),
+    /// The round trip of the last PING answered, once one was.
+    pub(super) rtt: Option<Duration>,
+    /// No new streams go on this connection; it ends with its last stream.
+    pub(super) retired: bool,
 }
 
 pub(super) struct Shared {
-    inner: Mutex<Inner>,
+    pub(super) inner: Mutex<Inner>,
     data: mpsc::Sender<Vec<u8>>,
-    control: mpsc::Sender<Vec<u8>>,
-    closed: watch::Sender<bool>,
+    pub(super) control: mpsc::Sender<Vec<u8>>,
+    pub(super) closed: watch::Sender<bool>,
+    /// The number of the last PONG the peer sent.
+    pub(super) pongs: watch::Sender<u32>,
 }
 
 impl Shared {
@@ -70,8 +85,11 @@ impl Shared {
     }
 
     /// Ends the connection: every stream fails at once, the tasks stop.
-    fn shut(&self, why: String) {
-        let mut inner = lock(&self.inner);
+    pub(super) fn shut(&self, why: String) {
+        self.shut_locked(&mut lock(&self.inner), why);
+    }
+
+    fn shut_locked(&self, inner: &mut Inner, why: String) {
         if inner.closed.is_some() {
             return;
         }
@@ -80,8 +98,21 @@ impl Shared {
             io.wake.notify_one();
         }
         inner.closed = Some(why);
-        drop(inner);
         let _ = self.closed.send(true);
+    }
+
+    /// Stream `id` is gone: its reader and waker go, the session forgets it, and a retired
+    /// connection ends with its last stream.
+    fn forget(&self, inner: &mut Inner, id: u32) {
+        inner.session.forget(id);
+        if let Some(io) = inner.streams.remove(&id) {
+            io.wake.notify_one();
+        }
+        if inner.retired && inner.streams.is_empty() {
+            let why = "its last stream ended, and new ones go on a new connection";
+            let _ = self.control.try_send(proto::close(why));
+            self.shut_locked(inner, why.to_string());
+        }
     }
 
     /// Hands the peer's message to the session; an error ends the connection.
@@ -92,6 +123,7 @@ impl Shared {
     ) -> Result<(), String> {
         let frame = proto::decode(&message).map_err(|v| self.violated(v))?;
         let mut inner = lock(&self.inner);
+        inner.heard = Instant::now();
         let event = inner.session.receive(frame).map_err(|v| self.violated(v))?;
         match event {
             Event::Opened(id) => {
@@ -119,8 +151,8 @@ impl Shared {
                     .is_some_and(|io| io.incoming.send(Incoming::Data(message)).is_ok());
                 if !delivered {
                     // Its reader is gone: the stream ends, so the peer stops sending.
-                    drop_stream(&mut inner, id);
                     self.control_now(proto::reset(id))?;
+                    self.forget(&mut inner, id);
                 }
             }
             Event::Fin(id) => {
@@ -129,13 +161,25 @@ impl Shared {
                     let _ = io.incoming.send(Incoming::Fin);
                 }
             }
-            Event::Reset(id) => drop_stream(&mut inner, id),
+            Event::Reset(id) => self.forget(&mut inner, id),
             Event::Credit(id) => {
                 if let Some(io) = inner.streams.get(&id) {
                     io.wake.notify_one();
                 }
             }
             Event::Closed(reason) => return Err(format!("the peer closed it: {reason}")),
+            Event::Ping(n) => self.control_now(proto::pong(n))?,
+            Event::Pong(n) => {
+                let (sent, at) = inner.pinged;
+                if n == sent {
+                    inner.rtt = Some(at.elapsed());
+                }
+                self.pongs.send_if_modified(|last| {
+                    let newer = n > *last;
+                    *last = (*last).max(n);
+                    newer
+                });
+            }
             Event::Late => {}
         }
         Ok(())
@@ -155,45 +199,45 @@ impl Shared {
     }
 }
 
-/// The stream's reader and waker go; the session forgets it.
-fn drop_stream(inner: &mut Inner, id: u32) {
-    inner.session.forget(id);
-    prune(inner, id);
-}
-
-fn prune(inner: &mut Inner, id: u32) {
-    if let Some(io) = inner.streams.remove(&id) {
-        io.wake.notify_one();
-    }
-}
-
 /// A multiplexed connection. Clones share it.
 #[derive(Clone)]
 pub(crate) struct Mux {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl Mux {
-    /// Starts multiplexing on `peer`. A server gets each stream the peer opens from the
-    /// receiver, which ends with the connection.
+    /// Starts multiplexing on `peer`; `pinging` when both sides named the PING feature in the
+    /// handshake. A server gets each stream the peer opens from the receiver, which ends with
+    /// the connection. When `guard` says we stop, the peer gets a CLOSE.
     pub(crate) fn start(
         peer: PeerStream,
         role: Role,
         limits: Limits,
+        pinging: bool,
+        guard: Guard,
     ) -> (Mux, mpsc::Receiver<MuxStream>) {
         let (data, data_rx) = mpsc::channel(DATA_QUEUE);
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (closed, closed_rx) = watch::channel(false);
         let (accepted_tx, accepted) = mpsc::channel(limits.max_streams.max(1));
+        let started = Instant::now();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
-                session: Session::new(role, limits),
+                session: Session::new(role, limits).pinging(pinging),
                 streams: HashMap::new(),
                 closed: None,
+                heard: started,
+                // Not after `heard`: a new connection owes us nothing.
+                sent: started,
+                pinging,
+                pinged: (0, started),
+                rtt: None,
+                retired: false,
             }),
             data,
             control,
             closed,
+            pongs: watch::channel(0).0,
         });
         let (mut reader, writer) = peer.into_split();
         let reading = Arc::clone(&shared);
@@ -221,15 +265,22 @@ impl Mux {
             control_rx,
             data_rx,
             closed_rx,
+            guard,
         ));
-        (Mux { shared }, accepted)
+        let mux = Mux { shared };
+        if pinging && role == Role::Client {
+            // The round trip, measured now, bounds how long a later liveness probe waits.
+            mux.ping();
+            tokio::spawn(mux.clone().watchdog());
+        }
+        (mux, accepted)
     }
 
     /// Opens a stream, or none when the connection ended or carries the most it may.
     pub(crate) async fn open(&self) -> Option<MuxStream> {
         let stream = {
             let mut inner = lock(&self.shared.inner);
-            if inner.closed.is_some() {
+            if inner.closed.is_some() || inner.retired {
                 return None;
             }
             let id = inner.session.open()?;
@@ -258,17 +309,28 @@ async fn write_loop(
     mut control: mpsc::Receiver<Vec<u8>>,
     mut data: mpsc::Receiver<Vec<u8>>,
     mut closed: watch::Receiver<bool>,
+    mut guard: Guard,
 ) {
-    loop {
-        let frame = tokio::select! {
-            biased;
-            Some(f) = control.recv() => f,
-            Some(f) = data.recv() => f,
-            _ = closed.wait_for(|c| *c) => break,
-        };
-        if let Err(e) = writer.write(&frame).await {
-            shared.shut(format!("writing to the peer failed: {e}"));
-            return;
+    {
+        let stop = guard.stopping();
+        tokio::pin!(stop);
+        let mut stopping = false;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    Mux { shared: Arc::clone(&shared) }.close("it is stopping");
+                    continue;
+                }
+                Some(f) = control.recv() => f,
+                Some(f) = data.recv() => f,
+                _ = closed.wait_for(|c| *c) => break,
+            };
+            if let Err(e) = writer.write(&frame).await {
+                shared.shut(format!("writing to the peer failed: {e}"));
+                return;
+            }
         }
     }
     // A CLOSE queued as the connection ended still tells the peer why.
@@ -278,6 +340,8 @@ async fn write_loop(
         }
     }
     let _ = writer.shutdown().await;
+    // The guard goes last: whoever stops waits until the goodbye is on its way.
+    drop(guard);
 }
 
 /// One stream of a multiplexed connection.
@@ -360,7 +424,11 @@ impl Sender<'_> {
     }
 
     pub(super) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        lock(&self.shared.inner).session.sent(self.id, bytes.len());
+        {
+            let mut inner = lock(&self.shared.inner);
+            inner.session.sent(self.id, bytes.len());
+            inner.sent = Instant::now();
+        }
         self.queue(proto::data(self.id, bytes)).await
     }
 
@@ -396,20 +464,20 @@ impl Sender<'_> {
     pub(super) fn reset(&self) {
         let mut inner = lock(&self.shared.inner);
         if inner.closed.is_none() && inner.streams.contains_key(&self.id) {
-            drop_stream(&mut inner, self.id);
+            // Before forgetting it: that may end a retired connection.
             let _ = self.shared.control.try_send(proto::reset(self.id));
+            self.shared.forget(&mut inner, self.id);
         }
     }
 
     /// Forgets a stream that ended cleanly both ways.
     pub(super) fn done(&self) {
-        let mut inner = lock(&self.shared.inner);
-        drop_stream(&mut inner, self.id);
+        self.shared.forget(&mut lock(&self.shared.inner), self.id);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The driver against a hostile peer that writes frames by hand, over a real secret stream
     //! on loopback UDX.
     use std::time::Duration;
@@ -419,7 +487,7 @@ mod tests {
     use super::*;
 
     /// Two ends of one encrypted connection on 127.0.0.1.
-    async fn pair() -> (PeerStream, PeerStream) {
+    pub(crate) async fn pair() -> (PeerStream, PeerStream) {
         let loopback = "127.0.0.1:0".parse().unwrap();
         let a = udx::UdxSocket::bind(loopback).await.unwrap();
         let b = udx::UdxSocket::bind(loopback).await.unwrap();
@@ -435,19 +503,24 @@ mod tests {
         (x.unwrap(), y.unwrap())
     }
 
-    const SMALL: Limits = Limits {
+    /// A guard of an owner that never stops.
+    pub(crate) fn no_guard() -> Guard {
+        crate::farewell::Farewell::new().guards().guard()
+    }
+
+    pub(crate) const SMALL: Limits = Limits {
         max_streams: 2,
         window: 1000,
     };
 
     /// The hand-written end of a connection: both halves of its secret stream.
-    struct Hand {
+    pub(crate) struct Hand {
         r: crate::secret::ReadHalf<tokio::io::ReadHalf<udx::UdxStream>>,
         w: crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>,
     }
 
     impl Hand {
-        fn new(peer: PeerStream) -> Hand {
+        pub(crate) fn new(peer: PeerStream) -> Hand {
             let (r, w) = peer.into_split();
             Hand { r, w }
         }
@@ -462,7 +535,7 @@ mod tests {
     }
 
     /// The next frame the share sends, or none when it ended the connection.
-    async fn next(peer: &mut Hand) -> Option<Vec<u8>> {
+    pub(crate) async fn next(peer: &mut Hand) -> Option<Vec<u8>> {
         tokio::time::timeout(Duration::from_secs(10), peer.read())
             .await
             .expect("the share answers within 10 s")
@@ -471,7 +544,7 @@ mod tests {
     }
 
     /// The share's CLOSE reason, after which the connection ends.
-    async fn closed_with(peer: &mut Hand) -> String {
+    pub(crate) async fn closed_with(peer: &mut Hand) -> String {
         loop {
             let Some(frame) = next(peer).await else {
                 panic!("the connection ended without a CLOSE");
@@ -488,7 +561,7 @@ mod tests {
     async fn streams_past_the_limit_are_reset_and_the_others_go_on() {
         let (hostile, share) = pair().await;
         let mut hostile = Hand::new(hostile);
-        let (_mux, mut accepted) = Mux::start(share, Role::Server, SMALL);
+        let (_mux, mut accepted) = Mux::start(share, Role::Server, SMALL, false, no_guard());
         for id in 1..=3 {
             hostile.write(&proto::open(id)).await.unwrap();
         }
@@ -524,7 +597,7 @@ mod tests {
         for (frames, expect) in cases {
             let (hostile, share) = pair().await;
             let mut hostile = Hand::new(hostile);
-            let (_mux, _accepted) = Mux::start(share, Role::Server, SMALL);
+            let (_mux, _accepted) = Mux::start(share, Role::Server, SMALL, false, no_guard());
             for f in &frames {
                 hostile.write(f).await.unwrap();
             }
@@ -537,7 +610,7 @@ mod tests {
     async fn a_stream_waits_for_credit_and_resumes_when_granted() {
         let (client_end, share) = pair().await;
         let mut share = Hand::new(share);
-        let (mux, _) = Mux::start(client_end, Role::Client, SMALL);
+        let (mux, _) = Mux::start(client_end, Role::Client, SMALL, false, no_guard());
         let stream = mux.open().await.unwrap();
         let sender = Sender {
             id: stream.id,

@@ -7,6 +7,7 @@
 //! protocol without I/O, [`driver`] runs it on a secret stream.
 
 mod driver;
+mod live;
 mod pipe;
 mod pool;
 pub(crate) mod proto;

@@ -54,8 +54,8 @@ pub(crate) async fn pipe_stream_and_log(
 }
 
 /// Copies both ways between `local` and `stream` until both directions have ended, or either
-/// fails: then the stream is reset and the local connection dropped, so the peer does not
-/// mistake a cut transfer for a complete one. Returns what moved, also on failure.
+/// fails: then the stream and the local connection are reset (TCP RST), so neither the peer
+/// nor the local program mistakes a cut transfer for a complete one. Returns what moved, also on failure.
 pub(crate) async fn pipe_stream(
     local: LocalStream,
     stream: MuxStream,
@@ -127,6 +127,7 @@ pub(crate) async fn pipe_stream(
         }
         Err(e) => {
             sender.reset();
+            local_r.unsplit(local_w).reset_on_drop();
             Err((moved, e))
         }
     }

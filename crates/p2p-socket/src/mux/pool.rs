@@ -1,6 +1,7 @@
 //! The connecting side's multiplexed connection: the first local connection opens it, the
 //! next ones become streams on it, and when it ends (the sharer restarted, the path died) the
-//! next local connection opens a new one.
+//! next local connection opens a new one. A connection that heard nothing for [`IDLE`], or
+//! was made before our address changed, must answer a PING first ([`Mux::answers`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,12 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex as AsyncMutex;
+use tracing::info;
 
+use super::live::IDLE;
 use super::proto::{Limits, Role};
 use super::{Mux, MuxStream};
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
+use crate::farewell::Guards;
 use crate::peer::{Path, PeerStream};
+
+/// The shared connection, and what it was opened with.
+struct Current {
+    mux: Mux,
+    path: Path,
+    peer: Option<SocketAddr>,
+    /// [`Connector::moves`] when it was opened.
+    moves: u64,
+}
 
 /// How a local connection reaches the sharer.
 pub(crate) enum Opened {
@@ -35,17 +48,20 @@ pub(crate) struct Pool {
     connector: Arc<Connector>,
     /// Held while a connection opens, so that a burst of local connections waits for one
     /// handshake instead of making one each.
-    current: AsyncMutex<Option<(Mux, Path, Option<SocketAddr>)>>,
+    current: AsyncMutex<Option<Current>>,
     /// The sharer answered without multiplexing: every local connection dials, in parallel.
     raw: AtomicBool,
+    /// Each connection says goodbye when the connect stops.
+    guards: Guards,
 }
 
 impl Pool {
-    pub(crate) fn new(connector: Arc<Connector>) -> Pool {
+    pub(crate) fn new(connector: Arc<Connector>, guards: Guards) -> Pool {
         Pool {
             connector,
             current: AsyncMutex::new(None),
             raw: AtomicBool::new(false),
+            guards,
         }
     }
 
@@ -62,43 +78,59 @@ impl Pool {
             return Ok(Opened::Raw(peer, path, link.peer()));
         }
         let mut current = self.current.lock().await;
-        if let Some((mux, path, peer)) = current.as_ref() {
-            if let Some(stream) = mux.open().await {
-                return Ok(Opened::Stream {
-                    stream,
-                    path: *path,
-                    fresh: false,
-                    peer: *peer,
-                });
+        if let Some(c) = current.as_ref() {
+            // Our address changed since it was opened: its path may lead nowhere now.
+            let moved = c.moves != self.connector.moves();
+            if c.mux.answers(IDLE, moved).await {
+                if let Some(stream) = c.mux.open().await {
+                    return Ok(Opened::Stream {
+                        stream,
+                        path: c.path,
+                        fresh: false,
+                        peer: c.peer,
+                    });
+                }
+            } else if let Some(c) = current.take() {
+                info!(
+                    moved,
+                    "the shared connection to the sharer did not answer; opening a new one"
+                );
+                c.mux
+                    .retire("it did not answer a ping; new streams go on a new connection");
             }
         }
         // None yet, or it ended, or it carries the most streams it may: a new one. One that
         // is full keeps serving its streams until they end.
+        let moves = self.connector.moves();
         let (peer, link, path) = self.connector.open_link_within(limit).await?;
         if !link.features.mux {
             self.raw.store(true, Ordering::Relaxed);
             return Ok(Opened::Raw(peer, path, link.peer()));
         }
-        let (mux, _) = Mux::start(peer, Role::Client, Limits::default());
+        let (mux, _) = Mux::start(
+            peer,
+            Role::Client,
+            Limits::default(),
+            link.features.ping,
+            self.guards.guard(),
+        );
         let stream = mux.open().await.ok_or_else(|| Error::NoDataPath {
             path,
             peer: None,
             waited: Duration::ZERO,
         })?;
         let peer = link.peer();
-        *current = Some((mux, path, peer));
+        *current = Some(Current {
+            mux,
+            path,
+            peer,
+            moves,
+        });
         Ok(Opened::Stream {
             stream,
             path,
             fresh: true,
             peer,
         })
-    }
-
-    /// Ends the shared connection (its streams fail).
-    pub(crate) async fn close(&self) {
-        if let Some((mux, ..)) = self.current.lock().await.take() {
-            mux.close("the connect is stopping");
-        }
     }
 }

@@ -23,6 +23,10 @@ const FIN: u8 = 3;
 const RESET: u8 = 4;
 const WINDOW: u8 = 5;
 const CLOSE: u8 = 6;
+/// Only on a connection where both sides named the PING feature in the handshake
+/// ([`crate::noise_session::Features::ping`]); elsewhere, an unknown type.
+const PING: u8 = 7;
+const PONG: u8 = 8;
 
 /// One frame as read from the peer; data borrows the message it came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,10 @@ pub(crate) enum Frame<'a> {
     Window(u32, u32),
     /// The connection ends, with why.
     Close(&'a str),
+    /// Are you there? Answered with a [`Frame::Pong`] of the same number (the id field).
+    Ping(u32),
+    /// The answer to the [`Frame::Ping`] of this number.
+    Pong(u32),
 }
 
 /// Why a peer's frame ends the connection: the peer is broken or hostile.
@@ -79,7 +87,9 @@ pub(crate) fn decode(message: &[u8]) -> Result<Frame<'_>, Violation> {
         len: body.len(),
     };
     match kind {
-        OPEN | FIN | RESET if !body.is_empty() => Err(bad()),
+        OPEN | FIN | RESET | PING | PONG if !body.is_empty() => Err(bad()),
+        PING => Ok(Frame::Ping(id)),
+        PONG => Ok(Frame::Pong(id)),
         OPEN => Ok(Frame::Open(id)),
         FIN => Ok(Frame::Fin(id)),
         RESET => Ok(Frame::Reset(id)),
@@ -122,6 +132,14 @@ pub(crate) fn fin(id: u32) -> Vec<u8> {
 
 pub(crate) fn reset(id: u32) -> Vec<u8> {
     header(RESET, id, 0)
+}
+
+pub(crate) fn ping(n: u32) -> Vec<u8> {
+    header(PING, n, 0)
+}
+
+pub(crate) fn pong(n: u32) -> Vec<u8> {
+    header(PONG, n, 0)
 }
 
 pub(crate) fn window(id: u32, credit: u32) -> Vec<u8> {
@@ -194,6 +212,10 @@ pub(crate) enum Event<'a> {
     Credit(u32),
     /// The peer ends the connection.
     Closed(&'a str),
+    /// The peer asks whether we are there: answer with PONG `n`.
+    Ping(u32),
+    /// The peer answered our PING `n`.
+    Pong(u32),
     /// For a stream that is gone already (we reset it, or it ended): a race, nothing to do.
     Late,
 }
@@ -203,6 +225,8 @@ pub(crate) enum Event<'a> {
 pub(crate) struct Session {
     role: Role,
     limits: Limits,
+    /// Both sides named the PING feature: PING and PONG are frames, not unknown types.
+    ping: bool,
     streams: HashMap<u32, Stream>,
     /// The highest id opened so far, by either side's count: ids only grow, so one that ended
     /// cannot be opened again to confuse a frame in flight with a new stream.
@@ -214,9 +238,16 @@ impl Session {
         Session {
             role,
             limits,
+            ping: false,
             streams: HashMap::new(),
             highest: 0,
         }
+    }
+
+    /// Takes PING and PONG frames when `agreed` (both sides named the feature).
+    pub(crate) fn pinging(mut self, agreed: bool) -> Session {
+        self.ping = agreed;
+        self
     }
 
     /// Streams open now.
@@ -251,6 +282,10 @@ impl Session {
         let id = match frame {
             Frame::Open(id) => return self.on_open(id),
             Frame::Close(reason) => return Ok(Event::Closed(reason)),
+            Frame::Ping(_) if !self.ping => return Err(Violation::UnknownType(PING)),
+            Frame::Pong(_) if !self.ping => return Err(Violation::UnknownType(PONG)),
+            Frame::Ping(n) => return Ok(Event::Ping(n)),
+            Frame::Pong(n) => return Ok(Event::Pong(n)),
             Frame::Data(id, _) | Frame::Fin(id) | Frame::Reset(id) | Frame::Window(id, _) => id,
         };
         let Some(stream) = self.streams.get_mut(&id) else {
@@ -295,7 +330,9 @@ impl Session {
                 stream.send_credit = stream.send_credit.saturating_add(u64::from(credit));
                 Ok(Event::Credit(id))
             }
-            Frame::Open(_) | Frame::Close(_) => unreachable!("handled above"),
+            Frame::Open(_) | Frame::Close(_) | Frame::Ping(_) | Frame::Pong(_) => {
+                unreachable!("handled above")
+            }
         }
     }
 
@@ -374,6 +411,8 @@ mod tests {
             (reset(3), Frame::Reset(3)),
             (window(3, 65536), Frame::Window(3, 65536)),
             (close("bye"), Frame::Close("bye")),
+            (ping(9), Frame::Ping(9)),
+            (pong(u32::MAX), Frame::Pong(u32::MAX)),
         ];
         for (bytes, frame) in cases {
             assert_eq!(decode(&bytes), Ok(frame));
@@ -425,6 +464,14 @@ mod tests {
                 },
             ),
             (vec![CLOSE, 0, 0, 0, 0, 0xff], Violation::BadReason),
+            (
+                vec![PING, 1, 0, 0, 0, 0],
+                Violation::BadLength { kind: PING, len: 1 },
+            ),
+            (
+                vec![PONG, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                Violation::BadLength { kind: PONG, len: 8 },
+            ),
             (
                 [vec![CLOSE, 0, 0, 0, 0], vec![b'a'; MAX_REASON + 1]].concat(),
                 Violation::BadLength {
@@ -541,5 +588,27 @@ mod tests {
         assert_eq!(s.open_streams(), 0);
         assert_eq!(s.receive(Frame::Window(1, 5)), Ok(Event::Late));
         assert_eq!(s.receive(Frame::Fin(1)), Ok(Event::Late));
+    }
+
+    /// An older peer never sends PING (it did not name the feature), and ours only sends it
+    /// where both did: so PING is a frame only where agreed, an unknown type elsewhere, just as
+    /// the older peer treats it.
+    #[test]
+    fn ping_and_pong_are_frames_only_where_both_sides_named_the_feature() {
+        for role in [Role::Client, Role::Server] {
+            let mut plain = Session::new(role, Limits::default());
+            assert_eq!(
+                plain.receive(Frame::Ping(1)),
+                Err(Violation::UnknownType(PING))
+            );
+            assert_eq!(
+                plain.receive(Frame::Pong(1)),
+                Err(Violation::UnknownType(PONG))
+            );
+            let mut agreed = Session::new(role, Limits::default()).pinging(true);
+            assert_eq!(agreed.receive(Frame::Ping(7)), Ok(Event::Ping(7)));
+            assert_eq!(agreed.receive(Frame::Pong(7)), Ok(Event::Pong(7)));
+            assert_eq!(agreed.open_streams(), 0, "no stream state");
+        }
     }
 }
