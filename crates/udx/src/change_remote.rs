@@ -35,13 +35,54 @@ impl UdxStream {
         remote_id: u32,
         addr: SocketAddr,
     ) -> Result<(), UdxError> {
-        change_remote(&self.shared, socket, remote_id, addr)
+        change_remote(&self.shared, socket, remote_id, addr, None)
+    }
+
+    /// [`UdxStream::change_remote`] to the socket of `placeholder`, an unconnected stream
+    /// with this stream's id that was listening there: it gives way, and the packets it held
+    /// (the new peer's first ones on the new path) are processed by this stream. This is how
+    /// a stream follows a peer that moved first: hyperdht's `firewall` hook sees the peer's
+    /// packets arrive on another socket and changes the remote to their sender.
+    pub fn change_remote_into(
+        &self,
+        placeholder: UdxStream,
+        remote_id: u32,
+        addr: SocketAddr,
+    ) -> Result<(), UdxError> {
+        change_remote_into(&self.shared, placeholder, remote_id, addr)
     }
 
     /// Resolves once the last [`UdxStream::change_remote`] is complete: everything sent
     /// before it was acknowledged from the new address. Fails if the stream closes first.
     pub async fn remote_changed(&self) -> Result<(), UdxError> {
         remote_changed(&self.shared).await
+    }
+
+    /// For a stream that is not connected: resolves with the sender of the first packet that
+    /// arrives for it (and is held until it connects, or passed on by
+    /// [`UdxStream::change_remote_into`]).
+    pub async fn first_packet_from(&self) -> Result<SocketAddr, UdxError> {
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(from) = st.first_held_from {
+                return Poll::Ready(Ok(from));
+            }
+            if st.closed.is_some() || st.finished {
+                return Poll::Ready(Err(UdxError::StreamClosed));
+            }
+            if !st.connect_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                st.connect_wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sends `payload` (at most one packet's worth) as an unordered, unacknowledged datagram
+    /// on the stream (udx-native's `trySend`). hyperdht sends an empty one on the new path
+    /// once a move completed, so that the peer sees that path carry traffic.
+    pub fn send_message(&self, payload: &[u8]) {
+        send_message(&self.shared, payload);
     }
 }
 
@@ -54,13 +95,60 @@ impl StreamObserver {
         remote_id: u32,
         addr: SocketAddr,
     ) -> Result<(), UdxError> {
-        change_remote(&self.shared, socket, remote_id, addr)
+        change_remote(&self.shared, socket, remote_id, addr, None)
+    }
+
+    /// [`UdxStream::change_remote_into`].
+    pub fn change_remote_into(
+        &self,
+        placeholder: UdxStream,
+        remote_id: u32,
+        addr: SocketAddr,
+    ) -> Result<(), UdxError> {
+        change_remote_into(&self.shared, placeholder, remote_id, addr)
     }
 
     /// [`UdxStream::remote_changed`].
     pub async fn remote_changed(&self) -> Result<(), UdxError> {
         remote_changed(&self.shared).await
     }
+
+    /// [`UdxStream::send_message`].
+    pub fn send_message(&self, payload: &[u8]) {
+        send_message(&self.shared, payload);
+    }
+}
+
+fn send_message(shared: &Arc<StreamShared>, payload: &[u8]) {
+    shared.send_event(Event::Message(
+        shared.clone(),
+        bytes::Bytes::copy_from_slice(payload),
+    ));
+}
+
+fn change_remote_into(
+    shared: &Arc<StreamShared>,
+    placeholder: UdxStream,
+    remote_id: u32,
+    addr: SocketAddr,
+) -> Result<(), UdxError> {
+    let invalid = |why: &str| {
+        Err(UdxError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("change_remote_into: {why}"),
+        )))
+    };
+    if placeholder.shared.local_id != shared.local_id {
+        return invalid("the placeholder must have the moving stream's id");
+    }
+    {
+        let st = placeholder.shared.lock();
+        if st.connect_requested || st.closed.is_some() {
+            return invalid("the placeholder must be a stream that was never connected");
+        }
+    }
+    let socket = placeholder.socket();
+    change_remote(shared, &socket, remote_id, addr, Some(placeholder))
 }
 
 fn change_remote(
@@ -68,6 +156,7 @@ fn change_remote(
     socket: &UdxSocket,
     remote_id: u32,
     addr: SocketAddr,
+    placeholder: Option<UdxStream>,
 ) -> Result<(), UdxError> {
     if addr.port() == 0 {
         return Err(UdxError::Io(io::Error::new(
@@ -88,7 +177,12 @@ fn change_remote(
         }
     }
     let same_socket = Arc::ptr_eq(&core, &socket.core);
-    if !same_socket && !lock(&socket.core.registry).insert(shared.local_id) {
+    // A placeholder holds the id on its socket already, for this stream.
+    if same_socket && placeholder.is_some()
+        || !same_socket
+            && placeholder.is_none()
+            && !lock(&socket.core.registry).insert(shared.local_id)
+    {
         return Err(UdxError::StreamIdInUse(shared.local_id));
     }
     {
@@ -108,6 +202,7 @@ fn change_remote(
         addr,
         to: socket.core.clone(),
         stream: None,
+        placeholder,
         delivered: false,
     }));
     Ok(())

@@ -251,7 +251,7 @@ pub struct StreamStats {
 /// * Dropping the handle before `shutdown` sends DESTROY. Dropping it after `shutdown`
 ///   lets the stream finish in the background until the peer acknowledged everything.
 pub struct UdxStream {
-    shared: Arc<StreamShared>,
+    pub(crate) shared: Arc<StreamShared>,
 }
 
 impl UdxStream {

@@ -58,6 +58,8 @@ pub(crate) enum Event {
     Relay(Arc<StreamShared>, Arc<StreamShared>),
     /// `change_remote` to another address on the same socket.
     ChangeRemote(Arc<StreamShared>, u32, SocketAddr),
+    /// `send_message`: one unordered datagram.
+    Message(Arc<StreamShared>, Bytes),
     /// To the socket a stream moves to: its id is reserved here and its protocol state is on
     /// its way (in a [`Event::MoveIn`]); hold the handle's events for it until then.
     Expect(Arc<StreamShared>),
@@ -79,6 +81,9 @@ pub(crate) struct Handover {
     pub(crate) addr: SocketAddr,
     pub(crate) to: Arc<SocketCore>,
     pub(crate) stream: Option<Box<Stream>>,
+    /// An unconnected stream of the same id on the new socket that gives way to this one,
+    /// handing over the packets it held.
+    pub(crate) placeholder: Option<crate::UdxStream>,
     pub(crate) delivered: bool,
 }
 
@@ -132,6 +137,8 @@ pub(crate) struct SharedState {
     pub(crate) remote_addr: Option<SocketAddr>,
     /// A `change_remote` waits for what was sent before it to be acknowledged.
     pub(crate) remote_changing: bool,
+    /// Where the first packet held for an unconnected stream came from.
+    pub(crate) first_held_from: Option<SocketAddr>,
     pub(crate) connect_requested: bool,
     pub(crate) connect_wakers: Vec<Waker>,
     /// Heartbeat interval while idle (`UdxStream::set_keepalive`).

@@ -169,6 +169,7 @@ impl Driver {
             | Event::Destroy(s)
             | Event::Dropped(s)
             | Event::ChangeRemote(s, ..)
+            | Event::Message(s, _)
             | Event::Connect(s, ..)
             | Event::Relay(s, _) => s,
             Event::MoveOut(h) => &h.shared,
@@ -233,6 +234,11 @@ impl Driver {
                     self.endpoint.change_remote(id, remote_id, addr);
                 }
             }
+            Event::Message(shared, payload) => {
+                if let Some(id) = self.current(&shared) {
+                    self.endpoint.send_message(id, &payload);
+                }
+            }
             Event::Expect(shared) => {
                 self.incoming
                     .insert(shared.local_id, (shared.clone(), Vec::new()));
@@ -247,7 +253,10 @@ impl Driver {
                     .is_some_and(|(s, _)| Arc::ptr_eq(s, &shared))
                 {
                     self.incoming.remove(&id);
-                    lock(&self.registry).remove(&id);
+                    // A placeholder that was to give way keeps its id.
+                    if !self.endpoint.contains(id) {
+                        lock(&self.registry).remove(&id);
+                    }
                     let mut st = shared.lock();
                     if !st.finished {
                         st.closed.get_or_insert(CloseReason::SocketClosed);
@@ -286,6 +295,14 @@ impl Driver {
         let (Some(held), Some(stream)) = (held, handover.stream.take()) else {
             return; // dropping the handover releases the id
         };
+        // A placeholder gives way, with the packets it held (the new peer's first ones).
+        let mut packets = Vec::new();
+        if let Some(placeholder) = &handover.placeholder {
+            if self.current(&placeholder.shared).is_some() {
+                packets = self.endpoint.replace_placeholder(id).unwrap_or_default();
+                self.shared.remove(&id);
+            }
+        }
         if self.endpoint.adopt_stream(stream).is_err() {
             // Cannot happen while the registry guards ids; never run two streams on one id.
             handover.delivered = true;
@@ -298,6 +315,9 @@ impl Driver {
         self.shared.insert(id, shared);
         self.endpoint
             .change_remote(id, handover.remote_id, handover.addr);
+        for (packet, from) in packets {
+            self.endpoint.handle(now, from, &packet);
+        }
         for ev in held {
             self.on_event(ev, now);
         }
@@ -347,6 +367,15 @@ impl Driver {
                     if let Some(s) = self.shared.get(&id) {
                         let mut st = s.lock();
                         st.remote_addr = Some(addr);
+                        for w in st.connect_wakers.drain(..) {
+                            w.wake();
+                        }
+                    }
+                }
+                EndpointEvent::Stream(id, StreamEvent::Held(from)) => {
+                    if let Some(s) = self.shared.get(&id) {
+                        let mut st = s.lock();
+                        st.first_held_from.get_or_insert(from);
                         for w in st.connect_wakers.drain(..) {
                             w.wake();
                         }

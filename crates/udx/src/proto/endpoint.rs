@@ -184,6 +184,27 @@ impl Endpoint {
         Some(Box::new(stream))
     }
 
+    /// Removes the unconnected stream `id` (a placeholder that held the id and the packets
+    /// that arrived for it) and returns those packets, so that a stream moving in can take
+    /// its place and process them. `None` if `id` is not an unconnected stream.
+    pub fn replace_placeholder(&mut self, id: u32) -> Option<Vec<(bytes::Bytes, SocketAddr)>> {
+        let entry = self.entries.get(&id)?;
+        if entry.relay_to.is_some() || entry.stream.remote().is_some() {
+            return None;
+        }
+        let mut stream = self.take_stream(id)?;
+        Some(stream.take_held())
+    }
+
+    /// Sends `payload` as an unordered datagram on stream `id` (see [`Stream::send_message`]).
+    pub fn send_message(&mut self, id: u32, payload: &[u8]) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            if e.relay_to.is_none() {
+                e.stream.send_message(payload, &mut self.out);
+            }
+        }
+    }
+
     /// Takes in a stream that another endpoint gave up with [`Endpoint::take_stream`].
     /// Returns it back if its id is in use here.
     pub fn adopt_stream(&mut self, stream: Box<Stream>) -> Result<(), Box<Stream>> {
@@ -256,10 +277,17 @@ impl Endpoint {
         // could otherwise destroy it or acknowledge data away.
         let from_peer = match entry.stream.remote() {
             Some(peer) => peer.addr == from,
-            None => entry.stream.accept_unconnected(data, from),
+            None => {
+                let adopted = entry.stream.accept_unconnected(data, from);
+                // Its first held packet is news (`StreamEvent::Held`).
+                self.wake(id);
+                adopted
+            }
         };
         if from_peer {
-            entry.stream.handle_packet(data, now, &mut self.out);
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.stream.handle_packet(data, now, &mut self.out);
+            }
             self.wake(id);
         }
         true
@@ -528,6 +556,59 @@ mod tests {
         while let Some(ev) = a.poll_event() {
             assert!(!matches!(ev, EndpointEvent::Removed { id: 1, .. }));
         }
+    }
+
+    #[test]
+    fn a_placeholder_reports_its_first_packet_and_hands_over_what_it_held() {
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now));
+        assert!(ep.handle(now, peer, &data_from_peer(1, 0)));
+        assert!(ep.handle(now, peer, &data_from_peer(1, 1)));
+        received(&mut ep, now);
+        let mut held_events = Vec::new();
+        while let Some(ev) = ep.poll_event() {
+            held_events.push(ev);
+        }
+        assert_eq!(
+            held_events,
+            [EndpointEvent::Stream(1, StreamEvent::Held(peer))],
+            "reported once, for the first packet"
+        );
+        let held = ep.replace_placeholder(1).expect("an unconnected stream");
+        assert_eq!(held.len(), 2);
+        assert!(held.iter().all(|(_, from)| *from == peer));
+        assert!(!ep.contains(1));
+        // A connected stream is no placeholder.
+        assert!(ep.add_stream(2, now));
+        ep.connect(2, 3, Some(peer), now);
+        assert!(ep.replace_placeholder(2).is_none());
+        assert!(ep.contains(2));
+    }
+
+    #[test]
+    fn an_empty_message_goes_to_the_peer_outside_the_sequence() {
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now));
+        ep.send_message(1, &[]);
+        assert_eq!(
+            ep.transmits().pending(),
+            0,
+            "not connected: nowhere to send"
+        );
+        ep.connect(1, 2, Some(peer), now);
+        ep.send_message(1, &[]);
+        let (to, packet) = ep.transmits().pop().expect("the message");
+        assert_eq!(to, peer);
+        let hdr = Header::decode(&packet).unwrap();
+        assert_eq!(
+            (hdr.flags, hdr.stream_id, hdr.seq),
+            (crate::wire::FLAG_MESSAGE, 2, 0)
+        );
+        assert_eq!(packet.len(), HEADER_SIZE);
     }
 
     #[test]

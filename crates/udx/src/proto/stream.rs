@@ -41,6 +41,9 @@ pub enum CloseReason {
 pub enum StreamEvent {
     /// The stream has its peer (from `connect` or from the first packet).
     Connected(SocketAddr),
+    /// A stream that is not connected holds a first packet, from this address (see
+    /// [`super::Endpoint::replace_placeholder`]).
+    Held(SocketAddr),
     /// Everything sent before the last [`Stream::change_remote`] was acknowledged (by the
     /// new peer address: nothing from the old one is accepted any more), so the move is
     /// complete (libudx's `on_remote_changed`).
@@ -455,10 +458,32 @@ impl Stream {
             return true;
         }
         if self.held.len() < MAX_HELD_PACKETS && self.held_bytes + packet.len() <= MAX_HELD_BYTES {
+            if self.held.is_empty() {
+                self.events.push_back(StreamEvent::Held(from));
+            }
             self.held_bytes += packet.len();
             self.held.push((Bytes::copy_from_slice(packet), from));
         }
         false
+    }
+
+    /// The packets held before connect (a placeholder giving way to a stream that moves in).
+    pub fn take_held(&mut self) -> Vec<(Bytes, SocketAddr)> {
+        self.held_bytes = 0;
+        std::mem::take(&mut self.held)
+    }
+
+    /// Sends `payload` as one unordered datagram on the stream (libudx's `udx_stream_send`,
+    /// udx-native's `trySend`): not retransmitted, not counted in the sequence. hyperdht
+    /// sends an empty one after a move, so that the peer sees the new path carry traffic.
+    pub fn send_message(&mut self, payload: &[u8], out: &mut Transmits) {
+        let Some(remote) = self.remote else { return };
+        if self.closed.is_some() || payload.len() > MAX_PAYLOAD {
+            return;
+        }
+        let hdr = self.header(wire::FLAG_MESSAGE, self.snd_nxt);
+        out.push_packet(remote.addr, &hdr, 0, payload);
+        self.stats.packets_sent += 1;
     }
 
     /// Received payload bytes this stream holds (in order and out of order) plus those the

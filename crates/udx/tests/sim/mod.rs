@@ -520,7 +520,10 @@ impl Scenario {
                                     s.closed = Some(r);
                                 }
                             }
-                            EndpointEvent::Stream(_, StreamEvent::Connected(_)) => {}
+                            EndpointEvent::Stream(
+                                _,
+                                StreamEvent::Connected(_) | StreamEvent::Held(_),
+                            ) => {}
                             EndpointEvent::Stream(id, StreamEvent::RemoteChanged) => {
                                 if let Some(s) = node.sides.get_mut(&id) {
                                     s.remote_changes += 1;
