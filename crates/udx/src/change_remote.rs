@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use crate::relay::StreamObserver;
+use crate::shared::lock;
 use crate::shared::{Event, Handover, StreamShared};
-use crate::socket::lock;
 use crate::{UdxError, UdxSocket, UdxStream};
 
 impl UdxStream {

@@ -62,8 +62,8 @@ use tokio::sync::mpsc;
 
 pub use crate::datagrams::{DatagramReceiver, DATAGRAM_QUEUE_BYTES, DATAGRAM_QUEUE_PACKETS};
 pub use crate::relay::StreamObserver;
+use crate::shared::{lock, SocketCore};
 use crate::shared::{CloseReason, Event, StreamShared};
-use crate::socket::{lock, SocketCore};
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]

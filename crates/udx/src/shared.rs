@@ -16,8 +16,36 @@ use std::task::Waker;
 use bytes::{Bytes, BytesMut};
 
 pub(crate) use crate::proto::CloseReason;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::datagrams::DatagramSender;
 use crate::proto::Stream;
-use crate::socket::{lock, SocketCore};
+
+/// The parts of a socket that handles and the driver share.
+pub(crate) struct SocketCore {
+    pub(crate) udp: Arc<UdpSocket>,
+    pub(crate) v6: bool,
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) registry: Arc<Mutex<HashSet<u32>>>,
+    pub(crate) datagrams: Arc<Mutex<Option<DatagramSender>>>,
+    pub(crate) datagrams_dropped: Arc<AtomicU64>,
+}
+
+impl SocketCore {
+    pub(crate) fn send_event(&self, ev: Event) {
+        // Fails only when the driver is gone, and then the stream is already marked closed.
+        let _ = self.events.send(ev);
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl CloseReason {
     pub(crate) fn to_io_error(self) -> io::Error {

@@ -10,15 +10,15 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::datagrams::DatagramSender;
 use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, Stream, StreamEvent};
+use crate::shared::{lock, SocketCore};
 use crate::shared::{Event, Handover, StreamShared};
 use crate::udp_io::{RecvBuffers, UdpIo};
 use crate::wire::Header;
@@ -26,28 +26,6 @@ use crate::Datagram;
 
 /// Datagrams read per pass before the driver services streams (and so sends acks).
 const RECV_BATCH: usize = 64;
-
-/// The parts of a socket that handles and the driver share.
-pub(crate) struct SocketCore {
-    pub(crate) udp: Arc<UdpSocket>,
-    pub(crate) v6: bool,
-    pub(crate) events: mpsc::UnboundedSender<Event>,
-    pub(crate) registry: Arc<Mutex<HashSet<u32>>>,
-    pub(crate) datagrams: Arc<Mutex<Option<DatagramSender>>>,
-    pub(crate) datagrams_dropped: Arc<AtomicU64>,
-}
-
-impl SocketCore {
-    pub(crate) fn send_event(&self, ev: Event) {
-        // Fails only when the driver is gone, and then the stream is already marked closed.
-        let _ = self.events.send(ev);
-    }
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 pub(crate) struct Driver {
     io: Arc<UdpIo>,

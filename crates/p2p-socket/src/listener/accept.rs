@@ -151,6 +151,7 @@ async fn accept(
                 hits,
                 local_id,
                 remote_id,
+                within: PUNCHED_PACKET_TIMEOUT,
             }),
         });
     }

@@ -16,7 +16,6 @@ use tokio::task::JoinSet;
 use tracing::{debug, info};
 use udx::{StreamObserver, UdxError, UdxStream};
 
-use super::accept::PUNCHED_PACKET_TIMEOUT;
 use crate::holepunch::ServerPunch;
 use crate::punch_socket::{ProbeHit, PunchSocket};
 use crate::relay::client::Lease;
@@ -34,6 +33,8 @@ pub(super) struct Upgrade {
     pub(super) hits: Option<mpsc::UnboundedReceiver<ProbeHit>>,
     pub(super) local_id: u32,
     pub(super) remote_id: u32,
+    /// How long the client's punch may take to open.
+    pub(super) within: Duration,
 }
 
 /// A placeholder that heard the client: on which punch socket, from where.
@@ -80,7 +81,7 @@ fn listen(
 }
 
 /// Follows connection `n`, open through the relay (`lease`), to the path the client's punch
-/// opens, if it opens before [`PUNCHED_PACKET_TIMEOUT`]; the relay pairing is kept while the
+/// opens, if it opens in time (`Upgrade::within`); the relay pairing is kept while the
 /// connection lives on it.
 pub(super) async fn follow_to_direct(
     n: u64,
@@ -99,7 +100,7 @@ pub(super) async fn follow_to_direct(
         0,
         up.local_id,
     );
-    let deadline = tokio::time::Instant::now() + PUNCHED_PACKET_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + up.within;
     let heard = loop {
         tokio::select! {
             Some(hit) = async { up.hits.as_mut()?.recv().await }, if up.hits.is_some() => {
