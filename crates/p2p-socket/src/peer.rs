@@ -99,6 +99,11 @@ impl<T: Send + 'static> Acceptor<T> {
         }
     }
 
+    /// Our stream id for the connection, and the peer's.
+    pub(crate) fn ids(&self) -> (u32, u32) {
+        (self.local_id, self.remote_id)
+    }
+
     /// Also listens on `socket`; `tag` comes back with the stream if this socket wins.
     pub(crate) fn listen_on(&mut self, socket: &udx::UdxSocket, tag: T) -> Result<()> {
         let addr = socket.local_addr()?;

@@ -10,44 +10,22 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::datagrams::DatagramSender;
 use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, Stream, StreamEvent};
-use crate::shared::{Event, StreamShared};
+use crate::shared::{lock, SocketCore};
+use crate::shared::{Event, Handover, StreamShared};
 use crate::udp_io::{RecvBuffers, UdpIo};
 use crate::wire::Header;
 use crate::Datagram;
 
 /// Datagrams read per pass before the driver services streams (and so sends acks).
 const RECV_BATCH: usize = 64;
-
-/// The parts of a socket that handles and the driver share.
-pub(crate) struct SocketCore {
-    pub(crate) udp: Arc<UdpSocket>,
-    pub(crate) v6: bool,
-    pub(crate) events: mpsc::UnboundedSender<Event>,
-    pub(crate) registry: Arc<Mutex<HashSet<u32>>>,
-    pub(crate) datagrams: Arc<Mutex<Option<DatagramSender>>>,
-    pub(crate) datagrams_dropped: Arc<AtomicU64>,
-}
-
-impl SocketCore {
-    pub(crate) fn send_event(&self, ev: Event) {
-        // Fails only when the driver is gone, and then the stream is already marked closed.
-        let _ = self.events.send(ev);
-    }
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 pub(crate) struct Driver {
     io: Arc<UdpIo>,
@@ -59,6 +37,10 @@ pub(crate) struct Driver {
     endpoint: Endpoint,
     /// The handle side of every stream the endpoint knows.
     shared: HashMap<u32, Arc<StreamShared>>,
+    /// Streams moving here from another socket (`change_remote`), with the events their
+    /// handles sent before their protocol state arrived (a few: a Wake is sent once until
+    /// serviced, a Destroy or Dropped once).
+    incoming: HashMap<u32, (Arc<StreamShared>, Vec<Event>)>,
 }
 
 impl Driver {
@@ -74,6 +56,7 @@ impl Driver {
             datagrams: core.datagrams.clone(),
             endpoint: Endpoint::new(),
             shared: HashMap::new(),
+            incoming: HashMap::new(),
         })
     }
 
@@ -157,7 +140,34 @@ impl Driver {
             .then_some(id)
     }
 
+    /// Holds `ev` if it is for a stream still on its way here; returns it otherwise.
+    fn hold_for_incoming(&mut self, ev: Event) -> Option<Event> {
+        let shared = match &ev {
+            Event::Wake(s)
+            | Event::Destroy(s)
+            | Event::Dropped(s)
+            | Event::ChangeRemote(s, ..)
+            | Event::Message(s, _)
+            | Event::Connect(s, ..)
+            | Event::Relay(s, _) => s,
+            Event::MoveOut(h) => &h.shared,
+            Event::Register(_) | Event::Expect(_) | Event::MoveIn(_) | Event::MoveFailed(_) => {
+                return Some(ev)
+            }
+        };
+        match self.incoming.get_mut(&shared.local_id) {
+            Some((s, held)) if Arc::ptr_eq(s, shared) => {
+                held.push(ev);
+                None
+            }
+            _ => Some(ev),
+        }
+    }
+
     fn on_event(&mut self, ev: Event, now: Instant) {
+        let Some(ev) = self.hold_for_incoming(ev) else {
+            return;
+        };
         match ev {
             Event::Register(shared) => {
                 let id = shared.local_id;
@@ -197,8 +207,98 @@ impl Driver {
                     shared.recv_buffered.store(0, Ordering::Release);
                 }
             }
+            Event::ChangeRemote(shared, remote_id, addr) => {
+                if let Some(id) = self.current(&shared) {
+                    self.endpoint.change_remote(id, remote_id, addr);
+                }
+            }
+            Event::Message(shared, payload) => {
+                if let Some(id) = self.current(&shared) {
+                    self.endpoint.send_message(id, &payload);
+                }
+            }
+            Event::Expect(shared) => {
+                self.incoming
+                    .insert(shared.local_id, (shared.clone(), Vec::new()));
+            }
+            Event::MoveOut(handover) => self.move_out(handover),
+            Event::MoveIn(handover) => self.move_in(handover, now),
+            Event::MoveFailed(shared) => {
+                let id = shared.local_id;
+                if self
+                    .incoming
+                    .get(&id)
+                    .is_some_and(|(s, _)| Arc::ptr_eq(s, &shared))
+                {
+                    self.incoming.remove(&id);
+                    // A placeholder that was to give way keeps its id.
+                    if !self.endpoint.contains(id) {
+                        lock(&self.registry).remove(&id);
+                    }
+                    let mut st = shared.lock();
+                    if !st.finished {
+                        st.closed.get_or_insert(CloseReason::SocketClosed);
+                    }
+                    st.wake_all();
+                }
+            }
         }
         self.on_endpoint_events();
+    }
+
+    /// A stream leaves for another socket: its protocol state goes along, its id is free here.
+    fn move_out(&mut self, mut handover: Handover) {
+        let Some(id) = self.current(&handover.shared) else {
+            return; // dropping the handover tells the other socket
+        };
+        let Some(stream) = self.endpoint.take_stream(id) else {
+            return;
+        };
+        self.shared.remove(&id);
+        lock(&self.registry).remove(&id);
+        handover.stream = Some(stream);
+        let to = handover.to.clone();
+        to.send_event(Event::MoveIn(handover));
+    }
+
+    /// A stream arrives from another socket: it carries on here, towards its new remote,
+    /// and the events its handle sent meanwhile are played.
+    fn move_in(&mut self, mut handover: Handover, now: Instant) {
+        let shared = handover.shared.clone();
+        let id = shared.local_id;
+        let held = match self.incoming.get(&id) {
+            Some((s, _)) if Arc::ptr_eq(s, &shared) => self.incoming.remove(&id).map(|(_, h)| h),
+            _ => None,
+        };
+        let (Some(held), Some(stream)) = (held, handover.stream.take()) else {
+            return; // dropping the handover releases the id
+        };
+        // A placeholder gives way, with the packets it held (the new peer's first ones).
+        let mut packets = Vec::new();
+        if let Some(placeholder) = &handover.placeholder {
+            if self.current(&placeholder.shared).is_some() {
+                packets = self.endpoint.replace_placeholder(id).unwrap_or_default();
+                self.shared.remove(&id);
+            }
+        }
+        if self.endpoint.adopt_stream(stream).is_err() {
+            // Cannot happen while the registry guards ids; never run two streams on one id.
+            handover.delivered = true;
+            let mut st = shared.lock();
+            st.closed.get_or_insert(CloseReason::SocketClosed);
+            st.wake_all();
+            return;
+        }
+        handover.delivered = true;
+        self.shared.insert(id, shared);
+        self.endpoint
+            .change_remote(id, handover.remote_id, handover.addr);
+        for (packet, from) in packets {
+            self.endpoint.handle(now, from, &packet);
+        }
+        for ev in held {
+            self.on_event(ev, now);
+        }
     }
 
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
@@ -245,6 +345,24 @@ impl Driver {
                     if let Some(s) = self.shared.get(&id) {
                         let mut st = s.lock();
                         st.remote_addr = Some(addr);
+                        for w in st.connect_wakers.drain(..) {
+                            w.wake();
+                        }
+                    }
+                }
+                EndpointEvent::Stream(id, StreamEvent::Held(from)) => {
+                    if let Some(s) = self.shared.get(&id) {
+                        let mut st = s.lock();
+                        st.first_held_from.get_or_insert(from);
+                        for w in st.connect_wakers.drain(..) {
+                            w.wake();
+                        }
+                    }
+                }
+                EndpointEvent::Stream(id, StreamEvent::RemoteChanged) => {
+                    if let Some(s) = self.shared.get(&id) {
+                        let mut st = s.lock();
+                        st.remote_changing = false;
                         for w in st.connect_wakers.drain(..) {
                             w.wake();
                         }
@@ -353,5 +471,10 @@ impl Drop for Driver {
         // streams forward any more, so fail whoever still waits on them.
         self.endpoint.close_all(CloseReason::SocketClosed);
         self.on_endpoint_events();
+        for (shared, _) in self.incoming.values() {
+            let mut st = shared.lock();
+            st.closed.get_or_insert(CloseReason::SocketClosed);
+            st.wake_all();
+        }
     }
 }

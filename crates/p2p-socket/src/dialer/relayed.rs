@@ -91,6 +91,7 @@ impl Connector {
                 plan.offer.token,
                 plan.is_initiator,
                 RELAY_PAIR_TIMEOUT,
+                None,
             )
             .await?;
         paired.stream.connect(paired.relay_id, paired.relay_addr)?;

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
+use super::upgrade::{follow_to_direct, Upgrade};
 use super::Handler;
 use crate::holepunch::{ServerPunch, PUNCH_TIME};
 use crate::noise_session::Keys;
@@ -55,6 +56,8 @@ struct Accepted {
     path: Path,
     punched: Option<PunchSocket>,
     lease: Option<Lease>,
+    /// Came through the relay while a punch goes on: the client may move to a punched path.
+    upgrade: Option<Upgrade>,
 }
 
 /// Waits for the client's first packet on any socket it may arrive on. Sockets of the punch that
@@ -71,6 +74,7 @@ async fn accept(
     let started = tokio::time::Instant::now();
     let mut deadline = started + FIRST_PACKET_TIMEOUT;
     let relay_deadline = started + RELAYED_PACKET_TIMEOUT;
+    let (local_id, remote_id) = acceptor.ids();
     let mut pairing = relay.map(|r| {
         let clients = Arc::clone(&relay_clients);
         Box::pin(async move {
@@ -80,6 +84,7 @@ async fn accept(
                     r.offer.token,
                     r.is_initiator,
                     RELAYED_PACKET_TIMEOUT,
+                    Some(local_id),
                 )
                 .await
         })
@@ -133,6 +138,23 @@ async fn accept(
         // Whatever we paired at the relay is not needed: dropping it unpairs.
         drop(lease.take());
     }
+    if let (Via::Relay, Some(punch)) = (via, &punch) {
+        // A client that named the relay punches as well (hyperdht does both at once) and moves
+        // to the punched path if that opens later: the punch goes on, followed from here.
+        return Some(Accepted {
+            stream,
+            path: Path::Relayed,
+            punched: None,
+            lease,
+            upgrade: Some(Upgrade {
+                punch: Arc::clone(punch),
+                hits,
+                local_id,
+                remote_id,
+                within: PUNCHED_PACKET_TIMEOUT,
+            }),
+        });
+    }
     let punched = match (via, &punch) {
         (Via::Punch(index), Some(punch)) => punch.puncher().keep_only(index),
         (_, punch) => {
@@ -152,6 +174,7 @@ async fn accept(
         path,
         punched,
         lease,
+        upgrade: None,
     })
 }
 
@@ -167,8 +190,8 @@ pub(super) async fn serve_connection(
     permit: OwnedSemaphorePermit,
 ) {
     let _permit = permit;
-    let (stream, path, lease) = match data_path {
-        DataPath::Connected(stream, path) => (stream, path, None),
+    let (stream, path, lease, upgrade) = match data_path {
+        DataPath::Connected(stream, path) => (stream, path, None, None),
         DataPath::Accepting {
             acceptor,
             punch,
@@ -181,7 +204,7 @@ pub(super) async fn serve_connection(
                     // A full queue drops the socket: that client punches again next time.
                     let _ = routes.try_send(socket);
                 }
-                (a.stream, a.path, a.lease)
+                (a.stream, a.path, a.lease, a.upgrade)
             }
             None => {
                 info!(
@@ -194,8 +217,18 @@ pub(super) async fn serve_connection(
     };
     let remote = stream.remote_addr();
     debug!(connection = n, %path, ?remote, "data path open");
-    if let Some(lease) = lease {
-        lease.keep_while(&stream.observer());
+    match (lease, upgrade) {
+        (Some(lease), Some(upgrade)) => {
+            tokio::spawn(follow_to_direct(
+                n,
+                upgrade,
+                stream.observer(),
+                lease,
+                routes,
+            ));
+        }
+        (Some(lease), None) => lease.keep_while(&stream.observer()),
+        (None, _) => {}
     }
     let (peer, link) = match secure(false, stream, &hs, path, remote).await {
         Ok(p) => p,

@@ -8,6 +8,7 @@ mod accept;
 mod announce;
 mod firewall;
 mod respond;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;

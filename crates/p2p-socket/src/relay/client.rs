@@ -141,18 +141,23 @@ impl RelayClients {
     }
 
     /// Pairs with whoever pairs through `relay` with the same `token` from the other side, and
-    /// waits up to `wait` for them.
+    /// waits up to `wait` for them. `stream_id` is the id of our stream for the connection
+    /// (`None`: a fresh one); hyperdht pairs the connection's own raw stream, whose id its
+    /// peer uses again when it moves the connection to a punched path.
     pub(crate) async fn pair(
         &self,
         relay: PublicKey,
         token: Token,
         is_initiator: bool,
         wait: Duration,
+        stream_id: Option<u32>,
     ) -> Result<Paired> {
         let session = self.session(relay).await?;
         // Made before asking, so the relay's first packets are held for it if they come before
         // the relay's answer does.
-        let stream = session.socket.create_stream(next_stream_id())?;
+        let stream = session
+            .socket
+            .create_stream(stream_id.unwrap_or_else(next_stream_id))?;
         let (tx, rx) = oneshot::channel();
         lock(&session.waiting).insert((token, is_initiator), tx);
         let lease = Lease {

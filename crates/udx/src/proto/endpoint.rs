@@ -159,6 +159,71 @@ impl Endpoint {
         self.wake(id);
     }
 
+    /// Moves connected stream `id` to `remote_id` at `addr` (see [`Stream::change_remote`]).
+    /// Returns false if there is no such connected stream.
+    pub fn change_remote(&mut self, id: u32, remote_id: u32, addr: SocketAddr) -> bool {
+        let changed = self
+            .entries
+            .get_mut(&id)
+            .is_some_and(|e| e.stream.change_remote(remote_id, addr));
+        self.wake(id);
+        changed
+    }
+
+    /// Takes stream `id` out of this endpoint, to carry on in another one (a stream moving to
+    /// another socket): its id is free here from now on, and no [`EndpointEvent::Removed`] is
+    /// reported for it. Relayed streams stay (a relay pairs streams of one socket).
+    pub fn take_stream(&mut self, id: u32) -> Option<Box<Stream>> {
+        if self.entries.get(&id)?.relay_to.is_some() {
+            return None;
+        }
+        let mut stream = self.entries.remove(&id)?.stream;
+        // Its timer and activity entries here are stale now; they skip missing ids.
+        stream.scheduled = None;
+        stream.active = false;
+        Some(Box::new(stream))
+    }
+
+    /// Removes the unconnected stream `id` (a placeholder that held the id and the packets
+    /// that arrived for it) and returns those packets, so that a stream moving in can take
+    /// its place and process them. `None` if `id` is not an unconnected stream.
+    pub fn replace_placeholder(&mut self, id: u32) -> Option<Vec<(bytes::Bytes, SocketAddr)>> {
+        let entry = self.entries.get(&id)?;
+        if entry.relay_to.is_some() || entry.stream.remote().is_some() {
+            return None;
+        }
+        let mut stream = self.take_stream(id)?;
+        Some(stream.take_held())
+    }
+
+    /// Sends `payload` as an unordered datagram on stream `id` (see [`Stream::send_message`]).
+    pub fn send_message(&mut self, id: u32, payload: &[u8]) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            if e.relay_to.is_none() {
+                e.stream.send_message(payload, &mut self.out);
+            }
+        }
+    }
+
+    /// Takes in a stream that another endpoint gave up with [`Endpoint::take_stream`].
+    /// Returns it back if its id is in use here.
+    pub fn adopt_stream(&mut self, stream: Box<Stream>) -> Result<(), Box<Stream>> {
+        let id = stream.local_id();
+        if self.entries.contains_key(&id) {
+            return Err(stream);
+        }
+        self.time_wait.remove(&id);
+        self.entries.insert(
+            id,
+            Entry {
+                stream: *stream,
+                relay_to: None,
+            },
+        );
+        self.wake(id);
+        Ok(())
+    }
+
     /// Makes stream `from` pass its packets on to stream `to`'s peer (call it before
     /// connecting `from`; calling it again changes the destination).
     pub fn relay_to(&mut self, from: u32, to: u32) {
@@ -212,10 +277,17 @@ impl Endpoint {
         // could otherwise destroy it or acknowledge data away.
         let from_peer = match entry.stream.remote() {
             Some(peer) => peer.addr == from,
-            None => entry.stream.accept_unconnected(data, from),
+            None => {
+                let adopted = entry.stream.accept_unconnected(data, from);
+                // Its first held packet is news (`StreamEvent::Held`).
+                self.wake(id);
+                adopted
+            }
         };
         if from_peer {
-            entry.stream.handle_packet(data, now, &mut self.out);
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.stream.handle_packet(data, now, &mut self.out);
+            }
             self.wake(id);
         }
         true
@@ -408,5 +480,144 @@ impl Endpoint {
                 self.removed(id, entry.stream);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FLAG_DATA;
+
+    fn data_from_peer(to_id: u32, seq: u32) -> Vec<u8> {
+        let mut p = Vec::new();
+        Header {
+            flags: FLAG_DATA,
+            data_offset: 0,
+            stream_id: to_id,
+            recv_window: 1 << 20,
+            seq,
+            ack: 0,
+        }
+        .write_to(&mut p);
+        p.extend_from_slice(b"hello");
+        p
+    }
+
+    fn received(ep: &mut Endpoint, now: Instant) -> usize {
+        let mut got = 0;
+        ep.service(now, |_, s| {
+            got += s.take_received().map_or(0, |b| b.len());
+        });
+        got
+    }
+
+    #[test]
+    fn after_change_remote_only_the_new_address_is_heard() {
+        let now = Instant::now();
+        let relay: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let direct: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now));
+        ep.connect(1, 2, Some(relay), now);
+        assert!(ep.handle(now, relay, &data_from_peer(1, 0)));
+        assert_eq!(received(&mut ep, now), 5);
+
+        assert!(ep.change_remote(1, 9, direct));
+        // A late packet by the old path is ours (not the DHT's) but ignored.
+        assert!(ep.handle(now, relay, &data_from_peer(1, 1)));
+        assert_eq!(received(&mut ep, now), 0);
+        assert!(ep.handle(now, direct, &data_from_peer(1, 1)));
+        assert_eq!(received(&mut ep, now), 5);
+        assert!(!ep.change_remote(77, 9, direct), "no such stream");
+    }
+
+    #[test]
+    fn a_taken_stream_carries_on_in_another_endpoint() {
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let (mut a, mut b) = (Endpoint::new(), Endpoint::new());
+        assert!(a.add_stream(1, now));
+        a.connect(1, 2, Some(peer), now);
+        assert!(a.handle(now, peer, &data_from_peer(1, 0)));
+        assert_eq!(received(&mut a, now), 5);
+
+        let stream = a.take_stream(1).expect("stream 1");
+        assert!(!a.contains(1));
+        assert!(a.add_stream(1, now), "its id is free in the old endpoint");
+        assert!(b.add_stream(1, now));
+        let stream = b.adopt_stream(stream).expect_err("id 1 is taken in b");
+        b.destroy(1, now);
+        received(&mut b, now); // removes the destroyed stream
+        assert!(b.adopt_stream(stream).is_ok());
+        // Its receive state came along: seq 0 was delivered, so seq 1 is next in order.
+        assert!(b.handle(now, peer, &data_from_peer(1, 1)));
+        assert_eq!(received(&mut b, now), 5);
+        // Nothing was reported removed by the endpoint it left.
+        while let Some(ev) = a.poll_event() {
+            assert!(!matches!(ev, EndpointEvent::Removed { id: 1, .. }));
+        }
+    }
+
+    #[test]
+    fn a_placeholder_reports_its_first_packet_and_hands_over_what_it_held() {
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now));
+        assert!(ep.handle(now, peer, &data_from_peer(1, 0)));
+        assert!(ep.handle(now, peer, &data_from_peer(1, 1)));
+        received(&mut ep, now);
+        let mut held_events = Vec::new();
+        while let Some(ev) = ep.poll_event() {
+            held_events.push(ev);
+        }
+        assert_eq!(
+            held_events,
+            [EndpointEvent::Stream(1, StreamEvent::Held(peer))],
+            "reported once, for the first packet"
+        );
+        let held = ep.replace_placeholder(1).expect("an unconnected stream");
+        assert_eq!(held.len(), 2);
+        assert!(held.iter().all(|(_, from)| *from == peer));
+        assert!(!ep.contains(1));
+        // A connected stream is no placeholder.
+        assert!(ep.add_stream(2, now));
+        ep.connect(2, 3, Some(peer), now);
+        assert!(ep.replace_placeholder(2).is_none());
+        assert!(ep.contains(2));
+    }
+
+    #[test]
+    fn an_empty_message_goes_to_the_peer_outside_the_sequence() {
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now));
+        ep.send_message(1, &[]);
+        assert_eq!(
+            ep.transmits().pending(),
+            0,
+            "not connected: nowhere to send"
+        );
+        ep.connect(1, 2, Some(peer), now);
+        ep.send_message(1, &[]);
+        let (to, packet) = ep.transmits().pop().expect("the message");
+        assert_eq!(to, peer);
+        let hdr = Header::decode(&packet).unwrap();
+        assert_eq!(
+            (hdr.flags, hdr.stream_id, hdr.seq),
+            (crate::wire::FLAG_MESSAGE, 2, 0)
+        );
+        assert_eq!(packet.len(), HEADER_SIZE);
+    }
+
+    #[test]
+    fn relayed_streams_are_not_taken() {
+        let now = Instant::now();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now) && ep.add_stream(2, now));
+        ep.relay_to(1, 2);
+        assert!(ep.take_stream(1).is_none());
+        assert!(ep.contains(1));
     }
 }
