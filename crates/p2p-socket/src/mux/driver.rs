@@ -438,6 +438,8 @@ mod tests {
     const SMALL: Limits = Limits {
         max_streams: 2,
         window: 1000,
+        max_window: 1000,
+        growth_budget: 0,
     };
 
     /// The hand-written end of a connection: both halves of its secret stream.
