@@ -185,6 +185,8 @@ struct Stream {
     recv_credit: u32,
     /// Our receive window now: `recv_credit` + bytes received and not yet taken + `taken`.
     recv_window: u32,
+    /// The fewest bytes received and not yet taken since the last grant.
+    low_water: u32,
     /// Bytes we took since we last granted them back.
     taken: u32,
     /// Bytes we may still send.
@@ -222,6 +224,9 @@ pub(crate) struct Session {
     highest: u32,
     /// The open streams' receive windows beyond `limits.window`, together.
     grown: u64,
+    /// The largest receive window a stream of this connection grew to: what this path and our
+    /// side sustained.
+    reached: u32,
 }
 
 impl Session {
@@ -232,6 +237,7 @@ impl Session {
             streams: HashMap::new(),
             highest: 0,
             grown: 0,
+            reached: limits.window,
         }
     }
 
@@ -256,6 +262,7 @@ impl Session {
         Stream {
             recv_credit: self.limits.window,
             recv_window: self.limits.window,
+            low_water: u32::MAX,
             taken: 0,
             send_credit: u64::from(self.limits.window),
             fin_received: false,
@@ -346,8 +353,9 @@ impl Session {
     /// Our side of stream `id` took `n` bytes; returns the credit to grant the peer now, if
     /// enough has gathered to be worth a frame (a quarter of the window).
     ///
-    /// The window doubles with a grant while our side keeps up (at most a quarter of it
-    /// received and not yet taken), up to `max_window` and the connection's growth budget: a
+    /// The window doubles with a grant while our side keeps up (since the last grant, it once
+    /// had at most a quarter of it received and not yet taken), up to `max_window` and the
+    /// connection's growth budget: a
     /// sender that fills a window per round trip then gets the window its path needs, as TCP's
     /// receive-buffer autotuning does, while a slow local program stops the growth by leaving
     /// bytes untaken. A peer's own sending cannot grow it: only our taking does.
@@ -363,11 +371,16 @@ impl Session {
             .taken
             .saturating_add(n as u32)
             .min(s.recv_window - s.recv_credit);
+        // The low-water mark, not the level now: on a lossy path the bytes behind a repaired
+        // hole arrive all at once, so a reader that keeps up still finds most of a window
+        // untaken just after such a burst; a slow reader never catches up.
+        let untaken = s.recv_window - s.recv_credit - s.taken;
+        s.low_water = s.low_water.min(untaken);
         if s.fin_received || s.taken < s.recv_window / 4 {
             return None;
         }
-        let untaken = s.recv_window - s.recv_credit - s.taken;
-        let growth = if untaken <= s.recv_window / 4 {
+        let caught_up = std::mem::replace(&mut s.low_water, u32::MAX) <= s.recv_window / 4;
+        let growth = if caught_up {
             let room = max_window.saturating_sub(s.recv_window);
             s.recv_window
                 .min(room)
@@ -377,6 +390,7 @@ impl Session {
         };
         s.recv_window += growth;
         self.grown += u64::from(growth);
+        self.reached = self.reached.max(s.recv_window);
         let grant = std::mem::take(&mut s.taken) + growth;
         s.recv_credit += grant;
         Some(grant)
@@ -401,6 +415,29 @@ impl Session {
         if let Some(s) = self.streams.remove(&id) {
             self.grown -= u64::from(s.recv_window - self.limits.window);
         }
+    }
+
+    /// For a stream just opened (by either side): the credit to grant at once so that it
+    /// starts with the largest window a stream of this connection grew to, within the growth
+    /// budget. Without
+    /// it, every fetch through a warm connection grew its window from 256 KiB again, a few
+    /// round trips at a fraction of the path's rate. Bounded as any growth is, and a slow
+    /// local program still holds no more than `max_window`.
+    pub(crate) fn head_start(&mut self, id: u32) -> Option<u32> {
+        let budget = self.limits.growth_budget.saturating_sub(self.grown);
+        let s = self.streams.get_mut(&id)?;
+        let growth = self
+            .reached
+            .min(self.limits.max_window)
+            .saturating_sub(s.recv_window)
+            .min(budget.min(u64::from(u32::MAX)) as u32);
+        if growth == 0 {
+            return None;
+        }
+        s.recv_window += growth;
+        s.recv_credit += growth;
+        self.grown += u64::from(growth);
+        Some(growth)
     }
 }
 
@@ -607,6 +644,20 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_catches_up_after_bursts_grows_the_window() {
+        let mut s = Session::new(Role::Server, GROWING);
+        s.receive(Frame::Open(1)).unwrap();
+        let mut credit = 100;
+        // A whole window arrives at once (behind a repaired hole) and is taken a quarter at a
+        // time: the grants along the way find most of it untaken, but the reader catches up.
+        fill(&mut s, 1, &mut credit);
+        let grants: Vec<Option<u32>> = (0..4).map(|_| s.taken(1, 25)).collect();
+        // Three quarters, then half a window untaken at the first two grants; a quarter at the
+        // third: caught up, the window doubles (and the last quarter waits for the next grant).
+        assert_eq!(grants, [Some(25), Some(25), Some(25 + 100), None]);
+    }
+
+    #[test]
     fn growth_is_shared_within_a_budget_and_returned_when_a_stream_ends() {
         let mut s = Session::new(Role::Server, GROWING);
         let grow = |s: &mut Session, id: u32| {
@@ -626,6 +677,36 @@ mod tests {
         assert_eq!(grow(&mut s, 3), 100, "nothing left");
         assert_eq!(s.receive(Frame::Reset(1)), Ok(Event::Reset(1)));
         assert_eq!(grow(&mut s, 4), 800, "stream 1's growth came back");
+    }
+
+    #[test]
+    fn a_new_stream_starts_with_the_window_the_latest_one_reached() {
+        let mut s = Session::new(Role::Server, GROWING);
+        s.receive(Frame::Open(1)).unwrap();
+        assert_eq!(s.head_start(1), None, "nothing learned yet");
+        let mut credit = 100;
+        for _ in 0..2 {
+            let arrived = credit;
+            fill(&mut s, 1, &mut credit);
+            credit = s.taken(1, arrived as usize).unwrap();
+        }
+        assert_eq!(credit, 400);
+        s.receive(Frame::Reset(1)).unwrap();
+        s.receive(Frame::Open(2)).unwrap();
+        assert_eq!(
+            s.head_start(2),
+            Some(300),
+            "100 assumed by the peer, 300 granted"
+        );
+        let bytes = vec![0; 400];
+        assert!(s.receive(Frame::Data(2, &bytes)).is_ok());
+        // Within the budget: the second stream at once gets only what is left of it.
+        s.receive(Frame::Open(3)).unwrap();
+        let s3 = s.head_start(3);
+        s.receive(Frame::Open(4)).unwrap();
+        assert_eq!((s3, s.head_start(4)), (Some(300), Some(300)));
+        s.receive(Frame::Open(5)).unwrap();
+        assert_eq!(s.head_start(5), Some(100), "the rest of the budget");
     }
 
     #[test]
