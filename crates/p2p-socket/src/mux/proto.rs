@@ -355,10 +355,10 @@ impl Session {
     ///
     /// The window doubles with a grant while our side keeps up (since the last grant, it once
     /// had at most a quarter of it received and not yet taken), up to `max_window` and the
-    /// connection's growth budget: a
-    /// sender that fills a window per round trip then gets the window its path needs, as TCP's
-    /// receive-buffer autotuning does, while a slow local program stops the growth by leaving
-    /// bytes untaken. A peer's own sending cannot grow it: only our taking does.
+    /// connection's growth budget: a sender that fills a window per round trip then gets the
+    /// window its path needs, as TCP's receive-buffer autotuning does, while a slow local
+    /// program stops the growth by leaving bytes untaken. A peer's own sending cannot grow it:
+    /// only our taking does.
     pub(crate) fn taken(&mut self, id: u32, n: usize) -> Option<u32> {
         let Limits {
             max_window,
