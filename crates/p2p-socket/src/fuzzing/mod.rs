@@ -101,13 +101,15 @@ pub fn udx_packet(data: &[u8]) {
 
 /// The multiplexing frames a peer sends on one connection (what a share reads from anyone who
 /// offered multiplexing): `[flags u8][length u8][frame]...` (flags: bit 0 we connect, bit 1
-/// PING agreed), a length of 0 standing for our side taking
-/// up to 16 KiB of what the last stream that got data holds. Whatever the sequence, no stream holds more than
-/// the window we granted, no more streams are open than the limit, and nothing panics.
+/// PING agreed), a length of 0 standing for our side taking up to 16 KiB of what the last
+/// stream that got data holds. Whatever the sequence, no stream holds more than the window we
+/// granted, no more streams are open than the limit, and nothing panics.
 pub fn mux_frames(data: &[u8]) {
     const LIMITS: Limits = Limits {
         max_streams: 4,
         window: 64 * 1024,
+        max_window: 256 * 1024,
+        growth_budget: 384 * 1024,
     };
     let role = if data.first().is_some_and(|b| b & 1 == 1) {
         Role::Client
@@ -117,8 +119,10 @@ pub fn mux_frames(data: &[u8]) {
     // Bit 1 of the first byte: both sides agreed on PING frames.
     let pinging = data.first().is_some_and(|b| b & 2 == 2);
     let mut session = Session::new(role, LIMITS).pinging(pinging);
-    // Per stream, bytes received and not yet taken, and not yet granted back, as we count them.
+    // Per stream, bytes received and not yet taken, and the peer's credit (what we granted and
+    // it did not use yet), as we count them.
     let mut held: std::collections::HashMap<u32, (u64, u64)> = std::collections::HashMap::new();
+    let credit = || (0, u64::from(LIMITS.window));
     let mut last = None;
     let mut rest = data.get(1..).unwrap_or_default();
     while let Some((&len, tail)) = rest.split_first() {
@@ -127,11 +131,11 @@ pub fn mux_frames(data: &[u8]) {
         rest = tail;
         if len == 0 {
             if let Some(id) = last {
-                let (untaken, ungranted) = held.entry(id).or_default();
+                let (untaken, credit) = held.entry(id).or_insert_with(credit);
                 let n = (*untaken).min(16 * 1024);
                 *untaken -= n;
                 if let Some(grant) = session.taken(id, n as usize) {
-                    *ungranted -= u64::from(grant);
+                    *credit += u64::from(grant);
                 }
             }
             continue;
@@ -145,12 +149,14 @@ pub fn mux_frames(data: &[u8]) {
         };
         match event {
             Event::Data(id, bytes) => {
-                let (untaken, ungranted) = held.entry(id).or_default();
+                let (untaken, credit) = held.entry(id).or_insert_with(credit);
                 *untaken += bytes.len() as u64;
-                *ungranted += bytes.len() as u64;
+                *credit = credit
+                    .checked_sub(bytes.len() as u64)
+                    .unwrap_or_else(|| panic!("stream {id} was sent more than we granted"));
                 assert!(
-                    *ungranted <= u64::from(LIMITS.window),
-                    "stream {id} was sent {ungranted} bytes beyond what we granted"
+                    *untaken + *credit <= u64::from(LIMITS.max_window),
+                    "stream {id} may hold more than the largest window"
                 );
                 last = Some(id);
             }
@@ -161,6 +167,14 @@ pub fn mux_frames(data: &[u8]) {
             _ => {}
         }
         assert!(session.open_streams() <= LIMITS.max_streams);
+        let total: u64 = held
+            .values()
+            .map(|(untaken, credit)| untaken + credit)
+            .sum();
+        assert!(
+            total <= LIMITS.max_streams as u64 * u64::from(LIMITS.window) + LIMITS.growth_budget,
+            "the connection may hold {total} bytes, beyond its windows and growth budget"
+        );
     }
 }
 

@@ -134,6 +134,8 @@ impl Shared {
                     inner.streams.remove(&id);
                     inner.session.forget(id);
                     self.control_now(proto::reset(id))?;
+                } else if let Some(grant) = inner.session.head_start(id) {
+                    self.control_now(proto::window(id, grant))?;
                 }
             }
             Event::Refused(id) => {
@@ -278,7 +280,7 @@ impl Mux {
 
     /// Opens a stream, or none when the connection ended or carries the most it may.
     pub(crate) async fn open(&self) -> Option<MuxStream> {
-        let stream = {
+        let (stream, head_start) = {
             let mut inner = lock(&self.shared.inner);
             if inner.closed.is_some() || inner.retired {
                 return None;
@@ -286,14 +288,17 @@ impl Mux {
             let id = inner.session.open()?;
             let (stream, io) = MuxStream::new(id, &self.shared);
             inner.streams.insert(id, io);
-            stream
+            let head_start = inner.session.head_start(id);
+            (stream, head_start)
         };
         // On the control queue, which the writer empties first: the OPEN goes before the
-        // stream's data.
-        match self.shared.control.send(proto::open(stream.id)).await {
-            Ok(()) => Some(stream),
-            Err(_) => None,
+        // stream's data, and its head start right after it.
+        let frames = std::iter::once(proto::open(stream.id))
+            .chain(head_start.map(|grant| proto::window(stream.id, grant)));
+        for frame in frames {
+            self.shared.control.send(frame).await.ok()?;
         }
+        Some(stream)
     }
 
     /// Ends the connection and every stream on it.
@@ -511,6 +516,8 @@ pub(super) mod tests {
     pub(crate) const SMALL: Limits = Limits {
         max_streams: 2,
         window: 1000,
+        max_window: 1000,
+        growth_budget: 0,
     };
 
     /// The hand-written end of a connection: both halves of its secret stream.

@@ -172,9 +172,15 @@ pub(crate) enum Role {
 pub(crate) struct Limits {
     /// Streams open at once; the peer's next OPEN is answered with a RESET.
     pub(crate) max_streams: usize,
-    /// Bytes a stream's sender may have sent beyond what the receiver took: what one stream
-    /// buffers at most.
+    /// Bytes a stream's sender may have sent beyond what the receiver took when the stream
+    /// opens. Both sides assume it before any WINDOW frame: part of the wire contract.
     pub(crate) window: u32,
+    /// How far a stream's receive window may grow (by granting more than was taken) while our
+    /// side takes the bytes as fast as they come: what one stream buffers at most.
+    pub(crate) max_window: u32,
+    /// Growth beyond `window` all streams of one connection share, so that a connection holds
+    /// at most `max_streams * window + growth_budget` bytes.
+    pub(crate) growth_budget: u64,
 }
 
 impl Default for Limits {
@@ -182,6 +188,11 @@ impl Default for Limits {
         Limits {
             max_streams: 256,
             window: 256 * 1024,
+            // A fixed 256 KiB window caps one stream at 256 KiB per round trip (2.6 MB/s at
+            // 100 ms; 1 MB/s at 5 % loss, where holes hold bytes for extra round trips).
+            // 8 MiB matches the UDX receive window below it.
+            max_window: 8 << 20,
+            growth_budget: 16 << 20,
         }
     }
 }
@@ -190,6 +201,10 @@ impl Default for Limits {
 struct Stream {
     /// Bytes the peer may still send before we grant more.
     recv_credit: u32,
+    /// Our receive window now: `recv_credit` + bytes received and not yet taken + `taken`.
+    recv_window: u32,
+    /// The fewest bytes received and not yet taken since the last grant.
+    low_water: u32,
     /// Bytes we took since we last granted them back.
     taken: u32,
     /// Bytes we may still send.
@@ -231,6 +246,11 @@ pub(crate) struct Session {
     /// The highest id opened so far, by either side's count: ids only grow, so one that ended
     /// cannot be opened again to confuse a frame in flight with a new stream.
     highest: u32,
+    /// The open streams' receive windows beyond `limits.window`, together.
+    grown: u64,
+    /// The largest receive window a stream of this connection grew to: what this path and our
+    /// side sustained.
+    reached: u32,
 }
 
 impl Session {
@@ -241,6 +261,8 @@ impl Session {
             ping: false,
             streams: HashMap::new(),
             highest: 0,
+            grown: 0,
+            reached: limits.window,
         }
     }
 
@@ -270,6 +292,8 @@ impl Session {
     fn fresh(&self) -> Stream {
         Stream {
             recv_credit: self.limits.window,
+            recv_window: self.limits.window,
+            low_water: u32::MAX,
             taken: 0,
             send_credit: u64::from(self.limits.window),
             fin_received: false,
@@ -316,12 +340,12 @@ impl Session {
                 }
                 stream.fin_received = true;
                 if stream.fin_sent {
-                    self.streams.remove(&id);
+                    self.remove(id);
                 }
                 Ok(Event::Fin(id))
             }
             Frame::Reset(_) => {
-                self.streams.remove(&id);
+                self.remove(id);
                 Ok(Event::Reset(id))
             }
             Frame::Window(_, 0) => Err(Violation::EmptyWindow(id)),
@@ -365,14 +389,46 @@ impl Session {
 
     /// Our side of stream `id` took `n` bytes; returns the credit to grant the peer now, if
     /// enough has gathered to be worth a frame (a quarter of the window).
+    ///
+    /// The window doubles with a grant while our side keeps up (since the last grant, it once
+    /// had at most a quarter of it received and not yet taken), up to `max_window` and the
+    /// connection's growth budget: a sender that fills a window per round trip then gets the
+    /// window its path needs, as TCP's receive-buffer autotuning does, while a slow local
+    /// program stops the growth by leaving bytes untaken. A peer's own sending cannot grow it:
+    /// only our taking does.
     pub(crate) fn taken(&mut self, id: u32, n: usize) -> Option<u32> {
-        let window = self.limits.window;
+        let Limits {
+            max_window,
+            growth_budget,
+            ..
+        } = self.limits;
+        let budget = growth_budget.saturating_sub(self.grown);
         let s = self.streams.get_mut(&id)?;
-        s.taken = s.taken.saturating_add(n as u32);
-        if s.fin_received || s.taken < window / 4 {
+        s.taken = s
+            .taken
+            .saturating_add(n as u32)
+            .min(s.recv_window - s.recv_credit);
+        // The low-water mark, not the level now: on a lossy path the bytes behind a repaired
+        // hole arrive all at once, so a reader that keeps up still finds most of a window
+        // untaken just after such a burst; a slow reader never catches up.
+        let untaken = s.recv_window - s.recv_credit - s.taken;
+        s.low_water = s.low_water.min(untaken);
+        if s.fin_received || s.taken < s.recv_window / 4 {
             return None;
         }
-        let grant = std::mem::take(&mut s.taken);
+        let caught_up = std::mem::replace(&mut s.low_water, u32::MAX) <= s.recv_window / 4;
+        let growth = if caught_up {
+            let room = max_window.saturating_sub(s.recv_window);
+            s.recv_window
+                .min(room)
+                .min(budget.min(u64::from(u32::MAX)) as u32)
+        } else {
+            0
+        };
+        s.recv_window += growth;
+        self.grown += u64::from(growth);
+        self.reached = self.reached.max(s.recv_window);
+        let grant = std::mem::take(&mut s.taken) + growth;
         s.recv_credit += grant;
         Some(grant)
     }
@@ -382,14 +438,43 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&id) {
             s.fin_sent = true;
             if s.fin_received {
-                self.streams.remove(&id);
+                self.remove(id);
             }
         }
     }
 
     /// We reset stream `id` (or stopped caring about it): it is gone.
     pub(crate) fn forget(&mut self, id: u32) {
-        self.streams.remove(&id);
+        self.remove(id);
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(s) = self.streams.remove(&id) {
+            self.grown -= u64::from(s.recv_window - self.limits.window);
+        }
+    }
+
+    /// For a stream just opened (by either side): the credit to grant at once so that it
+    /// starts with the largest window a stream of this connection grew to, within the growth
+    /// budget. Without
+    /// it, every fetch through a warm connection grew its window from 256 KiB again, a few
+    /// round trips at a fraction of the path's rate. Bounded as any growth is, and a slow
+    /// local program still holds no more than `max_window`.
+    pub(crate) fn head_start(&mut self, id: u32) -> Option<u32> {
+        let budget = self.limits.growth_budget.saturating_sub(self.grown);
+        let s = self.streams.get_mut(&id)?;
+        let growth = self
+            .reached
+            .min(self.limits.max_window)
+            .saturating_sub(s.recv_window)
+            .min(budget.min(u64::from(u32::MAX)) as u32);
+        if growth == 0 {
+            return None;
+        }
+        s.recv_window += growth;
+        s.recv_credit += growth;
+        self.grown += u64::from(growth);
+        Some(growth)
     }
 }
 
@@ -400,6 +485,8 @@ mod tests {
     const SMALL: Limits = Limits {
         max_streams: 2,
         window: 100,
+        max_window: 100,
+        growth_budget: 0,
     };
 
     #[test]
@@ -553,6 +640,120 @@ mod tests {
                 allowed: 0
             })
         );
+    }
+
+    const GROWING: Limits = Limits {
+        max_streams: 4,
+        window: 100,
+        max_window: 800,
+        growth_budget: 1000,
+    };
+
+    /// The peer sends all the credit it has.
+    fn fill(s: &mut Session, id: u32, credit: &mut u32) {
+        let bytes = vec![0; *credit as usize];
+        assert_eq!(
+            s.receive(Frame::Data(id, &bytes)),
+            Ok(Event::Data(id, &bytes))
+        );
+        *credit = 0;
+    }
+
+    #[test]
+    fn a_window_grows_while_our_side_keeps_up_and_stops_at_its_bounds() {
+        let mut s = Session::new(Role::Server, GROWING);
+        s.receive(Frame::Open(1)).unwrap();
+        let mut credit = 100;
+        // Taking everything at once: each grant doubles the window, 100 -> 200 -> 400 -> 800,
+        // then no further.
+        for window in [200, 400, 800, 800] {
+            let arrived = credit;
+            fill(&mut s, 1, &mut credit);
+            credit = s.taken(1, arrived as usize).unwrap();
+            assert_eq!(credit, window, "the peer may now send a full window");
+        }
+        // The limit is enforced against the grown window: one byte more is a violation.
+        let bytes = vec![0; 801];
+        assert!(s.receive(Frame::Data(1, &bytes)).is_err());
+    }
+
+    #[test]
+    fn a_slow_reader_stops_the_growth() {
+        let mut s = Session::new(Role::Server, GROWING);
+        s.receive(Frame::Open(1)).unwrap();
+        let mut credit = 100;
+        fill(&mut s, 1, &mut credit);
+        // A quarter taken, three quarters still held: the reader is behind, no growth.
+        assert_eq!(s.taken(1, 25), Some(25));
+        credit += 25;
+        fill(&mut s, 1, &mut credit);
+        assert_eq!(s.taken(1, 25), Some(25));
+    }
+
+    #[test]
+    fn a_reader_that_catches_up_after_bursts_grows_the_window() {
+        let mut s = Session::new(Role::Server, GROWING);
+        s.receive(Frame::Open(1)).unwrap();
+        let mut credit = 100;
+        // A whole window arrives at once (behind a repaired hole) and is taken a quarter at a
+        // time: the grants along the way find most of it untaken, but the reader catches up.
+        fill(&mut s, 1, &mut credit);
+        let grants: Vec<Option<u32>> = (0..4).map(|_| s.taken(1, 25)).collect();
+        // Three quarters, then half a window untaken at the first two grants; a quarter at the
+        // third: caught up, the window doubles (and the last quarter waits for the next grant).
+        assert_eq!(grants, [Some(25), Some(25), Some(25 + 100), None]);
+    }
+
+    #[test]
+    fn growth_is_shared_within_a_budget_and_returned_when_a_stream_ends() {
+        let mut s = Session::new(Role::Server, GROWING);
+        let grow = |s: &mut Session, id: u32| {
+            s.receive(Frame::Open(id)).unwrap();
+            let mut credit = 100;
+            let mut window = 100;
+            for _ in 0..4 {
+                fill(s, id, &mut credit);
+                let grant = s.taken(id, window as usize).unwrap();
+                window = grant;
+                credit = grant;
+            }
+            window
+        };
+        assert_eq!(grow(&mut s, 1), 800, "700 of the budget");
+        assert_eq!(grow(&mut s, 2), 400, "the 300 left");
+        assert_eq!(grow(&mut s, 3), 100, "nothing left");
+        assert_eq!(s.receive(Frame::Reset(1)), Ok(Event::Reset(1)));
+        assert_eq!(grow(&mut s, 4), 800, "stream 1's growth came back");
+    }
+
+    #[test]
+    fn a_new_stream_starts_with_the_window_the_latest_one_reached() {
+        let mut s = Session::new(Role::Server, GROWING);
+        s.receive(Frame::Open(1)).unwrap();
+        assert_eq!(s.head_start(1), None, "nothing learned yet");
+        let mut credit = 100;
+        for _ in 0..2 {
+            let arrived = credit;
+            fill(&mut s, 1, &mut credit);
+            credit = s.taken(1, arrived as usize).unwrap();
+        }
+        assert_eq!(credit, 400);
+        s.receive(Frame::Reset(1)).unwrap();
+        s.receive(Frame::Open(2)).unwrap();
+        assert_eq!(
+            s.head_start(2),
+            Some(300),
+            "100 assumed by the peer, 300 granted"
+        );
+        let bytes = vec![0; 400];
+        assert!(s.receive(Frame::Data(2, &bytes)).is_ok());
+        // Within the budget: the second stream at once gets only what is left of it.
+        s.receive(Frame::Open(3)).unwrap();
+        let s3 = s.head_start(3);
+        s.receive(Frame::Open(4)).unwrap();
+        assert_eq!((s3, s.head_start(4)), (Some(300), Some(300)));
+        s.receive(Frame::Open(5)).unwrap();
+        assert_eq!(s.head_start(5), Some(100), "the rest of the budget");
     }
 
     #[test]

@@ -89,6 +89,9 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_PTO: Duration = Duration::from_millis(2);
 /// Lower bound of the reordering window used by loss detection.
 const MIN_REORDER_WINDOW: Duration = Duration::from_micros(500);
+/// Packets SACKed beyond a hole that, on a path not seen to reorder, make it a loss without
+/// a reordering window (RFC 8985's DupThresh, TCP's three duplicate acks).
+const DUP_THRESH: usize = 3;
 /// The send buffer holds at least this much beyond the congestion window: a few of the
 /// tunnel's 64 KiB messages, so a writer does not wait while the window has room. Not more:
 /// it is memory per stream, held by every stream whose reader is slower than its writer (50
@@ -221,6 +224,13 @@ pub struct Stream {
     /// Send time and sequence of the most recently sent packet known delivered (RACK).
     rack: Option<(Instant, u64)>,
     rack_rtt: Duration,
+    /// Packets SACKed above the cumulative ack (RACK's `segs_sacked`).
+    sacked: usize,
+    /// The highest sequence number delivered so far (RACK's `fack`).
+    highest_delivered: Option<u64>,
+    /// A packet sent once was delivered after a higher one: the path reorders, so loss
+    /// detection waits a reordering window (RACK's `reord`).
+    reordering_seen: bool,
     /// RTT sample of the current ack batch: (send time, rtt) of the newest clean packet.
     rtt_sample: Option<(Instant, Duration)>,
     loss_check_needed: bool,
@@ -294,6 +304,9 @@ impl Stream {
             pacer: Pacer::new(now),
             rack: None,
             rack_rtt: Duration::ZERO,
+            sacked: 0,
+            highest_delivered: None,
+            reordering_seen: false,
             rtt_sample: None,
             loss_check_needed: false,
             rto_deadline: None,
@@ -638,7 +651,10 @@ impl Stream {
         if ack > self.snd_una {
             let newly = (ack - self.snd_una) as usize;
             for idx in 0..newly {
-                self.mark_delivered(idx, now);
+                if !self.mark_delivered(idx, now) {
+                    // SACKed before, cumulatively acked now.
+                    self.sacked -= 1;
+                }
             }
             self.sent.drain(..newly);
             self.snd_una = ack;
@@ -670,19 +686,22 @@ impl Stream {
                 {
                     self.sack_visits += 1;
                 }
-                self.mark_delivered((s - self.snd_una) as usize, now);
+                if self.mark_delivered((s - self.snd_una) as usize, now) {
+                    self.sacked += 1;
+                }
             }
             done = done.max(end);
         }
         self.sack_ranges = ranges;
     }
 
-    /// Accounts the packet at `idx` (relative to `snd_una`) as delivered, once.
-    fn mark_delivered(&mut self, idx: usize, now: Instant) {
+    /// Accounts the packet at `idx` (relative to `snd_una`) as delivered, once: false if it
+    /// was already.
+    fn mark_delivered(&mut self, idx: usize, now: Instant) -> bool {
         let seq = self.snd_una + idx as u64;
         let pkt = &mut self.sent[idx];
         let was_lost = match pkt.state {
-            SentState::Acked => return,
+            SentState::Acked => return false,
             SentState::InFlight => {
                 self.in_flight -= 1;
                 false
@@ -710,9 +729,14 @@ impl Stream {
                 self.rack = Some((time_sent, seq));
             }
         }
+        if !retransmitted && self.highest_delivered.is_some_and(|h| seq < h) {
+            self.reordering_seen = true;
+        }
+        self.highest_delivered = self.highest_delivered.max(Some(seq));
         if padding > 0 {
             self.on_probe_acked(data.len() + padding as usize);
         }
+        true
     }
 
     fn on_probe_acked(&mut self, size: usize) {
@@ -811,7 +835,14 @@ impl Stream {
         let Some((rack_time, rack_seq)) = self.rack else {
             return;
         };
-        let reo_wnd = (self.rtt.min_rtt() / 4).max(MIN_REORDER_WINDOW);
+        // RFC 8985 (6.2, step 4): on a path not seen to reorder, with at least three packets
+        // SACKed beyond a hole, the hole is a loss as soon as it is overdue; waiting a quarter
+        // of the RTT more only delays every repair (and, at a transfer's end, the last byte).
+        let reo_wnd = if !self.reordering_seen && self.sacked >= DUP_THRESH {
+            Duration::ZERO
+        } else {
+            (self.rtt.min_rtt() / 4).max(MIN_REORDER_WINDOW)
+        };
         let mut next: Option<Instant> = None;
         let mut lost = 0;
         // Every packet sent before the delivered one counts, higher sequence numbers too: a
@@ -852,7 +883,7 @@ impl Stream {
         if lost > 0 {
             tracing::trace!(stream = self.local_id, lost, "packets lost");
             if let Some(srtt) = self.rtt.srtt() {
-                self.cc.on_loss(srtt, self.rtt.min_rtt());
+                self.cc.on_loss(lost, srtt, self.rtt.min_rtt());
             }
         }
     }
@@ -1342,6 +1373,7 @@ impl Stream {
         self.keepalive_deadline = None;
         self.linger_deadline = None;
         self.sent.clear();
+        self.sacked = 0;
         self.retransmit.clear();
         self.out_of_order.clear();
         self.out_of_order_bytes = 0;
@@ -1389,6 +1421,37 @@ mod tests {
         conn.on_packet(&hdr, &body, now, &mut Transmits::default());
         conn.service(now, &mut Transmits::default(), 64);
         assert_consistent(conn);
+    }
+
+    #[test]
+    fn without_reordering_three_sacked_packets_make_an_overdue_hole_a_loss_at_once() {
+        let (mut conn, t0) = sender_with_in_flight(10);
+        let rtt = Duration::from_millis(100);
+        feed(&mut conn, t0 + rtt, 0, &[(1, 4)]);
+        assert_eq!(
+            conn.stats.packets_lost, 1,
+            "no reordering window to wait for"
+        );
+        assert_eq!(conn.stats.retransmits, 1);
+    }
+
+    #[test]
+    fn once_the_path_reordered_an_overdue_hole_waits_for_the_reordering_window() {
+        let (mut conn, t0) = sender_with_in_flight(10);
+        let rtt = Duration::from_millis(100);
+        feed(&mut conn, t0 + rtt, 0, &[(1, 2)]);
+        // Packet 0, sent once, arrives after packet 1: the path reorders.
+        feed(&mut conn, t0 + rtt, 2, &[]);
+        assert!(conn.reordering_seen);
+        feed(&mut conn, t0 + rtt, 2, &[(3, 6)]);
+        assert_eq!(
+            conn.stats.packets_lost, 0,
+            "packet 2 may still be on its way"
+        );
+        let later = t0 + rtt + rtt / 4;
+        conn.on_timeout(later, &mut Transmits::default());
+        conn.service(later, &mut Transmits::default(), 64);
+        assert_eq!(conn.stats.packets_lost, 1);
     }
 
     /// The send-side bookkeeping agrees with itself.
@@ -1626,6 +1689,12 @@ mod tests {
             .filter(|p| p.state == SentState::InFlight)
             .count();
         assert_eq!(c.in_flight, in_flight);
+        let sacked = c
+            .sent
+            .iter()
+            .filter(|p| p.state == SentState::Acked)
+            .count();
+        assert_eq!(c.sacked, sacked);
         assert!(c
             .out_of_order
             .keys()
