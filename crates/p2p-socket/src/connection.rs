@@ -8,15 +8,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use udx::UdxStream;
 
 use crate::identity::PublicKey;
 use crate::peer::{Path, PeerStream};
 use crate::secret::{self, SecretStreamError, MESSAGE as MAX_MESSAGE};
 
-type Reader = secret::Reader<UdxStream>;
-type Writer = secret::Writer<UdxStream>;
+type Reader = secret::ReadHalf<ReadHalf<UdxStream>>;
+type Writer = secret::WriteHalf<WriteHalf<UdxStream>>;
 type Step<H, T, E> = Pin<Box<dyn Future<Output = (H, Result<T, E>)> + Send>>;
 
 /// One encrypted connection to a peer, opened by [`crate::Connector::connect`].

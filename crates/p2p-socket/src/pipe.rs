@@ -9,14 +9,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::events::{Event, Events};
 use crate::identity::PublicKey;
 use crate::local::LocalStream;
 use crate::peer::Path;
-use crate::secret::{SecretStream, Transport};
+use crate::secret::SecretStream;
 
 /// Bytes moved by one [`pipe`], each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub(crate) async fn pipe<T>(
     events: &Events,
 ) -> (Transferred, io::Result<()>)
 where
-    T: Transport,
+    T: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut local_r, mut local_w) = tokio::io::split(local);
     let (mut peer_r, mut peer_w) = peer.into_split();
@@ -47,13 +47,13 @@ where
 
     let upstream = async {
         loop {
-            let n = local_r.read_buf(&mut peer_w.buffer()).await?;
+            let n = local_r.read(peer_w.buffer()).await?;
             if n == 0 {
                 peer_w.shutdown().await?;
                 debug!("local side ended; passed the end to the peer");
                 return Ok::<(), io::Error>(());
             }
-            peer_w.send().await?;
+            peer_w.send(n).await?;
             events.count_out(n);
             to_peer.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -86,7 +86,7 @@ pub(crate) async fn pipe_and_log<T>(
     (peer, path, peer_addr): (SecretStream<T>, Path, Option<SocketAddr>),
     events: &Events,
 ) where
-    T: Transport,
+    T: AsyncRead + AsyncWrite + Unpin + Send,
 {
     events.emit(Event::ConnectionOpened {
         id,

@@ -14,7 +14,6 @@
 //! let other = socket.create_stream(local_id + 1)?;
 //! other.connect_on_first_packet(remote_id);         // adopt the address of whoever sends first
 //! // stream: AsyncRead + AsyncWrite; poll_shutdown sends END (half-close); drop/destroy sends DESTROY
-//! // write_bytes(Bytes) queues without a copy; into_split() gives halves for two tasks
 //! let (relay_a, relay_b) = (socket.create_stream(2)?, socket.create_stream(3)?);
 //! relay_a.relay_to(&relay_b)?;                      // before connect: a blind relay
 //! # Ok(())
@@ -39,7 +38,6 @@
 
 mod congestion;
 mod datagrams;
-mod halves;
 pub mod proto;
 mod relay;
 mod rtt;
@@ -57,12 +55,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
 pub use crate::datagrams::{DatagramReceiver, DATAGRAM_QUEUE_BYTES, DATAGRAM_QUEUE_PACKETS};
-pub use crate::halves::{UdxReadHalf, UdxWriteHalf};
 pub use crate::relay::StreamObserver;
 use crate::shared::{CloseReason, Event, StreamShared};
 use crate::socket::{lock, SocketCore};
@@ -359,8 +356,12 @@ impl Drop for UdxStream {
     }
 }
 
-impl UdxStream {
-    fn read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+impl AsyncRead for UdxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let mut st = self.shared.lock();
         if st.closed == Some(CloseReason::Destroyed) {
             return Poll::Ready(Err(CloseReason::Destroyed.to_io_error()));
@@ -406,10 +407,14 @@ impl UdxStream {
         st.read_waker = Some(cx.waker().clone());
         Poll::Pending
     }
+}
 
-    /// Queues what the send buffer has room for: `data` is a slice of the caller's bytes
-    /// (copied) or an owned chunk (kept as it is, without a copy). Returns how many bytes.
-    fn write_from(&self, cx: &mut Context<'_>, data: Chunk<'_>) -> Poll<io::Result<usize>> {
+impl AsyncWrite for UdxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -429,29 +434,21 @@ impl UdxStream {
             return Poll::Pending;
         }
         let n = room.min(data.len());
-        match data {
-            Chunk::Borrowed(data) => st.send_buf.extend_from_slice(&data[..n]),
-            Chunk::Owned(data) => {
-                let chunk = data.split_to(n);
-                st.queue_owned(chunk);
-            }
-        }
+        st.send_buf.extend_from_slice(&data[..n]);
         st.send_outstanding += n;
         drop(st);
         self.wake_driver();
         Poll::Ready(Ok(n))
     }
 
-    /// Queues `data` to be sent without copying it (the transport keeps the chunk until the
-    /// peer acknowledged it), waiting for room in the send buffer as `write_all` does.
-    pub async fn write_bytes(&self, mut data: Bytes) -> io::Result<()> {
-        while !data.is_empty() {
-            poll_fn(|cx| self.write_from(cx, Chunk::Owned(&mut data))).await?;
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.shared.lock().closed {
+            Some(reason) => Poll::Ready(Err(reason.to_io_error())),
+            None => Poll::Ready(Ok(())),
         }
-        Ok(())
     }
 
-    fn shutdown_write(&self) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         {
             let mut st = self.shared.lock();
             if let Some(reason) = st.closed {
@@ -464,59 +461,5 @@ impl UdxStream {
         }
         self.wake_driver();
         Poll::Ready(Ok(()))
-    }
-
-    fn flush_status(&self) -> Poll<io::Result<()>> {
-        match self.shared.lock().closed {
-            Some(reason) => Poll::Ready(Err(reason.to_io_error())),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-/// Bytes to write: the caller's slice, or a chunk the stream may keep.
-enum Chunk<'a> {
-    Borrowed(&'a [u8]),
-    Owned(&'a mut Bytes),
-}
-
-impl Chunk<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Chunk::Borrowed(d) => d.len(),
-            Chunk::Owned(d) => d.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl AsyncRead for UdxStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.read_into(cx, buf)
-    }
-}
-
-impl AsyncWrite for UdxStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.write_from(cx, Chunk::Borrowed(data))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.flush_status()
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shutdown_write()
     }
 }

@@ -77,10 +77,7 @@ pub(crate) struct StreamShared {
 #[derive(Default)]
 pub(crate) struct SharedState {
     // application -> driver
-    /// Written, not yet taken by the driver: whole chunks handed over without a copy
-    /// ([`crate::UdxStream::write_bytes`]), then `send_buf`, in that order.
-    pub(crate) send_chunks: VecDeque<Bytes>,
-    /// Written as slices (copied), after `send_chunks`.
+    /// Written, not yet taken by the driver.
     pub(crate) send_buf: BytesMut,
     /// Written and not yet acknowledged by the peer (backpressure accounting).
     pub(crate) send_outstanding: usize,
@@ -106,21 +103,6 @@ pub(crate) struct SharedState {
 }
 
 impl SharedState {
-    /// Queues an owned chunk behind everything written before it.
-    pub(crate) fn queue_owned(&mut self, chunk: Bytes) {
-        if !self.send_buf.is_empty() {
-            let copied = self.send_buf.split().freeze();
-            self.send_chunks.push_back(copied);
-        }
-        self.send_chunks.push_back(chunk);
-    }
-
-    /// Everything written and not yet taken by the driver, in order.
-    pub(crate) fn take_written(&mut self) -> impl Iterator<Item = Bytes> + '_ {
-        let copied = (!self.send_buf.is_empty()).then(|| self.send_buf.split().freeze());
-        self.send_chunks.drain(..).chain(copied)
-    }
-
     /// Wakes every task that waits on this stream (status changed for all of them).
     pub(crate) fn wake_all(&mut self) {
         if let Some(w) = self.read_waker.take() {

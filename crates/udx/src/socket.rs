@@ -284,8 +284,8 @@ fn sync(shared: &StreamShared, stream: &mut Stream) {
     }
     let mut st = shared.lock();
     stream.set_keepalive(st.keepalive);
-    for chunk in st.take_written() {
-        stream.write(chunk);
+    if !st.send_buf.is_empty() {
+        stream.write(st.send_buf.split().freeze());
     }
     if st.write_shutdown {
         stream.shutdown();

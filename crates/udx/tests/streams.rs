@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
@@ -424,70 +423,11 @@ async fn idle_streams_send_keepalive_heartbeats() {
     .await;
 }
 
-/// Owned chunks (`write_bytes`, no copy) and copied slices (`poll_write`) on the split halves
-/// arrive in the order they were written, across many send-buffer refills.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owned_and_copied_writes_on_split_halves_arrive_in_order() {
-    let (a, b) = two_sockets().await;
-    let (sa, sb) = stream_pair(&a, &b, 1, 2).await;
-    let (_, wa) = sa.into_split();
-    let (mut rb, _wb) = sb.into_split();
-    let mut want = Vec::new();
-    let mut wa = wa;
-    let writer = async {
-        for i in 0..40u32 {
-            // 1 MiB owned (four times the first send buffer), then a small copied write.
-            let chunk: Vec<u8> = (0..MIB as u32).map(|j| (i * 7 + j) as u8).collect();
-            let tail = vec![i as u8; 1000 + i as usize];
-            want.extend_from_slice(&chunk);
-            want.extend_from_slice(&tail);
-            wa.write_bytes(bytes::Bytes::from(chunk)).await.unwrap();
-            wa.write_all(&tail).await.unwrap();
-        }
-        wa.shutdown().await.unwrap();
-    };
-    let reader = async {
-        let mut got = Vec::new();
-        rb.read_to_end(&mut got).await.unwrap();
-        got
-    };
-    let (_, got) = within(120, "40 MiB of mixed writes", async {
-        tokio::join!(writer, reader)
-    })
-    .await;
-    assert!(
-        got == want,
-        "received {} of {} bytes, or out of order",
-        got.len(),
-        want.len()
-    );
-}
-
-/// An owned write larger than the send buffer takes only what the buffer has room for and
-/// waits for acknowledgements: a peer that never acknowledges gets no more than that queued.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_owned_write_waits_for_room_in_the_send_buffer() {
-    let a = UdxSocket::bind(localhost()).await.unwrap();
-    // Bound, never read: nothing is ever acknowledged.
-    let silent = UdpSocket::bind(localhost()).await.unwrap();
-    let s = a.create_stream(1).unwrap();
-    s.connect(2, silent.local_addr().unwrap()).unwrap();
-    let (_, w) = s.into_split();
-    let mut write = std::pin::pin!(w.write_bytes(bytes::Bytes::from(vec![1u8; 4 * MIB])));
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
-    assert!(
-        first.is_pending(),
-        "4 MiB were taken with no acknowledgement from the peer"
-    );
-}
-
 #[test]
 fn handles_are_send_and_sync() {
     fn check<T: Send + Sync + 'static>() {}
     check::<UdxSocket>();
     check::<udx::UdxStream>();
-    check::<udx::UdxReadHalf>();
-    check::<udx::UdxWriteHalf>();
 }
 
 /// A UDX packet for stream `id` as a third party could forge it.

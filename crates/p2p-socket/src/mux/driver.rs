@@ -253,7 +253,7 @@ impl Mux {
 }
 
 async fn write_loop(
-    mut writer: crate::secret::Writer<udx::UdxStream>,
+    mut writer: crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>,
     shared: Arc<Shared>,
     mut control: mpsc::Receiver<Vec<u8>>,
     mut data: mpsc::Receiver<Vec<u8>>,
@@ -266,7 +266,7 @@ async fn write_loop(
             Some(f) = data.recv() => f,
             _ = closed.wait_for(|c| *c) => break,
         };
-        if let Err(e) = writer.write_owned(frame).await {
+        if let Err(e) = writer.write(&frame).await {
             shared.shut(format!("writing to the peer failed: {e}"));
             return;
         }
@@ -442,8 +442,8 @@ mod tests {
 
     /// The hand-written end of a connection: both halves of its secret stream.
     struct Hand {
-        r: crate::secret::Reader<udx::UdxStream>,
-        w: crate::secret::Writer<udx::UdxStream>,
+        r: crate::secret::ReadHalf<tokio::io::ReadHalf<udx::UdxStream>>,
+        w: crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>,
     }
 
     impl Hand {

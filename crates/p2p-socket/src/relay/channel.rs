@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 use udx::UdxStream;
@@ -110,8 +111,8 @@ async fn until_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
-type Reader = secret::Reader<UdxStream>;
-type Writer = secret::Writer<UdxStream>;
+type Reader = secret::ReadHalf<ReadHalf<UdxStream>>;
+type Writer = secret::WriteHalf<WriteHalf<UdxStream>>;
 
 async fn write_loop(
     mut w: Writer,

@@ -133,19 +133,12 @@ impl Sealer {
         );
         let (cipher_and_tag, mac_out) = message.split_at_mut(message.len() - MAC_LEN);
         let (tag_out, body) = cipher_and_tag.split_at_mut(1);
-        let (tag, mac) = self.seal_detached(body);
-        tag_out[0] = tag;
-        mac_out.copy_from_slice(&mac);
-    }
-
-    /// Encrypts `body` in place and returns what goes around it on the wire: the encrypted
-    /// tag before it and the MAC after it (for a message whose buffer has no room for them).
-    pub(crate) fn seal_detached(&mut self, body: &mut [u8]) -> (u8, [u8; MAC_LEN]) {
         let (mut cipher, poly_key, tag_block) = self.0.start(TAG_MESSAGE);
         cipher.apply_keystream(body);
         let mac = mac(&poly_key, &tag_block, body);
+        tag_out[0] = tag_block[0];
+        mac_out.copy_from_slice(&mac);
         self.0.advance(TAG_MESSAGE, &mac);
-        (tag_block[0], mac)
     }
 }
 

@@ -10,24 +10,15 @@
 //! the 16 MiB a 3-byte length allows, shrunk back after it).
 
 pub(crate) mod cipher;
-mod transport;
 
 use std::io;
 
 use blake2::digest::consts::U32;
 use blake2::digest::Mac;
 use blake2::Blake2bMac;
-use bytes::buf::Limit;
-use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use cipher::{Opener, Sealer, HEADER_LEN, OVERHEAD};
-pub(crate) use transport::{FrameWriter, Transport};
-
-/// The read half of a secret stream over `T`.
-pub(crate) type Reader<T> = ReadHalf<<T as Transport>::Reader>;
-/// The write half of a secret stream over `T`.
-pub(crate) type Writer<T> = WriteHalf<<T as Transport>::Writer>;
 
 /// The plaintext of one message we send, at most. Each message costs a frame header, a tag, a
 /// MAC and a nonce setup; 64 KiB makes that under 0.1 % of the bytes, and keeps a connection's
@@ -133,12 +124,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecretStream<T> {
     pub(crate) fn remote_public_key(&self) -> &[u8; 32] {
         &self.remote_public_key
     }
-}
 
-impl<T: Transport> SecretStream<T> {
     /// A read half and a write half that can be driven at the same time.
-    pub(crate) fn into_split(self) -> (Reader<T>, Writer<T>) {
-        let (r, w) = self.raw.split();
+    pub(crate) fn into_split(
+        self,
+    ) -> (
+        ReadHalf<tokio::io::ReadHalf<T>>,
+        WriteHalf<tokio::io::WriteHalf<T>>,
+    ) {
+        let (r, w) = tokio::io::split(self.raw);
         (
             ReadHalf {
                 raw: r,
@@ -281,53 +275,33 @@ impl<R: AsyncRead + Unpin> ReadHalf<R> {
 /// One frame being assembled: `[length][tag][plaintext ...][MAC]`.
 struct WriteState {
     sealer: Sealer,
-    /// The frame being assembled. A sealed frame is split off and handed to the transport,
-    /// which keeps it until the peer acknowledged it; the next one is carved from what is left
-    /// of the allocation, or from a new one (never zeroed: the plaintext is read into it).
-    frame: BytesMut,
+    /// Allocated on the first write.
+    frame: Vec<u8>,
 }
 
 const PLAINTEXT_AT: usize = LENGTH_LEN + 1;
-/// A whole frame of [`MESSAGE`] bytes.
-const FRAME: usize = PLAINTEXT_AT + MESSAGE + OVERHEAD - 1;
 
 impl WriteState {
     fn new(sealer: Sealer) -> WriteState {
         WriteState {
             sealer,
-            frame: BytesMut::new(),
+            frame: Vec::new(),
         }
     }
 
-    fn buffer(&mut self) -> Limit<&mut BytesMut> {
+    fn buffer(&mut self) -> &mut [u8] {
         if self.frame.is_empty() {
-            self.frame.reserve(FRAME);
-            // The length and the tag, written when the frame is sealed.
-            self.frame.put_bytes(0, PLAINTEXT_AT);
+            self.frame = vec![0u8; PLAINTEXT_AT + MESSAGE + OVERHEAD - 1];
         }
-        let room = PLAINTEXT_AT + MESSAGE - self.frame.len();
-        (&mut self.frame).limit(room)
+        &mut self.frame[PLAINTEXT_AT..PLAINTEXT_AT + MESSAGE]
     }
 
-    /// Seals what [`WriteState::buffer`] holds into a frame and takes it out.
-    ///
-    /// A large frame leaves without a copy, and the next one needs a fresh allocation. A small
-    /// one (a short read: interactive traffic) is copied out and the allocation reused, or a
-    /// chatty connection would pin a whole allocation per small message until it is
-    /// acknowledged; this way an allocation is at least half used by what it pins.
-    fn seal(&mut self) -> Bytes {
-        self.buffer();
-        let n = self.frame.len() - PLAINTEXT_AT;
-        self.frame.put_bytes(0, OVERHEAD - 1);
+    /// Seals the first `n` bytes of [`WriteState::buffer`] into a frame; returns it.
+    fn seal(&mut self, n: usize) -> &[u8] {
+        let end = PLAINTEXT_AT + n + OVERHEAD - 1;
         self.frame[..LENGTH_LEN].copy_from_slice(&length_prefix(n + OVERHEAD));
-        self.sealer.seal(&mut self.frame[LENGTH_LEN..]);
-        if n >= MESSAGE / 2 {
-            self.frame.split().freeze()
-        } else {
-            let frame = Bytes::copy_from_slice(&self.frame);
-            self.frame.clear();
-            frame
-        }
+        self.sealer.seal(&mut self.frame[LENGTH_LEN..end]);
+        &self.frame[..end]
     }
 }
 
@@ -337,46 +311,32 @@ pub(crate) struct WriteHalf<W> {
     state: WriteState,
 }
 
-impl<W: FrameWriter> WriteHalf<W> {
-    /// Where the next message's plaintext goes (up to [`MESSAGE`] bytes, e.g. with
-    /// `read_buf`); [`WriteHalf::send`] seals and sends what was put there.
-    pub(crate) fn buffer(&mut self) -> Limit<&mut BytesMut> {
+impl<W: AsyncWrite + Unpin> WriteHalf<W> {
+    /// Where the next message's plaintext goes ([`MESSAGE`] bytes); [`WriteHalf::send`] seals
+    /// and sends what was put there.
+    pub(crate) fn buffer(&mut self) -> &mut [u8] {
         self.state.buffer()
     }
 
-    /// Seals what [`WriteHalf::buffer`] holds (nothing: a keepalive) and writes the frame.
-    pub(crate) async fn send(&mut self) -> io::Result<()> {
-        let frame = self.state.seal();
-        self.raw.write_frame(frame).await
+    /// Seals the first `n` bytes of [`WriteHalf::buffer`] and writes the frame.
+    pub(crate) async fn send(&mut self, n: usize) -> io::Result<()> {
+        assert!(n <= MESSAGE, "a message fits the buffer");
+        self.state.buffer();
+        let frame = self.state.seal(n);
+        self.raw.write_all(frame).await
     }
 
     /// Sends `data` as one message, or as several of [`MESSAGE`] bytes when it is longer. An
     /// empty one is a keepalive, which the peer skips.
     pub(crate) async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
-            return self.send().await;
+            return self.send(0).await;
         }
         for chunk in data.chunks(MESSAGE) {
-            self.buffer().put_slice(chunk);
-            self.send().await?;
+            self.buffer()[..chunk.len()].copy_from_slice(chunk);
+            self.send(chunk.len()).await?;
         }
         Ok(())
-    }
-
-    /// Sends `message` as one message, sealed where it lies: the transport gets the length and
-    /// tag, the message itself and the MAC as three pieces, with no copy of the message (the
-    /// multiplexer's frames come this way). Longer than [`MESSAGE`] goes as [`WriteHalf::write`].
-    pub(crate) async fn write_owned(&mut self, mut message: Vec<u8>) -> io::Result<()> {
-        if message.len() > MESSAGE {
-            return self.write(&message).await;
-        }
-        let (tag, mac) = self.state.sealer.seal_detached(&mut message);
-        let mut head = [0u8; PLAINTEXT_AT];
-        head[..LENGTH_LEN].copy_from_slice(&length_prefix(message.len() + OVERHEAD));
-        head[LENGTH_LEN] = tag;
-        self.raw.write_frame(Bytes::copy_from_slice(&head)).await?;
-        self.raw.write_frame(Bytes::from(message)).await?;
-        self.raw.write_frame(Bytes::copy_from_slice(&mac)).await
     }
 
     /// Ends our side: the peer reads the end once it has every message before it.
@@ -429,87 +389,6 @@ mod tests {
             .flat_map(|(i, n)| std::iter::repeat_n(i as u8, *n))
             .collect();
         assert_eq!(got, want);
-    }
-
-    /// The plaintext buffer takes at most one message however much the source has, and is
-    /// ready for the next message after each send.
-    #[tokio::test]
-    async fn the_write_buffer_holds_one_message_at_a_time() {
-        let (a, b) = pair().await;
-        let (_, mut w) = a.into_split();
-        let (mut r, _) = b.into_split();
-        let source: Vec<u8> = (0..3 * MESSAGE + 10).map(|i| i as u8).collect();
-        let mut from = &source[..];
-        let mut sizes = Vec::new();
-        loop {
-            let n = from.read_buf(&mut w.buffer()).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            sizes.push(n);
-            w.send().await.unwrap();
-        }
-        assert_eq!(sizes, [MESSAGE, MESSAGE, MESSAGE, 10]);
-        let mut got = Vec::new();
-        for _ in 0..4 {
-            got.extend_from_slice(r.next().await.unwrap().unwrap());
-        }
-        assert!(got == source);
-    }
-
-    /// A full message leaves in the buffer it was read into (no copy); a short one is copied
-    /// out so that it does not pin a whole buffer while the transport holds it.
-    #[test]
-    fn large_frames_leave_without_a_copy_and_small_ones_do_not_pin_the_buffer() {
-        let (sealer, _) = Sealer::new(&[1; 32]);
-        let mut st = WriteState::new(sealer);
-        st.buffer().put_slice(&[1; 100]);
-        let at = st.frame.as_ptr();
-        let small = st.seal();
-        assert_eq!(small.len(), LENGTH_LEN + 100 + OVERHEAD);
-        assert_ne!(small.as_ptr(), at, "a small frame is a copy");
-        st.buffer().put_slice(&vec![2; MESSAGE]);
-        assert_eq!(st.frame.as_ptr(), at, "and the buffer is reused");
-        let large = st.seal();
-        assert_eq!(
-            large.as_ptr(),
-            at,
-            "a full message is sent from where it was read"
-        );
-        assert_eq!(large.len(), FRAME);
-        st.buffer();
-        assert_ne!(st.frame.as_ptr(), at, "the next one goes to a new buffer");
-    }
-
-    /// Owned messages (sealed where they lie, sent in three pieces) and copied ones interleave
-    /// on the wire and open in order; an owned one longer than a message is split as usual.
-    #[tokio::test]
-    async fn owned_and_copied_messages_open_in_order() {
-        let (a, b) = pair().await;
-        let (_, mut w) = a.into_split();
-        let (mut r, _) = b.into_split();
-        let sizes = [1usize, MESSAGE, 17, MESSAGE + 3, 0, 1000];
-        let messages: Vec<Vec<u8>> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| vec![i as u8 + 1; *n])
-            .collect();
-        let sent = messages.clone();
-        tokio::spawn(async move {
-            for (i, m) in sent.into_iter().enumerate() {
-                if i % 2 == 0 {
-                    w.write_owned(m).await.unwrap();
-                } else {
-                    w.write(&m).await.unwrap();
-                }
-            }
-            w.shutdown().await.unwrap();
-        });
-        let mut got = Vec::new();
-        while let Some(m) = r.next().await.unwrap() {
-            got.extend_from_slice(m);
-        }
-        assert!(got == messages.concat());
     }
 
     /// A peer may send a message as large as the 3-byte length allows; the buffer grows for
