@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod change_remote;
 mod congestion;
 mod datagrams;
 pub mod proto;
@@ -80,6 +81,9 @@ pub enum UdxError {
     /// packet); a stream has exactly one peer.
     #[error("stream is already connected; create a new stream for another peer")]
     AlreadyConnected,
+    /// `change_remote` was called on a stream that has no peer yet (or a relayed one).
+    #[error("stream is not connected yet; connect it before changing its remote")]
+    NotConnected,
 }
 
 /// Kernel socket buffers we ask for: deep enough that a burst of a full window is not
@@ -201,12 +205,9 @@ impl UdxSocket {
         if !lock(&self.core.registry).insert(local_id) {
             return Err(UdxError::StreamIdInUse(local_id));
         }
-        let shared = StreamShared::new(local_id);
+        let shared = StreamShared::new(local_id, self.core.clone());
         self.core.send_event(Event::Register(shared.clone()));
-        Ok(UdxStream {
-            shared,
-            core: self.core.clone(),
-        })
+        Ok(UdxStream { shared })
     }
 
     /// Number of stream ids registered on this socket: open streams plus dropped ones still
@@ -251,7 +252,6 @@ pub struct StreamStats {
 ///   lets the stream finish in the background until the peer acknowledged everything.
 pub struct UdxStream {
     shared: Arc<StreamShared>,
-    core: Arc<SocketCore>,
 }
 
 impl UdxStream {
@@ -276,7 +276,7 @@ impl UdxStream {
                 w.wake();
             }
         }
-        self.core
+        self.shared
             .send_event(Event::Connect(self.shared.clone(), remote_id, Some(addr)));
         Ok(())
     }
@@ -291,7 +291,7 @@ impl UdxStream {
             }
             st.connect_requested = true;
         }
-        self.core
+        self.shared
             .send_event(Event::Connect(self.shared.clone(), remote_id, None));
     }
 
@@ -340,19 +340,19 @@ impl UdxStream {
             st.closed = Some(CloseReason::Destroyed);
             st.wake_all();
         }
-        self.core.send_event(Event::Destroy(self.shared.clone()));
+        self.shared.send_event(Event::Destroy(self.shared.clone()));
     }
 
     fn wake_driver(&self) {
         if self.shared.claim_wake() {
-            self.core.send_event(Event::Wake(self.shared.clone()));
+            self.shared.send_event(Event::Wake(self.shared.clone()));
         }
     }
 }
 
 impl Drop for UdxStream {
     fn drop(&mut self) {
-        self.core.send_event(Event::Dropped(self.shared.clone()));
+        self.shared.send_event(Event::Dropped(self.shared.clone()));
     }
 }
 

@@ -24,7 +24,7 @@ impl UdxStream {
     /// destination. A relayed stream's handle reads nothing and writes nothing; dropping it ends
     /// the relaying.
     pub fn relay_to(&self, destination: &UdxStream) -> Result<(), UdxError> {
-        if !Arc::ptr_eq(&self.core, &destination.core) {
+        if !Arc::ptr_eq(&self.shared.core(), &destination.shared.core()) {
             return Err(UdxError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "relay_to: both streams must live on the same socket; create the destination stream on this stream's socket",
@@ -48,18 +48,19 @@ impl UdxStream {
                 )));
             }
         }
-        self.core.send_event(Event::Relay(
+        self.shared.send_event(Event::Relay(
             self.shared.clone(),
             destination.shared.clone(),
         ));
         Ok(())
     }
 
-    /// The socket this stream lives on. A relay pairs streams on the socket that carries the
+    /// The socket this stream lives on (the one it moved to, after
+    /// [`UdxStream::change_remote`]). A relay pairs streams on the socket that carries the
     /// connection they were negotiated over: that is where both peers can reach it.
     pub fn socket(&self) -> UdxSocket {
         UdxSocket {
-            core: self.core.clone(),
+            core: self.shared.core(),
         }
     }
 
@@ -77,7 +78,7 @@ impl UdxStream {
 /// See [`UdxStream::observer`].
 #[derive(Clone)]
 pub struct StreamObserver {
-    shared: Arc<StreamShared>,
+    pub(crate) shared: Arc<StreamShared>,
 }
 
 impl StreamObserver {

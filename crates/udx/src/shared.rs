@@ -16,6 +16,8 @@ use std::task::Waker;
 use bytes::{Bytes, BytesMut};
 
 pub(crate) use crate::proto::CloseReason;
+use crate::proto::Stream;
+use crate::socket::{lock, SocketCore};
 
 impl CloseReason {
     pub(crate) fn to_io_error(self) -> io::Error {
@@ -54,11 +56,48 @@ pub(crate) enum Event {
     Dropped(Arc<StreamShared>),
     /// `relay_to`: pass the first stream's packets on to the second's peer.
     Relay(Arc<StreamShared>, Arc<StreamShared>),
+    /// `change_remote` to another address on the same socket.
+    ChangeRemote(Arc<StreamShared>, u32, SocketAddr),
+    /// To the socket a stream moves to: its id is reserved here and its protocol state is on
+    /// its way (in a [`Event::MoveIn`]); hold the handle's events for it until then.
+    Expect(Arc<StreamShared>),
+    /// To the socket a stream leaves: hand its protocol state over.
+    MoveOut(Handover),
+    /// To the socket a stream moves to: its protocol state.
+    MoveIn(Handover),
+    /// To the socket a stream moves to: the state never came (the stream was gone, or the
+    /// socket it left stopped); release the id and close the handle.
+    MoveFailed(Arc<StreamShared>),
+}
+
+/// A stream moving from one socket's driver to another's (`change_remote` to another socket).
+/// If it is dropped before the new driver took the stream in (a driver gone, a stream that
+/// ended meanwhile), the new driver is told, so that the id it reserved is not held forever.
+pub(crate) struct Handover {
+    pub(crate) shared: Arc<StreamShared>,
+    pub(crate) remote_id: u32,
+    pub(crate) addr: SocketAddr,
+    pub(crate) to: Arc<SocketCore>,
+    pub(crate) stream: Option<Box<Stream>>,
+    pub(crate) delivered: bool,
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if !self.delivered {
+            self.to.send_event(Event::MoveFailed(self.shared.clone()));
+        }
+    }
 }
 
 /// Per-stream state shared by the handle and the driver.
 pub(crate) struct StreamShared {
     pub(crate) local_id: u32,
+    /// The socket whose driver runs the stream now (`change_remote` may move it). Held while
+    /// an event is sent, so that no event reaches the old driver after the stream left it.
+    /// Not a cycle that keeps a socket open: its driver drops the stream's `Arc` when the
+    /// stream ends, and only then can it stop anyway.
+    core: Mutex<Arc<SocketCore>>,
     state: Mutex<SharedState>,
     /// Set while a Wake event is queued for the driver, so a stream of small writes sends
     /// one event, not one per write.
@@ -91,6 +130,8 @@ pub(crate) struct SharedState {
     pub(crate) read_waker: Option<Waker>,
     // lifecycle
     pub(crate) remote_addr: Option<SocketAddr>,
+    /// A `change_remote` waits for what was sent before it to be acknowledged.
+    pub(crate) remote_changing: bool,
     pub(crate) connect_requested: bool,
     pub(crate) connect_wakers: Vec<Waker>,
     /// Heartbeat interval while idle (`UdxStream::set_keepalive`).
@@ -122,9 +163,10 @@ impl SharedState {
 pub(crate) const INITIAL_SEND_LIMIT: usize = 256 << 10;
 
 impl StreamShared {
-    pub(crate) fn new(local_id: u32) -> Arc<StreamShared> {
+    pub(crate) fn new(local_id: u32, core: Arc<SocketCore>) -> Arc<StreamShared> {
         Arc::new(StreamShared {
             local_id,
+            core: Mutex::new(core),
             state: Mutex::new(SharedState {
                 send_limit: INITIAL_SEND_LIMIT,
                 ..Default::default()
@@ -140,6 +182,22 @@ impl StreamShared {
     /// holding it; the plain data inside is still consistent enough to keep going.
     pub(crate) fn lock(&self) -> MutexGuard<'_, SharedState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket the stream lives on now.
+    pub(crate) fn core(&self) -> Arc<SocketCore> {
+        lock(&self.core).clone()
+    }
+
+    /// Locks the stream's socket: events sent while it is held reach the driver that runs
+    /// the stream, and a move to another socket waits for them.
+    pub(crate) fn lock_core(&self) -> MutexGuard<'_, Arc<SocketCore>> {
+        lock(&self.core)
+    }
+
+    /// Sends `ev` to the driver that runs the stream.
+    pub(crate) fn send_event(&self, ev: Event) {
+        lock(&self.core).send_event(ev);
     }
 
     /// Returns true if the caller should send a Wake event (none is queued yet).

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::datagrams::DatagramSender;
 use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, Stream, StreamEvent};
-use crate::shared::{Event, StreamShared};
+use crate::shared::{Event, Handover, StreamShared};
 use crate::udp_io::{RecvBuffers, UdpIo};
 use crate::wire::Header;
 use crate::Datagram;
@@ -59,6 +59,10 @@ pub(crate) struct Driver {
     endpoint: Endpoint,
     /// The handle side of every stream the endpoint knows.
     shared: HashMap<u32, Arc<StreamShared>>,
+    /// Streams moving here from another socket (`change_remote`), with the events their
+    /// handles sent before their protocol state arrived (a few: a Wake is sent once until
+    /// serviced, a Destroy or Dropped once).
+    incoming: HashMap<u32, (Arc<StreamShared>, Vec<Event>)>,
 }
 
 impl Driver {
@@ -74,6 +78,7 @@ impl Driver {
             datagrams: core.datagrams.clone(),
             endpoint: Endpoint::new(),
             shared: HashMap::new(),
+            incoming: HashMap::new(),
         })
     }
 
@@ -157,7 +162,33 @@ impl Driver {
             .then_some(id)
     }
 
+    /// Holds `ev` if it is for a stream still on its way here; returns it otherwise.
+    fn hold_for_incoming(&mut self, ev: Event) -> Option<Event> {
+        let shared = match &ev {
+            Event::Wake(s)
+            | Event::Destroy(s)
+            | Event::Dropped(s)
+            | Event::ChangeRemote(s, ..)
+            | Event::Connect(s, ..)
+            | Event::Relay(s, _) => s,
+            Event::MoveOut(h) => &h.shared,
+            Event::Register(_) | Event::Expect(_) | Event::MoveIn(_) | Event::MoveFailed(_) => {
+                return Some(ev)
+            }
+        };
+        match self.incoming.get_mut(&shared.local_id) {
+            Some((s, held)) if Arc::ptr_eq(s, shared) => {
+                held.push(ev);
+                None
+            }
+            _ => Some(ev),
+        }
+    }
+
     fn on_event(&mut self, ev: Event, now: Instant) {
+        let Some(ev) = self.hold_for_incoming(ev) else {
+            return;
+        };
         match ev {
             Event::Register(shared) => {
                 let id = shared.local_id;
@@ -197,8 +228,79 @@ impl Driver {
                     shared.recv_buffered.store(0, Ordering::Release);
                 }
             }
+            Event::ChangeRemote(shared, remote_id, addr) => {
+                if let Some(id) = self.current(&shared) {
+                    self.endpoint.change_remote(id, remote_id, addr);
+                }
+            }
+            Event::Expect(shared) => {
+                self.incoming
+                    .insert(shared.local_id, (shared.clone(), Vec::new()));
+            }
+            Event::MoveOut(handover) => self.move_out(handover),
+            Event::MoveIn(handover) => self.move_in(handover, now),
+            Event::MoveFailed(shared) => {
+                let id = shared.local_id;
+                if self
+                    .incoming
+                    .get(&id)
+                    .is_some_and(|(s, _)| Arc::ptr_eq(s, &shared))
+                {
+                    self.incoming.remove(&id);
+                    lock(&self.registry).remove(&id);
+                    let mut st = shared.lock();
+                    if !st.finished {
+                        st.closed.get_or_insert(CloseReason::SocketClosed);
+                    }
+                    st.wake_all();
+                }
+            }
         }
         self.on_endpoint_events();
+    }
+
+    /// A stream leaves for another socket: its protocol state goes along, its id is free here.
+    fn move_out(&mut self, mut handover: Handover) {
+        let Some(id) = self.current(&handover.shared) else {
+            return; // dropping the handover tells the other socket
+        };
+        let Some(stream) = self.endpoint.take_stream(id) else {
+            return;
+        };
+        self.shared.remove(&id);
+        lock(&self.registry).remove(&id);
+        handover.stream = Some(stream);
+        let to = handover.to.clone();
+        to.send_event(Event::MoveIn(handover));
+    }
+
+    /// A stream arrives from another socket: it carries on here, towards its new remote,
+    /// and the events its handle sent meanwhile are played.
+    fn move_in(&mut self, mut handover: Handover, now: Instant) {
+        let shared = handover.shared.clone();
+        let id = shared.local_id;
+        let held = match self.incoming.get(&id) {
+            Some((s, _)) if Arc::ptr_eq(s, &shared) => self.incoming.remove(&id).map(|(_, h)| h),
+            _ => None,
+        };
+        let (Some(held), Some(stream)) = (held, handover.stream.take()) else {
+            return; // dropping the handover releases the id
+        };
+        if self.endpoint.adopt_stream(stream).is_err() {
+            // Cannot happen while the registry guards ids; never run two streams on one id.
+            handover.delivered = true;
+            let mut st = shared.lock();
+            st.closed.get_or_insert(CloseReason::SocketClosed);
+            st.wake_all();
+            return;
+        }
+        handover.delivered = true;
+        self.shared.insert(id, shared);
+        self.endpoint
+            .change_remote(id, handover.remote_id, handover.addr);
+        for ev in held {
+            self.on_event(ev, now);
+        }
     }
 
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
@@ -245,6 +347,15 @@ impl Driver {
                     if let Some(s) = self.shared.get(&id) {
                         let mut st = s.lock();
                         st.remote_addr = Some(addr);
+                        for w in st.connect_wakers.drain(..) {
+                            w.wake();
+                        }
+                    }
+                }
+                EndpointEvent::Stream(id, StreamEvent::RemoteChanged) => {
+                    if let Some(s) = self.shared.get(&id) {
+                        let mut st = s.lock();
+                        st.remote_changing = false;
                         for w in st.connect_wakers.drain(..) {
                             w.wake();
                         }
@@ -353,5 +464,10 @@ impl Drop for Driver {
         // streams forward any more, so fail whoever still waits on them.
         self.endpoint.close_all(CloseReason::SocketClosed);
         self.on_endpoint_events();
+        for (shared, _) in self.incoming.values() {
+            let mut st = shared.lock();
+            st.closed.get_or_insert(CloseReason::SocketClosed);
+            st.wake_all();
+        }
     }
 }

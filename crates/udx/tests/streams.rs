@@ -527,3 +527,84 @@ async fn send_to_spawns_no_task_per_datagram_and_works_on_a_fresh_socket() {
         .unwrap();
     assert_eq!(&buf[..n], &0u32.to_le_bytes());
 }
+
+/// Relay to direct on real sockets: a transfer starts through a forwarder (the relay), then
+/// mid-transfer one side moves its stream to another socket and the other side, a moment
+/// later, points its stream (on the same socket) at it. Every byte arrives once and in order
+/// both ways, and the old socket lets go of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_remote_moves_a_transfer_from_a_relay_to_a_direct_path() {
+    let (a, b) = two_sockets().await;
+    let a_direct = UdxSocket::bind(localhost()).await.unwrap();
+    let relay = Forwarder::start(a.local_addr().unwrap(), b.local_addr().unwrap(), 0.0).await;
+    let sa = a.create_stream(10).unwrap();
+    let sb = b.create_stream(20).unwrap();
+    sa.connect(20, relay.for_a).unwrap();
+    sb.connect(10, relay.for_b).unwrap();
+    let (oa, ob) = (sa.observer(), sb.observer());
+    let transfer = tokio::spawn(exchange(sa, sb, 24 * MIB));
+
+    eventually(30, "some data went through the relay", || {
+        oa.stats().packets_received > 200 && ob.stats().packets_received > 200
+    })
+    .await;
+    oa.change_remote(&a_direct, 20, b.local_addr().unwrap())
+        .unwrap();
+    assert_eq!(oa.remote_addr(), Some(b.local_addr().unwrap()));
+    eventually(10, "the old socket let go of the stream", || {
+        a.stream_count() == 0 && a_direct.stream_count() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ob.change_remote(&b, 10, a_direct.local_addr().unwrap())
+        .unwrap();
+    within(10, "a's move completes", oa.remote_changed())
+        .await
+        .unwrap();
+    within(10, "b's move completes", ob.remote_changed())
+        .await
+        .unwrap();
+    let relayed = (oa.stats().packets_received, ob.stats().packets_received);
+    within(120, "24 MiB each way across the move", transfer)
+        .await
+        .unwrap();
+    let after = (oa.stats().packets_received, ob.stats().packets_received);
+    assert!(
+        after.0 > relayed.0 && after.1 > relayed.1,
+        "the transfer went on by the direct path: {relayed:?} -> {after:?}"
+    );
+    eventually(10, "both streams finish", || {
+        a_direct.stream_count() == 0 && b.stream_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_remote_refuses_what_it_cannot_do() {
+    let (a, b) = two_sockets().await;
+    let other = UdxSocket::bind(localhost()).await.unwrap();
+    let peer = b.local_addr().unwrap();
+    let unconnected = a.create_stream(1).unwrap();
+    assert!(matches!(
+        unconnected.change_remote(&a, 2, peer),
+        Err(UdxError::NotConnected)
+    ));
+    let (sa, _sb) = stream_pair(&a, &b, 3, 4).await;
+    sa.connected().await.unwrap();
+    let _taken = other.create_stream(3).unwrap();
+    assert!(matches!(
+        sa.change_remote(&other, 4, peer),
+        Err(UdxError::StreamIdInUse(3))
+    ));
+    assert!(matches!(
+        sa.change_remote(&a, 4, "127.0.0.1:0".parse().unwrap()),
+        Err(UdxError::Io(_))
+    ));
+    sa.destroy();
+    assert!(matches!(
+        sa.change_remote(&a, 4, peer),
+        Err(UdxError::StreamClosed)
+    ));
+    // The stream stayed where it was: moving it failed before anything moved.
+    assert_eq!(other.stream_count(), 1);
+}

@@ -159,6 +159,50 @@ impl Endpoint {
         self.wake(id);
     }
 
+    /// Moves connected stream `id` to `remote_id` at `addr` (see [`Stream::change_remote`]).
+    /// Returns false if there is no such connected stream.
+    pub fn change_remote(&mut self, id: u32, remote_id: u32, addr: SocketAddr) -> bool {
+        let changed = self
+            .entries
+            .get_mut(&id)
+            .is_some_and(|e| e.stream.change_remote(remote_id, addr));
+        self.wake(id);
+        changed
+    }
+
+    /// Takes stream `id` out of this endpoint, to carry on in another one (a stream moving to
+    /// another socket): its id is free here from now on, and no [`EndpointEvent::Removed`] is
+    /// reported for it. Relayed streams stay (a relay pairs streams of one socket).
+    pub fn take_stream(&mut self, id: u32) -> Option<Box<Stream>> {
+        if self.entries.get(&id)?.relay_to.is_some() {
+            return None;
+        }
+        let mut stream = self.entries.remove(&id)?.stream;
+        // Its timer and activity entries here are stale now; they skip missing ids.
+        stream.scheduled = None;
+        stream.active = false;
+        Some(Box::new(stream))
+    }
+
+    /// Takes in a stream that another endpoint gave up with [`Endpoint::take_stream`].
+    /// Returns it back if its id is in use here.
+    pub fn adopt_stream(&mut self, stream: Box<Stream>) -> Result<(), Box<Stream>> {
+        let id = stream.local_id();
+        if self.entries.contains_key(&id) {
+            return Err(stream);
+        }
+        self.time_wait.remove(&id);
+        self.entries.insert(
+            id,
+            Entry {
+                stream: *stream,
+                relay_to: None,
+            },
+        );
+        self.wake(id);
+        Ok(())
+    }
+
     /// Makes stream `from` pass its packets on to stream `to`'s peer (call it before
     /// connecting `from`; calling it again changes the destination).
     pub fn relay_to(&mut self, from: u32, to: u32) {
@@ -408,5 +452,91 @@ impl Endpoint {
                 self.removed(id, entry.stream);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FLAG_DATA;
+
+    fn data_from_peer(to_id: u32, seq: u32) -> Vec<u8> {
+        let mut p = Vec::new();
+        Header {
+            flags: FLAG_DATA,
+            data_offset: 0,
+            stream_id: to_id,
+            recv_window: 1 << 20,
+            seq,
+            ack: 0,
+        }
+        .write_to(&mut p);
+        p.extend_from_slice(b"hello");
+        p
+    }
+
+    fn received(ep: &mut Endpoint, now: Instant) -> usize {
+        let mut got = 0;
+        ep.service(now, |_, s| {
+            got += s.take_received().map_or(0, |b| b.len());
+        });
+        got
+    }
+
+    #[test]
+    fn after_change_remote_only_the_new_address_is_heard() {
+        let now = Instant::now();
+        let relay: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let direct: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now));
+        ep.connect(1, 2, Some(relay), now);
+        assert!(ep.handle(now, relay, &data_from_peer(1, 0)));
+        assert_eq!(received(&mut ep, now), 5);
+
+        assert!(ep.change_remote(1, 9, direct));
+        // A late packet by the old path is ours (not the DHT's) but ignored.
+        assert!(ep.handle(now, relay, &data_from_peer(1, 1)));
+        assert_eq!(received(&mut ep, now), 0);
+        assert!(ep.handle(now, direct, &data_from_peer(1, 1)));
+        assert_eq!(received(&mut ep, now), 5);
+        assert!(!ep.change_remote(77, 9, direct), "no such stream");
+    }
+
+    #[test]
+    fn a_taken_stream_carries_on_in_another_endpoint() {
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let (mut a, mut b) = (Endpoint::new(), Endpoint::new());
+        assert!(a.add_stream(1, now));
+        a.connect(1, 2, Some(peer), now);
+        assert!(a.handle(now, peer, &data_from_peer(1, 0)));
+        assert_eq!(received(&mut a, now), 5);
+
+        let stream = a.take_stream(1).expect("stream 1");
+        assert!(!a.contains(1));
+        assert!(a.add_stream(1, now), "its id is free in the old endpoint");
+        assert!(b.add_stream(1, now));
+        let stream = b.adopt_stream(stream).expect_err("id 1 is taken in b");
+        b.destroy(1, now);
+        received(&mut b, now); // removes the destroyed stream
+        assert!(b.adopt_stream(stream).is_ok());
+        // Its receive state came along: seq 0 was delivered, so seq 1 is next in order.
+        assert!(b.handle(now, peer, &data_from_peer(1, 1)));
+        assert_eq!(received(&mut b, now), 5);
+        // Nothing was reported removed by the endpoint it left.
+        while let Some(ev) = a.poll_event() {
+            assert!(!matches!(ev, EndpointEvent::Removed { id: 1, .. }));
+        }
+    }
+
+    #[test]
+    fn relayed_streams_are_not_taken() {
+        let now = Instant::now();
+        let mut ep = Endpoint::new();
+        assert!(ep.add_stream(1, now) && ep.add_stream(2, now));
+        ep.relay_to(1, 2);
+        assert!(ep.take_stream(1).is_none());
+        assert!(ep.contains(1));
     }
 }

@@ -41,6 +41,10 @@ pub enum CloseReason {
 pub enum StreamEvent {
     /// The stream has its peer (from `connect` or from the first packet).
     Connected(SocketAddr),
+    /// Everything sent before the last [`Stream::change_remote`] was acknowledged (by the
+    /// new peer address: nothing from the old one is accepted any more), so the move is
+    /// complete (libudx's `on_remote_changed`).
+    RemoteChanged,
     /// The stream stopped working.
     Closed(CloseReason),
 }
@@ -159,6 +163,9 @@ pub struct Stream {
     held_bytes: usize,
     /// Heartbeats sent since the peer was last heard from.
     unanswered_heartbeats: u32,
+    /// Set by [`Stream::change_remote`] while packets sent before the change are unacked:
+    /// the move completes when the cumulative ack reaches this sequence number.
+    remote_changing: Option<u64>,
     /// SACK ranges of the ack being processed (kept to avoid an allocation per ack).
     sack_ranges: Vec<(u64, u64)>,
     /// Sequence numbers SACK processing visited (its cost, bounded per ack).
@@ -244,6 +251,7 @@ impl Stream {
             held: Vec::new(),
             held_bytes: 0,
             unanswered_heartbeats: 0,
+            remote_changing: None,
             sack_ranges: Vec::new(),
             #[cfg(test)]
             sack_visits: 0,
@@ -388,6 +396,55 @@ impl Stream {
         self.remote = Some(Remote { id, addr });
         self.connect_on_first = None;
         self.events.push_back(StreamEvent::Connected(addr));
+    }
+
+    /// Moves a connected stream to another peer address and remote id (libudx's
+    /// `udx_stream_change_remote`: a relayed connection moving to the direct path, or a
+    /// peer that changed address). The sequence space, unacknowledged data and receive state
+    /// stay; from now on every packet goes to `addr` with `remote_id` in its header, and only
+    /// packets from `addr` are accepted (the caller's address check reads [`Stream::remote`]).
+    /// Whatever was in flight is resent on the new path at once: its acks would come back by
+    /// the old one, which is no longer heard. The MTU search starts again (the new path may
+    /// carry less). [`StreamEvent::RemoteChanged`] follows once everything sent before the
+    /// change is acknowledged. Returns false (and changes nothing) if the stream is not
+    /// connected or already closed.
+    pub fn change_remote(&mut self, remote_id: u32, addr: SocketAddr) -> bool {
+        if self.closed.is_some() || self.remote.is_none() {
+            return false;
+        }
+        self.remote = Some(Remote {
+            id: remote_id,
+            addr: super::normalize(addr),
+        });
+        if self.snd_una < self.snd_nxt {
+            self.remote_changing = Some(self.snd_nxt);
+        } else {
+            self.remote_changing = None;
+            self.events.push_back(StreamEvent::RemoteChanged);
+        }
+        self.payload = BASE_PAYLOAD;
+        self.mtu = next_probe(BASE_PAYLOAD, MAX_PAYLOAD);
+        self.retransmit.clear();
+        for (idx, pkt) in self.sent.iter_mut().enumerate() {
+            if pkt.state == SentState::Acked {
+                continue;
+            }
+            // A probe's padding may not fit the new path; the data alone always does.
+            pkt.padding = 0;
+            pkt.state = SentState::Lost;
+            self.retransmit.push_back(self.snd_una + idx as u64);
+        }
+        self.in_flight = 0;
+        self.loss_deadline = None;
+        self.tlp_deadline = None;
+        self.tlp_in_flight = false;
+        self.rto_deadline = None;
+        // The new path gets its own count of timeouts and unanswered heartbeats.
+        self.rto_timeouts = 0;
+        self.unanswered_heartbeats = 0;
+        // Tell the new path at once what we received and how much room we have.
+        self.ack_needed = true;
+        true
     }
 
     /// A packet for this stream arrived before it was connected. Returns true if the stream
@@ -560,6 +617,10 @@ impl Stream {
             }
             self.sent.drain(..newly);
             self.snd_una = ack;
+        }
+        if self.remote_changing.is_some_and(|at| self.snd_una >= at) {
+            self.remote_changing = None;
+            self.events.push_back(StreamEvent::RemoteChanged);
         }
         // Only the cumulative ack completes our write side: a SACK of the END packet says
         // nothing about the data before it.
@@ -924,8 +985,12 @@ impl Stream {
 
             // Probe only with a full packet, and only once the path has carried an ack.
             let padding = match self.mtu {
+                // Not while moving to a new path (libudx): a lost probe there would be
+                // blamed on the MTU.
                 MtuState::Searching { target, .. }
-                    if self.pending.len() >= self.payload && self.rack.is_some() =>
+                    if self.pending.len() >= self.payload
+                        && self.rack.is_some()
+                        && self.remote_changing.is_none() =>
                 {
                     (target - self.payload) as u8
                 }
@@ -1347,6 +1412,78 @@ mod tests {
         assert!(conn.sent.iter().all(|p| p.state == SentState::Acked));
         feed(&mut conn, now, 10, &[]);
         assert_eq!(conn.in_flight, 0);
+    }
+
+    #[test]
+    fn change_remote_needs_a_connected_open_stream() {
+        let now = Instant::now();
+        let new: SocketAddr = "127.0.0.2:10".parse().unwrap();
+        let mut conn = Stream::new(1, now);
+        assert!(!conn.change_remote(3, new), "not connected yet");
+        assert_eq!(conn.remote(), None);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        conn.close(CloseReason::Reset);
+        assert!(!conn.change_remote(3, new), "closed");
+    }
+
+    #[test]
+    fn change_remote_resends_in_flight_packets_to_the_new_peer_and_completes_on_their_ack() {
+        let (mut conn, now) = sender_with_in_flight(10);
+        feed(&mut conn, now, 4, &[(6, 8)]);
+        while conn.poll_event().is_some() {}
+        conn.payload = MAX_PAYLOAD; // as after a successful MTU search on the old path
+        let new: SocketAddr = "[::ffff:10.0.0.7]:4000".parse().unwrap();
+        assert!(conn.change_remote(33, new));
+        let remote = conn.remote().unwrap();
+        assert_eq!(remote.id, 33);
+        assert_eq!(remote.addr, "10.0.0.7:4000".parse().unwrap());
+        assert_eq!(
+            conn.payload, BASE_PAYLOAD,
+            "the new path's MTU is searched again"
+        );
+        assert_eq!(
+            conn.poll_event(),
+            None,
+            "packets sent before the move are unacked"
+        );
+
+        let mut out = Transmits::default();
+        conn.service(now, &mut out, 64);
+        assert_consistent(&conn);
+        let mut resent = Vec::new();
+        while let Some((to, packet)) = out.pop() {
+            assert_eq!(to, remote.addr, "everything goes to the new peer");
+            let hdr = Header::decode(&packet).unwrap();
+            assert_eq!(hdr.stream_id, 33, "with its stream id");
+            if hdr.flags & wire::FLAG_DATA != 0 {
+                resent.push(hdr.seq);
+            }
+        }
+        // Only what the old path left unacknowledged (4, 5, 8, 9), not the sacked 6 and 7.
+        assert_eq!(resent, [4, 5, 8, 9]);
+        assert_eq!(conn.stats().retransmits, 4);
+
+        feed(&mut conn, now, 9, &[]);
+        assert_eq!(conn.poll_event(), None, "packet 9 is still unacked");
+        feed(&mut conn, now, 10, &[]);
+        assert_eq!(conn.poll_event(), Some(StreamEvent::RemoteChanged));
+        // Probing resumes on the new path once it is settled.
+        assert!(matches!(conn.mtu, MtuState::Searching { .. }));
+    }
+
+    #[test]
+    fn change_remote_of_an_idle_stream_completes_at_once() {
+        let (mut conn, now) = sender_with_in_flight(2);
+        feed(&mut conn, now, 2, &[]);
+        while conn.poll_event().is_some() {}
+        assert!(conn.change_remote(2, "127.0.0.3:3".parse().unwrap()));
+        assert_eq!(conn.poll_event(), Some(StreamEvent::RemoteChanged));
+        let mut out = Transmits::default();
+        conn.service(now, &mut out, 64);
+        // An ack tells the new path at once where we are.
+        let (to, packet) = out.pop().expect("an ack");
+        assert_eq!(to, "127.0.0.3:3".parse().unwrap());
+        assert_eq!(Header::decode(&packet).unwrap().ack, 0);
     }
 
     fn data_packet(seq: u32, payload: &[u8]) -> Vec<u8> {

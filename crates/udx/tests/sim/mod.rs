@@ -174,6 +174,8 @@ pub struct Side {
     pub removed: Option<bool>,
     pub closed: Option<udx::proto::CloseReason>,
     pub stats: StreamStats,
+    /// `RemoteChanged` events: changes completed.
+    pub remote_changes: u32,
     /// Virtual time when everything this side expects had arrived.
     pub completed_at: Option<Duration>,
     /// Received chunks awaiting the check against the peer's data.
@@ -198,6 +200,7 @@ impl Side {
             removed: None,
             closed: None,
             stats: StreamStats::default(),
+            remote_changes: 0,
             completed_at: None,
             inbox: Vec::new(),
             max_buffered: 0,
@@ -251,6 +254,10 @@ pub struct FlowSpec {
     pub b_read_rate: Option<f64>,
     /// a starts at this time.
     pub a_starts_at: Duration,
+    /// The flow starts on the nodes' second addresses (as through a relay) and moves to their
+    /// first ones with `change_remote`: a at the first time, b at the second. Until both
+    /// moved, packets on the path the receiver left are ignored by it.
+    pub remote_change: Option<(Duration, Duration)>,
 }
 
 impl FlowSpec {
@@ -264,6 +271,7 @@ impl FlowSpec {
             b_connects_at: Duration::ZERO,
             b_read_rate: None,
             a_starts_at: Duration::ZERO,
+            remote_change: None,
         }
     }
 }
@@ -283,7 +291,6 @@ fn streams_state(nodes: &[Node]) -> Vec<String> {
 }
 
 struct Node {
-    addr: SocketAddr,
     ep: Endpoint,
     sides: HashMap<u32, Side>,
 }
@@ -322,6 +329,8 @@ struct Arrival {
 enum Pending {
     StartA(usize),
     ConnectB(usize),
+    /// Flow `.0`'s side on node `.1` moves to the other node's first address.
+    ChangeRemote(usize, usize),
 }
 
 /// Fails with the seed and how to rerun it.
@@ -342,6 +351,15 @@ impl Scenario {
             "127.0.0.1:1000".parse().unwrap(),
             "127.0.0.2:2000".parse().unwrap(),
         ];
+        // The addresses a flow with a remote change starts on: each node's second path.
+        let relay_addrs: [SocketAddr; 2] = [
+            "127.0.1.1:1001".parse().unwrap(),
+            "127.0.1.2:2001".parse().unwrap(),
+        ];
+        let start_addrs = |f: &FlowSpec| match f.remote_change {
+            Some(_) => relay_addrs,
+            None => addrs,
+        };
         let (change_ab, change_ba) = match self.path_change.clone() {
             Some((at, ab, ba)) => (Some((at, ab)), Some((at, ba))),
             None => (None, None),
@@ -352,8 +370,7 @@ impl Scenario {
         ];
         let mut nodes: Vec<Node> = addrs
             .iter()
-            .map(|&addr| Node {
-                addr,
+            .map(|_| Node {
                 ep: Endpoint::new(),
                 sides: HashMap::new(),
             })
@@ -362,6 +379,10 @@ impl Scenario {
         for (i, f) in self.flows.iter().enumerate() {
             todo.push((f.a_starts_at, Pending::StartA(i)));
             todo.push((f.b_connects_at, Pending::ConnectB(i)));
+            if let Some((a_at, b_at)) = f.remote_change {
+                todo.push((a_at, Pending::ChangeRemote(i, 0)));
+                todo.push((b_at, Pending::ChangeRemote(i, 1)));
+            }
         }
         todo.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
         // b's streams exist from the start (packets for them are held until they connect).
@@ -393,19 +414,29 @@ impl Scenario {
                         let f = &self.flows[i];
                         let n = &mut nodes[0];
                         assert!(n.ep.add_stream(f.a_id, base + now));
-                        n.ep.connect(f.a_id, f.b_id, Some(addrs[1]), base + now);
+                        n.ep.connect(f.a_id, f.b_id, Some(start_addrs(f)[1]), base + now);
                         let data = std::mem::take(&mut flow_data[i].0);
                         n.sides.insert(f.a_id, Side::new(f.a_id, data));
                     }
                     Pending::ConnectB(i) => {
                         let f = &self.flows[i];
                         let n = &mut nodes[1];
-                        let addr = (!f.b_waits_for_first_packet).then_some(addrs[0]);
+                        let addr = (!f.b_waits_for_first_packet).then_some(start_addrs(f)[0]);
                         n.ep.connect(f.b_id, f.a_id, addr, base + now);
                         let data = std::mem::take(&mut flow_data[i].1);
                         let mut side = Side::new(f.b_id, data);
                         side.read_rate = f.b_read_rate;
                         n.sides.insert(f.b_id, side);
+                    }
+                    Pending::ChangeRemote(i, node) => {
+                        let f = &self.flows[i];
+                        let (id, peer_id) = if node == 0 {
+                            (f.a_id, f.b_id)
+                        } else {
+                            (f.b_id, f.a_id)
+                        };
+                        // A stream already over has nothing to move.
+                        nodes[node].ep.change_remote(id, peer_id, addrs[1 - node]);
                     }
                 }
             }
@@ -462,8 +493,14 @@ impl Scenario {
                         }
                     });
                     while let Some((to, data)) = node.ep.transmits().pop() {
-                        let Some(dst) = addrs.iter().position(|a| *a == to) else {
-                            fail(seed, format!("packet to unknown address {to}"));
+                        // A packet leaves by the path of its destination address, and so
+                        // comes from this node's address on that path.
+                        let (dst, from) = match addrs.iter().position(|a| *a == to) {
+                            Some(dst) => (dst, addrs[i]),
+                            None => match relay_addrs.iter().position(|a| *a == to) {
+                                Some(dst) => (dst, relay_addrs[i]),
+                                None => fail(seed, format!("packet to unknown address {to}")),
+                            },
                         };
                         for at in links[i].send(now, data.len(), &mut rng) {
                             order += 1;
@@ -471,7 +508,7 @@ impl Scenario {
                                 at,
                                 order,
                                 to: dst,
-                                from: node.addr,
+                                from,
                                 data: data.clone(),
                             }));
                         }
@@ -484,6 +521,11 @@ impl Scenario {
                                 }
                             }
                             EndpointEvent::Stream(_, StreamEvent::Connected(_)) => {}
+                            EndpointEvent::Stream(id, StreamEvent::RemoteChanged) => {
+                                if let Some(s) = node.sides.get_mut(&id) {
+                                    s.remote_changes += 1;
+                                }
+                            }
                             EndpointEvent::Removed { id, done, stats } => {
                                 if let Some(s) = node.sides.get_mut(&id) {
                                     s.removed = Some(done);
