@@ -112,7 +112,7 @@ impl Connect {
                 if opts.multiplex {
                     connector = connector.multiplexed();
                 }
-                let pool = Arc::new(Pool::new(Arc::new(connector)));
+                let pool = Pool::new(Arc::new(connector));
                 let shared = Shared {
                     open: Arc::new(Semaphore::new(opts.max_connections)),
                     max: opts.max_connections,

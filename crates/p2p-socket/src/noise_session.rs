@@ -25,6 +25,12 @@ pub(crate) const MAGIC: [u8; 4] = *b"p2ps";
 const EXTENSION_VERSION: u8 = 1;
 /// Bit of the feature field: the connection carries many streams (crate::mux).
 const FEATURE_MUX: u8 = 1;
+/// Bit of the feature field: the connection's session may later be resumed over another path
+/// (crate::roaming, docs/roaming.md).
+const FEATURE_ROAM: u8 = 2;
+/// Bit of the feature field: this connection resumes an earlier session instead of starting
+/// one; its first message is the resume request (crate::roaming).
+const FEATURE_RESUME: u8 = 4;
 
 /// What a side offers in its half of the handshake, and after both halves, what the
 /// connection does.
@@ -32,20 +38,37 @@ const FEATURE_MUX: u8 = 1;
 pub(crate) struct Features {
     /// Streams of many local connections on one encrypted connection ([`crate::mux`]).
     pub(crate) mux: bool,
+    /// The session survives a move of the connecting side ([`crate::roaming`]).
+    pub(crate) roam: bool,
+    /// The connection carries a resume request for an earlier session, not a session.
+    pub(crate) resume: bool,
 }
 
 impl Features {
     fn bits(self) -> u8 {
-        if self.mux {
-            FEATURE_MUX
-        } else {
-            0
+        [
+            (self.mux, FEATURE_MUX),
+            (self.roam, FEATURE_ROAM),
+            (self.resume, FEATURE_RESUME),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |bits, (_, bit)| bits | bit)
+    }
+
+    fn from_bits(bits: u8) -> Features {
+        Features {
+            mux: bits & FEATURE_MUX != 0,
+            roam: bits & FEATURE_ROAM != 0,
+            resume: bits & FEATURE_RESUME != 0,
         }
     }
 
     fn both(self, other: Features) -> Features {
         Features {
             mux: self.mux && other.mux,
+            roam: self.roam && other.roam,
+            resume: self.resume && other.resume,
         }
     }
 }
@@ -71,9 +94,7 @@ pub(crate) fn decode(plaintext: &[u8]) -> Result<(NoisePayload, Features), Strin
     let rest = plaintext.get(state.start..).unwrap_or_default();
     let features = match rest {
         [m0, m1, m2, m3, EXTENSION_VERSION, bits, ..] if [*m0, *m1, *m2, *m3] == MAGIC => {
-            Features {
-                mux: bits & FEATURE_MUX != 0,
-            }
+            Features::from_bits(*bits)
         }
         _ => Features::default(),
     };
@@ -190,6 +211,31 @@ mod tests {
         }
     }
 
+    impl Features {
+        fn mux(on: bool) -> Features {
+            Features {
+                mux: on,
+                ..Features::default()
+            }
+        }
+    }
+
+    /// Roaming and resuming are agreed like multiplexing: only when both halves name them,
+    /// and a peer that does not know a bit turns it off by not echoing it.
+    #[test]
+    fn roaming_bits_round_trip_and_need_both_sides() {
+        let all = Features {
+            mux: true,
+            roam: true,
+            resume: true,
+        };
+        assert_eq!(Features::from_bits(all.bits()), all);
+        assert_eq!(Features::from_bits(0xff), all, "unknown bits are ignored");
+        let older = Features::mux(true);
+        assert_eq!(all.both(older), older);
+        assert_eq!(older.both(all), older);
+    }
+
     fn keypair(seed: u8) -> Keypair {
         peeroxide_dht::noise::keypair_from_seed(&[seed; 32])
     }
@@ -204,8 +250,8 @@ mod tests {
             (false, false, false),
         ] {
             let (c, s) = (keypair(1), keypair(2));
-            let mut i = Noise::initiator(c, s.public_key, Features { mux: client });
-            let mut r = Noise::responder(s, Features { mux: server });
+            let mut i = Noise::initiator(c, s.public_key, Features::mux(client));
+            let mut r = Noise::responder(s, Features::mux(server));
             let m1 = i.send(&payload()).unwrap();
             assert_eq!(r.recv(&m1).unwrap(), payload());
             let m2 = r.send(&payload()).unwrap();
@@ -223,7 +269,7 @@ mod tests {
     #[test]
     fn hyperdht_reads_an_extended_payload_as_a_plain_one() {
         let (c, s) = (keypair(3), keypair(4));
-        let mut ours = Noise::initiator(c, s.public_key, Features { mux: true });
+        let mut ours = Noise::initiator(c, s.public_key, Features::mux(true));
         let mut theirs = NoiseWrap::new_responder(s);
         let m1 = ours.send(&payload()).unwrap();
         assert_eq!(theirs.recv(&m1).unwrap(), payload());
@@ -243,13 +289,14 @@ mod tests {
             p.extend_from_slice(tail);
             decode(&p).unwrap().1.mux
         };
-        assert!(with(&extension(Features { mux: true })));
+        assert!(with(&extension(Features::mux(true))));
         assert!(with(b"p2ps\x01\x01more from a later version"));
         assert!(!with(b""));
         assert!(!with(b"p2ps\x02\x01"), "another layout version");
         assert!(!with(b"p2ps\x01"), "cut short");
         assert!(!with(b"p2pz\x01\x01"));
-        assert!(!with(b"p2ps\x01\x02"), "a feature we do not know");
+        assert!(!with(b"p2ps\x01\x02"), "roaming alone is not multiplexing");
+        assert!(!with(b"p2ps\x01\x08"), "a feature we do not know");
         assert!(extension(Features::default()).is_empty());
         assert_eq!(
             decode_noise_payload_from_bytes(&plain).unwrap(),

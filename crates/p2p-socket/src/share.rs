@@ -59,8 +59,12 @@ impl Share {
     /// Joins the DHT, announces the key and starts serving. Returns once the key is findable.
     pub async fn start(opts: ShareOptions) -> Result<Share> {
         // Datagram flows are framed as holesail frames them, one connection each.
+        let tcp = opts.protocol == Protocol::Tcp;
+        // Multiplexed sessions may roam, and be resumed (docs/roaming.md).
         let features = Features {
-            mux: opts.protocol == Protocol::Tcp,
+            mux: tcp,
+            roam: tcp,
+            resume: tcp,
         };
         let service = Arc::new(opts.service);
         let events = opts.events;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use peeroxide_dht::crypto::hash;
 use peeroxide_dht::hyperdht_messages::{decode_hyper_peer_from_bytes, NoisePayload, FIREWALL_OPEN};
 use peeroxide_dht::messages::Ipv4Peer;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{watch, Mutex as AsyncMutex};
 use tracing::{debug, info};
 use udx::UdxStream;
 
@@ -88,8 +88,22 @@ pub struct Connector {
     relayed_since: Arc<Mutex<Option<Instant>>>,
     /// Forgets what depended on our address when it changes.
     _on_move: AbortOnDrop,
+    /// Moves so far, counted once forgotten.
+    moved: watch::Receiver<u64>,
     /// What our handshakes offer beyond one stream of bytes.
     features: Features,
+}
+
+tokio::task_local! {
+    /// Set while a connection is opened to resume a session ([`Connector::open_resuming`]):
+    /// its handshake names the `resume` feature. A task-local rather than a parameter, as every
+    /// way of opening (a route, a punch, the DHT) starts the same handshake.
+    static RESUMING: ();
+}
+
+/// Whether the connection being opened on this task resumes a session.
+fn resuming() -> bool {
+    RESUMING.try_with(|_| ()).is_ok()
 }
 
 /// A background task that ends with its owner.
@@ -112,7 +126,13 @@ impl Connector {
         let node = DhtNode::join(network).await?;
         let route = Arc::default();
         let relayed_since = Arc::default();
-        let on_move = forget_on_move(&node, Arc::clone(&route), Arc::clone(&relayed_since));
+        let (moved_tx, moved) = watch::channel(0);
+        let on_move = forget_on_move(
+            &node,
+            Arc::clone(&route),
+            Arc::clone(&relayed_since),
+            moved_tx,
+        );
         let connector = Connector {
             node,
             key_pair,
@@ -125,6 +145,7 @@ impl Connector {
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
             relayed_since,
             _on_move: on_move,
+            moved,
             features: Features::default(),
         };
         let started = Instant::now();
@@ -155,10 +176,24 @@ impl Connector {
     }
 
     /// Offers multiplexing in every handshake: a sharer that offers it too expects
-    /// [`crate::mux`] frames on the connections, not raw bytes.
+    /// [`crate::mux`] frames on the connections, not raw bytes. Multiplexed sessions offer
+    /// roaming too ([`crate::roaming`]).
     pub(crate) fn multiplexed(mut self) -> Self {
         self.features.mux = true;
+        self.features.roam = true;
         self
+    }
+
+    /// Counts our moves, each once the routes that depended on the old address are forgotten
+    /// (so a connection opened on hearing of it takes a fresh path).
+    pub(crate) fn moves(&self) -> watch::Receiver<u64> {
+        self.moved.clone()
+    }
+
+    /// Opens a connection whose handshake asks to resume an earlier session
+    /// ([`crate::roaming`]) instead of starting one, within `limit`.
+    pub(crate) async fn open_resuming(&self, limit: Duration) -> Result<(PeerStream, Link, Path)> {
+        RESUMING.scope((), self.open_link_within(limit)).await
     }
 
     /// The DHT nodes that hold the announcement of `remote`.
@@ -343,6 +378,7 @@ fn forget_on_move(
     node: &DhtNode,
     route: Arc<Mutex<Option<Arc<Route>>>>,
     relayed_since: Arc<Mutex<Option<Instant>>>,
+    moved: watch::Sender<u64>,
 ) -> AbortOnDrop {
     let mut moves = watch_moves(node.handle().clone(), node.known().clone());
     let reachability = node.reachability();
@@ -355,6 +391,7 @@ fn forget_on_move(
                 was_relayed, "we moved: forgot the punched route and the relay decision"
             );
             reachability.recheck();
+            moved.send_modify(|n| *n += 1);
         }
     }))
 }

@@ -10,6 +10,7 @@ mod driver;
 mod pipe;
 mod pool;
 pub(crate) mod proto;
+mod roam;
 mod serve;
 
 pub(crate) use driver::{Mux, MuxStream, Opening};

@@ -4,15 +4,17 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::proto::{Limits, Role};
+use super::roam::{self, Roamable};
 use super::{Mux, MuxStream};
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::peer::{Path, PeerStream};
 
 /// How a local connection reaches the sharer.
@@ -38,15 +40,22 @@ pub(crate) struct Pool {
     current: AsyncMutex<Option<(Mux, Path, Option<SocketAddr>)>>,
     /// The sharer answered without multiplexing: every local connection dials, in parallel.
     raw: AtomicBool,
+    /// The current connection's session, when it may roam (docs/roaming.md).
+    pub(super) roaming: Mutex<Option<Roamable>>,
 }
 
 impl Pool {
-    pub(crate) fn new(connector: Arc<Connector>) -> Pool {
-        Pool {
+    /// A pool whose session follows our moves ([`super::roam`]).
+    pub(crate) fn new(connector: Arc<Connector>) -> Arc<Pool> {
+        let moves = connector.moves();
+        let pool = Arc::new(Pool {
             connector,
             current: AsyncMutex::new(None),
             raw: AtomicBool::new(false),
-        }
+            roaming: Mutex::new(None),
+        });
+        roam::follow(Arc::downgrade(&pool), moves);
+        pool
     }
 
     /// The connector underneath.
@@ -86,6 +95,7 @@ impl Pool {
             waited: Duration::ZERO,
         })?;
         let peer = link.peer();
+        *lock(&self.roaming) = Roamable::of(&link, path, &mux);
         *current = Some((mux, path, peer));
         Ok(Opened::Stream {
             stream,
