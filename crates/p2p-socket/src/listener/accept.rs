@@ -217,7 +217,7 @@ pub(super) async fn serve_connection(
         }
     };
     if link.features.resume {
-        serve_resume(n, peer, link, &roam.sessions).await;
+        serve_resume(n, peer, link, path, &roam.sessions).await;
         return;
     }
     // Resumable while the connection lasts; not through a relay, which pairs the stream by

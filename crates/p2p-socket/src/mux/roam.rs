@@ -123,7 +123,7 @@ async fn resume_session(pool: &Arc<Pool>, session: &Roamable, cause: Cause) {
     let started = Instant::now();
     info!(?cause, session = ?session.ticket, "resuming the shared connection over a new path");
     let resumed = match pool.connector().open_resuming(RESUME_LIMIT).await {
-        Ok((peer, link, path)) => resume(&session.ticket, &session.link, (peer, link))
+        Ok((peer, link, path)) => resume(&session.ticket, &session.link, (peer, link, path))
             .await
             .map(|()| path),
         Err(e) => Err(ResumeError::Dial(Box::new(e))),

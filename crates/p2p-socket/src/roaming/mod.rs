@@ -25,7 +25,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::peer::{Link, PeerStream};
+use crate::peer::{Link, Path, PeerStream};
 use proto::{Answer, Request, RESUME_TIMEOUT};
 pub(crate) use proto::{Entry, Sessions, Ticket, MAX_SESSIONS};
 
@@ -36,6 +36,8 @@ pub(crate) enum ResumeError {
     Dial(#[source] Box<crate::error::Error>),
     #[error("the sharer does not resume sessions (an older p2p-socket)")]
     NotSupported,
+    #[error("the only new path is through a relay, which cannot carry a moved stream")]
+    Relayed,
     #[error("the sharer refused to resume the session (it ended there, or it is not ours)")]
     Refused,
     #[error("the resume exchange failed: {0}")]
@@ -83,11 +85,14 @@ async fn exchange(peer: PeerStream, ours: &[u8]) -> Result<Vec<u8>, String> {
 pub(crate) async fn resume(
     ticket: &Ticket,
     old: &Link,
-    fresh: (PeerStream, Link),
+    fresh: (PeerStream, Link, Path),
 ) -> Result<(), ResumeError> {
-    let (peer, new) = fresh;
+    let (peer, new, path) = fresh;
     if !new.features.resume {
         return Err(ResumeError::NotSupported);
+    }
+    if path == Path::Relayed {
+        return Err(ResumeError::Relayed);
     }
     let request = Request {
         session: ticket.id,
@@ -104,7 +109,13 @@ pub(crate) async fn resume(
 
 /// The share's side of a resuming connection `n`: checks its request against `sessions` and,
 /// when it holds, moves the session's stream onto this connection's path.
-pub(crate) async fn serve_resume(n: u64, peer: PeerStream, new: Link, sessions: &Sessions<Link>) {
+pub(crate) async fn serve_resume(
+    n: u64,
+    peer: PeerStream,
+    new: Link,
+    path: Path,
+    sessions: &Sessions<Link>,
+) {
     let client = *peer.remote_public_key();
     let (mut reader, mut writer) = peer.into_split();
     let first = match tokio::time::timeout(RESUME_TIMEOUT, reader.read()).await {
@@ -117,13 +128,19 @@ pub(crate) async fn serve_resume(n: u64, peer: PeerStream, new: Link, sessions: 
             return;
         }
     };
-    let verdict = Request::decode(&first)
-        .map_err(|e| e.to_string())
-        .and_then(|r| {
-            sessions
-                .check(&r, &client, &new.handshake_hash)
-                .map_err(|e| e.to_string())
-        });
+    let verdict = if path == Path::Relayed {
+        // A relay pairs streams by their ids: the session's stream, with its own, cannot go
+        // there.
+        Err("the new path is through a relay".to_string())
+    } else {
+        Request::decode(&first)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                sessions
+                    .check(&r, &client, &new.handshake_hash)
+                    .map_err(|e| e.to_string())
+            })
+    };
     let answer = match verdict {
         Ok(entry) => match move_stream(&entry.handle, &new, entry.client_stream) {
             Ok(()) => {

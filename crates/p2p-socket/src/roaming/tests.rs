@@ -58,8 +58,8 @@ async fn echoed(reader: &mut Reader, writer: &mut Writer, text: &[u8]) -> Vec<u8
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_resumes_over_a_new_connection_and_nobody_else_can_take_it() {
+/// A share of an echo service on a one-node loopback DHT.
+async fn loopback_share() -> (BootstrapNode, NetworkOptions, Share) {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let bootstrap = BootstrapNode::start(loopback, 0, &[]).await.unwrap();
     let network = NetworkOptions::with_bootstrap([bootstrap.local_addr().unwrap().to_string()]);
@@ -78,6 +78,12 @@ async fn a_session_resumes_over_a_new_connection_and_nobody_else_can_take_it() {
     })
     .await
     .unwrap();
+    (bootstrap, network, share)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_over_a_new_connection_and_nobody_else_can_take_it() {
+    let (bootstrap, network, share) = loopback_share().await;
     let client = Connector::new(&network, KeyPair::generate(), share.public_key())
         .await
         .unwrap()
@@ -103,8 +109,8 @@ async fn a_session_resumes_over_a_new_connection_and_nobody_else_can_take_it() {
         .await
         .unwrap()
         .multiplexed();
-    let (stolen, link, _) = thief.open_resuming(LIMIT).await.unwrap();
-    let refused = resume(&ticket, &old, (stolen, link)).await;
+    let stolen = thief.open_resuming(LIMIT).await.unwrap();
+    let refused = resume(&ticket, &old, stolen).await;
     assert!(matches!(refused, Err(ResumeError::Refused)), "{refused:?}");
 
     // Untouched by those, the session still answers on its path.
@@ -114,14 +120,14 @@ async fn a_session_resumes_over_a_new_connection_and_nobody_else_can_take_it() {
     );
 
     // The session's own client moves it onto a new connection's path, and it goes on.
-    let (fresh, link, _) = client.open_resuming(LIMIT).await.unwrap();
-    let new_peer = link.peer();
-    resume(&ticket, &old, (fresh, link)).await.unwrap();
+    let fresh = client.open_resuming(LIMIT).await.unwrap();
+    let new_peer = fresh.1.peer();
+    resume(&ticket, &old, fresh).await.unwrap();
     assert_eq!(old.stream.remote_addr(), new_peer);
     assert_eq!(echoed(&mut reader, &mut writer, b"after").await, b"after");
     // And once more: every resume is proven afresh, with the same ticket.
-    let (again, link, _) = client.open_resuming(LIMIT).await.unwrap();
-    resume(&ticket, &old, (again, link)).await.unwrap();
+    let again = client.open_resuming(LIMIT).await.unwrap();
+    resume(&ticket, &old, again).await.unwrap();
     assert_eq!(echoed(&mut reader, &mut writer, b"again").await, b"again");
 
     drop((reader, writer));
@@ -134,24 +140,7 @@ async fn a_session_resumes_over_a_new_connection_and_nobody_else_can_take_it() {
 /// A resuming connection that sends no request, or garbage, is closed; it moves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_request_that_is_not_one_is_refused() {
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let bootstrap = BootstrapNode::start(loopback, 0, &[]).await.unwrap();
-    let network = NetworkOptions::with_bootstrap([bootstrap.local_addr().unwrap().to_string()]);
-    let share = Share::start(ShareOptions {
-        network: network.clone(),
-        key_pair: KeyPair::generate(),
-        service: Service::Tcp {
-            host: "127.0.0.1".into(),
-            port: echo_service().await,
-        },
-        relay: None,
-        max_connections: Share::DEFAULT_MAX_CONNECTIONS,
-        protocol: Protocol::Tcp,
-        allow: None,
-        events: Events::default(),
-    })
-    .await
-    .unwrap();
+    let (bootstrap, network, share) = loopback_share().await;
     let client = Connector::new(&network, KeyPair::generate(), share.public_key())
         .await
         .unwrap()
