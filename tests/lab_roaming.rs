@@ -79,27 +79,34 @@ fn an_open_session_survives_the_connecting_homes_address_change() {
         std::thread::sleep(TYPING);
     }
 
+    // Timed from the start of the renumbering: the old address goes first, then the NAT table.
+    let moved = Instant::now();
     homes
         .lab
         .renumber(2, Ipv4Addr::new(198, 18, 102, 1))
         .unwrap_or_else(|e| panic!("cannot renumber the connecting home: {e}"));
-    let moved = Instant::now();
-    // Keep typing: the first line after the move waits for the session to re-attach.
+    let renumbering = moved.elapsed();
+    // The first line after the move waits for the session to re-attach: the figure is the time
+    // from the move to its answer. Then keep typing.
+    n += 1;
+    round(&mut stream, n);
+    let reattached = moved.elapsed();
     let mut longest = Duration::ZERO;
     for _ in 0..ROUNDS {
+        std::thread::sleep(TYPING);
         n += 1;
         longest = longest.max(round(&mut stream, n));
-        std::thread::sleep(TYPING);
     }
-    let reattached = longest;
     bulk(&stream);
     for _ in 0..5 {
         n += 1;
         round(&mut stream, n);
     }
     eprintln!(
-        "\n| event (cone x cone) | session re-attached after | rounds | bulk |\n|---|---|---|---|\n| the connecting home gets a new public address | {} ms | {n}, all verified | 1 MiB both ways, verified |",
-        reattached.as_millis()
+        "\n| event (cone x cone) | session re-attached after | longest line after | rounds | bulk |\n|---|---|---|---|---|\n| the connecting home gets a new public address | {} ms (renumbering {} ms of it) | {} ms | {n}, all verified | 1 MiB both ways, verified |",
+        reattached.as_millis(),
+        renumbering.as_millis(),
+        longest.as_millis()
     );
     assert!(
         reattached <= REATTACH,
