@@ -13,7 +13,7 @@ use udx::UdxStream;
 use crate::error::{Error, Result};
 use crate::noise_session::{Features, Keys};
 pub(crate) use crate::path::Path;
-use crate::roaming::Ticket;
+use crate::roaming::proto::Ticket;
 use crate::secret::SecretStream;
 
 /// What carries an encrypted connection: the UDX socket its stream lives on and a view of the

@@ -17,7 +17,7 @@
 //! The rules are in [`proto`], without I/O; here are the two ends that drive them: [`resume`]
 //! (connect) and [`serve_resume`] (share).
 
-mod proto;
+pub(crate) mod proto;
 
 use std::net::SocketAddr;
 use std::time::Duration;
