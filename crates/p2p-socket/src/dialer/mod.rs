@@ -190,6 +190,12 @@ impl Connector {
         self.moved.clone()
     }
 
+    /// Forgets the punched route: a session that stalled on the path to the sharer says the
+    /// route is gone too, and trying it first would cost its retries (about 2 s).
+    pub(crate) fn forget_punched_route(&self) {
+        lock(&self.route).take();
+    }
+
     /// Opens a connection whose handshake asks to resume an earlier session
     /// ([`crate::roaming`]) instead of starting one, within `limit`.
     pub(crate) async fn open_resuming(&self, limit: Duration) -> Result<(PeerStream, Link, Path)> {

@@ -122,6 +122,9 @@ pub(super) fn follow(pool: Weak<Pool>, mut moves: watch::Receiver<u64>) {
 async fn resume_session(pool: &Arc<Pool>, session: &Roamable, cause: Cause) {
     let started = Instant::now();
     info!(?cause, session = ?session.ticket, "resuming the shared connection over a new path");
+    if matches!(cause, Cause::Stalled) {
+        pool.connector().forget_punched_route();
+    }
     let resumed = match pool.connector().open_resuming(RESUME_LIMIT).await {
         Ok((peer, link, path)) => resume(&session.ticket, &session.link, (peer, link, path))
             .await
