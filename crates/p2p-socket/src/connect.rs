@@ -115,7 +115,7 @@ impl Connect {
                 }
                 let farewell = Farewell::new();
                 let guards = farewell.guards();
-                let pool = Arc::new(Pool::new(Arc::new(connector), guards.clone()));
+                let pool = Pool::new(Arc::new(connector), guards.clone());
                 let shared = Shared {
                     open: Arc::new(Semaphore::new(opts.max_connections)),
                     max: opts.max_connections,

@@ -71,6 +71,7 @@ mod policy;
 mod punch_socket;
 mod reconnect;
 mod relay;
+mod roaming;
 mod running;
 mod secret;
 mod service_record;

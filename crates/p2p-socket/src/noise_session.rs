@@ -28,6 +28,12 @@ const FEATURE_MUX: u8 = 1;
 /// Bit of the feature field: the multiplexed connection answers PING frames (docs/multiplexing.md,
 /// "Liveness"). A peer that did not name it (an older p2p-socket) takes a PING for a violation.
 const FEATURE_PING: u8 = 2;
+/// Bit of the feature field: the connection's session may later be resumed over another path
+/// (crate::roaming, docs/roaming.md).
+const FEATURE_ROAM: u8 = 4;
+/// Bit of the feature field: this connection resumes an earlier session instead of starting
+/// one; its first message is the resume request (crate::roaming).
+const FEATURE_RESUME: u8 = 8;
 
 /// What a side offers in its half of the handshake, and after both halves, what the
 /// connection does.
@@ -37,6 +43,10 @@ pub(crate) struct Features {
     pub(crate) mux: bool,
     /// PING and PONG frames on a multiplexed connection, to tell a live peer from a dead path.
     pub(crate) ping: bool,
+    /// The session survives a move of the connecting side ([`crate::roaming`]).
+    pub(crate) roam: bool,
+    /// The connection carries a resume request for an earlier session, not a session.
+    pub(crate) resume: bool,
 }
 
 impl Features {
@@ -44,23 +54,37 @@ impl Features {
     pub(crate) const MUX: Features = Features {
         mux: true,
         ping: true,
+        roam: true,
+        resume: false,
     };
 
     fn bits(self) -> u8 {
-        let mut bits = 0;
-        if self.mux {
-            bits |= FEATURE_MUX;
+        [
+            (self.mux, FEATURE_MUX),
+            (self.ping, FEATURE_PING),
+            (self.roam, FEATURE_ROAM),
+            (self.resume, FEATURE_RESUME),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |bits, (_, bit)| bits | bit)
+    }
+
+    fn from_bits(bits: u8) -> Features {
+        Features {
+            mux: bits & FEATURE_MUX != 0,
+            ping: bits & FEATURE_PING != 0,
+            roam: bits & FEATURE_ROAM != 0,
+            resume: bits & FEATURE_RESUME != 0,
         }
-        if self.ping {
-            bits |= FEATURE_PING;
-        }
-        bits
     }
 
     fn both(self, other: Features) -> Features {
         Features {
             mux: self.mux && other.mux,
             ping: self.ping && other.ping,
+            roam: self.roam && other.roam,
+            resume: self.resume && other.resume,
         }
     }
 }
@@ -86,10 +110,7 @@ pub(crate) fn decode(plaintext: &[u8]) -> Result<(NoisePayload, Features), Strin
     let rest = plaintext.get(state.start..).unwrap_or_default();
     let features = match rest {
         [m0, m1, m2, m3, EXTENSION_VERSION, bits, ..] if [*m0, *m1, *m2, *m3] == MAGIC => {
-            Features {
-                mux: bits & FEATURE_MUX != 0,
-                ping: bits & FEATURE_PING != 0,
-            }
+            Features::from_bits(*bits)
         }
         _ => Features::default(),
     };
@@ -206,6 +227,32 @@ mod tests {
         }
     }
 
+    impl Features {
+        fn mux(on: bool) -> Features {
+            Features {
+                mux: on,
+                ..Features::default()
+            }
+        }
+    }
+
+    /// Roaming and resuming are agreed like multiplexing: only when both halves name them,
+    /// and a peer that does not know a bit turns it off by not echoing it.
+    #[test]
+    fn roaming_bits_round_trip_and_need_both_sides() {
+        let all = Features {
+            mux: true,
+            ping: true,
+            roam: true,
+            resume: true,
+        };
+        assert_eq!(Features::from_bits(all.bits()), all);
+        assert_eq!(Features::from_bits(0xff), all, "unknown bits are ignored");
+        let older = Features::mux(true);
+        assert_eq!(all.both(older), older);
+        assert_eq!(older.both(all), older);
+    }
+
     fn keypair(seed: u8) -> Keypair {
         peeroxide_dht::noise::keypair_from_seed(&[seed; 32])
     }
@@ -273,12 +320,13 @@ mod tests {
         assert!(!with(b"p2ps\x02\x01"), "another layout version");
         assert!(!with(b"p2ps\x01"), "cut short");
         assert!(!with(b"p2pz\x01\x01"));
-        assert!(!with(b"p2ps\x01\x04"), "a feature we do not know");
         // An older p2p-socket names multiplexing without PING: it gets no PING frames.
         let mut older = plain.clone();
         older.extend_from_slice(b"p2ps\x01\x01");
         let offered = decode(&older).unwrap().1;
         assert!(offered.mux && !offered.ping);
+        assert!(!with(b"p2ps\x01\x04"), "roaming alone is not multiplexing");
+        assert!(!with(b"p2ps\x01\x10"), "a feature we do not know");
         assert!(extension(Features::default()).is_empty());
         assert_eq!(
             decode_noise_payload_from_bytes(&plain).unwrap(),

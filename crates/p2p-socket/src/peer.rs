@@ -13,6 +13,7 @@ use udx::UdxStream;
 use crate::error::{Error, Result};
 use crate::noise_session::{Features, Keys};
 pub(crate) use crate::path::Path;
+use crate::roaming::proto::Ticket;
 use crate::secret::SecretStream;
 
 /// What carries an encrypted connection: the UDX socket its stream lives on and a view of the
@@ -24,6 +25,10 @@ pub(crate) struct Link {
     pub(crate) stream: udx::StreamObserver,
     /// What the handshake agreed the connection does (one stream of bytes, or many).
     pub(crate) features: Features,
+    /// The handshake's hash, which a resume's proof is bound to (crate::roaming).
+    pub(crate) handshake_hash: [u8; 64],
+    /// When the session may roam: its ticket (crate::roaming).
+    pub(crate) ticket: Option<Ticket>,
 }
 
 impl Link {
@@ -53,6 +58,8 @@ pub(crate) async fn secure(
         socket: stream.socket(),
         stream: stream.observer(),
         features: hs.features,
+        handshake_hash: hs.handshake_hash,
+        ticket: hs.features.roam.then(|| Ticket::derive(hs, is_initiator)),
     };
     let opened = SecretStream::from_session(
         is_initiator,

@@ -62,8 +62,12 @@ impl Share {
     /// Joins the DHT, announces the key and starts serving. Returns once the key is findable.
     pub async fn start(opts: ShareOptions) -> Result<Share> {
         // Datagram flows are framed as holesail frames them, one connection each.
+        // Multiplexed sessions may roam, and be resumed (docs/roaming.md).
         let features = if opts.protocol == Protocol::Tcp {
-            Features::MUX
+            Features {
+                resume: true,
+                ..Features::MUX
+            }
         } else {
             Features::default()
         };

@@ -18,7 +18,7 @@ use crate::dht::next_stream_id;
 use crate::error::{Error, HandshakeFailure, Result, Stage};
 use crate::handshake::{check_remote, message, our_payload};
 use crate::nat::Firewall;
-use crate::noise_session::{Keys, Noise};
+use crate::noise_session::{Features, Keys, Noise};
 use crate::policy::{our_firewall, RelayOffer};
 
 /// How long one DHT node may take to relay our handshake and bring back the answer.
@@ -43,7 +43,10 @@ impl Connector {
         let mut nw = Noise::initiator(
             self.key_pair.to_noise(),
             *self.remote.as_bytes(),
-            self.features,
+            Features {
+                resume: super::resuming(),
+                ..self.features
+            },
         );
         let (firewall, relay_through) = match ask {
             Ask::Direct => (self.our_firewall(), None),

@@ -88,10 +88,22 @@ pub struct Connector {
     relayed_since: Arc<Mutex<Option<Instant>>>,
     /// Forgets what depended on our address when it changes.
     _on_move: AbortOnDrop,
-    /// How many times our address changed.
-    moves: watch::Receiver<u64>,
+    /// Moves so far, counted once forgotten.
+    moved: watch::Receiver<u64>,
     /// What our handshakes offer beyond one stream of bytes.
     features: Features,
+}
+
+tokio::task_local! {
+    /// Set while a connection is opened to resume a session ([`Connector::open_resuming`]):
+    /// its handshake names the `resume` feature. A task-local rather than a parameter, as every
+    /// way of opening (a route, a punch, the DHT) starts the same handshake.
+    static RESUMING: ();
+}
+
+/// Whether the connection being opened on this task resumes a session.
+fn resuming() -> bool {
+    RESUMING.try_with(|_| ()).is_ok()
 }
 
 /// A background task that ends with its owner.
@@ -114,12 +126,12 @@ impl Connector {
         let node = DhtNode::join(network).await?;
         let route = Arc::default();
         let relayed_since = Arc::default();
-        let moves = watch_moves(node.handle().clone(), node.known().clone());
+        let (moved_tx, moved) = watch::channel(0);
         let on_move = forget_on_move(
-            moves.clone(),
             &node,
             Arc::clone(&route),
             Arc::clone(&relayed_since),
+            moved_tx,
         );
         let connector = Connector {
             node,
@@ -133,7 +145,7 @@ impl Connector {
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
             relayed_since,
             _on_move: on_move,
-            moves,
+            moved,
             features: Features::default(),
         };
         let started = Instant::now();
@@ -164,10 +176,29 @@ impl Connector {
     }
 
     /// Offers multiplexing in every handshake: a sharer that offers it too expects
-    /// [`crate::mux`] frames on the connections, not raw bytes.
+    /// [`crate::mux`] frames on the connections, not raw bytes. Multiplexed sessions offer
+    /// roaming too ([`crate::roaming`]).
     pub(crate) fn multiplexed(mut self) -> Self {
         self.features = Features::MUX;
         self
+    }
+
+    /// Counts our moves, each once the routes that depended on the old address are forgotten
+    /// (so a connection opened on hearing of it takes a fresh path).
+    pub(crate) fn moves(&self) -> watch::Receiver<u64> {
+        self.moved.clone()
+    }
+
+    /// Forgets the punched route: a session that stalled on the path to the sharer says the
+    /// route is gone too, and trying it first would cost its retries (about 2 s).
+    pub(crate) fn forget_punched_route(&self) {
+        lock(&self.route).take();
+    }
+
+    /// Opens a connection whose handshake asks to resume an earlier session
+    /// ([`crate::roaming`]) instead of starting one, within `limit`.
+    pub(crate) async fn open_resuming(&self, limit: Duration) -> Result<(PeerStream, Link, Path)> {
+        RESUMING.scope((), self.open_link_within(limit)).await
     }
 
     /// The DHT nodes that hold the announcement of `remote`.
@@ -340,8 +371,8 @@ impl Connector {
     }
     /// How many times our address changed since the connector started (what depends on the
     /// old address, such as a connection made from it, may be dead).
-    pub(crate) fn moves(&self) -> u64 {
-        *self.moves.borrow()
+    pub(crate) fn moves_so_far(&self) -> u64 {
+        *self.moved.borrow()
     }
 
     /// Stops the DHT node.
@@ -355,11 +386,12 @@ impl Connector {
 /// both, so the next connection finds out afresh instead of failing on them first. Whether we
 /// are reachable is found out again too.
 fn forget_on_move(
-    mut moves: watch::Receiver<u64>,
     node: &DhtNode,
     route: Arc<Mutex<Option<Arc<Route>>>>,
     relayed_since: Arc<Mutex<Option<Instant>>>,
+    moved: watch::Sender<u64>,
 ) -> AbortOnDrop {
+    let mut moves = watch_moves(node.handle().clone(), node.known().clone());
     let reachability = node.reachability();
     AbortOnDrop(tokio::spawn(async move {
         while moves.changed().await.is_ok() {
@@ -370,6 +402,7 @@ fn forget_on_move(
                 was_relayed, "we moved: forgot the punched route and the relay decision"
             );
             reachability.recheck();
+            moved.send_modify(|n| *n += 1);
         }
     }))
 }

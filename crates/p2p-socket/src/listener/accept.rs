@@ -12,10 +12,11 @@ use super::upgrade::{follow_to_direct, Upgrade};
 use super::Handler;
 use crate::holepunch::{ServerPunch, PUNCH_TIME};
 use crate::noise_session::Keys;
-use crate::peer::{secure, Acceptor, Path};
+use crate::peer::{secure, Acceptor, Link, Path};
 use crate::policy::RelayPlan;
 use crate::punch_socket::PunchSocket;
 use crate::relay::client::{Lease, RelayClients};
+use crate::roaming::{serve_resume, Entry, Sessions};
 
 /// How long a client that got a holepunch offer has to start punching (hyperdht's
 /// `HANDSHAKE_INITIAL_TIMEOUT`), and how long an accepted punch may take.
@@ -178,12 +179,23 @@ async fn accept(
     })
 }
 
-/// Serves one connection: waits for its data path, secures it and hands it to `handler`. The
-/// `permit` counts it among the open connections until it ends.
+/// What a connection needs for roaming: the share's sessions, and the connection's stream ids
+/// (the client's, ours), kept with its session so that a resume can move it.
+pub(super) struct Roam {
+    pub(super) sessions: Arc<Sessions<Link>>,
+    pub(super) client_stream: u32,
+    pub(super) our_stream: u32,
+}
+
+/// Serves one connection: waits for its data path, secures it and hands it to `handler`, or,
+/// when it resumes an earlier session, moves that session onto its path. The `permit` counts
+/// it among the open connections until it ends.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn serve_connection(
     n: u64,
     data_path: DataPath,
     hs: Keys,
+    roam: Roam,
     handler: Handler,
     routes: mpsc::Sender<PunchSocket>,
     relay_clients: Arc<RelayClients>,
@@ -237,5 +249,21 @@ pub(super) async fn serve_connection(
             return;
         }
     };
+    if link.features.resume {
+        serve_resume(n, peer, link, path, &roam.sessions).await;
+        return;
+    }
+    // Resumable while the connection lasts; not through a relay, which pairs the stream by
+    // its ids and cannot follow it elsewhere.
+    let roams = path != Path::Relayed;
+    let _registration = link.ticket.clone().filter(|_| roams).and_then(|ticket| {
+        roam.sessions.register(Entry {
+            client: hs.remote_public_key,
+            ticket,
+            handle: link.clone(),
+            client_stream: roam.client_stream,
+            our_stream: roam.our_stream,
+        })
+    });
     handler(n, peer, link, path).await;
 }

@@ -38,6 +38,7 @@ use crate::noise_session::Features;
 use crate::peer::{Link, Path, PeerStream};
 use crate::punch_socket::{PunchSocket, RpcRequest};
 use crate::relay::client::RelayClients;
+use crate::roaming::{Sessions, MAX_SESSIONS as MAX_ROAMING};
 use crate::running::Running;
 use accept::PUNCHED_PACKET_TIMEOUT;
 use announce::{announce, keep_announced, ping_relays};
@@ -171,6 +172,7 @@ impl Listener {
             refusals: RefusalLog::new(allow.as_ref().map(|a| a.events.clone())),
             allow: allow.map(|a| a.list),
             features,
+            roaming: Sessions::new(MAX_ROAMING),
             requests_tx,
             routes_tx,
         };
@@ -247,6 +249,8 @@ struct Server {
     refusals: RefusalLog,
     /// Offered in every handshake.
     features: Features,
+    /// Sessions that may be resumed over a new path (crate::roaming).
+    roaming: Arc<Sessions<Link>>,
 }
 
 impl Server {

@@ -14,7 +14,7 @@ use peeroxide_dht::hyperdht_messages::{
 use peeroxide_dht::messages::Ipv4Peer;
 use tracing::{debug, info, warn};
 
-use super::accept::{serve_connection, DataPath, Via};
+use super::accept::{serve_connection, DataPath, Roam, Via};
 use super::firewall::Verdict;
 use super::{Server, Session, HANDSHAKE_MEMORY, MAX_RECENT, MAX_SESSIONS};
 use crate::addr::to_socket_addr;
@@ -174,10 +174,16 @@ impl Server {
         let n = self.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let peer_key = PublicKey::from(hs.remote_public_key).to_string();
         info!(connection = n, peer = &peer_key[..12], from = %seen, "peer connecting");
+        let roam = Roam {
+            sessions: Arc::clone(&self.roaming),
+            client_stream: remote_id,
+            our_stream: local_id,
+        };
         tokio::spawn(serve_connection(
             n,
             data_path,
             hs,
+            roam,
             Arc::clone(&self.handler),
             self.routes_tx.clone(),
             Arc::clone(&self.relay_clients),

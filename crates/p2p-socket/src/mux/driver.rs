@@ -301,6 +301,11 @@ impl Mux {
         Some(stream)
     }
 
+    /// Whether the connection ended (a roaming session that ended is not resumed).
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.shared.inner).closed.is_some()
+    }
+
     /// Ends the connection and every stream on it.
     pub(crate) fn close(&self, why: &str) {
         let _ = self.shared.control.try_send(proto::close(why));

@@ -11,6 +11,7 @@ mod live;
 mod pipe;
 mod pool;
 pub(crate) mod proto;
+mod roam;
 mod serve;
 
 pub(crate) use driver::{Mux, MuxStream, Opening};

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Mutex as AsyncMutex;
@@ -13,10 +13,12 @@ use tracing::info;
 
 use super::live::IDLE;
 use super::proto::{Limits, Role};
+use super::roam::{self, Roamable};
 use super::{Mux, MuxStream};
 use crate::dialer::Connector;
 use crate::error::{Error, Result};
 use crate::farewell::Guards;
+use crate::lock::lock;
 use crate::peer::{Path, PeerStream};
 
 /// The shared connection, and what it was opened with.
@@ -53,16 +55,23 @@ pub(crate) struct Pool {
     raw: AtomicBool,
     /// Each connection says goodbye when the connect stops.
     guards: Guards,
+    /// The current connection's session, when it may roam (docs/roaming.md).
+    pub(super) roaming: Mutex<Option<Roamable>>,
 }
 
 impl Pool {
-    pub(crate) fn new(connector: Arc<Connector>, guards: Guards) -> Pool {
-        Pool {
+    /// A pool whose session follows our moves ([`super::roam`]).
+    pub(crate) fn new(connector: Arc<Connector>, guards: Guards) -> Arc<Pool> {
+        let moves = connector.moves();
+        let pool = Arc::new(Pool {
             connector,
             current: AsyncMutex::new(None),
             raw: AtomicBool::new(false),
             guards,
-        }
+            roaming: Mutex::new(None),
+        });
+        roam::follow(Arc::downgrade(&pool), moves);
+        pool
     }
 
     /// The connector underneath.
@@ -80,7 +89,7 @@ impl Pool {
         let mut current = self.current.lock().await;
         if let Some(c) = current.as_ref() {
             // Our address changed since it was opened: its path may lead nowhere now.
-            let moved = c.moves != self.connector.moves();
+            let moved = c.moves != self.connector.moves_so_far();
             if c.mux.answers(IDLE, moved).await {
                 if let Some(stream) = c.mux.open().await {
                     return Ok(Opened::Stream {
@@ -101,7 +110,7 @@ impl Pool {
         }
         // None yet, or it ended, or it carries the most streams it may: a new one. One that
         // is full keeps serving its streams until they end.
-        let moves = self.connector.moves();
+        let moves = self.connector.moves_so_far();
         let (peer, link, path) = self.connector.open_link_within(limit).await?;
         if !link.features.mux {
             self.raw.store(true, Ordering::Relaxed);
@@ -120,6 +129,7 @@ impl Pool {
             waited: Duration::ZERO,
         })?;
         let peer = link.peer();
+        *lock(&self.roaming) = Roamable::of(&link, path, &mux);
         *current = Some(Current {
             mux,
             path,
