@@ -76,6 +76,9 @@ pub struct LinkConfig {
     pub queue: usize,
     /// Datagrams larger than this vanish silently (an MTU black hole).
     pub mtu: Option<usize>,
+    /// From the first to the second virtual time the link behaves as the third config
+    /// instead (a burst of heavy loss, an outage), then returns to this one.
+    pub during: Option<(Duration, Duration, Box<LinkConfig>)>,
 }
 
 struct Link {
@@ -111,7 +114,10 @@ impl Link {
                 self.cfg = self.change.take().unwrap().1;
             }
         }
-        let cfg = &self.cfg;
+        let cfg = match &self.cfg.during {
+            Some((from, to, c)) if (*from..*to).contains(&now) => (**c).clone(),
+            _ => self.cfg.clone(),
+        };
         if cfg.mtu.is_some_and(|m| size > m) {
             self.dropped += 1;
             return Vec::new();
@@ -179,6 +185,26 @@ pub struct Side {
     /// Received chunks awaiting the check against the peer's data.
     inbox: Vec<Bytes>,
     pub max_buffered: usize,
+    pub writer: Writer,
+    /// Bytes the application has written so far (or made available to write), and when
+    /// it writes next.
+    writable: usize,
+    next_write: Option<Duration>,
+}
+
+/// How an application writes its data.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Writer {
+    /// All at once, as fast as the send buffer takes it.
+    #[default]
+    AllAtOnce,
+    /// `.1` bytes every `.0`.
+    Every(Duration, usize),
+    /// `.0` bytes, then waits until all it wrote came back, pauses `.1`, and so on: a
+    /// long-lived dialogue with an echo service (the peer must be [`Writer::Echo`]).
+    Dialogue(usize, Duration),
+    /// Writes back what it receives (its data is a copy of its peer's).
+    Echo,
 }
 
 impl Side {
@@ -201,6 +227,51 @@ impl Side {
             completed_at: None,
             inbox: Vec::new(),
             max_buffered: 0,
+            writer: Writer::AllAtOnce,
+            writable: usize::MAX,
+            next_write: None,
+        }
+    }
+
+    /// Writes as `writer` says, from `now` on.
+    fn set_writer(&mut self, writer: Writer, now: Duration) {
+        self.writer = writer;
+        if !matches!(writer, Writer::AllAtOnce) {
+            self.writable = 0;
+            self.next_write = Some(now);
+        }
+    }
+
+    /// Writes what is due at `now`.
+    fn write_due(&mut self, now: Duration) -> bool {
+        if self.next_write.is_none_or(|t| t > now) {
+            return false;
+        }
+        self.next_write = None;
+        match self.writer {
+            Writer::AllAtOnce => {}
+            Writer::Every(interval, chunk) => {
+                self.writable += chunk;
+                self.next_write = (self.writable < self.data.len()).then_some(now + interval);
+            }
+            Writer::Dialogue(chunk, _) => self.writable += chunk,
+            Writer::Echo => self.writable = self.received,
+        }
+        true
+    }
+
+    /// After bytes arrived: when the dialogue or the echo writes next.
+    fn schedule_reply(&mut self, now: Duration) {
+        match self.writer {
+            Writer::Dialogue(_, pause)
+                if self.next_write.is_none()
+                    && self.received >= self.writable
+                    && self.writable < self.data.len() =>
+            {
+                self.next_write = Some(now + pause);
+            }
+            Writer::Echo if self.received > self.writable => self.next_write = Some(now),
+            _ => {}
         }
     }
 
@@ -209,9 +280,10 @@ impl Side {
     fn sync(&mut self, stream: &mut Stream) {
         self.outstanding -= stream.take_acked_bytes();
         let limit = stream.send_limit();
-        while self.written < self.data.len() && self.outstanding < limit {
+        let end = self.data.len().min(self.writable);
+        while self.written < end && self.outstanding < limit {
             let n = (limit - self.outstanding)
-                .min(self.data.len() - self.written)
+                .min(end - self.written)
                 .min(64 * 1024);
             stream.write(Bytes::copy_from_slice(
                 &self.data[self.written..self.written + n],
@@ -251,6 +323,9 @@ pub struct FlowSpec {
     pub b_read_rate: Option<f64>,
     /// a starts at this time.
     pub a_starts_at: Duration,
+    /// How each side writes.
+    pub a_writes: Writer,
+    pub b_writes: Writer,
 }
 
 impl FlowSpec {
@@ -264,6 +339,8 @@ impl FlowSpec {
             b_connects_at: Duration::ZERO,
             b_read_rate: None,
             a_starts_at: Duration::ZERO,
+            a_writes: Writer::AllAtOnce,
+            b_writes: Writer::AllAtOnce,
         }
     }
 }
@@ -328,7 +405,8 @@ enum Pending {
 #[track_caller]
 pub fn fail(seed: u64, what: String) -> ! {
     panic!(
-        "simulation seed {seed:#x} failed: {what}\n  rerun: UDX_SIM_SEED={seed:#x} cargo test --release -p p2p-udx --test simulator -- --nocapture"
+        "simulation seed {seed:#x} failed: {what}\n  rerun: UDX_SIM_SEED={seed:#x} cargo test --release -p p2p-udx --test {} -- --nocapture",
+        env!("CARGO_CRATE_NAME")
     )
 }
 
@@ -377,7 +455,14 @@ impl Scenario {
         let mut flow_data: Vec<(Vec<u8>, Vec<u8>)> = self
             .flows
             .iter()
-            .map(|f| (rng.bytes(f.a_sends), rng.bytes(f.b_sends)))
+            .map(|f| {
+                let a = rng.bytes(f.a_sends);
+                let b = match f.b_writes {
+                    Writer::Echo => a.clone(),
+                    _ => rng.bytes(f.b_sends),
+                };
+                (a, b)
+            })
             .collect();
 
         loop {
@@ -395,7 +480,9 @@ impl Scenario {
                         assert!(n.ep.add_stream(f.a_id, base + now));
                         n.ep.connect(f.a_id, f.b_id, Some(addrs[1]), base + now);
                         let data = std::mem::take(&mut flow_data[i].0);
-                        n.sides.insert(f.a_id, Side::new(f.a_id, data));
+                        let mut side = Side::new(f.a_id, data);
+                        side.set_writer(f.a_writes, now);
+                        n.sides.insert(f.a_id, side);
                     }
                     Pending::ConnectB(i) => {
                         let f = &self.flows[i];
@@ -405,6 +492,7 @@ impl Scenario {
                         let data = std::mem::take(&mut flow_data[i].1);
                         let mut side = Side::new(f.b_id, data);
                         side.read_rate = f.b_read_rate;
+                        side.set_writer(f.b_writes, now);
                         n.sides.insert(f.b_id, side);
                     }
                 }
@@ -443,6 +531,14 @@ impl Scenario {
                     }
                     if side.unread > 0 {
                         reader_tick = Some(now + Duration::from_millis(1));
+                    }
+                }
+            }
+            // Applications write what is due.
+            for node in nodes.iter_mut() {
+                for side in node.sides.values_mut() {
+                    if side.write_due(now) {
+                        node.ep.wake(side.id);
                     }
                 }
             }
@@ -504,6 +600,9 @@ impl Scenario {
                 check_arrivals(seed, now, &mut left[0], f.a_id, &right[0], f.b_id);
                 check_arrivals(seed, now, &mut right[0], f.b_id, &left[0], f.a_id);
             }
+            for side in nodes.iter_mut().flat_map(|n| n.sides.values_mut()) {
+                side.schedule_reply(now);
+            }
             if received_at_first_finish.is_empty()
                 && self.flows.iter().any(|f| {
                     nodes[1]
@@ -555,6 +654,13 @@ impl Scenario {
                 consider(*t);
             }
             if let Some(t) = reader_tick {
+                consider(t);
+            }
+            for t in nodes
+                .iter()
+                .flat_map(|n| n.sides.values())
+                .filter_map(|s| s.next_write)
+            {
                 consider(t);
             }
             let Some(next) = next else {
