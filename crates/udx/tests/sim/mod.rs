@@ -582,6 +582,9 @@ impl Scenario {
                             EndpointEvent::Stream(_, StreamEvent::Connected(_)) => {}
                             EndpointEvent::Removed { id, done, stats } => {
                                 if let Some(s) = node.sides.get_mut(&id) {
+                                    if !done {
+                                        fail(seed, format!("stream {id} ended at {now:?} without a clean finish: {:?}, received {} bytes, {stats:?}", s.closed, s.received));
+                                    }
                                     s.removed = Some(done);
                                     s.stats = stats;
                                     s.eof |= done;
