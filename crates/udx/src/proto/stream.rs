@@ -1129,7 +1129,7 @@ impl Stream {
             self.send_tail_loss_probe(now, out);
             self.rto_deadline = self.rto_deadline.max(Some(now + self.rtt.rto()));
         } else if self.rto_deadline.is_some_and(|t| t <= now) {
-            self.on_rto(now);
+            self.on_rto(now, out);
         } else if tlp_due {
             self.tlp_deadline = None;
         }
@@ -1160,14 +1160,23 @@ impl Stream {
                 stream = self.local_id,
                 "peer answers no heartbeats, closing stream"
             );
-            self.close(CloseReason::TimedOut);
+            self.give_up(out);
             return;
         }
         self.unanswered_heartbeats += 1;
         self.send_control(wire::FLAG_HEARTBEAT, out);
     }
 
-    fn on_rto(&mut self, now: Instant) {
+    /// The peer is presumed gone. If only our side of the path failed (our acks or data
+    /// lost, theirs arriving), it still hears us: a DESTROY ends its side now, where it would
+    /// otherwise wait, idle, for its own heartbeats to go unanswered (half a minute or more),
+    /// with its application hung on a stream that can never deliver again.
+    fn give_up(&mut self, out: &mut Transmits) {
+        self.send_control(wire::FLAG_DESTROY, out);
+        self.close(CloseReason::TimedOut);
+    }
+
+    fn on_rto(&mut self, now: Instant, out: &mut Transmits) {
         if self.snd_una == self.snd_nxt {
             self.rto_deadline = None;
             return;
@@ -1188,7 +1197,7 @@ impl Stream {
                 stream = self.local_id,
                 "peer stopped answering, closing stream"
             );
-            self.close(CloseReason::TimedOut);
+            self.give_up(out);
             return;
         }
         // Everything still in flight is presumed lost; resend in sequence order.
@@ -1453,6 +1462,7 @@ mod tests {
         conn.service(now, &mut Transmits::default(), 64);
         let mut out = Transmits::default();
         let mut timeouts = Vec::new();
+        let mut last_sent = None;
         let mut t = now;
         while conn.closed().is_none() && t < now + Duration::from_secs(600) {
             let Some(at) = conn.next_timeout() else { break };
@@ -1463,9 +1473,15 @@ mod tests {
                 timeouts.push(t);
             }
             conn.service(t, &mut out, 64);
-            while out.pop().is_some() {}
+            while let Some((_, p)) = out.pop() {
+                last_sent = Some(p);
+            }
         }
         assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
+        assert!(
+            last_sent.is_some_and(|p| Header::decode(&p).unwrap().flags == wire::FLAG_DESTROY),
+            "giving up sends a DESTROY, so a peer that still hears us ends its side too"
+        );
         let gaps: Vec<Duration> = timeouts.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(
             gaps.iter().all(|g| *g <= MAX_BACKOFF),
