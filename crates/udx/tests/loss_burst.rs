@@ -31,6 +31,7 @@ fn path(loss: Option<Loss>) -> LinkConfig {
         let lossy = LinkConfig {
             loss: loss.random,
             burst: loss.bursty,
+            loss_per_batch: loss.per_batch,
             ..clean.clone()
         };
         (BURST_FROM, BURST_FROM + BURST_LEN, Box::new(lossy))
@@ -42,6 +43,7 @@ fn path(loss: Option<Loss>) -> LinkConfig {
 struct Loss {
     random: f64,
     bursty: Option<(f64, f64, f64)>,
+    per_batch: Option<usize>,
 }
 
 /// When the last of the flows ended (both sides had everything).
@@ -108,6 +110,7 @@ fn thirty_percent_loss_both_ways_for_ten_seconds() {
         Loss {
             random: 0.3,
             bursty: None,
+            per_batch: None,
         },
     );
 }
@@ -119,6 +122,7 @@ fn fifty_percent_loss_both_ways_for_ten_seconds() {
         Loss {
             random: 0.5,
             bursty: None,
+            per_batch: None,
         },
     );
 }
@@ -131,6 +135,7 @@ fn bursty_loss_both_ways_for_ten_seconds() {
             random: 0.0,
             // Gilbert-Elliott: bad spells of ~10 packets losing 90 %, ~30 % overall.
             bursty: Some((0.05, 0.1, 0.9)),
+            per_batch: None,
         },
     );
 }
@@ -142,6 +147,21 @@ fn ten_second_outage() {
         Loss {
             random: 1.0,
             bursty: None,
+            per_batch: None,
+        },
+    );
+}
+
+/// The soak's rule, `iptables -m statistic --probability 0.3` in a router namespace, sees a
+/// GSO send (up to 64 packets) as one packet and drops or passes it whole.
+#[test]
+fn thirty_percent_loss_of_whole_gso_sends_for_ten_seconds() {
+    sweep(
+        0x50_0000,
+        Loss {
+            random: 0.3,
+            bursty: None,
+            per_batch: Some(64),
         },
     );
 }

@@ -31,6 +31,7 @@ fn random_link(rng: &mut Rng) -> LinkConfig {
         queue: rng.range(16 * 1024, 256 * 1024) as usize,
         mtu: rng.chance(0.15).then(|| rng.range(1200, 1450) as usize),
         during: None,
+        loss_per_batch: None,
     }
 }
 

@@ -79,6 +79,10 @@ pub struct LinkConfig {
     /// From the first to the second virtual time the link behaves as the third config
     /// instead (a burst of heavy loss, an outage), then returns to this one.
     pub during: Option<(Duration, Duration, Box<LinkConfig>)>,
+    /// Random loss strikes whole sends of up to this many packets (what one GSO `sendmsg`
+    /// hands the kernel): a firewall in a network namespace judges the unsegmented batch once,
+    /// as the lab's `iptables -m statistic` rule does.
+    pub loss_per_batch: Option<usize>,
 }
 
 struct Link {
@@ -90,6 +94,8 @@ struct Link {
     queued_bytes: usize,
     busy_until: Duration,
     bad: bool,
+    /// The random-loss verdict of the current batch: when it was sent, its packets so far.
+    batch: (Duration, usize, bool),
     /// Delivery times never go backwards by more than the jitter allows (FIFO + jitter).
     pub dropped: u64,
 }
@@ -103,6 +109,7 @@ impl Link {
             queued_bytes: 0,
             busy_until: Duration::ZERO,
             bad: false,
+            batch: (Duration::MAX, 0, false),
             dropped: 0,
         }
     }
@@ -122,7 +129,18 @@ impl Link {
             self.dropped += 1;
             return Vec::new();
         }
-        let mut lost = rng.chance(cfg.loss);
+        let mut lost = match cfg.loss_per_batch {
+            Some(max) if self.batch.0 == now && self.batch.1 < max => {
+                self.batch.1 += 1;
+                self.batch.2
+            }
+            Some(_) => {
+                let lost = rng.chance(cfg.loss);
+                self.batch = (now, 1, lost);
+                lost
+            }
+            None => rng.chance(cfg.loss),
+        };
         if let Some((to_bad, to_good, bad_loss)) = cfg.burst {
             self.bad = if self.bad {
                 !rng.chance(to_good)
