@@ -94,6 +94,22 @@ pub fn event_json(event: &Event) -> Value {
         Event::ConnectionFailed { id, reason } => {
             json!({"event": "connection_failed", "id": id, "reason": reason})
         }
+        Event::Reconnecting {
+            id,
+            attempt,
+            delay,
+            reason,
+        } => json!({
+            "event": "reconnecting",
+            "id": id,
+            "attempt": attempt,
+            "delay_ms": delay.as_millis() as u64,
+            "reason": reason,
+        }),
+        Event::Reconnected {
+            id,
+            failed_attempts,
+        } => json!({"event": "reconnected", "id": id, "failed_attempts": failed_attempts}),
         Event::PeerRefused { key } => {
             json!({"event": "peer_refused", "key": key.to_string()})
         }
@@ -176,6 +192,8 @@ struct Status {
     open: BTreeMap<u64, Open>,
     closed: u64,
     failed: u64,
+    /// The last retry while the sharer is out of reach: its number, pause and reason.
+    reconnecting: Option<(u32, Duration, String)>,
 }
 
 impl Status {
@@ -187,6 +205,7 @@ impl Status {
                 path,
                 peer,
             } => {
+                self.reconnecting = None;
                 let key = key.to_string();
                 self.open.insert(
                     id,
@@ -202,6 +221,13 @@ impl Status {
                 self.closed += 1;
             }
             Event::ConnectionFailed { .. } => self.failed += 1,
+            Event::Reconnecting {
+                attempt,
+                delay,
+                reason,
+                ..
+            } => self.reconnecting = Some((attempt, delay, reason)),
+            Event::Reconnected { .. } => self.reconnecting = None,
             _ => {}
         }
     }
@@ -223,8 +249,16 @@ impl Status {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // Said first: while the sharer is out of reach, that is what a person needs to see.
+        let reconnecting = match &self.reconnecting {
+            Some((attempt, delay, reason)) => format!(
+                "reconnecting (attempt {attempt}, next in {:.1} s): {reason} | ",
+                delay.as_secs_f64()
+            ),
+            None => String::new(),
+        };
         let mut line = format!(
-            "{} open, {} closed{} | in {} ({}/s) out {} ({}/s) | {peers}",
+            "{reconnecting}{} open, {} closed{} | in {} ({}/s) out {} ({}/s) | {peers}",
             self.open.len(),
             self.closed,
             if self.failed > 0 {
@@ -339,5 +373,29 @@ mod tests {
             line.contains("abababab… punched 127.0.0.1:5000 ×2"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn the_line_says_reconnecting_until_the_sharer_is_back() {
+        let mut status = Status::default();
+        status.apply(Event::Reconnecting {
+            id: 4,
+            attempt: 3,
+            delay: Duration::from_secs(2),
+            reason: "no peer is sharing this key".into(),
+        });
+        let line = status.line(Totals::default(), (0.0, 0.0));
+        assert!(
+            line.starts_with(
+                "reconnecting (attempt 3, next in 2.0 s): no peer is sharing this key | 0 open"
+            ),
+            "{line}"
+        );
+        status.apply(Event::Reconnected {
+            id: 4,
+            failed_attempts: 3,
+        });
+        let line = status.line(Totals::default(), (0.0, 0.0));
+        assert!(line.starts_with("0 open"), "{line}");
     }
 }

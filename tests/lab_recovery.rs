@@ -10,49 +10,17 @@
 
 use test_support as support;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use netlab::{LabSpec, Nat};
-use support::lab::{dump, service_in, Log, TwoHomes};
-use support::net::{exchange, pattern_sha, Behaviour};
+use support::lab::{dump, recovery, service_in, Log, TwoHomes};
+use support::net::Behaviour;
 
 /// New connections must work this soon after an address change (ours).
 const RECOVERY: Duration = Duration::from_secs(5);
 /// How long Node's tunnel is given before it is reported as not recovered.
 const NODE_PATIENCE: Duration = Duration::from_secs(30);
-/// One probe's patience: a connection that has not echoed by then is counted as not working.
-const PROBE: Duration = Duration::from_secs(2);
-const PROBE_BYTES: u64 = 16 * 1024;
-
-/// Time from `since` until a connection made to `listen` (inside `netns`) echoes verified
-/// bytes, probing again while they do not; `None` if none did within `patience`.
-fn recovery(
-    lab: &netlab::Lab,
-    netns: &str,
-    listen: SocketAddr,
-    since: Instant,
-    patience: Duration,
-) -> Option<Duration> {
-    let mut seed = 0;
-    while since.elapsed() < patience {
-        seed += 1;
-        let stream = lab
-            .in_netns(netns, move || TcpStream::connect(listen))
-            .expect("enter the connecting home");
-        if let Ok(stream) = stream {
-            stream.set_read_timeout(Some(PROBE)).unwrap();
-            if let Ok(t) = exchange(stream, PROBE_BYTES, seed) {
-                if t.received == PROBE_BYTES && t.received_sha == pattern_sha(PROBE_BYTES, seed) {
-                    return Some(since.elapsed());
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
-
 fn figure(d: Option<Duration>) -> String {
     d.map_or_else(
         || "not recovered".into(),
@@ -79,13 +47,7 @@ fn address_change(home: usize, wan: Ipv4Addr) {
 
     let netns = homes.connecting_home().to_string();
     for (name, listen) in [("ours", ours), ("Node", node)] {
-        let first = recovery(
-            &homes.lab,
-            &netns,
-            listen,
-            Instant::now(),
-            Duration::from_secs(30),
-        );
+        let first = recovery(&netns, listen, Instant::now(), Duration::from_secs(30));
         assert!(
             first.is_some(),
             "{name}: no first connection\n{}",
@@ -98,10 +60,9 @@ fn address_change(home: usize, wan: Ipv4Addr) {
         .renumber(home, wan)
         .unwrap_or_else(|e| panic!("cannot renumber home {home}: {e}"));
     let changed = Instant::now();
-    let lab = &homes.lab;
     let (ours_took, node_took) = std::thread::scope(|s| {
-        let ours_probe = s.spawn(|| recovery(lab, &netns, ours, changed, RECOVERY * 4));
-        let node_probe = s.spawn(|| recovery(lab, &netns, node, changed, NODE_PATIENCE));
+        let ours_probe = s.spawn(|| recovery(&netns, ours, changed, RECOVERY * 4));
+        let node_probe = s.spawn(|| recovery(&netns, node, changed, NODE_PATIENCE));
         (ours_probe.join().unwrap(), node_probe.join().unwrap())
     });
     eprintln!(

@@ -3,8 +3,8 @@
 //! and returns with the same identity; either side is stopped for a minute (SIGSTOP, as a
 //! laptop's lid) and resumed.
 //!
-//! The connect's log is read for the reasons it gives: there is no machine-readable output
-//! for them yet (the `--json` events will carry them).
+//! The connect's retries are `--json` events (`reconnecting`, `reconnected`); the older tests
+//! also read its log for the reasons it gives.
 
 use test_support as support;
 
@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::cli::{bin, succeed, ConnectProcess, LocalDht, ShareProcess};
+use support::cli::{bin, event, succeed, ConnectProcess, LocalDht, ShareProcess};
 use support::net::{exchange, pattern_sha, Behaviour, Service};
 
 const NODES: usize = 5;
@@ -141,6 +141,57 @@ fn a_stopped_share_is_reported_and_found_again_when_it_returns() {
     let fresh = time_to_working_connection(&connect, RECOVERY);
     eprintln!("a new connection worked after {fresh:?}");
     assert!(log.read().contains("reached the sharer again"));
+    let _ = std::fs::remove_dir_all(id.parent().unwrap());
+}
+
+/// The `--json` events of the retries: a local connection made while the sharer is gone is
+/// reported as `reconnecting` (its attempt number, pause and reason), and when the sharer
+/// returns with the same identity as `reconnected`, then `connection_opened` for it.
+#[test]
+fn reconnecting_and_reconnected_are_json_events() {
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let id = identity("recovery-events");
+    let mut share = start_share(&dht, service.port(), &id);
+    let mut connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    share.terminate_and_expect_clean_exit();
+
+    let mut waiting = TcpStream::connect(connect.addr).unwrap();
+    waiting
+        .set_read_timeout(Some(ATTEMPT_BOUND + SLACK))
+        .unwrap();
+    let json = |name: &'static str| move |line: &str| event(line, name);
+    let retry = connect
+        .process
+        .wait_for(ATTEMPT_BOUND, json("reconnecting"));
+    assert_eq!(retry["version"], 1, "{retry}");
+    assert_eq!(retry["id"], 1, "{retry}");
+    assert!(retry["attempt"].as_u64().is_some_and(|a| a >= 1), "{retry}");
+    assert!(
+        retry["delay_ms"].as_u64().is_some_and(|d| d >= 500),
+        "{retry}"
+    );
+    assert!(
+        retry["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{retry}"
+    );
+
+    let back = start_share(&dht, service.port(), &id);
+    assert_eq!(back.key, share.key, "same identity, same key");
+    let again = connect.process.wait_for(ATTEMPT_BOUND, json("reconnected"));
+    assert_eq!(again["id"], 1, "{again}");
+    assert!(
+        again["failed_attempts"].as_u64().is_some_and(|n| n >= 1),
+        "{again}"
+    );
+    let opened = connect
+        .process
+        .wait_for(ATTEMPT_BOUND, json("connection_opened"));
+    assert_eq!(opened["id"], 1, "{opened}");
+    waiting.write_all(b"back").unwrap();
+    let mut echo = [0u8; 4];
+    waiting.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"back");
     let _ = std::fs::remove_dir_all(id.parent().unwrap());
 }
 

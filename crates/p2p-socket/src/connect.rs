@@ -222,7 +222,7 @@ async fn forward(
     let started = Instant::now();
     let opened = match shared
         .reconnect
-        .open(n, |left| pool.open_within(left))
+        .open(n, &shared.events, |left| pool.open_within(left))
         .await
     {
         Ok(o) => o,

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tracing::trace;
@@ -60,6 +61,27 @@ pub enum Event {
         id: u64,
         /// What went wrong, for people.
         reason: String,
+    },
+    /// A connect could not reach the sharer for local connection `id` and tries again after
+    /// `delay` (pauses double from 0.5 s up to 4 s, within the attempt bound, docs/recovery.md).
+    Reconnecting {
+        /// The local connection that waits.
+        id: u64,
+        /// Failed attempts in a row, over all local connections: how long the sharer has been
+        /// out of reach.
+        attempt: u32,
+        /// The pause before the next try.
+        delay: Duration,
+        /// Why the last try failed, for people.
+        reason: String,
+    },
+    /// A connect reached the sharer again after failed attempts; the connection's
+    /// [`ConnectionOpened`](Event::ConnectionOpened) follows.
+    Reconnected {
+        /// The local connection that got through.
+        id: u64,
+        /// The failed attempts in a row before it.
+        failed_attempts: u32,
     },
     /// A connection that opened has ended.
     ConnectionClosed {

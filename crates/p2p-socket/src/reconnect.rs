@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::dialer::ATTEMPT_TIMEOUT;
 use crate::error::{Error, Result};
+use crate::events::{Event, Events};
 
 /// The pause after the first failure; it doubles with each failure in a row.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
@@ -38,8 +39,9 @@ pub(crate) struct Reconnect {
 
 impl Reconnect {
     /// What `attempt` opens for local connection `n` (given the time left), retried until
-    /// [`ATTEMPT_TIMEOUT`] has passed since it began.
-    pub(crate) async fn open<T, F, Fut>(&self, n: u64, attempt: F) -> Result<T>
+    /// [`ATTEMPT_TIMEOUT`] has passed since it began. Each retry, and getting through after
+    /// failures, is also told to `events`.
+    pub(crate) async fn open<T, F, Fut>(&self, n: u64, events: &Events, attempt: F) -> Result<T>
     where
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -56,6 +58,10 @@ impl Reconnect {
                             failed_attempts = failed,
                             "reached the sharer again"
                         );
+                        events.emit(Event::Reconnected {
+                            id: n,
+                            failed_attempts: failed,
+                        });
                     }
                     return Ok(opened);
                 }
@@ -72,6 +78,12 @@ impl Reconnect {
                         error = %e,
                         "could not reach the sharer; reconnecting"
                     );
+                    events.emit(Event::Reconnecting {
+                        id: n,
+                        attempt,
+                        delay: pause,
+                        reason: e.to_string(),
+                    });
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -89,6 +101,52 @@ mod tests {
         assert_eq!(pauses, [500, 1000, 2000, 4000, 4000, 4000]);
         assert_eq!(pause_after(u32::MAX), MAX_PAUSE);
         assert_eq!(pause_after(0), FIRST_PAUSE);
+    }
+
+    /// A connection that gets through on the third try tells its two retries (with their
+    /// pauses and reasons) and then that it got through, in that order.
+    #[tokio::test]
+    async fn retries_and_the_return_are_events() {
+        let events = Events::new();
+        let mut seen = events.subscribe();
+        let reconnect = Reconnect::default();
+        let tries = AtomicU32::new(0);
+        let opened = reconnect
+            .open(7, &events, |_| async {
+                if tries.fetch_add(1, Ordering::Relaxed) < 2 {
+                    Err(Error::AttemptTimedOut {
+                        after: Duration::from_secs(1),
+                        stage: crate::error::Stage::Lookup,
+                    })
+                } else {
+                    Ok("open")
+                }
+            })
+            .await;
+        assert_eq!(opened.unwrap(), "open");
+        let mut got = Vec::new();
+        while let Ok(event) = seen.try_recv() {
+            got.push(event);
+        }
+        let reason = |attempt: usize| match &got[attempt - 1] {
+            Event::Reconnecting {
+                id: 7,
+                attempt: a,
+                delay,
+                reason,
+            } if *a == attempt as u32 && *delay == pause_after(*a) => reason.clone(),
+            other => panic!("retry {attempt}: {other:?}"),
+        };
+        assert!(reason(1).contains("gave up"), "{got:?}");
+        reason(2);
+        assert_eq!(
+            got[2],
+            Event::Reconnected {
+                id: 7,
+                failed_attempts: 2
+            }
+        );
+        assert_eq!(got.len(), 3);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use netlab::{Lab, LabProcess, LabSpec};
 use sha2::{Digest, Sha256};
 
 use crate::cli::{binary, listening_addr, listening_key};
-use crate::net::{pattern_sha, Behaviour, Service};
+use crate::net::{exchange, pattern_sha, Behaviour, Service};
 use crate::node::{interop_dir, require_node};
 
 pub use crate::cli::READY;
@@ -147,6 +147,37 @@ pub fn json_field(process: &mut LabProcess, name: &str) -> serde_json::Value {
                 .and_then(|v| v.get(name).cloned())
         })
         .unwrap_or_else(|e| panic!("{} printed no {name:?}: {e}", process.name()))
+}
+
+/// One probe's patience in [`recovery`]: a connection that has not echoed by then counts as
+/// not working.
+const PROBE: Duration = Duration::from_secs(2);
+const PROBE_BYTES: u64 = 16 * 1024;
+
+/// Time from `since` until a connection made to `listen` (inside `netns`) echoes verified
+/// bytes, probing again every 100 ms while they do not; `None` if none did within `patience`.
+pub fn recovery(
+    netns: &str,
+    listen: SocketAddr,
+    since: Instant,
+    patience: Duration,
+) -> Option<Duration> {
+    let mut seed = 0;
+    while since.elapsed() < patience {
+        seed += 1;
+        let stream = netlab::in_netns(netns, move || TcpStream::connect(listen))
+            .unwrap_or_else(|e| panic!("cannot enter {netns}: {e}"));
+        if let Ok(stream) = stream {
+            stream.set_read_timeout(Some(PROBE)).unwrap();
+            if let Ok(t) = exchange(stream, PROBE_BYTES, seed) {
+                if t.received == PROBE_BYTES && t.received_sha == pattern_sha(PROBE_BYTES, seed) {
+                    return Some(since.elapsed());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }
 
 /// A service in `netns` whose n-th connection (from 0) behaves as `pick(n)` says.

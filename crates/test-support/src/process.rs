@@ -41,14 +41,19 @@ impl ChildProcess {
 
     /// Sends `signal`, a name kill(1) knows (`STOP` and `CONT` stand for a laptop's lid).
     pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .expect("kill(1) runs");
-        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+        kill(self.pid(), signal);
     }
 
     pub fn pid(&self) -> u32 {
         self.0.pid()
     }
+}
+
+/// Sends `signal` (a name kill(1) knows) to process `pid`.
+pub fn kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
