@@ -152,8 +152,9 @@ fn ten_second_outage() {
     );
 }
 
-/// The soak's rule, `iptables -m statistic --probability 0.3` in a router namespace, sees a
-/// GSO send (up to 64 packets) as one packet and drops or passes it whole.
+/// The soak's rule, `iptables -m statistic --probability 0.3` in a router namespace,
+/// presumably sees a GSO send (up to 64 packets, unsegmented across veth) as one packet and
+/// drops or passes it whole.
 #[test]
 fn thirty_percent_loss_of_whole_gso_sends_for_ten_seconds() {
     sweep(
