@@ -60,7 +60,7 @@ impl CloseReason {
             ),
             CloseReason::TimedOut => io::Error::new(
                 io::ErrorKind::TimedOut,
-                "UDX peer stopped acknowledging data (retransmission timeouts exhausted)",
+                "UDX peer stopped acknowledging data (retransmissions unanswered for 15 s)",
             ),
             CloseReason::SocketClosed => {
                 io::Error::new(io::ErrorKind::NotConnected, "UDX socket driver has stopped")

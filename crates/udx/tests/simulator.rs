@@ -30,6 +30,8 @@ fn random_link(rng: &mut Rng) -> LinkConfig {
             .then(|| rng.range(500_000, 20_000_000) as f64),
         queue: rng.range(16 * 1024, 256 * 1024) as usize,
         mtu: rng.chance(0.15).then(|| rng.range(1200, 1450) as usize),
+        during: None,
+        loss_per_batch: None,
     }
 }
 

@@ -67,12 +67,19 @@ const BASE_PAYLOAD: usize = 1200 - 48;
 const MAX_PAYLOAD: usize = 1500 - 48;
 /// A probe is given up after this many losses (libudx: `UDX_MTU_MAX_PROBES`).
 const MTU_MAX_PROBES: u32 = 3;
-/// Consecutive retransmission timeouts without progress after which the peer is declared
-/// gone (libudx: `UDX_MAX_RTO_TIMEOUTS`).
-const MAX_RTO_TIMEOUTS: u32 = 6;
-/// Exponential backoff of the RTO stops at this multiple so a dead peer is detected in
-/// bounded time (~4 s at the minimum RTO, ~19 s before any RTT sample).
-const MAX_BACKOFF_SHIFT: u32 = 2;
+/// Retransmission timeouts without progress for this long declare the peer gone. A wall
+/// time, not a count: six timeouts at the 200 ms floor are over in 4 s, and a burst of heavy
+/// loss (30 % both ways for 10 s, in the soak) then killed one stream in fifty whose last
+/// packet kept failing; six counted over an RTO inflated by the loss took minutes. 15 s
+/// outlasts such a burst and a dead peer is still noticed well within half a minute, like an
+/// idle one (six unanswered heartbeats).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(15);
+/// The exponential backoff of the RTO stops at this interval (or the RTO itself, if longer).
+/// RFC 6298 allows a ceiling of 60 s or more; that protects a path from senders that keep
+/// resending at full rate, but after a timeout we send at most a minimal window per interval
+/// (a few KB), and the ceiling is also how late we notice that the path is back: with it,
+/// a stream resumes within about a second of a loss burst or outage ending.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How far ahead of the cumulative ack we buffer out-of-order packets.
 const MAX_OUT_OF_ORDER: u64 = 65536;
 /// Packets held for a stream that is registered but not connected yet.
@@ -237,6 +244,8 @@ pub struct Stream {
 
     rto_deadline: Option<Instant>,
     rto_timeouts: u32,
+    /// The first timeout of the current run of timeouts without progress.
+    stalled_since: Option<Instant>,
     loss_deadline: Option<Instant>,
     pacing_deadline: Option<Instant>,
     probe_deadline: Option<Instant>,
@@ -311,6 +320,7 @@ impl Stream {
             loss_check_needed: false,
             rto_deadline: None,
             rto_timeouts: 0,
+            stalled_since: None,
             loss_deadline: None,
             pacing_deadline: None,
             probe_deadline: None,
@@ -803,6 +813,7 @@ impl Stream {
             );
             self.newly_acked = 0;
             self.rto_timeouts = 0;
+            self.stalled_since = None;
             self.rto_deadline = (self.snd_una < self.snd_nxt).then(|| now + self.rtt.rto());
             self.tlp_in_flight = false;
             self.tlp_deadline = (self.snd_una < self.snd_nxt).then(|| now + self.pto());
@@ -1239,7 +1250,7 @@ impl Stream {
             self.send_tail_loss_probe(now, out);
             self.rto_deadline = self.rto_deadline.max(Some(now + self.rtt.rto()));
         } else if self.rto_deadline.is_some_and(|t| t <= now) {
-            self.on_rto(now);
+            self.on_rto(now, out);
         } else if tlp_due {
             self.tlp_deadline = None;
         }
@@ -1270,14 +1281,23 @@ impl Stream {
                 stream = self.local_id,
                 "peer answers no heartbeats, closing stream"
             );
-            self.close(CloseReason::TimedOut);
+            self.give_up(out);
             return;
         }
         self.unanswered_heartbeats += 1;
         self.send_control(wire::FLAG_HEARTBEAT, out);
     }
 
-    fn on_rto(&mut self, now: Instant) {
+    /// The peer is presumed gone. If only our side of the path failed (our acks or data
+    /// lost, theirs arriving), it still hears us: a DESTROY ends its side now, where it would
+    /// otherwise wait, idle, for its own heartbeats to go unanswered (half a minute or more),
+    /// with its application hung on a stream that can never deliver again.
+    fn give_up(&mut self, out: &mut Transmits) {
+        self.send_control(wire::FLAG_DESTROY, out);
+        self.close(CloseReason::TimedOut);
+    }
+
+    fn on_rto(&mut self, now: Instant, out: &mut Transmits) {
         if self.snd_una == self.snd_nxt {
             self.rto_deadline = None;
             return;
@@ -1292,12 +1312,13 @@ impl Stream {
             rto = ?self.rtt.rto(),
             "retransmission timeout"
         );
-        if self.rto_timeouts >= MAX_RTO_TIMEOUTS {
+        let stalled_since = *self.stalled_since.get_or_insert(now);
+        if now.saturating_duration_since(stalled_since) >= GIVE_UP_AFTER {
             tracing::debug!(
                 stream = self.local_id,
                 "peer stopped answering, closing stream"
             );
-            self.close(CloseReason::TimedOut);
+            self.give_up(out);
             return;
         }
         // Everything still in flight is presumed lost; resend in sequence order.
@@ -1322,8 +1343,9 @@ impl Stream {
         self.tlp_deadline = None;
         self.tlp_in_flight = false;
         self.cc.on_rto();
-        let backoff = 1u32 << self.rto_timeouts.min(MAX_BACKOFF_SHIFT);
-        self.rto_deadline = Some(now + self.rtt.rto() * backoff);
+        let rto = self.rtt.rto();
+        let backoff = rto.saturating_mul(1 << self.rto_timeouts.min(16));
+        self.rto_deadline = Some(now + backoff.min(MAX_BACKOFF.max(rto)));
     }
 
     // ---------------------------------------------------------------- lifecycle
@@ -1649,6 +1671,53 @@ mod tests {
             while out.pop().is_some() {}
         }
         now
+    }
+
+    /// Timeouts back off to at most a second apart (so a path that comes back is used again
+    /// within a second), and the stream gives up after a wall time, not a count: a stream
+    /// with a fast RTO used to give up after six timeouts in 4 s, in a loss burst it would
+    /// have survived.
+    #[test]
+    fn timeouts_back_off_to_a_ceiling_and_give_up_after_a_wall_time() {
+        let (mut conn, start) = sender_with_in_flight(4);
+        // A 40 ms path: the RTO is at its 200 ms floor.
+        let (hdr, body) = ack_packet(1, &[]);
+        let now = start + Duration::from_millis(40);
+        conn.on_packet(&hdr, &body, now, &mut Transmits::default());
+        conn.service(now, &mut Transmits::default(), 64);
+        let mut out = Transmits::default();
+        let mut timeouts = Vec::new();
+        let mut last_sent = None;
+        let mut t = now;
+        while conn.closed().is_none() && t < now + Duration::from_secs(600) {
+            let Some(at) = conn.next_timeout() else { break };
+            t = at.max(t);
+            let before = conn.stats.rto_timeouts;
+            conn.on_timeout(t, &mut out);
+            if conn.stats.rto_timeouts > before || conn.closed().is_some() {
+                timeouts.push(t);
+            }
+            conn.service(t, &mut out, 64);
+            while let Some((_, p)) = out.pop() {
+                last_sent = Some(p);
+            }
+        }
+        assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
+        assert!(
+            last_sent.is_some_and(|p| Header::decode(&p).unwrap().flags == wire::FLAG_DESTROY),
+            "giving up sends a DESTROY, so a peer that still hears us ends its side too"
+        );
+        let gaps: Vec<Duration> = timeouts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| *g <= MAX_BACKOFF),
+            "timeouts further apart than {MAX_BACKOFF:?}: {gaps:?}"
+        );
+        let stalled = *timeouts.last().unwrap() - timeouts[0];
+        assert!(
+            stalled >= GIVE_UP_AFTER && stalled <= GIVE_UP_AFTER + MAX_BACKOFF,
+            "gave up after {stalled:?} of timeouts"
+        );
+        assert!(timeouts.len() > 10, "only {} tries", timeouts.len());
     }
 
     #[test]

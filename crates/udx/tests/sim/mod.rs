@@ -76,6 +76,13 @@ pub struct LinkConfig {
     pub queue: usize,
     /// Datagrams larger than this vanish silently (an MTU black hole).
     pub mtu: Option<usize>,
+    /// From the first to the second virtual time the link behaves as the third config
+    /// instead (a burst of heavy loss, an outage), then returns to this one.
+    pub during: Option<(Duration, Duration, Box<LinkConfig>)>,
+    /// Random loss strikes whole sends of up to this many packets (what one GSO `sendmsg`
+    /// hands the kernel): a firewall in a network namespace judges the unsegmented batch once,
+    /// as the lab's `iptables -m statistic` rule does.
+    pub loss_per_batch: Option<usize>,
 }
 
 struct Link {
@@ -87,6 +94,8 @@ struct Link {
     queued_bytes: usize,
     busy_until: Duration,
     bad: bool,
+    /// The random-loss verdict of the current batch: when it was sent, its packets so far.
+    batch: (Duration, usize, bool),
     /// Delivery times never go backwards by more than the jitter allows (FIFO + jitter).
     pub dropped: u64,
 }
@@ -100,6 +109,7 @@ impl Link {
             queued_bytes: 0,
             busy_until: Duration::ZERO,
             bad: false,
+            batch: (Duration::MAX, 0, false),
             dropped: 0,
         }
     }
@@ -111,12 +121,26 @@ impl Link {
                 self.cfg = self.change.take().unwrap().1;
             }
         }
-        let cfg = &self.cfg;
+        let cfg = match &self.cfg.during {
+            Some((from, to, c)) if (*from..*to).contains(&now) => (**c).clone(),
+            _ => self.cfg.clone(),
+        };
         if cfg.mtu.is_some_and(|m| size > m) {
             self.dropped += 1;
             return Vec::new();
         }
-        let mut lost = rng.chance(cfg.loss);
+        let mut lost = match cfg.loss_per_batch {
+            Some(max) if self.batch.0 == now && self.batch.1 < max => {
+                self.batch.1 += 1;
+                self.batch.2
+            }
+            Some(_) => {
+                let lost = rng.chance(cfg.loss);
+                self.batch = (now, 1, lost);
+                lost
+            }
+            None => rng.chance(cfg.loss),
+        };
         if let Some((to_bad, to_good, bad_loss)) = cfg.burst {
             self.bad = if self.bad {
                 !rng.chance(to_good)
@@ -181,6 +205,26 @@ pub struct Side {
     /// Received chunks awaiting the check against the peer's data.
     inbox: Vec<Bytes>,
     pub max_buffered: usize,
+    pub writer: Writer,
+    /// Bytes the application has written so far (or made available to write), and when
+    /// it writes next.
+    writable: usize,
+    next_write: Option<Duration>,
+}
+
+/// How an application writes its data.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Writer {
+    /// All at once, as fast as the send buffer takes it.
+    #[default]
+    AllAtOnce,
+    /// `.1` bytes every `.0`.
+    Every(Duration, usize),
+    /// `.0` bytes, then waits until all it wrote came back, pauses `.1`, and so on: a
+    /// long-lived dialogue with an echo service (the peer must be [`Writer::Echo`]).
+    Dialogue(usize, Duration),
+    /// Writes back what it receives (its data is a copy of its peer's).
+    Echo,
 }
 
 impl Side {
@@ -204,6 +248,51 @@ impl Side {
             completed_at: None,
             inbox: Vec::new(),
             max_buffered: 0,
+            writer: Writer::AllAtOnce,
+            writable: usize::MAX,
+            next_write: None,
+        }
+    }
+
+    /// Writes as `writer` says, from `now` on.
+    fn set_writer(&mut self, writer: Writer, now: Duration) {
+        self.writer = writer;
+        if !matches!(writer, Writer::AllAtOnce) {
+            self.writable = 0;
+            self.next_write = Some(now);
+        }
+    }
+
+    /// Writes what is due at `now`.
+    fn write_due(&mut self, now: Duration) -> bool {
+        if self.next_write.is_none_or(|t| t > now) {
+            return false;
+        }
+        self.next_write = None;
+        match self.writer {
+            Writer::AllAtOnce => {}
+            Writer::Every(interval, chunk) => {
+                self.writable += chunk;
+                self.next_write = (self.writable < self.data.len()).then_some(now + interval);
+            }
+            Writer::Dialogue(chunk, _) => self.writable += chunk,
+            Writer::Echo => self.writable = self.received,
+        }
+        true
+    }
+
+    /// After bytes arrived: when the dialogue or the echo writes next.
+    fn schedule_reply(&mut self, now: Duration) {
+        match self.writer {
+            Writer::Dialogue(_, pause)
+                if self.next_write.is_none()
+                    && self.received >= self.writable
+                    && self.writable < self.data.len() =>
+            {
+                self.next_write = Some(now + pause);
+            }
+            Writer::Echo if self.received > self.writable => self.next_write = Some(now),
+            _ => {}
         }
     }
 
@@ -212,9 +301,10 @@ impl Side {
     fn sync(&mut self, stream: &mut Stream) {
         self.outstanding -= stream.take_acked_bytes();
         let limit = stream.send_limit();
-        while self.written < self.data.len() && self.outstanding < limit {
+        let end = self.data.len().min(self.writable);
+        while self.written < end && self.outstanding < limit {
             let n = (limit - self.outstanding)
-                .min(self.data.len() - self.written)
+                .min(end - self.written)
                 .min(64 * 1024);
             stream.write(Bytes::copy_from_slice(
                 &self.data[self.written..self.written + n],
@@ -258,6 +348,9 @@ pub struct FlowSpec {
     /// first ones with `change_remote`: a at the first time, b at the second. Until both
     /// moved, packets on the path the receiver left are ignored by it.
     pub remote_change: Option<(Duration, Duration)>,
+    /// How each side writes.
+    pub a_writes: Writer,
+    pub b_writes: Writer,
 }
 
 impl FlowSpec {
@@ -272,6 +365,8 @@ impl FlowSpec {
             b_read_rate: None,
             a_starts_at: Duration::ZERO,
             remote_change: None,
+            a_writes: Writer::AllAtOnce,
+            b_writes: Writer::AllAtOnce,
         }
     }
 }
@@ -337,7 +432,8 @@ enum Pending {
 #[track_caller]
 pub fn fail(seed: u64, what: String) -> ! {
     panic!(
-        "simulation seed {seed:#x} failed: {what}\n  rerun: UDX_SIM_SEED={seed:#x} cargo test --release -p p2p-udx --test simulator -- --nocapture"
+        "simulation seed {seed:#x} failed: {what}\n  rerun: UDX_SIM_SEED={seed:#x} cargo test --release -p p2p-udx --test {} -- --nocapture",
+        env!("CARGO_CRATE_NAME")
     )
 }
 
@@ -398,7 +494,14 @@ impl Scenario {
         let mut flow_data: Vec<(Vec<u8>, Vec<u8>)> = self
             .flows
             .iter()
-            .map(|f| (rng.bytes(f.a_sends), rng.bytes(f.b_sends)))
+            .map(|f| {
+                let a = rng.bytes(f.a_sends);
+                let b = match f.b_writes {
+                    Writer::Echo => a.clone(),
+                    _ => rng.bytes(f.b_sends),
+                };
+                (a, b)
+            })
             .collect();
 
         loop {
@@ -416,7 +519,9 @@ impl Scenario {
                         assert!(n.ep.add_stream(f.a_id, base + now));
                         n.ep.connect(f.a_id, f.b_id, Some(start_addrs(f)[1]), base + now);
                         let data = std::mem::take(&mut flow_data[i].0);
-                        n.sides.insert(f.a_id, Side::new(f.a_id, data));
+                        let mut side = Side::new(f.a_id, data);
+                        side.set_writer(f.a_writes, now);
+                        n.sides.insert(f.a_id, side);
                     }
                     Pending::ConnectB(i) => {
                         let f = &self.flows[i];
@@ -426,6 +531,7 @@ impl Scenario {
                         let data = std::mem::take(&mut flow_data[i].1);
                         let mut side = Side::new(f.b_id, data);
                         side.read_rate = f.b_read_rate;
+                        side.set_writer(f.b_writes, now);
                         n.sides.insert(f.b_id, side);
                     }
                     Pending::ChangeRemote(i, node) => {
@@ -474,6 +580,14 @@ impl Scenario {
                     }
                     if side.unread > 0 {
                         reader_tick = Some(now + Duration::from_millis(1));
+                    }
+                }
+            }
+            // Applications write what is due.
+            for node in nodes.iter_mut() {
+                for side in node.sides.values_mut() {
+                    if side.write_due(now) {
+                        node.ep.wake(side.id);
                     }
                 }
             }
@@ -531,6 +645,9 @@ impl Scenario {
                             }
                             EndpointEvent::Removed { id, done, stats } => {
                                 if let Some(s) = node.sides.get_mut(&id) {
+                                    if !done {
+                                        fail(seed, format!("stream {id} ended at {now:?} without a clean finish: {:?}, received {} bytes, {stats:?}", s.closed, s.received));
+                                    }
                                     s.removed = Some(done);
                                     s.stats = stats;
                                     s.eof |= done;
@@ -548,6 +665,9 @@ impl Scenario {
             for f in &self.flows {
                 check_arrivals(seed, now, &mut left[0], f.a_id, &right[0], f.b_id);
                 check_arrivals(seed, now, &mut right[0], f.b_id, &left[0], f.a_id);
+            }
+            for side in nodes.iter_mut().flat_map(|n| n.sides.values_mut()) {
+                side.schedule_reply(now);
             }
             if received_at_first_finish.is_empty()
                 && self.flows.iter().any(|f| {
@@ -600,6 +720,13 @@ impl Scenario {
                 consider(*t);
             }
             if let Some(t) = reader_tick {
+                consider(t);
+            }
+            for t in nodes
+                .iter()
+                .flat_map(|n| n.sides.values())
+                .filter_map(|s| s.next_write)
+            {
                 consider(t);
             }
             let Some(next) = next else {
