@@ -181,9 +181,6 @@ pub(crate) struct Limits {
     /// Growth beyond `window` all streams of one connection share, so that a connection holds
     /// at most `max_streams * window + growth_budget` bytes.
     pub(crate) growth_budget: u64,
-    /// The window a new stream is granted at once (out of `growth_budget`) before any stream
-    /// of its connection grew beyond it, so that the first fetch does not start at `window`.
-    pub(crate) cold_window: u32,
 }
 
 impl Default for Limits {
@@ -196,11 +193,6 @@ impl Default for Limits {
             // 8 MiB matches the UDX receive window below it.
             max_window: 8 << 20,
             growth_budget: 16 << 20,
-            // At 5 % loss and 100 ms the first fetch's window grew from 256 KiB only when a
-            // grant found the reader caught up, which bursts behind repaired holes delay by
-            // round trips: the cold fetch moved half of what warm ones did. 2 MiB is two
-            // round trips at 10 MB/s and 100 ms.
-            cold_window: 2 << 20,
         }
     }
 }
@@ -463,17 +455,16 @@ impl Session {
     }
 
     /// For a stream just opened (by either side): the credit to grant at once so that it
-    /// starts with the largest window a stream of this connection grew to, and at least
-    /// `cold_window`, within the growth budget. Without it, every fetch grew its window from
-    /// 256 KiB again, a few round trips at a fraction of the path's rate (more on a lossy
-    /// path, where bursts behind repaired holes hold back growth). Bounded as any growth is,
-    /// and a slow local program still holds no more than `max_window`.
+    /// starts with the largest window a stream of this connection grew to, within the growth
+    /// budget. Without
+    /// it, every fetch through a warm connection grew its window from 256 KiB again, a few
+    /// round trips at a fraction of the path's rate. Bounded as any growth is, and a slow
+    /// local program still holds no more than `max_window`.
     pub(crate) fn head_start(&mut self, id: u32) -> Option<u32> {
         let budget = self.limits.growth_budget.saturating_sub(self.grown);
         let s = self.streams.get_mut(&id)?;
         let growth = self
             .reached
-            .max(self.limits.cold_window)
             .min(self.limits.max_window)
             .saturating_sub(s.recv_window)
             .min(budget.min(u64::from(u32::MAX)) as u32);
@@ -496,7 +487,6 @@ mod tests {
         window: 100,
         max_window: 100,
         growth_budget: 0,
-        cold_window: 100,
     };
 
     #[test]
@@ -657,7 +647,6 @@ mod tests {
         window: 100,
         max_window: 800,
         growth_budget: 1000,
-        cold_window: 100,
     };
 
     /// The peer sends all the credit it has.
@@ -765,94 +754,6 @@ mod tests {
         assert_eq!((s3, s.head_start(4)), (Some(300), Some(300)));
         s.receive(Frame::Open(5)).unwrap();
         assert_eq!(s.head_start(5), Some(100), "the rest of the budget");
-    }
-
-    const COLD: Limits = Limits {
-        cold_window: 300,
-        ..GROWING
-    };
-
-    #[test]
-    fn a_first_stream_starts_with_the_cold_window_and_grows_from_there() {
-        let mut s = Session::new(Role::Client, COLD);
-        let id = s.open().unwrap();
-        assert_eq!(
-            s.head_start(id),
-            Some(200),
-            "100 assumed by the peer, 200 granted"
-        );
-        // The peer may send the whole cold window, and not one byte more.
-        let mut credit = 300;
-        let beyond = vec![0; 301];
-        assert!(s.receive(Frame::Data(id, &beyond)).is_err());
-        let mut s = Session::new(Role::Client, COLD);
-        let id = s.open().unwrap();
-        s.head_start(id);
-        for window in [600, 800] {
-            let arrived = credit;
-            fill(&mut s, id, &mut credit);
-            credit = s.taken(id, arrived as usize).unwrap();
-            assert_eq!(
-                credit, window,
-                "doubling from the cold window, up to max_window"
-            );
-        }
-    }
-
-    #[test]
-    fn cold_head_starts_share_the_budget_and_stop_at_max_window() {
-        let mut s = Session::new(
-            Role::Server,
-            Limits {
-                growth_budget: 500,
-                ..COLD
-            },
-        );
-        let mut grants = Vec::new();
-        for id in 1..=4 {
-            s.receive(Frame::Open(id)).unwrap();
-            grants.push(s.head_start(id));
-        }
-        assert_eq!(
-            grants,
-            [Some(200), Some(200), Some(100), None],
-            "200 each out of a budget of 500, then nothing"
-        );
-        let beyond = vec![0; 101];
-        assert!(
-            s.receive(Frame::Data(4, &beyond)).is_err(),
-            "stream 4 has only the window the peer assumed"
-        );
-        let mut s = Session::new(
-            Role::Server,
-            Limits {
-                growth_budget: 500,
-                ..COLD
-            },
-        );
-        for id in 1..=4 {
-            s.receive(Frame::Open(id)).unwrap();
-            s.head_start(id);
-        }
-        s.receive(Frame::Reset(1)).unwrap();
-        s.receive(Frame::Open(5)).unwrap();
-        assert_eq!(
-            s.head_start(5),
-            Some(200),
-            "stream 1's head start came back"
-        );
-        // A cold window larger than max_window is cut to it.
-        let mut s = Session::new(
-            Role::Server,
-            Limits {
-                cold_window: u32::MAX,
-                ..COLD
-            },
-        );
-        s.receive(Frame::Open(1)).unwrap();
-        assert_eq!(s.head_start(1), Some(700), "up to max_window (800)");
-        let beyond = vec![0; 801];
-        assert!(s.receive(Frame::Data(1, &beyond)).is_err());
     }
 
     #[test]
