@@ -323,8 +323,11 @@ fn a_full_flow_queue_drops_and_counts_while_other_flows_are_served() {
     let mut calm = t.client(1);
     calm.round_trip(100, FIRST_REPLY);
     // A burst far longer than the queue, sent before the burst's own flow can have opened.
+    // 100 datagrams fit connect's socket buffer (about 1 KiB of kernel memory each against
+    // 208 KiB), so the kernel never drops the calm client's datagram behind them: what is
+    // dropped is dropped by the flow's queue, which is what this test counts.
     let mut burst = t.client(2);
-    for _ in 0..300 {
+    for _ in 0..100 {
         burst.send(200);
     }
     log.wait_for_line(LOGGED, "queue is full");
@@ -333,7 +336,7 @@ fn a_full_flow_queue_drops_and_counts_while_other_flows_are_served() {
     while burst.receive(Duration::from_secs(2)).is_some() {
         echoed += 1;
     }
-    assert!(echoed < 300, "all 300 came back through a queue of 2");
+    assert!(echoed < 100, "all 100 came back through a queue of 2");
     let closed = log.wait_for_line(LOGGED, "flow=2 reason=Idle");
     let dropped: u64 = closed
         .split_whitespace()
