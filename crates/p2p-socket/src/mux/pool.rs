@@ -26,7 +26,7 @@ struct Current {
     mux: Mux,
     path: Path,
     peer: Option<SocketAddr>,
-    /// [`Connector::moves`] when it was opened.
+    /// [`Connector::moves_so_far`] when it was opened or last answered a PING.
     moves: u64,
 }
 
@@ -87,10 +87,15 @@ impl Pool {
             return Ok(Opened::Raw(peer, path, link.peer()));
         }
         let mut current = self.current.lock().await;
-        if let Some(c) = current.as_ref() {
-            // Our address changed since it was opened: its path may lead nowhere now.
-            let moved = c.moves != self.connector.moves_so_far();
+        if let Some(c) = current.as_mut() {
+            // Our address changed since it was opened or last answered: its path may lead
+            // nowhere now.
+            let moves = self.connector.moves_so_far();
+            let moved = c.moves != moves;
             if c.mux.answers(IDLE, moved).await {
+                // It answered from where we are now: later connections need not ask again
+                // for this move (roaming may have carried it to a new path).
+                c.moves = moves;
                 if let Some(stream) = c.mux.open().await {
                     return Ok(Opened::Stream {
                         stream,
