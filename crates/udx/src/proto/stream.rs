@@ -893,9 +893,7 @@ impl Stream {
         self.loss_deadline = next;
         if lost > 0 {
             tracing::trace!(stream = self.local_id, lost, "packets lost");
-            if let Some(srtt) = self.rtt.srtt() {
-                self.cc.on_loss(lost, srtt, self.rtt.min_rtt());
-            }
+            self.cc.on_loss(lost, self.rack_rtt, self.rtt.min_rtt());
         }
     }
 
