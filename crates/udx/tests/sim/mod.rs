@@ -206,10 +206,23 @@ pub struct Side {
     inbox: Vec<Bytes>,
     pub max_buffered: usize,
     pub writer: Writer,
+    /// When set, every change of the sender's window and of the bytes received, with the time:
+    /// how a transfer ramps up, round trip by round trip.
+    pub trace: Option<Vec<TracePoint>>,
     /// Bytes the application has written so far (or made available to write), and when
     /// it writes next.
     writable: usize,
     next_write: Option<Duration>,
+}
+
+/// One point of a [`Side::trace`].
+#[derive(Clone, Copy, Debug)]
+pub struct TracePoint {
+    pub at: Duration,
+    pub received: usize,
+    pub packets_sent: u64,
+    pub cwnd: usize,
+    pub in_flight: usize,
 }
 
 /// How an application writes its data.
@@ -225,6 +238,10 @@ pub enum Writer {
     Dialogue(usize, Duration),
     /// Writes back what it receives (its data is a copy of its peer's).
     Echo,
+    /// `.0` bytes at once, the rest `.1` later: before its bulk the stream has an RTT sample
+    /// and a small, app-limited delivery rate, as a tunnel's stream has from its
+    /// secret-stream headers and the mux's opening frames.
+    Handshake(usize, Duration),
 }
 
 impl Side {
@@ -249,6 +266,7 @@ impl Side {
             inbox: Vec::new(),
             max_buffered: 0,
             writer: Writer::AllAtOnce,
+            trace: None,
             writable: usize::MAX,
             next_write: None,
         }
@@ -277,6 +295,11 @@ impl Side {
             }
             Writer::Dialogue(chunk, _) => self.writable += chunk,
             Writer::Echo => self.writable = self.received,
+            Writer::Handshake(first, pause) if self.writable == 0 => {
+                self.writable = first;
+                self.next_write = Some(now + pause);
+            }
+            Writer::Handshake(..) => self.writable = self.data.len(),
         }
         true
     }
@@ -293,6 +316,30 @@ impl Side {
             }
             Writer::Echo if self.received > self.writable => self.next_write = Some(now),
             _ => {}
+        }
+    }
+
+    /// Adds a trace point if tracing and something changed.
+    fn record(&mut self, at: Duration) {
+        let Some(trace) = &mut self.trace else { return };
+        let point = TracePoint {
+            at,
+            received: self.received + self.inbox.iter().map(Bytes::len).sum::<usize>(),
+            packets_sent: self.stats.packets_sent,
+            cwnd: self.stats.cwnd,
+            in_flight: self.stats.in_flight,
+        };
+        let same = |p: &TracePoint| {
+            (p.received, p.packets_sent, p.cwnd, p.in_flight)
+                == (
+                    point.received,
+                    point.packets_sent,
+                    point.cwnd,
+                    point.in_flight,
+                )
+        };
+        if !trace.last().is_some_and(same) {
+            trace.push(point);
         }
     }
 
@@ -351,6 +398,8 @@ pub struct FlowSpec {
     /// How each side writes.
     pub a_writes: Writer,
     pub b_writes: Writer,
+    /// Both sides keep a [`Side::trace`].
+    pub trace: bool,
 }
 
 impl FlowSpec {
@@ -367,6 +416,7 @@ impl FlowSpec {
             remote_change: None,
             a_writes: Writer::AllAtOnce,
             b_writes: Writer::AllAtOnce,
+            trace: false,
         }
     }
 }
@@ -521,6 +571,7 @@ impl Scenario {
                         let data = std::mem::take(&mut flow_data[i].0);
                         let mut side = Side::new(f.a_id, data);
                         side.set_writer(f.a_writes, now);
+                        side.trace = f.trace.then(Vec::new);
                         n.sides.insert(f.a_id, side);
                     }
                     Pending::ConnectB(i) => {
@@ -532,6 +583,7 @@ impl Scenario {
                         let mut side = Side::new(f.b_id, data);
                         side.read_rate = f.b_read_rate;
                         side.set_writer(f.b_writes, now);
+                        side.trace = f.trace.then(Vec::new);
                         n.sides.insert(f.b_id, side);
                     }
                     Pending::ChangeRemote(i, node) => {
@@ -604,6 +656,7 @@ impl Scenario {
                     let more = node.ep.service(base + now, |id, stream| {
                         if let Some(side) = sides.get_mut(&id) {
                             side.sync(stream);
+                            side.record(now);
                         }
                     });
                     while let Some((to, data)) = node.ep.transmits().pop() {
