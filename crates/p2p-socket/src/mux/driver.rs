@@ -1,9 +1,10 @@
 //! Runs [`proto`](super::proto) on an encrypted connection: one task reads the peer's frames
-//! and hands each stream its data, one writes our frames, and each local connection is piped
-//! to its stream by [`pipe_stream`](super::pipe::pipe_stream).
+//! and hands each stream its data, and each local connection is piped to its stream by
+//! [`pipe_stream`](super::pipe::pipe_stream), which writes the stream's frames itself
+//! ([`outgoing`](super::outgoing)); one more task writes the control frames nobody else did.
 //!
-//! Control frames (OPEN, WINDOW, RESET, CLOSE) go before queued data, so a bulk transfer that
-//! filled the queue does not hold up another stream's window update or a new stream.
+//! Control frames (OPEN, WINDOW, RESET, CLOSE) go before any data written after them, so a
+//! bulk transfer does not hold up another stream's window update or a new stream.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,9 +12,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::io::AsyncRead;
+use tokio::sync::{mpsc, watch, MutexGuard, Notify};
 use tracing::{debug, warn};
 
+use super::outgoing::{Out, Outgoing};
 use super::proto::{self, Event, Limits, Role, Session, HEADER, MAX_DATA};
 use crate::farewell::Guard;
 use crate::identity::PublicKey;
@@ -24,17 +27,12 @@ use crate::peer::{Path, PeerStream};
 /// address where known.
 pub(crate) type Opening = (PublicKey, Path, Option<SocketAddr>);
 
-/// Data frames queued for the peer, all streams together: 16 of 64 KiB at most.
-const DATA_QUEUE: usize = 16;
 /// A stream reads its local connection into this much at first (see
 /// [`pipe_stream`](super::pipe::pipe_stream)).
 pub(super) const FIRST_READ: usize = 4096;
 
 // Every frame goes out as one secret-stream message, so the peer reads it whole.
 const _: () = assert!(HEADER + MAX_DATA <= crate::secret::MESSAGE);
-/// Control frames queued for the peer. The reader answers a refused OPEN without waiting, so
-/// a peer that floods us with them while reading nothing fills this, and is cut off.
-const CONTROL_QUEUE: usize = 1024;
 
 /// What a stream's reader gets; the channel ending without [`Incoming::Fin`] means the stream
 /// was reset or the connection is gone.
@@ -71,8 +69,7 @@ pub(super) struct Inner {
 
 pub(super) struct Shared {
     pub(super) inner: Mutex<Inner>,
-    data: mpsc::Sender<Vec<u8>>,
-    pub(super) control: mpsc::Sender<Vec<u8>>,
+    pub(super) out: Outgoing,
     pub(super) closed: watch::Sender<bool>,
     /// The number of the last PONG the peer sent.
     pub(super) pongs: watch::Sender<u32>,
@@ -110,7 +107,7 @@ impl Shared {
         }
         if inner.retired && inner.streams.is_empty() {
             let why = "its last stream ended, and new ones go on a new connection";
-            let _ = self.control.try_send(proto::close(why));
+            self.out.control_now(proto::close(why));
             self.shut_locked(inner, why.to_string());
         }
     }
@@ -189,15 +186,34 @@ impl Shared {
 
     fn violated(&self, v: proto::Violation) -> String {
         warn!(error = %v, "the peer broke the multiplexing protocol; closing the connection");
-        let _ = self.control.try_send(proto::close(&v.to_string()));
+        self.out.control_now(proto::close(&v.to_string()));
         format!("protocol violation: {v}")
     }
 
     /// Queues a control frame from the reader, which must not wait on the writer.
     fn control_now(&self, frame: Vec<u8>) -> Result<(), String> {
-        self.control
-            .try_send(frame)
-            .map_err(|_| "the peer sends control frames but does not read ours".to_string())
+        if self.out.control_now(frame) {
+            Ok(())
+        } else {
+            Err("the peer sends control frames but does not read ours".to_string())
+        }
+    }
+
+    /// The right to write a stream's frames from the stream's own task, once the control
+    /// frames queued before went out; none once the connection ended (after its CLOSE).
+    async fn writing(&self) -> io::Result<MutexGuard<'_, Out>> {
+        let mut out = self.out.lock().await;
+        if let Some(why) = self.closed_reason() {
+            return Err(gone(&Some(why)));
+        }
+        out.control().await.map_err(|e| self.write_failed(e))?;
+        Ok(out)
+    }
+
+    /// Ends the connection after a failed write; the stream's error.
+    fn write_failed(&self, e: io::Error) -> io::Error {
+        self.shut(format!("writing to the peer failed: {e}"));
+        gone(&self.closed_reason())
     }
 }
 
@@ -218,8 +234,7 @@ impl Mux {
         pinging: bool,
         guard: Guard,
     ) -> (Mux, mpsc::Receiver<MuxStream>) {
-        let (data, data_rx) = mpsc::channel(DATA_QUEUE);
-        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (mut reader, writer) = peer.into_split();
         let (closed, closed_rx) = watch::channel(false);
         let (accepted_tx, accepted) = mpsc::channel(limits.max_streams.max(1));
         let started = Instant::now();
@@ -236,12 +251,10 @@ impl Mux {
                 rtt: None,
                 retired: false,
             }),
-            data,
-            control,
+            out: Outgoing::new(writer),
             closed,
             pongs: watch::channel(0).0,
         });
-        let (mut reader, writer) = peer.into_split();
         let reading = Arc::clone(&shared);
         tokio::spawn(async move {
             let mut closed = reading.closed.subscribe();
@@ -261,14 +274,7 @@ impl Mux {
             };
             reading.shut(why);
         });
-        tokio::spawn(write_loop(
-            writer,
-            Arc::clone(&shared),
-            control_rx,
-            data_rx,
-            closed_rx,
-            guard,
-        ));
+        tokio::spawn(write_loop(Arc::clone(&shared), closed_rx, guard));
         let mux = Mux { shared };
         if pinging && role == Role::Client {
             // The round trip, measured now, bounds how long a later liveness probe waits.
@@ -296,7 +302,7 @@ impl Mux {
         let frames = std::iter::once(proto::open(stream.id))
             .chain(head_start.map(|grant| proto::window(stream.id, grant)));
         for frame in frames {
-            self.shared.control.send(frame).await.ok()?;
+            self.shared.out.control(frame).await.then_some(())?;
         }
         Some(stream)
     }
@@ -308,48 +314,38 @@ impl Mux {
 
     /// Ends the connection and every stream on it.
     pub(crate) fn close(&self, why: &str) {
-        let _ = self.shared.control.try_send(proto::close(why));
+        self.shared.out.control_now(proto::close(why));
         self.shared.shut(why.to_string());
     }
 }
 
-async fn write_loop(
-    mut writer: crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>,
-    shared: Arc<Shared>,
-    mut control: mpsc::Receiver<Vec<u8>>,
-    mut data: mpsc::Receiver<Vec<u8>>,
-    mut closed: watch::Receiver<bool>,
-    mut guard: Guard,
-) {
+/// Writes the control frames no stream wrote first, until the connection ends; then the
+/// CLOSE, if any, and the end of our side.
+async fn write_loop(shared: Arc<Shared>, mut closed: watch::Receiver<bool>, mut guard: Guard) {
     {
         let stop = guard.stopping();
         tokio::pin!(stop);
         let mut stopping = false;
         loop {
-            let frame = tokio::select! {
+            let queued = tokio::select! {
                 biased;
                 _ = &mut stop, if !stopping => {
                     stopping = true;
                     Mux { shared: Arc::clone(&shared) }.close("it is stopping");
-                    continue;
+                    false
                 }
-                Some(f) = control.recv() => f,
-                Some(f) = data.recv() => f,
+                _ = shared.out.queued() => true,
                 _ = closed.wait_for(|c| *c) => break,
             };
-            if let Err(e) = writer.write(&frame).await {
-                shared.shut(format!("writing to the peer failed: {e}"));
-                return;
+            if queued {
+                if let Err(e) = shared.out.lock().await.control().await {
+                    shared.shut(format!("writing to the peer failed: {e}"));
+                }
             }
         }
     }
     // A CLOSE queued as the connection ended still tells the peer why.
-    while let Ok(frame) = control.try_recv() {
-        if proto::decode(&frame).is_ok_and(|f| matches!(f, proto::Frame::Close(_))) {
-            let _ = writer.write(&frame).await;
-        }
-    }
-    let _ = writer.shutdown().await;
+    shared.out.lock().await.finish().await;
     // The guard goes last: whoever stops waits until the goodbye is on its way.
     drop(guard);
 }
@@ -433,26 +429,46 @@ impl Sender<'_> {
         }
     }
 
+    fn sent(&self, n: usize) {
+        let mut inner = lock(&self.shared.inner);
+        inner.session.sent(self.id, n);
+        inner.sent = Instant::now();
+    }
+
     pub(super) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        {
-            let mut inner = lock(&self.shared.inner);
-            inner.session.sent(self.id, bytes.len());
-            inner.sent = Instant::now();
-        }
-        self.queue(proto::data(self.id, bytes)).await
+        self.sent(bytes.len());
+        let mut out = self.shared.writing().await?;
+        let written = out.data(self.id, bytes).await;
+        written.map_err(|e| self.shared.write_failed(e))
     }
 
-    pub(super) async fn queue(&self, frame: Vec<u8>) -> io::Result<()> {
-        self.shared
-            .data
-            .send(frame)
-            .await
-            .map_err(|_| gone(&Some("it is closing".into())))
+    /// Sends what `local` holds now (at most `max` bytes), read straight into the frame that
+    /// carries it: how many bytes (0 at its end), or none when it holds nothing yet. A bulk
+    /// transfer goes this way, without a copy between the read and the frame; an idle
+    /// connection costs a poll of its socket.
+    pub(super) async fn send_ready<R: AsyncRead + Unpin>(
+        &self,
+        local: &mut R,
+        max: usize,
+    ) -> io::Result<Option<usize>> {
+        let mut out = self.shared.writing().await?;
+        let n = match out.fill(self.id, local, max).await {
+            Some(Ok(n)) if n > 0 => n,
+            other => return other.transpose(),
+        };
+        self.sent(n);
+        let written = out.send_filled(n).await;
+        written
+            .map(|()| Some(n))
+            .map_err(|e| self.shared.write_failed(e))
     }
 
-    /// Sends FIN (after the data queued before it).
+    /// Sends FIN (after the data sent before it).
     pub(super) async fn finish(&self) -> io::Result<()> {
-        self.queue(proto::fin(self.id)).await?;
+        let mut out = self.shared.writing().await?;
+        let written = out.frame(&proto::fin(self.id)).await;
+        written.map_err(|e| self.shared.write_failed(e))?;
+        drop(out);
         let mut inner = lock(&self.shared.inner);
         inner.session.fin_sent(self.id);
         Ok(())
@@ -462,11 +478,7 @@ impl Sender<'_> {
     pub(super) async fn taken(&self, n: usize) {
         let grant = lock(&self.shared.inner).session.taken(self.id, n);
         if let Some(grant) = grant {
-            let _ = self
-                .shared
-                .control
-                .send(proto::window(self.id, grant))
-                .await;
+            self.shared.out.control(proto::window(self.id, grant)).await;
         }
     }
 
@@ -475,7 +487,7 @@ impl Sender<'_> {
         let mut inner = lock(&self.shared.inner);
         if inner.closed.is_none() && inner.streams.contains_key(&self.id) {
             // Before forgetting it: that may end a retired connection.
-            let _ = self.shared.control.try_send(proto::reset(self.id));
+            self.shared.out.control_now(proto::reset(self.id));
             self.shared.forget(&mut inner, self.id);
         }
     }

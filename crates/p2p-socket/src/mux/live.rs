@@ -46,7 +46,7 @@ impl Mux {
         let n = inner.pinged.0.wrapping_add(1);
         inner.pinged = (n, Instant::now());
         // A full control queue means the peer reads nothing of ours: no answer will come.
-        self.shared.control.try_send(proto::ping(n)).ok()?;
+        self.shared.out.control_now(proto::ping(n)).then_some(())?;
         Some(n)
     }
 

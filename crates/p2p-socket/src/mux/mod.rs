@@ -4,10 +4,11 @@
 //!
 //! Both peers say in the Noise handshake that they can ([`crate::noise_session`]); a connection
 //! where either did not stays one raw byte stream, exactly as with Node peers. [`proto`] is the
-//! protocol without I/O, [`driver`] runs it on a secret stream.
+//! protocol without I/O, [`driver`] runs it on a secret stream, writing through [`outgoing`].
 
 mod driver;
 mod live;
+mod outgoing;
 mod pipe;
 mod pool;
 pub(crate) mod proto;

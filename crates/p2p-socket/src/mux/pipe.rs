@@ -76,20 +76,31 @@ pub(crate) async fn pipe_stream(
     let from_peer = AtomicU64::new(0);
     let (mut local_r, mut local_w) = tokio::io::split(local);
     let upstream = async {
-        // Small for an interactive connection, grown to one whole frame for one that fills
-        // it: hundreds of idle local connections cost little.
+        // For bytes that had to be waited for: small for an interactive connection, grown to
+        // one whole frame for one that fills it, so hundreds of idle local connections cost
+        // little. Bytes already waiting go straight into the frame instead.
         let mut buf = vec![0u8; FIRST_READ];
         loop {
-            let want = sender.credit().await?.min(buf.len());
-            let n = local_r.read(&mut buf[..want]).await?;
-            if n == buf.len() && n < MAX_DATA {
-                buf.resize((n * 4).min(MAX_DATA), 0);
-            }
+            let credit = sender.credit().await?;
+            let n = match sender.send_ready(&mut local_r, credit).await? {
+                Some(n) => n,
+                None => {
+                    // Nothing waiting: wait for it here, not under the connection's lock.
+                    let want = credit.min(buf.len());
+                    let n = local_r.read(&mut buf[..want]).await?;
+                    if n == buf.len() && n < MAX_DATA {
+                        buf.resize((n * 4).min(MAX_DATA), 0);
+                    }
+                    if n > 0 {
+                        sender.send(&buf[..n]).await?;
+                    }
+                    n
+                }
+            };
             if n == 0 {
                 sender.finish().await?;
                 return Ok::<(), io::Error>(());
             }
-            sender.send(&buf[..n]).await?;
             events.count_out(n);
             to_peer.fetch_add(n as u64, Ordering::Relaxed);
         }

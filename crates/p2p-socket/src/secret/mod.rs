@@ -277,6 +277,11 @@ struct WriteState {
     sealer: Sealer,
     /// Allocated on the first write.
     frame: Vec<u8>,
+    /// `frame[unsent..sealed]` is sealed and not yet written: a write cancelled in the
+    /// middle of a frame leaves the rest here, and the next write finishes it first, so the
+    /// peer never sees half a frame followed by another.
+    unsent: usize,
+    sealed: usize,
 }
 
 const PLAINTEXT_AT: usize = LENGTH_LEN + 1;
@@ -286,22 +291,25 @@ impl WriteState {
         WriteState {
             sealer,
             frame: Vec::new(),
+            unsent: 0,
+            sealed: 0,
         }
     }
 
     fn buffer(&mut self) -> &mut [u8] {
+        debug_assert_eq!(self.unsent, self.sealed, "the last frame went out first");
         if self.frame.is_empty() {
             self.frame = vec![0u8; PLAINTEXT_AT + MESSAGE + OVERHEAD - 1];
         }
         &mut self.frame[PLAINTEXT_AT..PLAINTEXT_AT + MESSAGE]
     }
 
-    /// Seals the first `n` bytes of [`WriteState::buffer`] into a frame; returns it.
-    fn seal(&mut self, n: usize) -> &[u8] {
+    /// Seals the first `n` bytes of [`WriteState::buffer`] into the frame to write next.
+    fn seal(&mut self, n: usize) {
         let end = PLAINTEXT_AT + n + OVERHEAD - 1;
         self.frame[..LENGTH_LEN].copy_from_slice(&length_prefix(n + OVERHEAD));
         self.sealer.seal(&mut self.frame[LENGTH_LEN..end]);
-        &self.frame[..end]
+        (self.unsent, self.sealed) = (0, end);
     }
 }
 
@@ -313,22 +321,41 @@ pub(crate) struct WriteHalf<W> {
 
 impl<W: AsyncWrite + Unpin> WriteHalf<W> {
     /// Where the next message's plaintext goes ([`MESSAGE`] bytes); [`WriteHalf::send`] seals
-    /// and sends what was put there.
+    /// and sends what was put there. After a cancelled write, [`WriteHalf::ready`] first.
     pub(crate) fn buffer(&mut self) -> &mut [u8] {
         self.state.buffer()
     }
 
-    /// Seals the first `n` bytes of [`WriteHalf::buffer`] and writes the frame.
+    /// Seals the first `n` bytes of [`WriteHalf::buffer`] and writes the frame. Cancelled
+    /// half way, the rest of the frame goes out with the next write.
     pub(crate) async fn send(&mut self, n: usize) -> io::Result<()> {
         assert!(n <= MESSAGE, "a message fits the buffer");
         self.state.buffer();
-        let frame = self.state.seal(n);
-        self.raw.write_all(frame).await
+        self.state.seal(n);
+        self.ready().await
+    }
+
+    /// Finishes writing a frame whose write was cancelled; at once when there is none.
+    pub(crate) async fn ready(&mut self) -> io::Result<()> {
+        let state = &mut self.state;
+        while state.unsent < state.sealed {
+            let n = self
+                .raw
+                .write(&state.frame[state.unsent..state.sealed])
+                .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            state.unsent += n;
+        }
+        Ok(())
     }
 
     /// Sends `data` as one message, or as several of [`MESSAGE`] bytes when it is longer. An
-    /// empty one is a keepalive, which the peer skips.
+    /// empty one is a keepalive, which the peer skips. Cancelled, it sent some of the
+    /// messages, or none, and never part of one.
     pub(crate) async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.ready().await?;
         if data.is_empty() {
             return self.send(0).await;
         }
@@ -341,12 +368,15 @@ impl<W: AsyncWrite + Unpin> WriteHalf<W> {
 
     /// Ends our side: the peer reads the end once it has every message before it.
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        self.ready().await?;
         self.raw.shutdown().await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// The largest frame a 3-byte length allows.
@@ -416,6 +446,36 @@ mod tests {
             r.state.buf.capacity() < 2 * READ_BUFFER,
             "and its memory freed"
         );
+    }
+
+    /// The mux writes from whichever task has a frame, and such a task may be cancelled in
+    /// the middle of a write: the rest of that frame must go out before the next one.
+    #[tokio::test]
+    async fn a_write_cancelled_half_way_is_finished_by_the_next() {
+        let (a, b) = tokio::io::duplex(1024);
+        let (tx, rx) = ([1u8; 32], [2u8; 32]);
+        let (a, b) = tokio::join!(
+            SecretStream::from_session(true, a, tx, rx, HASH, [0; 32]),
+            SecretStream::from_session(false, b, rx, tx, HASH, [0; 32]),
+        );
+        let (_, mut w) = a.unwrap().into_split();
+        let (mut r, _) = b.unwrap().into_split();
+        let first = vec![1u8; 10_000];
+        let cut = tokio::time::timeout(Duration::from_millis(50), w.write(&first)).await;
+        assert!(
+            cut.is_err(),
+            "the pipe holds 1 KiB: the write waits, and is cancelled"
+        );
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(m) = r.next().await.unwrap() {
+                got.push(m.to_vec());
+            }
+            got
+        });
+        w.write(b"second").await.unwrap();
+        w.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), vec![first, b"second".to_vec()]);
     }
 
     #[tokio::test]
