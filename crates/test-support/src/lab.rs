@@ -260,8 +260,13 @@ impl TwoHomes {
     /// A Node hyperdht server (interop/node/server.js) in the sharing home, forwarding to
     /// 127.0.0.1:`port`; returns it with its key.
     pub fn node_server(&self, port: u16) -> (LabProcess, String) {
+        self.node_server_with(port, &[])
+    }
+
+    /// [`TwoHomes::node_server`] with `extra` arguments (`--relay KEY`, say).
+    pub fn node_server_with(&self, port: u16, extra: &[&str]) -> (LabProcess, String) {
         let port = port.to_string();
-        let args = [
+        let mut args = vec![
             "--bootstrap",
             &self.bootstrap,
             "--target-host",
@@ -271,6 +276,7 @@ impl TwoHomes {
             "--host",
             "0.0.0.0",
         ];
+        args.extend_from_slice(extra);
         let mut server = node_in(&self.lab, self.sharing_home(), "server.js", &args);
         let key = json_field(&mut server, "publicKey")
             .as_str()

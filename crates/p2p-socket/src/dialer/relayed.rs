@@ -16,7 +16,7 @@ use crate::relay::client::token;
 
 /// How long the sharer may take to come to the relay after we paired there (hyperdht gives a
 /// relay pairing 15 s). It pairs when it answers the handshake, so it is usually there first.
-const RELAY_PAIR_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const RELAY_PAIR_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Once a connection needed the relay, the next ones go straight to it for this long: the
 /// NATs between us will not have changed, and finding out again costs a punch.
@@ -31,7 +31,7 @@ impl Connector {
     }
 
     /// Our relay, as a handshake names it: with a fresh token for the pairing.
-    fn our_offer(&self) -> Option<RelayOffer> {
+    pub(super) fn our_offer(&self) -> Option<RelayOffer> {
         self.relay.map(|relay| RelayOffer {
             relay,
             token: token(),
