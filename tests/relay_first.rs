@@ -29,9 +29,9 @@ const TRANSFER: Duration = Duration::from_secs(120);
 /// lab), where waiting for the punch took 380-405 ms. Asserted generously, as a loaded machine
 /// stretches every step; the figure is printed.
 const FIRST_BYTE: Duration = Duration::from_millis(300);
-/// How long the punch in the background may take to move the connection (a punch gives up
-/// after some 15 s).
-const MOVE_WAIT: Duration = Duration::from_secs(20);
+/// How long the punch in the background may take to move the connection (ours gives up after
+/// 30 s; against hyperdht's random probes it took up to 20 s).
+const MOVE_WAIT: Duration = Duration::from_secs(30);
 const CHUNK: usize = 16 * 1024;
 
 /// The tests measure time: one lab at a time keeps them from competing for the CPU.
@@ -203,7 +203,7 @@ fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
 }
 
 #[test]
-#[ignore = "not working yet: after our move a Node hyperdht 6.34 server hears nothing from us and times out (docs/relay.md, \"Not done yet\"); run with --ignored"]
+#[ignore = "fails in about one run in three: after our move the Node hyperdht 6.34 server follows, then neither side hears the other and it times out (docs/relay.md, \"Not done yet\"); run with --ignored"]
 fn our_connect_follows_a_node_server_that_names_a_relay_to_the_direct_path() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (homes, service) = hard_pair();
