@@ -201,7 +201,8 @@ impl Cell {
 /// told about the lab's relay. Only two randomising NATs, between which no hole can be punched,
 /// may go through it for every connection. A connect behind a randomising NAT that must punch
 /// (the share behind a cone NAT) knows the pair is hard before punching: its first connection
-/// starts on the relay and moves to the punched path, the next two take that hole. Elsewhere
+/// starts on the relay and moves to the punched path (or, if it ended first, the punch goes on
+/// for the next ones), and the last connection takes that hole. Elsewhere
 /// the relay must see no pairing (a randomising share is not known to be one before the punch:
 /// hyperdht's handshake says only open or not).
 fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
@@ -232,16 +233,22 @@ fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
     let (want_relayed, want_pairs) = if needs_relay {
         (conns.len(), conns.len())
     } else if relay_first {
-        (1, 1)
+        // A connection that starts while the first one's punch still runs starts on the relay
+        // too; the last one must find the hole.
+        (relayed.max(1), relayed.max(1))
     } else {
         (0, 0)
     };
-    let moved = connect_log
-        .text()
-        .contains("connection moved to the direct path");
-    if relay_first && !moved {
+    let log = connect_log.text();
+    let punched_later = log.contains("connection moved to the direct path")
+        || log.contains("punched after the relayed connection ended");
+    if relay_first
+        && (conns[0].path != "relayed"
+            || !punched_later
+            || conns.last().is_some_and(|c| c.path != "punched"))
+    {
         return Outcome::Failed(format!(
-            "the first connection started on the relay but never moved to the punched path\n{}",
+            "the first connection must start on the relay, the punch behind it open, and the last connection take the punched hole\n{}",
             dump(&logs)
         ));
     }

@@ -16,9 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use netlab::{LabSpec, Nat};
-use support::lab::{dump, service_in, Log, TwoHomes};
+use support::lab::{dump, Log, TwoHomes};
 use support::net::{
-    assert_exchanged, exchange_timed, pattern_sha, read_all, send_pattern, Behaviour, Pattern,
+    assert_exchanged, exchange_timed, pattern_sha, read_all, send_pattern, Pattern,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -117,17 +117,42 @@ fn connect_moved(log: &Log) -> bool {
         .any(|l| l.contains("connection moved to the direct path"))
 }
 
+/// The first connection through the connect listening at `listen`: it must start on the relay
+/// and move to the direct path, the move completed (`relayed_then_direct`). `what` names it in
+/// the line printed.
+fn first_connection_moves(
+    homes: &TwoHomes,
+    listen: SocketAddr,
+    service: &support::net::Service,
+    connect_log: &Log,
+    logs: &[&Log],
+    what: &str,
+) -> Moved {
+    let dial = dialer(homes, listen);
+    let moved = relayed_then_direct(&dial, || connect_moved(connect_log), service, logs);
+    eprintln!(
+        "{what}: first byte after {:?} (through the relay), moved to the direct path after {:?} ({} bytes echoed before), then 10 MiB each way through the echo verified",
+        moved.first_byte, moved.moved_after, moved.before
+    );
+    let path = connect_log.field("connected to the sharer", 1, "path");
+    assert_eq!(path.as_deref(), Some("relayed"), "{}", dump(logs));
+    assert!(
+        connect_log
+            .text()
+            .lines()
+            .any(|l| l.contains("connection moved to the direct path")
+                && l.contains("completed=true")),
+        "the move did not complete:\n{}",
+        dump(logs)
+    );
+    moved
+}
+
 /// Two homes (sharer behind a cone NAT, connect behind a randomising one), an echo service
 /// for the first connection and a 10 MiB exchange for the second, and a relay.
 fn hard_pair() -> (TwoHomes, support::net::Service) {
     let homes = TwoHomes::new(LabSpec::homes([Nat::Cone, Nat::Symmetric]));
-    let service = service_in(&homes.lab, homes.sharing_home(), |n| match n {
-        0 => Behaviour::Echo,
-        _ => Behaviour::Exchange {
-            send: VOLUME,
-            seed: 20 + n,
-        },
-    });
+    let service = homes.echo_then_exchange(VOLUME);
     (homes, service)
 }
 
@@ -153,15 +178,14 @@ fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
     let (_share, key) = homes.rust_share(service.port(), &share_log, &["--relay", &relay]);
     let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--no-multiplex", "-v"]);
     let logs = [&share_log, &connect_log, &relay_log];
-    let dial = dialer(&homes, listen);
-
-    let moved = relayed_then_direct(&dial, || connect_moved(&connect_log), &service, &logs);
-    eprintln!(
-        "connection 1: first byte after {:?} (through the relay), moved to the direct path after {:?} ({} bytes echoed before), then 10 MiB each way through the echo verified",
-        moved.first_byte, moved.moved_after, moved.before
+    let moved = first_connection_moves(
+        &homes,
+        listen,
+        &service,
+        &connect_log,
+        &logs,
+        "connection 1",
     );
-    let path = connect_log.field("connected to the sharer", 1, "path");
-    assert_eq!(path.as_deref(), Some("relayed"), "{}", dump(&logs));
     assert!(
         moved.first_byte < FIRST_BYTE,
         "the first byte took {:?}, more than {FIRST_BYTE:?}\n{}",
@@ -175,18 +199,9 @@ fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
         "the share did not follow the connect to the punched path:\n{}",
         dump(&logs)
     );
-    assert!(
-        connect_log
-            .text()
-            .lines()
-            .any(|l| l.contains("connection moved to the direct path")
-                && l.contains("completed=true")),
-        "the move did not complete:\n{}",
-        dump(&logs)
-    );
 
     // The next connection takes the punched hole the move left: no relay, no new punch.
-    let (tally, first_byte) = exchange_timed(dial(), VOLUME, 12)
+    let (tally, first_byte) = exchange_timed(dialer(&homes, listen)(), VOLUME, 12)
         .unwrap_or_else(|e| panic!("the second connection failed: {e}\n{}", dump(&logs)));
     let server = service.next_tally(TRANSFER);
     assert_exchanged(&tally, &server, VOLUME, 21, "connection 2");
@@ -214,27 +229,10 @@ fn our_connect_follows_a_node_server_that_names_a_relay_to_the_direct_path() {
     let (_server, key) = homes.node_server_with(service.port(), &["--relay", &relay]);
     let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--no-multiplex", "-v"]);
     let logs = [&connect_log, &relay_log];
-    let dial = dialer(&homes, listen);
-
-    let moved = relayed_then_direct(&dial, || connect_moved(&connect_log), &service, &logs);
-    eprintln!(
-        "Node server: first byte after {:?} (through the relay), moved to the direct path after {:?} ({} bytes echoed before), then 10 MiB each way through the echo verified",
-        moved.first_byte, moved.moved_after, moved.before
-    );
-    let path = connect_log.field("connected to the sharer", 1, "path");
-    assert_eq!(path.as_deref(), Some("relayed"), "{}", dump(&logs));
+    first_connection_moves(&homes, listen, &service, &connect_log, &logs, "Node server");
     assert!(
         relay_log.text().contains("relaying a pair of peers"),
         "the relay never carried the connection:\n{}",
-        dump(&logs)
-    );
-    assert!(
-        connect_log
-            .text()
-            .lines()
-            .any(|l| l.contains("connection moved to the direct path")
-                && l.contains("completed=true")),
-        "the move did not complete:\n{}",
         dump(&logs)
     );
 }

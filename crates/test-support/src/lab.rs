@@ -213,6 +213,18 @@ impl TwoHomes {
         &self.lab.homes()[1].host.netns
     }
 
+    /// The test service in the sharing home: an echo for the first connection (an interactive
+    /// session), an exchange of `volume` bytes each way (seed 20 + n) for the next ones.
+    pub fn echo_then_exchange(&self, volume: u64) -> Service {
+        service_in(&self.lab, self.sharing_home(), move |n| match n {
+            0 => Behaviour::Echo,
+            _ => Behaviour::Exchange {
+                send: volume,
+                seed: 20 + n,
+            },
+        })
+    }
+
     /// A `p2p-socket relay` on the lab's public relay host; returns it with its key.
     pub fn relay(&self, log: &Log) -> (LabProcess, String) {
         let args = ["relay", "--json", "--bootstrap", &self.bootstrap];

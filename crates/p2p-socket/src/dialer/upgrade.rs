@@ -22,14 +22,14 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info};
 use udx::StreamObserver;
 
-use super::relayed::RELAY_PAIR_TIMEOUT;
+use super::relayed::secure_relayed;
 use super::route::Route;
 use super::{attempt, needs_relay, Answer, Connector};
 use crate::error::{Result, Stage};
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::lock::lock;
 use crate::nat::Firewall;
-use crate::peer::{secure, Link, Path, PeerStream};
+use crate::peer::{Link, Path, PeerStream};
 use crate::policy::{relay_choice, RelayOffer, RelayPlan};
 use crate::relay::client::Lease;
 
@@ -117,17 +117,7 @@ impl Connector {
                 failure: crate::error::PunchFailure::NotOffered,
             }
         })?;
-        let paired = self
-            .relay_clients
-            .pair(
-                plan.offer.relay,
-                plan.offer.token,
-                plan.is_initiator,
-                RELAY_PAIR_TIMEOUT,
-                Some(answer.local_id),
-            )
-            .await?;
-        paired.stream.connect(paired.relay_id, paired.relay_addr)?;
+        let paired = self.pair_at(&plan, Some(answer.local_id)).await?;
         let later = LaterPunch {
             bind: self.node.bind_ip(),
             nodes: self.node.known_nodes(),
@@ -152,15 +142,7 @@ impl Connector {
             paired.stream.observer(),
             paired.lease,
         ));
-        let (peer, link) = secure(
-            true,
-            paired.stream,
-            &answer.hs,
-            Path::Relayed,
-            Some(paired.relay_addr),
-        )
-        .await?;
-        Ok((peer, link, Path::Relayed))
+        secure_relayed(paired.stream, paired.relay_addr, answer).await
     }
 }
 
@@ -211,7 +193,7 @@ async fn move_to_direct(p: LaterPunch, relayed: StreamObserver, lease: Lease) {
         }
     };
     let Some(lease) = lease else {
-        debug!(peer = %addr, "punched after the relayed connection ended; the hole serves the next ones");
+        info!(peer = %addr, "punched after the relayed connection ended; the hole serves the next connections");
         keep(socket);
         return;
     };
