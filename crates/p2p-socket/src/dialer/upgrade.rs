@@ -3,10 +3,9 @@
 //! connection that has a relay starts on it at once and moves to the punched path when the
 //! punch, running in the background, opens. The move is hyperdht's: `change_remote` to the
 //! punched socket, wait until everything sent before it is acknowledged there, send the empty
-//! message, leave the relay. A Node server that moves first (its punch opened before ours
-//! reported) finds us on the same punched socket, where its packets wait for our move; a
-//! sharer that follows us (ours, `listener/upgrade.rs`; Node's `firewall` hook) sees our
-//! packets arrive on its punched socket.
+//! message, leave the relay. The sharer follows when our packets arrive on its punched socket:
+//! ours into a placeholder there (`listener/upgrade.rs`), a hyperdht server through libudx's
+//! `firewall` hook (it is not the punch's initiator, so it never moves first).
 //!
 //! Whether the pair is hard is decided before punching: the sharer's NAT type when its
 //! handshake says it (hyperdht and p2p-socket shares say only open or unknown there), ours from
@@ -197,10 +196,7 @@ async fn move_to_direct(p: LaterPunch, relayed: StreamObserver, lease: Lease) {
         keep(socket);
         return;
     };
-    // A sharer that follows (ours, or Node's `firewall` hook) moves on our first packet here.
-    // One that moved first (a Node server does once its punch opened) had its packets to this
-    // socket dropped until now: the move resends what was in flight at once, and so does the
-    // sharer's stream for what we do not acknowledge.
+    // The sharer follows on our first packet from here; what was in flight is resent here.
     if let Err(e) = relayed.change_remote(socket.udx(), p.remote_id, addr) {
         debug!(error = %e, "cannot move the connection to the punched path; it stays on the relay");
         lease.keep_while(&relayed);
