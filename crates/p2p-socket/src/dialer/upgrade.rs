@@ -23,8 +23,8 @@ use udx::StreamObserver;
 
 use super::relayed::secure_relayed;
 use super::route::Route;
-use super::{attempt, needs_relay, Answer, Connector};
-use crate::error::{Result, Stage};
+use super::{attempt, Answer, Connector};
+use crate::error::{Error, Result, Stage};
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::lock::lock;
 use crate::nat::Firewall;
@@ -109,13 +109,15 @@ impl Connector {
         plan: RelayPlan,
     ) -> Result<(PeerStream, Link, Path)> {
         attempt::enter(Stage::Relay);
-        let holepunch = answer.remote.holepunch.clone().ok_or_else(|| {
-            crate::error::Error::HolepunchFailed {
+        let holepunch = answer
+            .remote
+            .holepunch
+            .clone()
+            .ok_or_else(|| Error::HolepunchFailed {
                 ours: self.our_firewall(),
                 theirs: Firewall::from_wire(answer.remote.firewall),
                 failure: crate::error::PunchFailure::NotOffered,
-            }
-        })?;
+            })?;
         let paired = self.pair_at(&plan, Some(answer.local_id)).await?;
         let later = LaterPunch {
             bind: self.node.bind_ip(),
@@ -153,17 +155,25 @@ impl Connector {
 async fn move_to_direct(p: LaterPunch, relayed: StreamObserver, lease: Lease) {
     let punch = async {
         let _turn = p.punching.lock().await;
-        punch_to_server(&ClientPunch {
-            bind: p.bind,
-            nodes: p.nodes.clone(),
-            target: p.target,
-            holepunch: &p.holepunch,
-            relay: p.dht_node,
-            server_address: p.server_address,
-            remote_firewall: p.remote_firewall,
-            secret: p.secret,
-        })
-        .await
+        // Another connection's punch opened a hole while we waited: the sharer follows a move
+        // only onto this connection's own punch, so this one stays on the relay, and the next
+        // connections take the hole.
+        if lock(&p.route).as_ref().is_some_and(|r| r.alive()) {
+            return None;
+        }
+        Some(
+            punch_to_server(&ClientPunch {
+                bind: p.bind,
+                nodes: p.nodes.clone(),
+                target: p.target,
+                holepunch: &p.holepunch,
+                relay: p.dht_node,
+                server_address: p.server_address,
+                remote_firewall: p.remote_firewall,
+                secret: p.secret,
+            })
+            .await,
+        )
     };
     tokio::pin!(punch);
     let mut lease = Some(lease);
@@ -174,10 +184,19 @@ async fn move_to_direct(p: LaterPunch, relayed: StreamObserver, lease: Lease) {
         }
     };
     let (socket, addr) = match punched {
-        Ok(opened) => opened,
-        Err(e) => {
+        Some(Ok(opened)) => opened,
+        None => {
+            debug!("a hole was punched meanwhile; this connection stays on the relay");
+            if let Some(lease) = lease {
+                lease.keep_while(&relayed);
+            }
+            return;
+        }
+        Some(Err(e)) => {
             debug!(error = %e, "the punch behind a relayed connection failed; it stays on the relay");
-            if needs_relay(&e) {
+            // Only two randomising NATs prove that no hole can be punched; a busy sharer or a
+            // punch that timed out say nothing about the next one.
+            if matches!(e, Error::RelayNeeded { .. }) {
                 *lock(&p.relayed_since) = Some(Instant::now());
             }
             if let Some(lease) = lease {
