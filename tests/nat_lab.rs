@@ -28,6 +28,9 @@ const CONNECTIONS: u64 = 3;
 const LOSSY_VOLUME: u64 = 2 * MIB;
 /// Longest a service may wait for the end of a connection's transfer.
 const TRANSFER: Duration = Duration::from_secs(120);
+/// How long the punch behind a connection that started on the relay may take to open (ours
+/// gives up after 30 s).
+const PUNCH_OPENS: Duration = Duration::from_secs(30);
 /// Connections after the first reuse what the first found out, and must be quick.
 const LATER_CONNECTION: Duration = Duration::from_secs(1);
 
@@ -202,7 +205,7 @@ impl Cell {
 /// may go through it for every connection. A connect behind a randomising NAT that must punch
 /// (the share behind a cone NAT) knows the pair is hard before punching: its first connection
 /// starts on the relay and moves to the punched path (or, if it ended first, the punch goes on
-/// for the next ones), and the last connection takes that hole. Elsewhere
+/// for the next ones; those that start before it opened start on the relay too). Elsewhere
 /// the relay must see no pairing (a randomising share is not known to be one before the punch:
 /// hyperdht's handshake says only open or not).
 fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
@@ -234,21 +237,24 @@ fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
         (conns.len(), conns.len())
     } else if relay_first {
         // A connection that starts while the first one's punch still runs starts on the relay
-        // too; the last one must find the hole.
+        // too (10 MiB each way take some 200 ms, the punch 100 to 800 ms).
         (relayed.max(1), relayed.max(1))
     } else {
         (0, 0)
     };
-    let log = connect_log.text();
-    let punched_later = log.contains("connection moved to the direct path")
-        || log.contains("punched after the relayed connection ended");
-    if relay_first
-        && (conns[0].path != "relayed"
-            || !punched_later
-            || conns.last().is_some_and(|c| c.path != "punched"))
-    {
+    // Fast transfers may all end before the punch behind the first one opens: wait for it.
+    let punched_later = || {
+        let log = connect_log.text();
+        log.contains("connection moved to the direct path")
+            || log.contains("punched after the relayed connection ended")
+    };
+    let waited = Instant::now();
+    while relay_first && !punched_later() && waited.elapsed() < PUNCH_OPENS {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if relay_first && (conns[0].path != "relayed" || !punched_later()) {
         return Outcome::Failed(format!(
-            "the first connection must start on the relay, the punch behind it open, and the last connection take the punched hole\n{}",
+            "the first connection must start on the relay and the punch behind it open\n{}",
             dump(&logs)
         ));
     }
