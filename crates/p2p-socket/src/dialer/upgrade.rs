@@ -28,6 +28,7 @@ use crate::error::{Error, Result, Stage};
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::lock::lock;
 use crate::nat::Firewall;
+use crate::noise_session::Features;
 use crate::peer::{Link, Path, PeerStream};
 use crate::policy::{relay_choice, RelayOffer, RelayPlan};
 use crate::relay::client::Lease;
@@ -88,6 +89,13 @@ impl Connector {
         ours: Option<RelayOffer>,
     ) -> Option<RelayPlan> {
         answer.remote.holepunch.as_ref()?;
+        // A sharer that left our extension unanswered is a hyperdht server: it follows our
+        // move, but in one lab run of three neither side heard the other after it (docs/relay.md,
+        // "Not done yet"), so it gets the punch first and the relay only if the punch fails.
+        // Without an offer of ours (`--no-multiplex`) there is no telling, and the move stays.
+        if self.features != Features::default() && answer.hs.features == Features::default() {
+            return None;
+        }
         let plan = relay_choice(answer.sharers_relay(), ours, false)?;
         let (us, them) = (
             self.our_nat().await,
