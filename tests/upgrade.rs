@@ -15,8 +15,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use netlab::{LabSpec, Nat};
-use support::lab::{dump, json_field, node_in, service_in, Log, TwoHomes};
-use support::net::{assert_exchanged, exchange_timed, Behaviour, Pattern};
+use support::lab::{dump, json_field, node_in, Log, TwoHomes};
+use support::net::{assert_exchanged, exchange_timed, Pattern};
 
 const MIB: u64 = 1024 * 1024;
 const VOLUME: u64 = 10 * MIB;
@@ -61,13 +61,7 @@ fn echo_session(mut stream: TcpStream) -> (u64, Duration) {
 fn a_node_client_that_names_a_relay_is_followed_to_the_punched_path() {
     let homes = TwoHomes::new(LabSpec::homes([Nat::Cone, Nat::Symmetric]));
     // First an interactive session (it must move while in use), then a bulk transfer.
-    let service = service_in(&homes.lab, homes.sharing_home(), |n| match n {
-        0 => Behaviour::Echo,
-        _ => Behaviour::Exchange {
-            send: VOLUME,
-            seed: 20 + n,
-        },
-    });
+    let service = homes.echo_then_exchange(VOLUME);
     let relay_log = Log::new("upgrade-relay");
     let share_log = Log::new("upgrade-share");
     let (_relay, relay) = homes.relay(&relay_log);

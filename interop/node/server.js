@@ -11,7 +11,7 @@ const common = require('./common')
 const { log, emit, fail, parseCli, requireOpt, parseHex, parsePort, parseBootstrap, dhtOptions, onShutdown, pipeBoth } = common
 
 const USAGE =
-  'node server.js --bootstrap host:port[,host:port...] --target-host H --target-port P [--seed HEX64 | --secret-key HEX128] [--host H] [--firewalled]'
+  'node server.js --bootstrap host:port[,host:port...] --target-host H --target-port P [--seed HEX64 | --secret-key HEX128] [--host H] [--firewalled] [--relay HEX64]   (--relay names a blind relay for every connection: hyperdht relayThrough)'
 
 function keyPairFrom(args) {
   if (args.seed !== undefined && args['secret-key'] !== undefined) fail(`give --seed or --secret-key, not both\nusage: ${USAGE}`)
@@ -38,7 +38,8 @@ async function main() {
       seed: { type: 'string' },
       'secret-key': { type: 'string' },
       host: { type: 'string', default: '127.0.0.1' },
-      firewalled: { type: 'boolean', default: false }
+      firewalled: { type: 'boolean', default: false },
+      relay: { type: 'string' }
     },
     USAGE
   )
@@ -46,12 +47,13 @@ async function main() {
   const targetHost = requireOpt(args, 'target-host', USAGE)
   const targetPort = parsePort(requireOpt(args, 'target-port', USAGE), 'target-port')
   const keyPair = keyPairFrom(args)
+  const relayThrough = args.relay ? parseHex(args.relay, 32, 'relay') : null
 
   const dht = new DHT(dhtOptions(bootstrap, args))
   let nextId = 1
 
   // Like npm p2p-socket: every peer is welcome.
-  const server = dht.createServer({ firewall: () => false })
+  const server = dht.createServer({ firewall: () => false, relayThrough })
   server.on('connection', (encrypted) => {
     const id = `conn${nextId++}`
     log(`${id}: peer ${encrypted.remotePublicKey.toString('hex')} connected, dialing ${targetHost}:${targetPort}`)

@@ -213,6 +213,18 @@ impl TwoHomes {
         &self.lab.homes()[1].host.netns
     }
 
+    /// The test service in the sharing home: an echo for the first connection (an interactive
+    /// session), an exchange of `volume` bytes each way (seed 20 + n) for the next ones.
+    pub fn echo_then_exchange(&self, volume: u64) -> Service {
+        service_in(&self.lab, self.sharing_home(), move |n| match n {
+            0 => Behaviour::Echo,
+            _ => Behaviour::Exchange {
+                send: volume,
+                seed: 20 + n,
+            },
+        })
+    }
+
     /// A `p2p-socket relay` on the lab's public relay host; returns it with its key.
     pub fn relay(&self, log: &Log) -> (LabProcess, String) {
         let args = ["relay", "--json", "--bootstrap", &self.bootstrap];
@@ -260,8 +272,13 @@ impl TwoHomes {
     /// A Node hyperdht server (interop/node/server.js) in the sharing home, forwarding to
     /// 127.0.0.1:`port`; returns it with its key.
     pub fn node_server(&self, port: u16) -> (LabProcess, String) {
+        self.node_server_with(port, &[])
+    }
+
+    /// [`TwoHomes::node_server`] with `extra` arguments (`--relay KEY`, say).
+    pub fn node_server_with(&self, port: u16, extra: &[&str]) -> (LabProcess, String) {
         let port = port.to_string();
-        let args = [
+        let mut args = vec![
             "--bootstrap",
             &self.bootstrap,
             "--target-host",
@@ -271,6 +288,7 @@ impl TwoHomes {
             "--host",
             "0.0.0.0",
         ];
+        args.extend_from_slice(extra);
         let mut server = node_in(&self.lab, self.sharing_home(), "server.js", &args);
         let key = json_field(&mut server, "publicKey")
             .as_str()

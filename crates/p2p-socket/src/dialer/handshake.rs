@@ -50,6 +50,7 @@ impl Connector {
         );
         let (firewall, relay_through) = match ask {
             Ask::Direct => (self.our_firewall(), None),
+            Ask::RelayFirst(ours) => (self.our_firewall(), Some(ours.to_wire())),
             Ask::Relay(ours) => (Firewall::Unknown, ours.map(RelayOffer::to_wire)),
         };
         let mut payload = our_payload(

@@ -10,6 +10,7 @@ mod attempt;
 mod handshake;
 mod relayed;
 mod route;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -78,7 +79,7 @@ pub struct Connector {
     route: Arc<Mutex<Option<Arc<Route>>>>,
     /// One punch at a time: a connection that needs one while another is punching waits, then
     /// takes the route that punch leaves.
-    punching: AsyncMutex<()>,
+    punching: Arc<AsyncMutex<()>>,
     /// Our relay, for when no direct path can be made.
     relay: Option<PublicKey>,
     /// Go through a relay every time.
@@ -139,7 +140,7 @@ impl Connector {
             remote,
             relays: AsyncMutex::new(Vec::new()),
             route,
-            punching: AsyncMutex::new(()),
+            punching: Arc::default(),
             relay: None,
             force_relay: false,
             relay_clients: Arc::new(RelayClients::new(network, relay_dialer())),
@@ -294,7 +295,10 @@ impl Connector {
                     }
                 }
             }
-            let mut answer = self.handshake(&Ask::Direct).await?;
+            // On a hard pair our relay is named now, so that the sharer pairs there at once.
+            let ours = self.relay_first_offer().await;
+            let ask = ours.map_or(Ask::Direct, Ask::RelayFirst);
+            let mut answer = self.handshake(&ask).await?;
             let decision = self.decide(&answer).await;
             let waiting = answer.waiting.take();
             attempt::enter(match decision {
@@ -326,6 +330,14 @@ impl Connector {
                         .map(|(peer, link)| (peer, link, Path::Direct))
                 }
                 Decision::Punch => {
+                    if let Some(plan) = self.relay_first_plan(&answer, ours).await {
+                        match self.open_relay_first(&answer, plan).await {
+                            Ok(opened) => return Ok(opened),
+                            Err(e) => {
+                                debug!(error = %e, "the relay did not carry the connection; punching first");
+                            }
+                        }
+                    }
                     let _turn = self.punching.lock().await;
                     if self.live_route().is_some() {
                         continue;
@@ -423,6 +435,9 @@ enum Ask {
     /// A connection through a relay: the sharer must wait for us there, not dial us. Names our
     /// relay, if we have one.
     Relay(Option<RelayOffer>),
+    /// Whatever path works best, starting on our relay while a punch goes on (a hard pair of
+    /// NATs): names it, and says what we know of our NAT as [`Ask::Direct`] does.
+    RelayFirst(RelayOffer),
 }
 
 /// Opens connections to relays for a [`RelayClients`]: each on a DHT node of its own, so its

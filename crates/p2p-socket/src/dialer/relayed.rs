@@ -1,9 +1,11 @@
 //! Connections through a blind relay: when no direct or punched path can be made, and then
 //! for the next connections too, for a while, so they need not find out again.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracing::info;
+use udx::UdxStream;
 
 use super::{attempt, Answer, Ask, Connector};
 use crate::error::{Error, Result, Stage};
@@ -11,8 +13,8 @@ use crate::identity::PublicKey;
 use crate::lock::lock;
 use crate::nat::Firewall;
 use crate::peer::{secure, Link, Path, PeerStream};
-use crate::policy::{relay_choice, RelayOffer};
-use crate::relay::client::token;
+use crate::policy::{relay_choice, RelayOffer, RelayPlan};
+use crate::relay::client::{token, Paired};
 
 /// How long the sharer may take to come to the relay after we paired there (hyperdht gives a
 /// relay pairing 15 s). It pairs when it answers the handshake, so it is usually there first.
@@ -31,7 +33,7 @@ impl Connector {
     }
 
     /// Our relay, as a handshake names it: with a fresh token for the pairing.
-    fn our_offer(&self) -> Option<RelayOffer> {
+    pub(super) fn our_offer(&self) -> Option<RelayOffer> {
         self.relay.map(|relay| RelayOffer {
             relay,
             token: token(),
@@ -84,6 +86,14 @@ impl Connector {
                     theirs: Firewall::from_wire(answer.remote.firewall),
                 }),
             })?;
+        let paired = self.pair_at(&plan, None).await?;
+        paired.lease.keep_while(&paired.stream.observer());
+        secure_relayed(paired.stream, paired.relay_addr, answer).await
+    }
+
+    /// Pairs at the relay of `plan`, our stream with `stream_id` (or a fresh id), and aims it
+    /// at the relay's stream for us.
+    pub(super) async fn pair_at(&self, plan: &RelayPlan, stream_id: Option<u32>) -> Result<Paired> {
         let paired = self
             .relay_clients
             .pair(
@@ -91,19 +101,21 @@ impl Connector {
                 plan.offer.token,
                 plan.is_initiator,
                 RELAY_PAIR_TIMEOUT,
-                None,
+                stream_id,
             )
             .await?;
         paired.stream.connect(paired.relay_id, paired.relay_addr)?;
-        paired.lease.keep_while(&paired.stream.observer());
-        let (peer, link) = secure(
-            true,
-            paired.stream,
-            &answer.hs,
-            Path::Relayed,
-            Some(paired.relay_addr),
-        )
-        .await?;
-        Ok((peer, link, Path::Relayed))
+        Ok(paired)
     }
+}
+
+/// The encrypted connection `answer` negotiated, over `stream`, paired at the relay at
+/// `relay_addr`.
+pub(super) async fn secure_relayed(
+    stream: UdxStream,
+    relay_addr: SocketAddr,
+    answer: &Answer,
+) -> Result<(PeerStream, Link, Path)> {
+    let (peer, link) = secure(true, stream, &answer.hs, Path::Relayed, Some(relay_addr)).await?;
+    Ok((peer, link, Path::Relayed))
 }

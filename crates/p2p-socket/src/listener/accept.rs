@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 use udx::UdxStream;
 
-use super::upgrade::{follow_to_direct, Upgrade};
+use super::upgrade::{follow_to_direct, keep_route, Upgrade};
 use super::Handler;
 use crate::holepunch::{ServerPunch, PUNCH_TIME};
 use crate::noise_session::Keys;
@@ -211,10 +211,7 @@ pub(super) async fn serve_connection(
         } => match accept(acceptor, punch, relay, relay_clients).await {
             Some(a) => {
                 if let Some(socket) = a.punched {
-                    // Kept for the client's next connections; its keepalive probes get answers.
-                    socket.set_echo(true);
-                    // A full queue drops the socket: that client punches again next time.
-                    let _ = routes.try_send(socket);
+                    keep_route(socket, &routes);
                 }
                 (a.stream, a.path, a.lease, a.upgrade)
             }

@@ -20,9 +20,6 @@ use crate::holepunch::ServerPunch;
 use crate::punch_socket::{ProbeHit, PunchSocket};
 use crate::relay::client::Lease;
 
-/// How long the move may take to complete (everything sent before it acknowledged on the new
-/// path) before we leave the relay anyway: the client left it already.
-const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The acceptor's losing stream on a punch socket holds the connection's id there until its
 /// socket's driver let it go (a pass or two); a placeholder waits for it this long at most.
 const ID_FREE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -82,7 +79,9 @@ fn listen(
 
 /// Follows connection `n`, open through the relay (`lease`), to the path the client's punch
 /// opens, if it opens in time (`Upgrade::within`); the relay pairing is kept while the
-/// connection lives on it.
+/// connection lives on it. A connection that ends on the relay first lets the pairing go, but
+/// the punch goes on: the hole it opens is kept for the client's next connections (ours keeps
+/// punching too, for the same reason).
 pub(super) async fn follow_to_direct(
     n: u64,
     mut up: Upgrade,
@@ -101,11 +100,17 @@ pub(super) async fn follow_to_direct(
         up.local_id,
     );
     let deadline = tokio::time::Instant::now() + up.within;
+    let mut lease = Some(lease);
+    // The punch socket the client's probes reached last.
+    let mut last_hit = None;
     let heard = loop {
         tokio::select! {
             Some(hit) = async { up.hits.as_mut()?.recv().await }, if up.hits.is_some() => {
                 if let Some(socket) = puncher.socket(hit.index) {
-                    listen(&mut listeners, &mut listening, socket.clone(), hit.index, up.local_id);
+                    last_hit = Some(hit.index);
+                    if lease.is_some() {
+                        listen(&mut listeners, &mut listening, socket.clone(), hit.index, up.local_id);
+                    }
                     socket.probe(hit.from, false);
                 }
             }
@@ -114,21 +119,41 @@ pub(super) async fn follow_to_direct(
                     break Some(heard);
                 }
             }
-            () = relayed.done() => break None,
+            () = relayed.done(), if lease.is_some() => {
+                lease = None;
+                listeners.abort_all();
+            }
             () = tokio::time::sleep_until(deadline) => break None,
+        }
+        if lease.is_none() && last_hit.is_some() {
+            break None;
         }
     };
     // The other placeholders go (unconnected: they send nothing).
     listeners.abort_all();
-    let Some(Heard {
-        placeholder,
-        index,
-        from,
-    }) = heard
-    else {
-        puncher.stop();
-        lease.keep_while(&relayed);
-        return;
+    let ended = lease.is_none();
+    let (
+        Heard {
+            placeholder,
+            index,
+            from,
+        },
+        lease,
+    ) = match (heard, lease) {
+        (Some(heard), Some(lease)) => (heard, lease),
+        (_, lease) => {
+            match last_hit
+                .filter(|_| ended)
+                .and_then(|index| puncher.keep_only(index))
+            {
+                Some(socket) => keep_route(socket, &routes),
+                None => puncher.stop(),
+            }
+            if let Some(lease) = lease {
+                lease.keep_while(&relayed);
+            }
+            return;
+        }
     };
     if let Err(e) = relayed.change_remote_into(placeholder, up.remote_id, from) {
         debug!(connection = n, error = %e, "cannot follow the client to the punched path");
@@ -137,19 +162,22 @@ pub(super) async fn follow_to_direct(
         return;
     }
     if let Some(socket) = puncher.keep_only(index) {
-        // Kept for the client's next connections, as after a punch that won outright.
-        socket.set_echo(true);
-        let _ = routes.try_send(socket);
+        keep_route(socket, &routes);
     }
-    let moved = tokio::time::timeout(MOVE_TIMEOUT, relayed.remote_changed()).await;
-    // hyperdht's confirmation: the client leaves its relay once it hears us on the new path.
-    relayed.send_message(&[]);
+    // The client leaves its relay once it hears us on the new path.
+    let completed = lease.release_after_move(&relayed).await;
     info!(
         connection = n,
         peer = %from,
-        completed = matches!(moved, Ok(Ok(()))),
+        completed,
         "connection moved from the relay to the direct path"
     );
-    // Dropping the lease unpairs: the relay's streams for us go.
-    drop(lease);
+}
+
+/// Keeps a punched socket for the client's next connections, as after a punch that won
+/// outright: its keepalive probes get answers.
+pub(super) fn keep_route(socket: PunchSocket, routes: &mpsc::Sender<PunchSocket>) {
+    socket.set_echo(true);
+    // A full queue drops the socket: that client punches again next time.
+    let _ = routes.try_send(socket);
 }

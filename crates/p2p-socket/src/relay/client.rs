@@ -26,6 +26,10 @@ use crate::identity::PublicKey;
 use crate::lock::lock;
 use crate::peer::{Link, Path, PeerStream};
 
+/// How long a move from the relay to a direct path may take to complete (everything sent
+/// before it acknowledged on the new path) before the relay is left anyway.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A fresh relay token (hyperdht's `relay.token()`: 32 random bytes).
 pub(crate) fn token() -> Token {
     rand::random()
@@ -117,6 +121,20 @@ impl Lease {
             done.await;
             drop(self);
         });
+    }
+}
+
+impl Lease {
+    /// hyperdht's end of a move to the direct path, on either side of it: wait until
+    /// everything sent before the move is acknowledged there (at most [`MOVE_TIMEOUT`]: the
+    /// peer may have left the relay already), send the empty message that tells the peer the
+    /// path carries traffic (udx's `trySend`; a hyperdht peer closes its relay connection on
+    /// it), then unpair. Says whether the move completed in time.
+    pub(crate) async fn release_after_move(self, moved: &udx::StreamObserver) -> bool {
+        let completed = tokio::time::timeout(MOVE_TIMEOUT, moved.remote_changed()).await;
+        moved.send_message(&[]);
+        drop(self);
+        matches!(completed, Ok(Ok(())))
     }
 }
 

@@ -1,0 +1,266 @@
+//! Relay first, punch later (docs/relay.md, "Relay to direct"), in the NAT lab (crates/netlab):
+//! our connect behind a randomising NAT reaches a sharer behind a cone NAT that names a blind
+//! relay. The pair is hard (the punch takes the birthday approach, hundreds of milliseconds),
+//! so the connection starts on the relay at once and moves to the punched path when the punch,
+//! running in the background, opens. Against our share, and against a Node hyperdht server
+//! (which punches first: see the last test). Every byte is verified at both ends.
+//!
+//! Needs root (the lab builds network namespaces) and, for the Node server, Node (`npm ci` in
+//! interop/node); without either the test fails saying so.
+
+use test_support as support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use netlab::{LabSpec, Nat};
+use support::lab::{dump, Log, TwoHomes};
+use support::net::{
+    assert_exchanged, exchange_timed, pattern_sha, read_all, send_pattern, Pattern,
+};
+
+const MIB: u64 = 1024 * 1024;
+const VOLUME: u64 = 10 * MIB;
+/// Longest a service may wait for the end of a connection's transfer.
+const TRANSFER: Duration = Duration::from_secs(120);
+/// The first byte must come through the relay within its round trip (milliseconds in the
+/// lab), where waiting for the punch took 380-405 ms. Asserted generously, as a loaded machine
+/// stretches every step; the figure is printed.
+const FIRST_BYTE: Duration = Duration::from_millis(300);
+/// How long the punch in the background may take to move the connection (ours gives up after
+/// 30 s; against hyperdht's random probes it took up to 20 s).
+const MOVE_WAIT: Duration = Duration::from_secs(30);
+const CHUNK: usize = 16 * 1024;
+
+/// The tests measure time: one lab at a time keeps them from competing for the CPU.
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// What one connection through the tunnel to an echo service did.
+struct Moved {
+    first_byte: Duration,
+    /// Bytes echoed (and checked) before the move was seen.
+    before: u64,
+    moved_after: Duration,
+}
+
+/// One connection to an echo service through the tunnel (`dial` opens it): a chunk of pattern
+/// bytes out and back (the first byte timed from the local TCP connect), again every few
+/// milliseconds until `moved()` says the connection moved to the direct path, then
+/// [`VOLUME`] bytes out and back through the echo, verified: the transfer ends on the direct
+/// path. The service's tally must match.
+fn relayed_then_direct(
+    dial: impl Fn() -> TcpStream,
+    moved: impl Fn() -> bool,
+    service: &support::net::Service,
+    logs: &[&Log],
+) -> Moved {
+    let mut stream = dial();
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut pattern = Pattern::new(77);
+    let (mut out, mut back) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut first_byte = None;
+    let mut before = 0u64;
+    while !moved() {
+        assert!(
+            started.elapsed() < MOVE_WAIT,
+            "the connection did not move to the direct path within {MOVE_WAIT:?}\n{}",
+            dump(logs)
+        );
+        pattern.fill(&mut out);
+        stream.write_all(&out).expect("write to the tunnel");
+        stream.read_exact(&mut back[..1]).unwrap_or_else(|e| {
+            panic!("the echo stopped after {before} bytes: {e}\n{}", dump(logs))
+        });
+        first_byte.get_or_insert(started.elapsed());
+        stream
+            .read_exact(&mut back[1..])
+            .expect("the rest of the echo");
+        assert!(out == back, "the echo differs after {before} bytes");
+        before += CHUNK as u64;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let moved_after = started.elapsed();
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let sha = send_pattern(&mut writer, VOLUME, 5).expect("send the bulk");
+        writer.shutdown(Shutdown::Write).unwrap();
+        sha
+    });
+    let (got, sha) = read_all(&mut stream)
+        .unwrap_or_else(|e| panic!("the bulk echo failed: {e}\n{}", dump(logs)));
+    assert_eq!(sending.join().unwrap(), pattern_sha(VOLUME, 5));
+    assert_eq!(got, VOLUME, "bytes echoed after the move");
+    assert_eq!(
+        sha,
+        pattern_sha(VOLUME, 5),
+        "the echo after the move differs"
+    );
+    let tally = service.next_tally(TRANSFER);
+    assert_eq!(tally.received, before + VOLUME, "bytes to the service");
+    assert_eq!(tally.sent, before + VOLUME, "bytes from the service");
+    Moved {
+        first_byte: first_byte.expect("at least one echo"),
+        before,
+        moved_after,
+    }
+}
+
+/// The connect's line for a move, once it is in its log.
+fn connect_moved(log: &Log) -> bool {
+    log.text()
+        .lines()
+        .any(|l| l.contains("connection moved to the direct path"))
+}
+
+/// The first connection through the connect listening at `listen`: it must start on the relay
+/// and move to the direct path, the move completed (`relayed_then_direct`). `what` names it in
+/// the line printed.
+fn first_connection_moves(
+    homes: &TwoHomes,
+    listen: SocketAddr,
+    service: &support::net::Service,
+    connect_log: &Log,
+    logs: &[&Log],
+    what: &str,
+) -> Moved {
+    let dial = dialer(homes, listen);
+    let moved = relayed_then_direct(&dial, || connect_moved(connect_log), service, logs);
+    eprintln!(
+        "{what}: first byte after {:?} (through the relay), moved to the direct path after {:?} ({} bytes echoed before), then 10 MiB each way through the echo verified",
+        moved.first_byte, moved.moved_after, moved.before
+    );
+    let path = connect_log.field("connected to the sharer", 1, "path");
+    assert_eq!(path.as_deref(), Some("relayed"), "{}", dump(logs));
+    assert!(
+        connect_log
+            .text()
+            .lines()
+            .any(|l| l.contains("connection moved to the direct path")
+                && l.contains("completed=true")),
+        "the move did not complete:\n{}",
+        dump(logs)
+    );
+    moved
+}
+
+/// Two homes (sharer behind a cone NAT, connect behind a randomising one), an echo service
+/// for the first connection and a 10 MiB exchange for the second, and a relay.
+fn hard_pair() -> (TwoHomes, support::net::Service) {
+    let homes = TwoHomes::new(LabSpec::homes([Nat::Cone, Nat::Symmetric]));
+    let service = homes.echo_then_exchange(VOLUME);
+    (homes, service)
+}
+
+fn dialer(homes: &TwoHomes, listen: SocketAddr) -> impl Fn() -> TcpStream + '_ {
+    move || {
+        homes
+            .lab
+            .in_netns(homes.connecting_home(), move || TcpStream::connect(listen))
+            .expect("enter the connecting home")
+            .expect("dial the local end of the tunnel")
+    }
+}
+
+#[test]
+fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (homes, service) = hard_pair();
+    let relay_log = Log::new("relay-first-relay");
+    let share_log = Log::new("relay-first-share");
+    let connect_log = Log::new("relay-first-connect");
+    let (_relay, relay) = homes.relay(&relay_log);
+    // Only the share names the relay: its handshake offers it.
+    let (_share, key) = homes.rust_share(service.port(), &share_log, &["--relay", &relay]);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--no-multiplex", "-v"]);
+    let logs = [&share_log, &connect_log, &relay_log];
+    let moved = first_connection_moves(
+        &homes,
+        listen,
+        &service,
+        &connect_log,
+        &logs,
+        "connection 1",
+    );
+    assert!(
+        moved.first_byte < FIRST_BYTE,
+        "the first byte took {:?}, more than {FIRST_BYTE:?}\n{}",
+        moved.first_byte,
+        dump(&logs)
+    );
+    assert!(
+        share_log
+            .line("connection moved from the relay to the direct path", 1)
+            .is_some(),
+        "the share did not follow the connect to the punched path:\n{}",
+        dump(&logs)
+    );
+
+    // The next connection takes the punched hole the move left: no relay, no new punch.
+    let (tally, first_byte) = exchange_timed(dialer(&homes, listen)(), VOLUME, 12)
+        .unwrap_or_else(|e| panic!("the second connection failed: {e}\n{}", dump(&logs)));
+    let server = service.next_tally(TRANSFER);
+    assert_exchanged(&tally, &server, VOLUME, 21, "connection 2");
+    let path = connect_log.field("connected to the sharer", 2, "path");
+    eprintln!("connection 2: {path:?}, first byte after {first_byte:?}, 10 MiB each way verified");
+    assert_eq!(path.as_deref(), Some("punched"), "{}", dump(&logs));
+    let pairs = relay_log.text().matches("relaying a pair of peers").count();
+    assert_eq!(
+        pairs,
+        1,
+        "the relay carried only the first connection\n{}",
+        dump(&logs)
+    );
+}
+
+/// Against a Node hyperdht server that names a relay, the same hard pair punches first and
+/// takes the relay only if the punch fails: after our move such a server followed, then in
+/// one run of three neither side heard the other (docs/relay.md, "Not done yet"). The connect
+/// offers our extension (multiplexing, the default), which a hyperdht server leaves
+/// unanswered: that is how it tells. 10 MiB out and back through the echo, verified.
+#[test]
+fn against_a_node_server_that_names_a_relay_a_hard_pair_punches_first() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (homes, service) = hard_pair();
+    let relay_log = Log::new("relay-first-node-relay");
+    let connect_log = Log::new("relay-first-node-connect");
+    let (_relay, relay) = homes.relay(&relay_log);
+    // The Node server names our relay (hyperdht's `relayThrough`); the connect knows none.
+    let (_server, key) = homes.node_server_with(service.port(), &["--relay", &relay]);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["-v"]);
+    let logs = [&connect_log, &relay_log];
+    let mut stream = dialer(&homes, listen)();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let sha = send_pattern(&mut writer, VOLUME, 5).expect("send the bulk");
+        writer.shutdown(Shutdown::Write).unwrap();
+        sha
+    });
+    let (got, sha) =
+        read_all(&mut stream).unwrap_or_else(|e| panic!("the echo failed: {e}\n{}", dump(&logs)));
+    assert_eq!(sending.join().unwrap(), pattern_sha(VOLUME, 5));
+    assert_eq!(got, VOLUME, "bytes echoed\n{}", dump(&logs));
+    assert_eq!(sha, pattern_sha(VOLUME, 5), "the echo differs");
+    let tally = service.next_tally(TRANSFER);
+    assert_eq!(
+        (tally.received, tally.sent),
+        (VOLUME, VOLUME),
+        "the service's tally"
+    );
+    let path = connect_log.field("connected to the sharer", 1, "path");
+    eprintln!("Node server naming a relay: {path:?}, 10 MiB out and back verified");
+    assert!(
+        !connect_log
+            .text()
+            .contains("a hard pair of NATs: starting on the relay"),
+        "the connect started on the relay against a hyperdht server\n{}",
+        dump(&logs)
+    );
+}
