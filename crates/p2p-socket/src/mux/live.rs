@@ -20,13 +20,15 @@ use crate::lock::lock;
 pub(crate) const IDLE: Duration = Duration::from_secs(1);
 /// How often the watchdog looks at a connection's streams.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
-/// How long a peer that owes an answer may stay silent, PINGs unanswered, before the
-/// connection ends. Not one PING's wait: at 30 % loss each way (the soak's loss burst) half of
-/// all round trips fail and a PONG waits behind data being retransmitted after a backed-off
-/// timeout (up to 1 s), so a single unanswered PING ended healthy connections with their
-/// streams, where the same burst without multiplexing was survived. The transport itself gives
-/// up only after 15 s without progress.
-pub(crate) const SILENT: Duration = Duration::from_secs(5);
+/// PINGs the watchdog sends a peer that owes an answer, one a look (5 s in all), hearing
+/// nothing, before the connection ends. Not one PING's wait: at 30 % loss each way (the soak's
+/// loss burst) half of all round trips fail and a PONG waits behind data being retransmitted
+/// after a backed-off timeout (up to 1 s), so a single unanswered PING ended healthy
+/// connections with their streams, where the same burst without multiplexing was survived.
+/// Counted in looks, not in time since the peer was last heard: after our own process was
+/// stopped (a laptop's lid), that time is long but the peer has not been asked yet. The
+/// transport itself gives up only after 15 s without progress.
+const ASKS: u32 = 10;
 
 /// The shortest wait for a PONG: a loaded machine or a lossy path delays one by tens of
 /// milliseconds even when the round trip is short.
@@ -106,14 +108,16 @@ impl Mux {
     }
 
     /// Runs while the connection does: when a stream sent data and the peer has been silent
-    /// since for [`IDLE`], the peer is sent a PING at each look; when it stays silent for
-    /// [`SILENT`], the connection ends (its streams fail, their local connections are reset).
+    /// since for [`IDLE`], the peer is sent a PING at each look; when [`ASKS`] of them in a row
+    /// go unanswered, the connection ends (its streams fail, their local connections are reset).
     /// An idle stream that sent nothing is left alone, however long the quiet: only a peer
     /// that owes us an answer is asked. A connection being resumed is left to the resume.
     pub(super) async fn watchdog(self) {
         let mut closed = self.shared.closed.subscribe();
         let mut every = tokio::time::interval(WATCH_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // PINGs sent since the peer was last heard.
+        let mut asked = 0;
         loop {
             tokio::select! {
                 _ = closed.wait_for(|c| *c) => return,
@@ -128,11 +132,13 @@ impl Mux {
                 (owed, inner.heard.elapsed())
             };
             if !owed || quiet < IDLE {
+                asked = 0;
                 continue;
             }
-            if quiet >= SILENT {
+            if asked >= ASKS {
                 info!(
                     quiet_ms = quiet.as_millis() as u64,
+                    pings = asked,
                     "the peer stopped answering while streams waited for it; ending the connection"
                 );
                 self.close("it did not answer a ping");
@@ -141,6 +147,7 @@ impl Mux {
             // Any frame answers; on a lossy path one PING or its PONG may well be lost (or
             // wait behind lost data): there is another at the next look.
             self.ping();
+            asked += 1;
         }
     }
 
@@ -242,7 +249,7 @@ mod tests {
             .await
             .expect("the connection ends")
             .unwrap();
-        assert!(started.elapsed() < SILENT + WATCH_EVERY + Duration::from_secs(1));
+        assert!(started.elapsed() < IDLE + WATCH_EVERY * (ASKS + 1) + Duration::from_secs(1));
         let why = mux.shared.closed_reason().unwrap_or_default();
         assert!(why.contains("did not answer a ping"), "{why}");
         drop(idle);
@@ -268,10 +275,35 @@ mod tests {
         let waiting = mux.open().await.unwrap();
         let mut closed = mux.shared.closed.subscribe();
         owe_an_answer(&waiting).await;
-        let quiet = tokio::time::timeout(SILENT * 2, closed.wait_for(|c| *c))
+        let quiet = tokio::time::timeout(WATCH_EVERY * ASKS * 2, closed.wait_for(|c| *c))
             .await
             .is_err();
         assert!(quiet, "a peer that answers, late, is alive");
+    }
+
+    #[tokio::test]
+    async fn after_our_own_process_slept_the_peer_is_asked_before_it_is_given_up() {
+        let (client_end, share) = pair().await;
+        let (_share, _accepted) =
+            Mux::start(share, Role::Server, Limits::default(), true, no_guard());
+        let mux = pinging_client(client_end);
+        let _waiting = mux.open().await.unwrap();
+        let mut closed = mux.shared.closed.subscribe();
+        // What the watchdog finds when the connect wakes from a 20-s SIGSTOP: it sent, and
+        // heard nothing for 20 s, because it was not running.
+        {
+            let mut inner = lock(&mux.shared.inner);
+            let now = Instant::now();
+            inner.heard = now.checked_sub(Duration::from_secs(20)).unwrap();
+            inner.sent = now;
+        }
+        let quiet = tokio::time::timeout(WATCH_EVERY * ASKS, closed.wait_for(|c| *c))
+            .await
+            .is_err();
+        assert!(
+            quiet,
+            "the peer answers the PING, so the connection goes on"
+        );
     }
 
     #[tokio::test]
@@ -284,7 +316,7 @@ mod tests {
         let resume = mux.resuming();
         owe_an_answer(&waiting).await;
         // Past the longest the watchdog takes to end a silent connection (see above).
-        let spared = SILENT + WATCH_EVERY + Duration::from_secs(1);
+        let spared = IDLE + WATCH_EVERY * (ASKS + 1) + Duration::from_secs(1);
         let quiet = tokio::time::timeout(spared, closed.wait_for(|c| *c))
             .await
             .is_err();
