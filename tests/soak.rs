@@ -58,7 +58,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: soak [--minutes N] [--every SECONDS] [--sleep SECONDS] [--out DIR] [--multiplex]";
+    "usage: soak [--minutes N] [--every SECONDS] [--sleep SECONDS] [--out DIR] [--no-multiplex]";
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
@@ -66,7 +66,8 @@ fn options() -> Result<Options, String> {
         every: Duration::from_secs(40),
         sleep: Duration::from_secs(20),
         out: PathBuf::from("target/soak"),
-        multiplex: false,
+        // connect's default, what users run.
+        multiplex: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -91,7 +92,7 @@ fn options() -> Result<Options, String> {
             "--every" => o.every = seconds(value("seconds")?)?,
             "--sleep" => o.sleep = seconds(value("seconds")?)?,
             "--out" => o.out = PathBuf::from(value("a directory")?),
-            "--multiplex" => o.multiplex = true,
+            "--no-multiplex" => o.multiplex = false,
             // What `cargo test` may pass to a test binary.
             "--nocapture" | "--quiet" => {}
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -158,6 +159,10 @@ struct Traffic {
     steady_streams: u64,
     /// Why each long-lived stream ended before the soak did.
     steady_breaks: BTreeMap<String, u64>,
+    /// The long-lived stream open now: its seed and when its last echo was verified.
+    steady_open: Option<(u64, Duration)>,
+    /// How each long-lived stream that ended early ended, by seed.
+    steady_ended: BTreeMap<u64, String>,
 }
 
 fn lock(traffic: &Mutex<Traffic>) -> std::sync::MutexGuard<'_, Traffic> {
@@ -220,7 +225,10 @@ fn steady_stream(
         }
         echoed += CHUNK as u64;
         last_echo = soak.elapsed();
-        lock(traffic).bytes_verified += CHUNK as u64;
+        let mut t = lock(traffic);
+        t.bytes_verified += CHUNK as u64;
+        t.steady_open = Some((seed, last_echo));
+        drop(t);
         std::thread::sleep(CHUNK_PAUSE);
     }
     Ok(())
@@ -239,17 +247,33 @@ fn steady(
         seed += 1;
         let broke = match dial(netns, listen) {
             Ok(stream) => {
-                lock(traffic).steady_streams += 1;
+                let mut t = lock(traffic);
+                t.steady_streams += 1;
+                t.steady_open = Some((seed, soak.elapsed()));
+                drop(t);
                 steady_stream(stream, seed, soak, stop, traffic)
             }
             Err(e) => Err(Broke::Cleanly(e)),
         };
         let mut t = lock(traffic);
-        match broke {
-            Ok(()) => {}
-            Err(Broke::Cleanly(why)) => *t.steady_breaks.entry(why).or_default() += 1,
-            Err(Broke::Corrupt(why)) => t.corrupt.push(why),
-            Err(Broke::Hung(why)) => t.hung.push(why),
+        t.steady_open = None;
+        let ended = match broke {
+            Ok(()) => None,
+            Err(Broke::Cleanly(why)) => {
+                *t.steady_breaks.entry(why.clone()).or_default() += 1;
+                Some(format!("ended cleanly ({why})"))
+            }
+            Err(Broke::Corrupt(why)) => {
+                t.corrupt.push(why);
+                Some("corrupt".into())
+            }
+            Err(Broke::Hung(why)) => {
+                t.hung.push(why);
+                Some("hung".into())
+            }
+        };
+        if let Some(how) = ended {
+            t.steady_ended.insert(seed, how);
         }
         drop(t);
         std::thread::sleep(Duration::from_millis(200));
@@ -589,6 +613,49 @@ struct EventRecord {
     at: Duration,
     detail: String,
     recovery: Option<Duration>,
+    /// The long-lived stream open when the event began, and what became of it by the next
+    /// event (or the end of the soak).
+    stream: Option<u64>,
+    fate: Option<Fate>,
+    /// When the event was over (the moment recovery is measured from).
+    over: Duration,
+}
+
+/// What became of the long-lived stream an event caught.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fate {
+    /// Still open, with an echo verified after the event was over.
+    Survived,
+    /// It ended, and how (cleanly, hung, corrupt).
+    Ended(String),
+    /// Still open but nothing echoed since the event was over.
+    Silent,
+}
+
+impl Fate {
+    fn name(&self) -> String {
+        match self {
+            Fate::Survived => "survived".into(),
+            Fate::Ended(how) => how.clone(),
+            Fate::Silent => "open but silent since".into(),
+        }
+    }
+}
+
+/// Settles the fate of the stream the last event caught, if not yet settled.
+fn settle(events: &mut [EventRecord], traffic: &Mutex<Traffic>) {
+    let Some(e) = events.last_mut() else { return };
+    let (Some(seed), None) = (e.stream, &e.fate) else {
+        return;
+    };
+    let t = lock(traffic);
+    e.fate = Some(match (t.steady_open, t.steady_ended.get(&seed)) {
+        (_, Some(how)) => Fate::Ended(how.clone()),
+        (Some((open, last_echo)), _) if open == seed && last_echo > e.over => Fate::Survived,
+        (Some((open, _)), _) if open == seed => Fate::Silent,
+        // The stream is gone but its end not recorded yet: the thread is between the two.
+        _ => Fate::Ended("ended".into()),
+    });
 }
 
 fn main() {
@@ -635,12 +702,15 @@ fn main() {
                 break;
             }
             std::thread::sleep((started + slot).saturating_duration_since(Instant::now()));
+            settle(&mut events, &traffic);
             let kind = Kind::ALL[n % Kind::ALL.len()];
             n += 1;
             let at = started.elapsed();
+            let stream = lock(&traffic).steady_open.map(|(seed, _)| seed);
             eprintln!("soak: {:>4} s: {}", at.as_secs(), kind.name());
             match cell.inject(kind, &o) {
                 Ok(detail) => {
+                    let over = started.elapsed();
                     let took = recovery(&netns, listen, Instant::now(), PATIENCE);
                     eprintln!(
                         "soak: {:>4} s: new connections work again after {}",
@@ -652,6 +722,9 @@ fn main() {
                         at,
                         detail,
                         recovery: took,
+                        stream,
+                        fate: None,
+                        over,
                     });
                 }
                 Err(e) => {
@@ -671,6 +744,7 @@ fn main() {
             }
         }
         std::thread::sleep(duration.saturating_sub(started.elapsed()));
+        settle(&mut events, &traffic);
         samples.push(cell.sample("end", started.elapsed()));
         stop_traffic.store(true, Ordering::Relaxed);
     });
@@ -689,6 +763,20 @@ fn main() {
                 e.kind.name(),
                 figure(e.recovery)
             ));
+        }
+    }
+    for e in &events {
+        // Roaming (docs/roaming.md) carries an open multiplexed session over the connecting
+        // side's move; without multiplexing there is nothing to roam.
+        let must_survive = o.multiplex && e.kind == Kind::ConnectingHomeRenumbered;
+        match &e.fate {
+            Some(f) if must_survive && *f != Fate::Survived => problems.push(format!(
+                "at {} s, after {}: the long-lived stream did not roam: {}",
+                e.at.as_secs(),
+                e.kind.name(),
+                f.name()
+            )),
+            _ => {}
         }
     }
     if traffic.verified == 0 {
@@ -830,6 +918,20 @@ impl Summary<'_> {
                 each.join(", ")
             );
         }
+        m += "\nThe long-lived stream open when each event began, by the next event:\n\n";
+        m += "| event | caught | survived | ended | silent |\n|---|---|---|---|---|\n";
+        for (kind, list) in &by_kind {
+            let fates: Vec<&Fate> = list.iter().filter_map(|e| e.fate.as_ref()).collect();
+            let count = |f: fn(&Fate) -> bool| fates.iter().filter(|x| f(x)).count();
+            m += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                kind.name(),
+                fates.len(),
+                count(|f| *f == Fate::Survived),
+                count(|f| matches!(f, Fate::Ended(_))),
+                count(|f| *f == Fate::Silent)
+            );
+        }
         m += "\n| process | RSS start / middle / end (KiB) | descriptors start / middle / end |\n|---|---|---|\n";
         for name in ["share", "connect", "relay"] {
             let col = |field: &str| {
@@ -897,6 +999,8 @@ impl Summary<'_> {
                 "at_s": e.at.as_secs(),
                 "detail": e.detail,
                 "recovery_ms": e.recovery.map(|d| d.as_millis() as u64),
+                "long_lived_stream": e.stream,
+                "long_lived_stream_fate": e.fate.as_ref().map(Fate::name),
             })).collect::<Vec<_>>(),
             "samples": self.samples,
             "connect_events": self.json_events,

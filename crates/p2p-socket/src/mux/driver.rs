@@ -65,6 +65,9 @@ pub(super) struct Inner {
     pub(super) rtt: Option<Duration>,
     /// No new streams go on this connection; it ends with its last stream.
     pub(super) retired: bool,
+    /// Roaming is moving this connection to a new path ([`super::live::Resuming`]): a silent
+    /// peer is what it is fixing, so the watchdog leaves the connection to it.
+    pub(super) resuming: bool,
 }
 
 pub(super) struct Shared {
@@ -248,6 +251,7 @@ impl Mux {
                 sent: started,
                 pinging,
                 pinged: (0, started),
+                resuming: false,
                 rtt: None,
                 retired: false,
             }),
@@ -549,11 +553,13 @@ pub(super) mod tests {
             Hand { r, w }
         }
 
-        async fn read(&mut self) -> Result<Option<Vec<u8>>, crate::secret::SecretStreamError> {
+        pub(crate) async fn read(
+            &mut self,
+        ) -> Result<Option<Vec<u8>>, crate::secret::SecretStreamError> {
             self.r.read().await
         }
 
-        async fn write(&mut self, frame: &[u8]) -> io::Result<()> {
+        pub(crate) async fn write(&mut self, frame: &[u8]) -> io::Result<()> {
             self.w.write(frame).await
         }
     }

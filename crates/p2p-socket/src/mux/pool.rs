@@ -55,8 +55,8 @@ pub(crate) struct Pool {
     raw: AtomicBool,
     /// Each connection says goodbye when the connect stops.
     guards: Guards,
-    /// The current connection's session, when it may roam (docs/roaming.md).
-    pub(super) roaming: Mutex<Option<Roamable>>,
+    /// Sessions opened that may roam (docs/roaming.md), until [`roam::follow`] takes them.
+    pub(super) roaming: Mutex<Vec<Roamable>>,
 }
 
 impl Pool {
@@ -68,7 +68,7 @@ impl Pool {
             current: AsyncMutex::new(None),
             raw: AtomicBool::new(false),
             guards,
-            roaming: Mutex::new(None),
+            roaming: Mutex::new(Vec::new()),
         });
         roam::follow(Arc::downgrade(&pool), moves);
         pool
@@ -134,7 +134,7 @@ impl Pool {
             waited: Duration::ZERO,
         })?;
         let peer = link.peer();
-        *lock(&self.roaming) = Roamable::of(&link, path, &mux);
+        lock(&self.roaming).extend(Roamable::of(&link, path, &mux));
         *current = Some(Current {
             mux,
             path,

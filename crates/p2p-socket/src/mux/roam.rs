@@ -1,5 +1,5 @@
 //! The connecting side of roaming (docs/roaming.md): when we move to another address, or the
-//! shared connection stops hearing the sharer, the pool's session is resumed over a fresh path
+//! shared connection stops hearing the sharer, the pool's sessions are resumed over a fresh path
 //! ([`crate::roaming::resume`]) instead of being lost with every stream on it.
 
 use std::sync::{Arc, Weak};
@@ -17,13 +17,15 @@ use crate::roaming::{resume, ResumeError, Ticket};
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// Retransmission timeouts in a row, with nothing heard meanwhile, that make a stall: the
 /// path is dead (one timeout is a loss; two at 200 ms and 600 ms are silence). UDX itself
-/// gives up after six (about 4 s), so a resume begun at the second has time to land.
+/// gives up only after 15 s without progress, so a resume begun at the second has time to land.
 const STALL_TIMEOUTS: u64 = 2;
-/// The most a resume's new connection may take to open: less than an attempt's 45 s, as the
-/// session's stream gives up on its own within seconds of silence.
+/// The most a resume's new connection may take to open: less than an attempt's 45 s, and no
+/// more than UDX waits without progress before it gives the session's stream up. The
+/// connection's watchdog holds off while a resume runs: this, then the exchange of request
+/// and answer (bounded in [`crate::roaming`]).
 const RESUME_LIMIT: Duration = Duration::from_secs(15);
 
-/// The pool's session as far as roaming goes: its ticket and the connection it began on.
+/// A session of the pool as far as roaming goes: its ticket and the connection it began on.
 #[derive(Clone)]
 pub(super) struct Roamable {
     pub(super) ticket: Ticket,
@@ -79,13 +81,15 @@ impl Progress {
     }
 }
 
-/// Follows `pool`'s session while the pool lives: resumes it when `moves` counts a move, or
-/// when its stream stalls.
+/// Follows `pool`'s sessions while the pool lives: resumes each when `moves` counts a move,
+/// or when its stream stalls.
 pub(super) fn follow(pool: Weak<Pool>, mut moves: watch::Receiver<u64>) {
     tokio::spawn(async move {
         let mut look = tokio::time::interval(LOOK_EVERY);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut progress = Progress::default();
+        // Every session that still runs: the pool's current one, and earlier ones it retired
+        // (put no new streams on) that still carry streams, which must roam as well.
+        let mut sessions: Vec<(Roamable, Progress)> = Vec::new();
         loop {
             let cause = tokio::select! {
                 changed = moves.changed() => match changed {
@@ -96,31 +100,29 @@ pub(super) fn follow(pool: Weak<Pool>, mut moves: watch::Receiver<u64>) {
                 _ = look.tick() => Cause::Stalled,
             };
             let Some(pool) = pool.upgrade() else { return };
-            let session = {
-                let mut roaming = lock(&pool.roaming);
-                // An ended session has nothing to resume: the next local connection opens anew.
-                if roaming.as_ref().is_some_and(|s| s.mux.is_closed()) {
-                    *roaming = None;
+            sessions.extend(
+                lock(&pool.roaming)
+                    .drain(..)
+                    .map(|s| (s, Progress::default())),
+            );
+            // An ended session has nothing to resume: the next local connection opens anew.
+            sessions.retain(|(s, _)| !s.mux.is_closed());
+            for (session, progress) in &mut sessions {
+                if matches!(cause, Cause::Stalled) && !progress.stalled(&session.link) {
+                    continue;
                 }
-                roaming.clone()
-            };
-            let Some(session) = session else {
-                progress = Progress::default();
-                continue;
-            };
-            if matches!(cause, Cause::Stalled) && !progress.stalled(&session.link) {
-                continue;
+                resume_session(&pool, session, cause).await;
+                // Whatever the resume did, the stall count starts again from here.
+                *progress = Progress::default();
+                progress.stalled(&session.link);
             }
-            resume_session(&pool, &session, cause).await;
-            // Whatever the resume did, the stall count starts again from here.
-            progress = Progress::default();
-            progress.stalled(&session.link);
         }
     });
 }
 
 async fn resume_session(pool: &Arc<Pool>, session: &Roamable, cause: Cause) {
     let started = Instant::now();
+    let _resuming = session.mux.resuming();
     info!(?cause, session = ?session.ticket, "resuming the shared connection over a new path");
     if matches!(cause, Cause::Stalled) {
         pool.connector().forget_punched_route();
