@@ -20,8 +20,9 @@ use crate::relay::client::{token, Paired};
 /// relay pairing 15 s). It pairs when it answers the handshake, so it is usually there first.
 const RELAY_PAIR_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Once a connection needed the relay, the next ones go straight to it for this long: the
-/// NATs between us will not have changed, and finding out again costs a punch.
+/// Once NATs that cannot be punched (both randomising) sent a connection to the relay, the
+/// next ones go straight to it for this long: the NATs between us will not have changed, and
+/// finding out again costs a punch.
 const RELAY_STICKY: Duration = Duration::from_secs(10 * 60);
 
 impl Connector {
@@ -58,7 +59,13 @@ impl Connector {
             });
         }
         info!(why = %why, "no direct path to the sharer; going through the relay");
-        *lock(&self.relayed_since) = Some(Instant::now());
+        // Only NATs that cannot be punched at all send the next connections straight to the
+        // relay. A punch that failed in passing (the DHT's answers lost in a burst of loss, the
+        // sharer asleep) would otherwise keep every connection of the next ten minutes on the
+        // relay, and waiting on it when the relay restarts (15.6 s in the soak).
+        if matches!(why, Error::RelayNeeded { .. }) {
+            *lock(&self.relayed_since) = Some(Instant::now());
+        }
         match answer.sharers_relay() {
             Some(_) => self.through_relay(answer, None).await,
             None => self.open_relayed().await,
