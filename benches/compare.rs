@@ -7,6 +7,7 @@
 //! cargo bench --bench compare              # 1 GiB each way, 1,000 round trips, 50 x 1 MiB, ...
 //! cargo bench --bench compare -- --quick   # small sizes: a smoke run in well under a minute
 //! cargo bench --bench compare -- --only rust,node --bulk-mib 256   # some paths, other volume
+//! cargo bench --bench compare -- --only rust --round-trips 20000   # long enough to profile
 //! ```
 //!
 //! Needs Node with `npm ci` run in interop/node, and dumbpipe, which the benchmark builds
@@ -679,6 +680,9 @@ fn main() {
             .parse::<u64>()
             .expect("--bulk-mib takes a number of MiB")
             * MIB;
+    }
+    if let Some(n) = option("--round-trips") {
+        w.round_trips = n.parse().expect("--round-trips takes a number");
     }
     // `--only rust` (or node, dumbpipe, direct, or several with commas): to profile one.
     let only = option("--only").map(|o| o.to_lowercase());

@@ -78,11 +78,13 @@ impl Driver {
             let mut drained = false;
             while received < RECV_BATCH {
                 match io.recv(&mut bufs, |data, from| self.on_datagram(data, from, now)) {
-                    Ok(0) => {
-                        drained = true;
-                        break;
+                    Ok((n, empty)) => {
+                        received += n;
+                        if empty {
+                            drained = true;
+                            break;
+                        }
                     }
-                    Ok(n) => received += n,
                     Err(e) => {
                         // e.g. ICMP errors surfacing on Linux; the socket itself is fine.
                         tracing::trace!(error = %e, "UDP receive error");

@@ -54,21 +54,34 @@ impl UdpIo {
     }
 
     /// Reads what is queued (one system call, several datagrams) and hands every datagram
-    /// to `on_datagram`. Returns the number of datagrams, `Ok(0)` if none were waiting.
+    /// to `on_datagram`. Returns the number of datagrams, and whether the socket is known to
+    /// be empty now (then wait for readability rather than read again).
     pub(crate) fn recv(
         &self,
         bufs: &mut RecvBuffers,
         mut on_datagram: impl FnMut(&[u8], SocketAddr),
-    ) -> io::Result<usize> {
+    ) -> io::Result<(usize, bool)> {
         let mut storage = bufs.storage.iter_mut();
         let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] =
             std::array::from_fn(|_| IoSliceMut::new(storage.next().expect("RECV_BUFFERS buffers")));
         let meta = &mut bufs.meta;
-        let n = match self.udp.try_io(Interest::READABLE, || {
-            self.state.recv((&*self.udp).into(), &mut slices, meta)
-        }) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        // `recvmmsg` on a non-blocking socket stops early only when the queue ran dry. Such a
+        // short batch clears the readiness (returned as WouldBlock to `try_io`, which is how
+        // it learns to), as tokio's own TCP reads do: otherwise each small packet, as in a
+        // request/response round trip, costs a second call that only says EAGAIN. A datagram
+        // arriving meanwhile is not missed: epoll (edge-triggered) reports it afresh.
+        let batch = RECV_BUFFERS.min(quinn_udp::BATCH_SIZE);
+        let mut n = 0;
+        let polled = self.udp.try_io(Interest::READABLE, || {
+            n = self.state.recv((&*self.udp).into(), &mut slices, meta)?;
+            if n < batch {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        let drained = match polled {
+            Ok(()) => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             Err(e) => return Err(e),
         };
         let mut count = 0;
@@ -86,7 +99,7 @@ impl UdpIo {
                 count += 1;
             }
         }
-        Ok(count)
+        Ok((count, drained))
     }
 
     /// Writes queued datagrams until done (true) or the socket buffer is full (false: wait
