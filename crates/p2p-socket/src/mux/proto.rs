@@ -121,8 +121,8 @@ pub(crate) fn data_header(id: u32) -> [u8; HEADER] {
 }
 
 /// A DATA frame for `data` (at most [`MAX_DATA`] bytes). The driver assembles its frames in
-/// place ([`data_header`]); this is for tests that speak for a peer.
-#[cfg(test)]
+/// place ([`data_header`]); this is for tests and fuzz seeds that speak for a peer.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn data(id: u32, data: &[u8]) -> Vec<u8> {
     debug_assert!(!data.is_empty() && data.len() <= MAX_DATA);
     let mut out = Vec::with_capacity(HEADER + data.len());
