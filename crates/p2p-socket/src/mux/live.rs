@@ -220,6 +220,18 @@ mod tests {
         );
     }
 
+    /// Whether the connection whose `closed` this is stays open for `d`.
+    async fn stays_open(closed: &mut tokio::sync::watch::Receiver<bool>, d: Duration) -> bool {
+        tokio::time::timeout(d, closed.wait_for(|c| *c))
+            .await
+            .is_err()
+    }
+
+    /// The longest the watchdog takes to end a connection whose peer stays silent.
+    const SILENT_PEER_ENDS_WITHIN: Duration = IDLE
+        .saturating_add(WATCH_EVERY.saturating_mul(ASKS + 1))
+        .saturating_add(Duration::from_secs(1));
+
     /// Sends on `stream`, so that its peer owes an answer.
     async fn owe_an_answer(stream: &super::super::MuxStream) {
         let sender = super::super::driver::Sender {
@@ -237,9 +249,7 @@ mod tests {
         let mux = pinging_client(client_end);
         let idle = mux.open().await.unwrap();
         let mut closed = mux.shared.closed.subscribe();
-        let quiet = tokio::time::timeout(IDLE * 3, closed.wait_for(|c| *c))
-            .await
-            .is_err();
+        let quiet = stays_open(&mut closed, IDLE * 3).await;
         assert!(quiet, "a stream that sent nothing owes no answer");
 
         let waiting = mux.open().await.unwrap();
@@ -249,7 +259,7 @@ mod tests {
             .await
             .expect("the connection ends")
             .unwrap();
-        assert!(started.elapsed() < IDLE + WATCH_EVERY * (ASKS + 1) + Duration::from_secs(1));
+        assert!(started.elapsed() < SILENT_PEER_ENDS_WITHIN);
         let why = mux.shared.closed_reason().unwrap_or_default();
         assert!(why.contains("did not answer a ping"), "{why}");
         drop(idle);
@@ -275,9 +285,7 @@ mod tests {
         let waiting = mux.open().await.unwrap();
         let mut closed = mux.shared.closed.subscribe();
         owe_an_answer(&waiting).await;
-        let quiet = tokio::time::timeout(WATCH_EVERY * ASKS * 2, closed.wait_for(|c| *c))
-            .await
-            .is_err();
+        let quiet = stays_open(&mut closed, WATCH_EVERY * ASKS * 2).await;
         assert!(quiet, "a peer that answers, late, is alive");
     }
 
@@ -297,9 +305,7 @@ mod tests {
             inner.heard = now.checked_sub(Duration::from_secs(20)).unwrap();
             inner.sent = now;
         }
-        let quiet = tokio::time::timeout(WATCH_EVERY * ASKS, closed.wait_for(|c| *c))
-            .await
-            .is_err();
+        let quiet = stays_open(&mut closed, WATCH_EVERY * ASKS).await;
         assert!(
             quiet,
             "the peer answers the PING, so the connection goes on"
@@ -315,11 +321,9 @@ mod tests {
         let mut closed = mux.shared.closed.subscribe();
         let resume = mux.resuming();
         owe_an_answer(&waiting).await;
-        // Past the longest the watchdog takes to end a silent connection (see above).
-        let spared = IDLE + WATCH_EVERY * (ASKS + 1) + Duration::from_secs(1);
-        let quiet = tokio::time::timeout(spared, closed.wait_for(|c| *c))
-            .await
-            .is_err();
+        // Past the longest the watchdog takes to end a silent connection.
+        let spared = SILENT_PEER_ENDS_WITHIN;
+        let quiet = stays_open(&mut closed, spared).await;
         assert!(quiet, "a connection being resumed is not ended under it");
         drop(resume);
         tokio::time::timeout(spared, closed.wait_for(|c| *c))
