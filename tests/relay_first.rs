@@ -85,6 +85,19 @@ fn relayed_then_direct(
         std::thread::sleep(Duration::from_millis(10));
     }
     let moved_after = started.elapsed();
+    echo_bulk(stream, logs);
+    let tally = service.next_tally(TRANSFER);
+    assert_eq!(tally.received, before + VOLUME, "bytes to the service");
+    assert_eq!(tally.sent, before + VOLUME, "bytes from the service");
+    Moved {
+        first_byte: first_byte.expect("at least one echo"),
+        before,
+        moved_after,
+    }
+}
+
+/// [`VOLUME`] pattern bytes out through the echo service on `stream` and back, verified.
+fn echo_bulk(mut stream: TcpStream, logs: &[&Log]) {
     let mut writer = stream.try_clone().unwrap();
     let sending = std::thread::spawn(move || {
         let sha = send_pattern(&mut writer, VOLUME, 5).expect("send the bulk");
@@ -94,20 +107,8 @@ fn relayed_then_direct(
     let (got, sha) = read_all(&mut stream)
         .unwrap_or_else(|e| panic!("the bulk echo failed: {e}\n{}", dump(logs)));
     assert_eq!(sending.join().unwrap(), pattern_sha(VOLUME, 5));
-    assert_eq!(got, VOLUME, "bytes echoed after the move");
-    assert_eq!(
-        sha,
-        pattern_sha(VOLUME, 5),
-        "the echo after the move differs"
-    );
-    let tally = service.next_tally(TRANSFER);
-    assert_eq!(tally.received, before + VOLUME, "bytes to the service");
-    assert_eq!(tally.sent, before + VOLUME, "bytes from the service");
-    Moved {
-        first_byte: first_byte.expect("at least one echo"),
-        before,
-        moved_after,
-    }
+    assert_eq!(got, VOLUME, "bytes echoed\n{}", dump(logs));
+    assert_eq!(sha, pattern_sha(VOLUME, 5), "the echo differs");
 }
 
 /// The connect's line for a move, once it is in its log.
@@ -233,21 +234,11 @@ fn against_a_node_server_that_names_a_relay_a_hard_pair_punches_first() {
     let (_server, key) = homes.node_server_with(service.port(), &["--relay", &relay]);
     let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["-v"]);
     let logs = [&connect_log, &relay_log];
-    let mut stream = dialer(&homes, listen)();
+    let stream = dialer(&homes, listen)();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let sending = std::thread::spawn(move || {
-        let sha = send_pattern(&mut writer, VOLUME, 5).expect("send the bulk");
-        writer.shutdown(Shutdown::Write).unwrap();
-        sha
-    });
-    let (got, sha) =
-        read_all(&mut stream).unwrap_or_else(|e| panic!("the echo failed: {e}\n{}", dump(&logs)));
-    assert_eq!(sending.join().unwrap(), pattern_sha(VOLUME, 5));
-    assert_eq!(got, VOLUME, "bytes echoed\n{}", dump(&logs));
-    assert_eq!(sha, pattern_sha(VOLUME, 5), "the echo differs");
+    echo_bulk(stream, &logs);
     let tally = service.next_tally(TRANSFER);
     assert_eq!(
         (tally.received, tally.sent),
