@@ -2,6 +2,7 @@
 //! for the next connections too, for a while, so they need not find out again.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -59,13 +60,7 @@ impl Connector {
             });
         }
         info!(why = %why, "no direct path to the sharer; going through the relay");
-        // Only NATs that cannot be punched at all send the next connections straight to the
-        // relay. A punch that failed in passing (the DHT's answers lost in a burst of loss, the
-        // sharer asleep) would otherwise keep every connection of the next ten minutes on the
-        // relay, and waiting on it when the relay restarts (15.6 s in the soak).
-        if matches!(why, Error::RelayNeeded { .. }) {
-            *lock(&self.relayed_since) = Some(Instant::now());
-        }
+        stick_to_relay_if_unpunchable(&self.relayed_since, &why);
         match answer.sharers_relay() {
             Some(_) => self.through_relay(answer, None).await,
             None => self.open_relayed().await,
@@ -125,4 +120,16 @@ pub(super) async fn secure_relayed(
 ) -> Result<(PeerStream, Link, Path)> {
     let (peer, link) = secure(true, stream, &answer.hs, Path::Relayed, Some(relay_addr)).await?;
     Ok((peer, link, Path::Relayed))
+}
+
+/// After a punch failed with `why`: only NATs that cannot be punched at all (both randomising)
+/// send the next connections straight to the relay for [`RELAY_STICKY`]. A punch that failed in
+/// passing (the DHT's answers lost in a burst of loss, a sharer asleep or busy with another
+/// punch, a timeout) says nothing about the next one; sticking to the relay on it kept every
+/// connection of the next ten minutes there, waiting on it when the relay restarted (15.6 s
+/// in the soak).
+pub(super) fn stick_to_relay_if_unpunchable(relayed_since: &Mutex<Option<Instant>>, why: &Error) {
+    if matches!(why, Error::RelayNeeded { .. }) {
+        *lock(relayed_since) = Some(Instant::now());
+    }
 }

@@ -21,7 +21,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info};
 use udx::StreamObserver;
 
-use super::relayed::secure_relayed;
+use super::relayed::{secure_relayed, stick_to_relay_if_unpunchable};
 use super::route::Route;
 use super::{attempt, Answer, Connector};
 use crate::error::{Error, Result, Stage};
@@ -202,11 +202,7 @@ async fn move_to_direct(p: LaterPunch, relayed: StreamObserver, lease: Lease) {
         }
         Some(Err(e)) => {
             debug!(error = %e, "the punch behind a relayed connection failed; it stays on the relay");
-            // Only two randomising NATs prove that no hole can be punched; a busy sharer or a
-            // punch that timed out say nothing about the next one.
-            if matches!(e, Error::RelayNeeded { .. }) {
-                *lock(&p.relayed_since) = Some(Instant::now());
-            }
+            stick_to_relay_if_unpunchable(&p.relayed_since, &e);
             if let Some(lease) = lease {
                 lease.keep_while(&relayed);
             }
