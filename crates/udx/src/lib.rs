@@ -122,7 +122,7 @@ impl UdxSocket {
         let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         sock.set_nonblocking(true)?;
         sock.bind(&addr.into())?;
-        let udp = tokio::net::UdpSocket::from_std(sock.into())?;
+        let udp = udp_io::register(sock.into())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let core = SocketCore {
             udp: Arc::new(udp),
@@ -140,18 +140,16 @@ impl UdxSocket {
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.core.udp.local_addr()
+        self.core.udp.get_ref().local_addr()
     }
 
     /// Sends one datagram now (best effort, like UDP: if the kernel's send buffer is full,
     /// it is dropped).
     pub fn send_to(&self, data: &[u8], addr: SocketAddr) -> io::Result<()> {
         let to = udp_io::to_socket_family(addr, self.core.v6);
-        // Straight to the kernel: tokio's `try_send_to` answers WouldBlock from its readiness
-        // cache until the reactor has seen the socket writable once, so on a fresh socket the
-        // datagram would never be tried (the DHT's first bootstrap ping was lost that way).
+        // Straight to the kernel (the runtime watches the socket for readability only).
         // Waiting in a task per datagram instead would let a burst spawn tasks without bound.
-        match socket2::SockRef::from(&*self.core.udp).send_to(data, &to.into()) {
+        match socket2::SockRef::from(self.core.udp.get_ref()).send_to(data, &to.into()) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tracing::debug!(%to, "socket send buffer full, datagram dropped");
@@ -163,7 +161,7 @@ impl UdxSocket {
 
     /// Sets the IP TTL for following datagrams (holepunching sends low-TTL probes).
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        let sock = socket2::SockRef::from(&*self.core.udp);
+        let sock = socket2::SockRef::from(self.core.udp.get_ref());
         if self.core.v6 {
             sock.set_unicast_hops_v6(ttl)?;
             // IPv4 peers of a dual-stack socket go out with the IPv4 TTL.
@@ -176,7 +174,7 @@ impl UdxSocket {
 
     /// Current IP TTL.
     pub fn ttl(&self) -> io::Result<u32> {
-        let sock = socket2::SockRef::from(&*self.core.udp);
+        let sock = socket2::SockRef::from(self.core.udp.get_ref());
         if self.core.v6 {
             sock.unicast_hops_v6()
         } else {

@@ -19,7 +19,6 @@ pub(crate) use crate::proto::CloseReason;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::datagrams::DatagramSender;
@@ -27,7 +26,7 @@ use crate::proto::Stream;
 
 /// The parts of a socket that handles and the driver share.
 pub(crate) struct SocketCore {
-    pub(crate) udp: Arc<UdpSocket>,
+    pub(crate) udp: Arc<crate::udp_io::ReadSocket>,
     pub(crate) v6: bool,
     pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) registry: Arc<Mutex<HashSet<u32>>>,

@@ -20,7 +20,7 @@ use crate::datagrams::DatagramSender;
 use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, Stream, StreamEvent};
 use crate::shared::{lock, SocketCore};
 use crate::shared::{Event, Handover, StreamShared};
-use crate::udp_io::{RecvBuffers, UdpIo};
+use crate::udp_io::{RecvBuffers, UdpIo, WriteWait};
 use crate::wire::Header;
 use crate::Datagram;
 
@@ -29,6 +29,7 @@ const RECV_BATCH: usize = 64;
 
 pub(crate) struct Driver {
     io: Arc<UdpIo>,
+    write_wait: WriteWait,
     events: mpsc::UnboundedReceiver<Event>,
     /// Every `UdxSocket` and `UdxStream` handle is gone.
     handles_gone: bool,
@@ -50,6 +51,7 @@ impl Driver {
     ) -> io::Result<Driver> {
         Ok(Driver {
             io: Arc::new(UdpIo::new(core.udp.clone(), core.v6)?),
+            write_wait: WriteWait::new(&core.udp)?,
             events,
             handles_gone: false,
             registry: core.registry.clone(),
@@ -95,6 +97,18 @@ impl Driver {
             self.endpoint.handle_timeout(now);
             let more = self.service(now);
             let flushed = self.io.flush(self.endpoint.transmits());
+            if flushed {
+                self.write_wait.disarm();
+            } else if let Err(e) = self.write_wait.arm(&self.io.udp) {
+                // Cannot watch for room in the send buffer: try again a little later.
+                tracing::warn!(
+                    error = %e,
+                    "UDX cannot watch its UDP socket for room to send (out of file descriptors? \
+                     raise `ulimit -n`); retrying every millisecond"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                continue;
+            }
 
             if flushed && (more || !drained) {
                 // More work is ready: let other tasks run, then go on without waiting.
@@ -116,7 +130,7 @@ impl Driver {
                     None => self.handles_gone = true,
                 },
                 _ = self.io.udp.readable() => {}
-                _ = self.io.udp.writable(), if !flushed => {}
+                _ = self.write_wait.writable(), if !flushed => {}
                 _ = sleep, if deadline.is_some() => {}
             }
         }

@@ -5,14 +5,21 @@
 //! Per-packet system calls are what limits a user-space transport on loopback and fast
 //! links: with GSO a burst of up to 64 equal-sized packets to one peer leaves in one
 //! `sendmsg`, and with GRO the kernel hands a burst from one peer up in one buffer.
+//!
+//! The socket is registered with the runtime for readability only. UDP's write-space callback
+//! fires each time a sent datagram is freed, so a socket registered for writability too wakes
+//! the runtime's poller after nearly every send (edge-triggered epoll reports each such edge)
+//! although almost no send ever finds the buffer full. Writability is watched only while a
+//! send is blocked ([`WriteWait`]).
 
 use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use crate::proto::Transmits;
 
@@ -23,9 +30,27 @@ const RECV_BUFFER_SIZE: usize = 65536;
 /// Upper bound for the payload of one GSO send (IPv4's 65,507-byte limit, with room to spare).
 const MAX_GSO_BYTES: usize = 64000;
 
+/// A UDP socket registered with the runtime for readability only.
+pub(crate) type ReadSocket = AsyncFd<UdpSocket>;
+
+/// Registers `udp` (non-blocking) for readability only.
+pub(crate) fn register(udp: UdpSocket) -> io::Result<ReadSocket> {
+    watch(udp, Interest::READABLE)
+}
+
+/// Registers `fd` with the runtime for `interest`.
+// Deprecated in favour of an `unsafe` constructor (this crate forbids unsafe code) because a
+// borrowed raw descriptor could be closed under the registration. Both callers hand over an
+// owning type (`UdpSocket`, `OwnedFd`) whose descriptor lives exactly as long as the
+// registration, which is the condition the new constructor asks its callers to promise.
+#[allow(deprecated)]
+fn watch<T: AsRawFd>(fd: T, interest: Interest) -> io::Result<AsyncFd<T>> {
+    AsyncFd::with_interest(fd, interest)
+}
+
 /// The socket plus the state of its offloads.
 pub(crate) struct UdpIo {
-    pub(crate) udp: Arc<UdpSocket>,
+    pub(crate) udp: Arc<ReadSocket>,
     state: UdpSocketState,
     v6: bool,
 }
@@ -48,8 +73,8 @@ impl RecvBuffers {
 }
 
 impl UdpIo {
-    pub(crate) fn new(udp: Arc<UdpSocket>, v6: bool) -> io::Result<UdpIo> {
-        let state = UdpSocketState::new((&*udp).into())?;
+    pub(crate) fn new(udp: Arc<ReadSocket>, v6: bool) -> io::Result<UdpIo> {
+        let state = UdpSocketState::new(udp.get_ref().into())?;
         Ok(UdpIo { udp, state, v6 })
     }
 
@@ -72,8 +97,8 @@ impl UdpIo {
         // arriving meanwhile is not missed: epoll (edge-triggered) reports it afresh.
         let batch = RECV_BUFFERS.min(quinn_udp::BATCH_SIZE);
         let mut n = 0;
-        let polled = self.udp.try_io(Interest::READABLE, || {
-            n = self.state.recv((&*self.udp).into(), &mut slices, meta)?;
+        let polled = self.udp.try_io(Interest::READABLE, |udp| {
+            n = self.state.recv(udp.into(), &mut slices, meta)?;
             if n < batch {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -139,9 +164,9 @@ impl UdpIo {
             segment_size,
             src_ip: None,
         };
-        match self.udp.try_io(Interest::WRITABLE, || {
-            self.state.try_send((&*self.udp).into(), &transmit)
-        }) {
+        // Straight to the kernel: the runtime does not track writability (see the module
+        // comment), and a full buffer answers WouldBlock by itself.
+        match self.state.try_send(self.udp.get_ref().into(), &transmit) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
             Err(e) => {
@@ -156,6 +181,60 @@ impl UdpIo {
     /// Largest GSO send in bytes.
     pub(crate) fn max_gso_bytes(&self) -> usize {
         MAX_GSO_BYTES
+    }
+}
+
+/// Watches the socket for writability while a send is blocked, and only then.
+///
+/// A second descriptor for the same socket (a `dup`, made once) is registered for writability
+/// when a send first finds the buffer full, and deregistered when a flush completes: two
+/// `epoll_ctl` calls per blocked episode instead of a poller wakeup per datagram sent. Epoll
+/// reports a descriptor that is already writable when it is added, so the space freed between
+/// the failed send and the registration is not missed.
+pub(crate) struct WriteWait {
+    idle: Option<OwnedFd>,
+    armed: Option<AsyncFd<OwnedFd>>,
+}
+
+impl WriteWait {
+    pub(crate) fn new(udp: &ReadSocket) -> io::Result<WriteWait> {
+        Ok(WriteWait {
+            idle: Some(udp.get_ref().as_fd().try_clone_to_owned()?),
+            armed: None,
+        })
+    }
+
+    /// A send on `udp` is blocked: start watching (once per blocked episode).
+    pub(crate) fn arm(&mut self, udp: &ReadSocket) -> io::Result<()> {
+        if self.armed.is_none() {
+            // A registration that failed took its descriptor along: make another.
+            let fd = match self.idle.take() {
+                Some(fd) => fd,
+                None => udp.get_ref().as_fd().try_clone_to_owned()?,
+            };
+            self.armed = Some(watch(fd, Interest::WRITABLE)?);
+        }
+        Ok(())
+    }
+
+    /// Sends go through again: stop watching.
+    pub(crate) fn disarm(&mut self) {
+        if let Some(armed) = self.armed.take() {
+            self.idle = Some(armed.into_inner());
+        }
+    }
+
+    /// Waits until the socket reported writability since the last wait; never returns when
+    /// not armed. The readiness is consumed, so a send that blocks again waits for a new edge.
+    pub(crate) async fn writable(&self) {
+        match &self.armed {
+            Some(fd) => match fd.writable().await {
+                Ok(mut guard) => guard.clear_ready(),
+                // The runtime is shutting down: the driver's other branches end it.
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
     }
 }
 
