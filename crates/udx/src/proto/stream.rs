@@ -94,6 +94,10 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lower bound of the tail-loss-probe timeout: the runtime's timers tick in milliseconds and
 /// the receiver acks once per received burst.
 const MIN_PTO: Duration = Duration::from_millis(2);
+/// How long the ack of a lone small data packet waits for data going the other way to carry
+/// it (a request answered by a response). Well under the sender's tail-loss-probe timeout
+/// (`MIN_PTO` twice plus its RTT), even with the runtime's millisecond timer granularity.
+const ACK_DELAY: Duration = Duration::from_millis(1);
 /// Lower bound of the reordering window used by loss detection.
 const MIN_REORDER_WINDOW: Duration = Duration::from_micros(500);
 /// Packets SACKed beyond a hole that, on a path not seen to reorder, make it a loss without
@@ -202,6 +206,10 @@ pub struct Stream {
     /// update ([`Stream::window_update`]) once it has made room.
     window_update_wanted: bool,
     ack_needed: bool,
+    /// The ack owed is for one small in-order data packet and nothing else: it may wait
+    /// (until `ack_deadline`) for a data packet of ours to carry it.
+    ack_delayable: bool,
+    ack_deadline: Option<Instant>,
     events: VecDeque<StreamEvent>,
 
     // send side
@@ -289,6 +297,8 @@ impl Stream {
             unread: 0,
             window_update_wanted: false,
             ack_needed: false,
+            ack_delayable: false,
+            ack_deadline: None,
             events: VecDeque::new(),
             snd_una: 0,
             snd_nxt: 0,
@@ -470,6 +480,7 @@ impl Stream {
         self.unanswered_heartbeats = 0;
         // Tell the new path at once what we received and how much room we have.
         self.ack_needed = true;
+        self.ack_delayable = false;
         true
     }
 
@@ -566,6 +577,7 @@ impl Stream {
         };
 
         let seq = wire::unwrap_seq(self.rcv_nxt, hdr.seq);
+        let was_next = seq == self.rcv_nxt;
         if seq >= self.rcv_nxt {
             if hdr.flags & (wire::FLAG_DATA | wire::FLAG_END) != 0 && !self.eof_delivered {
                 self.on_data(seq, hdr.flags, payload);
@@ -579,8 +591,18 @@ impl Stream {
             }
         }
         if hdr.flags & (wire::FLAG_DATA | wire::FLAG_END) != 0 {
-            // Also for duplicates: the peer evidently missed our ack.
+            // Also for duplicates: the peer evidently missed our ack. A lone small packet
+            // that arrived in order (a request, most likely) may wait for the answer to
+            // carry its ack; anything more (a second packet, a hole, the end) is acked at
+            // once, so bulk transfers and loss recovery see no delay.
+            let lone_small = !self.ack_needed
+                && was_next
+                && seq + 1 == self.rcv_nxt
+                && hdr.flags == wire::FLAG_DATA
+                && payload.len() < BASE_PAYLOAD
+                && self.out_of_order.is_empty();
             self.ack_needed = true;
+            self.ack_delayable = lone_small;
         }
 
         self.on_ack(hdr, seq, sacks, now);
@@ -782,7 +804,7 @@ impl Stream {
             return false;
         }
         let more = self.transmit(now, out, budget);
-        if self.ack_needed {
+        if self.ack_needed && !self.delay_ack(now) {
             self.send_ack(out);
         }
         // Idle streams send heartbeats so NAT mappings stay open (libudx's keepalive);
@@ -795,6 +817,15 @@ impl Stream {
             _ => self.keepalive_deadline = None,
         }
         more
+    }
+
+    /// True while the owed ack may still wait for data to carry it (starting the wait).
+    fn delay_ack(&mut self, now: Instant) -> bool {
+        if !self.ack_delayable {
+            return false;
+        }
+        let deadline = *self.ack_deadline.get_or_insert(now + ACK_DELAY);
+        deadline > now
     }
 
     fn after_acks(&mut self, now: Instant) {
@@ -949,6 +980,7 @@ impl Stream {
     /// instead of waiting for its next probe.
     pub fn window_update(&mut self) {
         self.ack_needed = true;
+        self.ack_delayable = false;
     }
 
     /// Heartbeat interval while idle (libudx's keepalive), `None` for none.
@@ -1109,6 +1141,8 @@ impl Stream {
                 // The data packet carries our cumulative ack and window; SACK info would need
                 // a separate ack.
                 self.ack_needed = false;
+                self.ack_delayable = false;
+                self.ack_deadline = None;
             }
             self.arm_rto(now);
             sent += 1;
@@ -1180,6 +1214,8 @@ impl Stream {
             return;
         };
         self.ack_needed = false;
+        self.ack_delayable = false;
+        self.ack_deadline = None;
         // The newest blocks, highest first: with more holes than blocks (5 % loss over a
         // window of a thousand packets), reporting the lowest ones would hide every recent
         // arrival, so the sender could neither see them delivered nor detect the losses among
@@ -1232,6 +1268,7 @@ impl Stream {
             self.tlp_deadline,
             self.keepalive_deadline,
             self.linger_deadline,
+            self.ack_deadline,
         ]
         .into_iter()
         .flatten()
@@ -1404,6 +1441,7 @@ impl Stream {
         self.tlp_deadline = None;
         self.keepalive_deadline = None;
         self.linger_deadline = None;
+        self.ack_deadline = None;
         self.sent.clear();
         self.sacked = 0;
         self.retransmit.clear();
@@ -1519,6 +1557,103 @@ mod tests {
             .filter(|p| p.state == SentState::InFlight)
             .count();
         assert_eq!(conn.in_flight, in_flight);
+    }
+
+    /// A data packet from the peer, with `len` bytes of payload.
+    fn peer_data(seq: u32, flags: u8, len: usize) -> (Header, Vec<u8>) {
+        let hdr = Header {
+            flags,
+            data_offset: 0,
+            stream_id: 1,
+            recv_window: RECV_WINDOW as u32,
+            seq,
+            ack: 0,
+        };
+        (hdr, vec![3u8; len])
+    }
+
+    /// Feeds the peer's packet and services the stream; returns what it sent: standalone acks
+    /// and data packets.
+    fn receive(conn: &mut Stream, now: Instant, packet: (Header, Vec<u8>)) -> (usize, usize) {
+        let mut out = Transmits::default();
+        conn.on_packet(&packet.0, &packet.1, now, &mut out);
+        conn.service(now, &mut out, 64);
+        sent_kinds(&mut out)
+    }
+
+    fn sent_kinds(out: &mut Transmits) -> (usize, usize) {
+        let (mut acks, mut data) = (0, 0);
+        while let Some((_, packet)) = out.pop() {
+            let hdr = Header::decode(&packet).unwrap();
+            if hdr.flags & wire::FLAG_DATA != 0 {
+                data += 1;
+            } else {
+                acks += 1;
+            }
+        }
+        (acks, data)
+    }
+
+    #[test]
+    fn a_lone_small_packet_is_acked_by_the_answer_or_after_the_ack_delay() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+
+        // A request: no ack yet, a deadline instead.
+        assert_eq!(
+            receive(&mut conn, now, peer_data(0, wire::FLAG_DATA, 64)),
+            (0, 0)
+        );
+        assert_eq!(conn.next_timeout(), Some(now + ACK_DELAY));
+        // The answer carries the ack.
+        conn.write(Bytes::from_static(b"answer"));
+        let mut out = Transmits::default();
+        conn.service(now, &mut out, 64);
+        assert_eq!(sent_kinds(&mut out), (0, 1));
+        assert!(!conn.ack_needed && conn.ack_deadline.is_none());
+
+        // Another request, unanswered: acked when the delay is up, not before.
+        let t = now + Duration::from_millis(5);
+        assert_eq!(
+            receive(&mut conn, t, peer_data(1, wire::FLAG_DATA, 64)),
+            (0, 0)
+        );
+        let mut out = Transmits::default();
+        conn.service(t + ACK_DELAY / 2, &mut out, 64);
+        assert_eq!(sent_kinds(&mut out), (0, 0));
+        conn.on_timeout(t + ACK_DELAY, &mut out);
+        conn.service(t + ACK_DELAY, &mut out, 64);
+        assert_eq!(sent_kinds(&mut out), (1, 0));
+    }
+
+    #[test]
+    fn acks_that_matter_to_the_sender_are_not_delayed() {
+        let now = Instant::now();
+        let full = BASE_PAYLOAD;
+        let cases: [(&str, Vec<(u32, u8, usize)>); 5] = [
+            ("a full packet", vec![(0, wire::FLAG_DATA, full)]),
+            (
+                "a second packet",
+                vec![(0, wire::FLAG_DATA, 64), (1, wire::FLAG_DATA, 64)],
+            ),
+            ("a hole", vec![(1, wire::FLAG_DATA, 64)]),
+            ("the end", vec![(0, wire::FLAG_DATA | wire::FLAG_END, 64)]),
+            (
+                "a duplicate",
+                vec![(0, wire::FLAG_DATA, full), (0, wire::FLAG_DATA, 64)],
+            ),
+        ];
+        for (what, packets) in cases {
+            let mut conn = Stream::new(1, now);
+            conn.connect(2, Some(PEER.parse().unwrap()));
+            let mut last = (0, 0);
+            for (seq, flags, len) in packets {
+                last = receive(&mut conn, now, peer_data(seq, flags, len));
+            }
+            assert_eq!(last, (1, 0), "{what} is acked at once");
+            assert_eq!(conn.ack_deadline, None, "{what}");
+        }
     }
 
     #[test]
