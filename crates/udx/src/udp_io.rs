@@ -247,3 +247,36 @@ pub(crate) fn to_socket_family(addr: SocketAddr, v6: bool) -> SocketAddr {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The blocked-send path relies on epoll reporting a descriptor that is already writable
+    /// when it is registered: the room freed between a failed send and `arm` must wake us.
+    #[tokio::test]
+    async fn an_armed_watch_reports_room_that_was_there_before_it_was_armed() {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_nonblocking(true).unwrap();
+        let udp = register(udp).unwrap();
+        let mut wait = WriteWait::new(&udp).unwrap();
+        let quiet = Duration::from_millis(50);
+        let patience = Duration::from_secs(10);
+        assert!(
+            tokio::time::timeout(quiet, wait.writable()).await.is_err(),
+            "not armed: never ready"
+        );
+        for episode in 0..2 {
+            wait.arm(&udp).unwrap();
+            tokio::time::timeout(patience, wait.writable())
+                .await
+                .unwrap_or_else(|_| panic!("episode {episode}: writable socket not reported"));
+            assert!(
+                tokio::time::timeout(quiet, wait.writable()).await.is_err(),
+                "episode {episode}: the readiness was consumed, the next wait needs a new edge"
+            );
+            wait.disarm();
+        }
+    }
+}

@@ -1631,7 +1631,7 @@ mod tests {
     fn acks_that_matter_to_the_sender_are_not_delayed() {
         let now = Instant::now();
         let full = BASE_PAYLOAD;
-        let cases: [(&str, Vec<(u32, u8, usize)>); 5] = [
+        let cases = [
             ("a full packet", vec![(0, wire::FLAG_DATA, full)]),
             (
                 "a second packet",
