@@ -49,8 +49,9 @@ pub(crate) struct OpenError {
 /// One direction's key and nonce.
 struct State {
     key: [u8; 32],
-    /// The same key, set up for ring.
-    aead: LessSafeKey,
+    /// The same key, set up for ring: boxed, as ring's key type has room for AES key
+    /// schedules (some 500 bytes) and every reader and writer holds one.
+    aead: Box<LessSafeKey>,
     /// Counter (4 bytes, little endian) then the 8-byte inonce.
     nonce: [u8; 12],
 }
@@ -119,8 +120,9 @@ impl State {
     }
 }
 
-fn aead_key(key: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key"))
+fn aead_key(key: &[u8; 32]) -> Box<LessSafeKey> {
+    let key = UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key");
+    Box::new(LessSafeKey::new(key))
 }
 
 /// The MAC of one message, fed straight from the buffer: whole 16-byte blocks of the
