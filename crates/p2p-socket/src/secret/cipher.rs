@@ -9,21 +9,32 @@
 //! keystream. The MAC covers the whole encrypted tag block, the ciphertext, a pad of
 //! `mlen % 16` zeros (libsodium's formula, not the usual alignment) and the two lengths. After
 //! each message the MAC's first 8 bytes are xored into the nonce and its counter goes up.
-//! The RustCrypto crates pick their SIMD backends (AVX2, SSE2, NEON) at run time.
+//!
+//! When `mlen % 16` is 0 or 8 (every full 64 KiB message of the bulk path) libsodium's pad
+//! equals RFC 8439's, and the message is exactly the RFC 8439 AEAD (empty associated data) of
+//! `[tag, 0 x 63] || plaintext`, sent without bytes 1..64: ring's stitched assembly then seals
+//! and opens it, in place in the [`ROOM`] the caller leaves in front of the message. Other
+//! lengths go through the RustCrypto `chacha20` and `poly1305` crates, which pick their SIMD
+//! backends (AVX2, SSE2, NEON) at run time.
 
 use chacha20::cipher::consts::U10;
-use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
 use poly1305::universal_hash::{KeyInit, UniversalHash};
 use poly1305::Poly1305;
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use subtle::ConstantTimeEq;
 
 /// The header that starts each direction: a random 24-byte XChaCha20 nonce.
 pub(crate) const HEADER_LEN: usize = 24;
 /// What sealing adds to a message: the tag byte before it and the MAC after it.
 pub(crate) const OVERHEAD: usize = 1 + MAC_LEN;
+/// What sealing and opening need free in front of a message (and clobber): the rest of the
+/// 64-byte tag block, which the RFC 8439 AEAD covers whole and the wire carries one byte of.
+pub(crate) const ROOM: usize = BLOCK - 1;
 const MAC_LEN: usize = 16;
+const BLOCK: usize = 64;
 const TAG_MESSAGE: u8 = 0x00;
 const TAG_REKEY: u8 = 0x02;
 
@@ -38,6 +49,9 @@ pub(crate) struct OpenError {
 /// One direction's key and nonce.
 struct State {
     key: [u8; 32],
+    /// The same key, set up for ring: boxed, as ring's key type has room for AES key
+    /// schedules (some 500 bytes) and every reader and writer holds one.
+    aead: Box<LessSafeKey>,
     /// Counter (4 bytes, little endian) then the 8-byte inonce.
     nonce: [u8; 12],
 }
@@ -49,10 +63,23 @@ impl State {
         let mut nonce = [0u8; 12];
         nonce[0] = 1;
         nonce[4..].copy_from_slice(&header[16..]);
+        let key: [u8; 32] = subkey.into();
         State {
-            key: subkey.into(),
+            aead: aead_key(&key),
+            key,
             nonce,
         }
+    }
+
+    /// Whether this message is one ring can seal or open: libsodium's pad, `mlen % 16` zeros,
+    /// is RFC 8439's `(16 - mlen % 16) % 16` only for these lengths.
+    fn fits_aead(plaintext_len: usize) -> bool {
+        plaintext_len % 8 == 0
+    }
+
+    fn aead_nonce(&self) -> Nonce {
+        // Unique: the counter goes up after each message and the key changes before it wraps.
+        Nonce::assume_unique_for_key(self.nonce)
     }
 
     /// The cipher positioned after the tag block, the Poly1305 key, and the encrypted tag block
@@ -87,9 +114,15 @@ impl State {
         next[32..].copy_from_slice(&self.nonce[4..]);
         ChaCha20::new((&self.key).into(), (&self.nonce).into()).apply_keystream(&mut next);
         self.key.copy_from_slice(&next[..32]);
+        self.aead = aead_key(&self.key);
         self.nonce[4..].copy_from_slice(&next[32..]);
         self.nonce[..4].copy_from_slice(&1u32.to_le_bytes());
     }
+}
+
+fn aead_key(key: &[u8; 32]) -> Box<LessSafeKey> {
+    let key = UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key");
+    Box::new(LessSafeKey::new(key))
 }
 
 /// The MAC of one message, fed straight from the buffer: whole 16-byte blocks of the
@@ -124,21 +157,34 @@ impl Sealer {
         Sealer(State::new(key, header))
     }
 
-    /// Seals `message` in place: on entry `[unused (1)][plaintext][unused (16)]`, on return the
-    /// message as it goes on the wire. Shorter than [`OVERHEAD`] is a bug of the caller.
-    pub(crate) fn seal(&mut self, message: &mut [u8]) {
+    /// Seals a message in place. On entry `region` is `[room (ROOM)][unused (1)][plaintext]
+    /// [unused (16)]`; on return `region[ROOM..]` is the message as it goes on the wire and
+    /// the room is clobbered. Shorter than `ROOM + OVERHEAD` is a bug of the caller.
+    pub(crate) fn seal(&mut self, region: &mut [u8]) {
         assert!(
-            message.len() >= OVERHEAD,
-            "a message has room for tag and MAC"
+            region.len() >= ROOM + OVERHEAD,
+            "a message has room for the tag block and the MAC"
         );
-        let (cipher_and_tag, mac_out) = message.split_at_mut(message.len() - MAC_LEN);
-        let (tag_out, body) = cipher_and_tag.split_at_mut(1);
-        let (mut cipher, poly_key, tag_block) = self.0.start(TAG_MESSAGE);
-        cipher.apply_keystream(body);
-        let mac = mac(&poly_key, &tag_block, body);
-        tag_out[0] = tag_block[0];
-        mac_out.copy_from_slice(&mac);
-        self.0.advance(TAG_MESSAGE, &mac);
+        let state = &mut self.0;
+        let (sealed, mac_out) = region.split_at_mut(region.len() - MAC_LEN);
+        if State::fits_aead(sealed.len() - BLOCK) {
+            sealed[..BLOCK].fill(0);
+            sealed[0] = TAG_MESSAGE;
+            let mac = state
+                .aead
+                .seal_in_place_separate_tag(state.aead_nonce(), Aad::empty(), sealed)
+                .expect("a message under ring's 256 GiB limit");
+            // The wire carries the tag block's first byte only, right before the ciphertext.
+            sealed[ROOM] = sealed[0];
+            mac_out.copy_from_slice(mac.as_ref());
+        } else {
+            let (tag_out, body) = sealed[ROOM..].split_at_mut(1);
+            let (mut cipher, poly_key, tag_block) = state.start(TAG_MESSAGE);
+            cipher.apply_keystream(body);
+            tag_out[0] = tag_block[0];
+            mac_out.copy_from_slice(&mac(&poly_key, &tag_block, body));
+        }
+        state.advance(TAG_MESSAGE, mac_out);
     }
 }
 
@@ -150,27 +196,57 @@ impl Opener {
         Opener(State::new(key, header))
     }
 
-    /// Opens a message in place; returns the plaintext, a part of `message`. A message that
-    /// fails leaves the direction unusable (the peer's next nonce is unknown), so the caller
-    /// ends the stream.
-    pub(crate) fn open<'a>(&mut self, message: &'a mut [u8]) -> Result<&'a mut [u8], OpenError> {
-        let len = message.len();
+    /// Opens a message in place: `region` is `[room (ROOM)][message as received]`; returns
+    /// the plaintext, a part of `region`, and clobbers the room. A message that fails leaves
+    /// the direction unusable (the peer's next nonce is unknown), so the caller ends the
+    /// stream.
+    pub(crate) fn open<'a>(&mut self, region: &'a mut [u8]) -> Result<&'a mut [u8], OpenError> {
+        assert!(
+            region.len() >= ROOM,
+            "the caller leaves room before a message"
+        );
+        let len = region.len() - ROOM;
         if len < OVERHEAD {
             return Err(OpenError { len });
         }
-        let (cipher_and_tag, received) = message.split_at_mut(len - MAC_LEN);
-        let (tag_in, body) = cipher_and_tag.split_at_mut(1);
-        let (mut cipher, poly_key, mut tag_block) = self.0.start(tag_in[0]);
-        let tag = tag_block[0];
-        // The MAC covers the block as sent, whose first byte is the encrypted tag.
-        tag_block[0] = tag_in[0];
-        let expected = mac(&poly_key, &tag_block, body);
-        if !bool::from(expected.ct_eq(received)) {
-            return Err(OpenError { len });
-        }
-        cipher.apply_keystream(body);
-        self.0.advance(tag, received);
-        Ok(body)
+        let state = &mut self.0;
+        let (sealed, received) = region.split_at_mut(region.len() - MAC_LEN);
+        let received: [u8; MAC_LEN] = (&*received).try_into().expect("16 bytes");
+        let tag = if State::fits_aead(sealed.len() - BLOCK) {
+            // The tag block as the MAC covers it: the byte received, then the keystream of
+            // block 1 (which encrypted zeros).
+            let tag_in = sealed[ROOM];
+            let mut cipher = ChaCha20::new((&state.key).into(), (&state.nonce).into());
+            cipher.seek(BLOCK);
+            sealed[..BLOCK].fill(0);
+            cipher.apply_keystream(&mut sealed[..BLOCK]);
+            sealed[0] = tag_in;
+            state
+                .aead
+                .open_in_place_separate_tag(
+                    state.aead_nonce(),
+                    Aad::empty(),
+                    Tag::from(received),
+                    sealed,
+                    0..,
+                )
+                .map_err(|_| OpenError { len })?;
+            sealed[0]
+        } else {
+            let (tag_in, body) = sealed[ROOM..].split_at_mut(1);
+            let (mut cipher, poly_key, mut tag_block) = state.start(tag_in[0]);
+            let tag = tag_block[0];
+            // The MAC covers the block as sent, whose first byte is the encrypted tag.
+            tag_block[0] = tag_in[0];
+            let expected = mac(&poly_key, &tag_block, body);
+            if !bool::from(expected.ct_eq(&received)) {
+                return Err(OpenError { len });
+            }
+            cipher.apply_keystream(body);
+            tag
+        };
+        state.advance(tag, &received);
+        Ok(&mut sealed[BLOCK..])
     }
 }
 
@@ -178,18 +254,29 @@ impl Opener {
 mod tests {
     use super::*;
     use peeroxide_dht::secretstream::{Pull, Push};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     const KEY: [u8; 32] = [0x42; 32];
 
+    /// `plaintext` where [`Sealer::seal`] takes it.
     fn framed(plaintext: &[u8]) -> Vec<u8> {
-        let mut m = vec![0u8; plaintext.len() + OVERHEAD];
-        m[1..1 + plaintext.len()].copy_from_slice(plaintext);
+        let mut m = vec![0u8; ROOM + plaintext.len() + OVERHEAD];
+        m[ROOM + 1..ROOM + 1 + plaintext.len()].copy_from_slice(plaintext);
         m
     }
 
-    /// Every length class of the MAC's tail (0..=15 past a block) and a few long ones.
+    /// A received message where [`Opener::open`] takes it.
+    fn roomy(message: &[u8]) -> Vec<u8> {
+        let mut m = vec![0xEE; ROOM];
+        m.extend_from_slice(message);
+        m
+    }
+
+    /// Every length class of the MAC's tail (0..=15 past a block) and a few long ones, which
+    /// take ring's path (a multiple of 8) or the other.
     fn lengths() -> impl Iterator<Item = usize> {
-        (0..40).chain([1000, 65_536, 65_537, 200_003])
+        (0..40).chain([1000, 1001, 65_528, 65_536, 65_537, 200_003])
     }
 
     fn bytes(n: usize) -> Vec<u8> {
@@ -204,7 +291,7 @@ mod tests {
             let plain = bytes(n);
             let mut m = framed(&plain);
             sealer.seal(&mut m);
-            let (opened, tag) = pull.next(&m).expect("peeroxide opens our message");
+            let (opened, tag) = pull.next(&m[ROOM..]).expect("peeroxide opens our message");
             assert_eq!((opened, tag), (plain, TAG_MESSAGE), "length {n}");
         }
     }
@@ -215,11 +302,41 @@ mod tests {
         let mut opener = Opener::new(&KEY, &header);
         for n in lengths() {
             let plain = bytes(n);
-            let mut m = push.next(&plain);
+            let mut m = roomy(&push.next(&plain));
             assert_eq!(
                 opener.open(&mut m).expect("we open its message"),
-                &plain[..]
+                &plain[..],
+                "length {n}"
             );
+        }
+    }
+
+    /// Random lengths (most of them multiples of 8, ring's path) and random tags, both ways
+    /// against peeroxide-dht's independent implementation, with a rekey now and then.
+    #[test]
+    fn random_messages_agree_with_peeroxide_both_ways() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let (mut sealer, header) = Sealer::new(&KEY);
+        let mut pull = Pull::new(&KEY, &header);
+        let (mut push, header) = Push::new(&KEY);
+        let mut opener = Opener::new(&KEY, &header);
+        for i in 0..400 {
+            let n = match rng.random_range(0..4) {
+                0 => rng.random_range(0..200),
+                1 => rng.random_range(0..70_000),
+                _ => rng.random_range(0..8_200) * 8,
+            };
+            let mut plain = vec![0u8; n];
+            rng.fill(&mut plain[..]);
+
+            let mut m = framed(&plain);
+            sealer.seal(&mut m);
+            let (opened, tag) = pull.next(&m[ROOM..]).expect("peeroxide opens ours");
+            assert_eq!((opened, tag), (plain.clone(), TAG_MESSAGE), "message {i}");
+
+            let tag = [TAG_MESSAGE, 1, TAG_REKEY, 3][rng.random_range(0..4)];
+            let mut m = roomy(&push.push(&plain, None, tag));
+            assert_eq!(opener.open(&mut m).expect("we open its"), &plain[..]);
         }
     }
 
@@ -227,38 +344,50 @@ mod tests {
     fn a_rekey_tag_is_followed() {
         let (mut push, header) = Push::new(&KEY);
         let mut opener = Opener::new(&KEY, &header);
-        let mut rekey = push.push(b"then new keys", None, TAG_REKEY);
-        assert_eq!(opener.open(&mut rekey).unwrap(), b"then new keys");
-        let mut after = push.next(b"under them");
-        assert_eq!(opener.open(&mut after).unwrap(), b"under them");
+        // One message of each path.
+        for text in [&b"then new keys"[..], b"16 bytes: ring's"] {
+            let mut rekey = roomy(&push.push(text, None, TAG_REKEY));
+            assert_eq!(opener.open(&mut rekey).unwrap(), text);
+            let mut after = roomy(&push.next(b"under them"));
+            assert_eq!(opener.open(&mut after).unwrap(), b"under them");
+        }
     }
 
     #[test]
     fn any_flipped_bit_fails_and_short_input_is_refused() {
-        let (mut sealer, header) = Sealer::new(&KEY);
-        let mut m = framed(b"attack at dawn");
-        sealer.seal(&mut m);
-        for i in 0..m.len() * 8 {
-            let mut forged = m.clone();
-            forged[i / 8] ^= 1 << (i % 8);
+        // 14 bytes take the RustCrypto path, 16 ring's.
+        for plain in [&b"attack at dawn"[..], b"attack at dawn!!"] {
+            let (mut sealer, header) = Sealer::new(&KEY);
+            let mut m = framed(plain);
+            sealer.seal(&mut m);
+            let m = &m[ROOM..];
+            for i in 0..m.len() * 8 {
+                let mut forged = roomy(m);
+                forged[ROOM + i / 8] ^= 1 << (i % 8);
+                let mut opener = Opener::new(&KEY, &header);
+                assert!(opener.open(&mut forged).is_err(), "bit {i}");
+            }
             let mut opener = Opener::new(&KEY, &header);
-            assert!(opener.open(&mut forged).is_err(), "bit {i}");
+            for n in 0..OVERHEAD {
+                assert_eq!(
+                    opener.open(&mut roomy(&vec![0; n])),
+                    Err(OpenError { len: n })
+                );
+            }
+            assert_eq!(opener.open(&mut roomy(m)).unwrap(), plain);
         }
-        let mut opener = Opener::new(&KEY, &header);
-        for n in 0..OVERHEAD {
-            assert_eq!(opener.open(&mut vec![0; n]), Err(OpenError { len: n }));
-        }
-        assert_eq!(opener.open(&mut m).unwrap(), b"attack at dawn");
     }
 
     #[test]
     fn a_replayed_message_fails() {
-        let (mut sealer, header) = Sealer::new(&KEY);
-        let mut opener = Opener::new(&KEY, &header);
-        let mut m = framed(b"once");
-        sealer.seal(&mut m);
-        let replay = m.clone();
-        opener.open(&mut m).unwrap();
-        assert!(opener.open(&mut replay.clone()).is_err());
+        for plain in [&b"once"[..], b"once, ring's way"] {
+            let (mut sealer, header) = Sealer::new(&KEY);
+            let mut opener = Opener::new(&KEY, &header);
+            let mut m = framed(plain);
+            sealer.seal(&mut m);
+            let replay = m.clone();
+            opener.open(&mut m).unwrap();
+            assert!(opener.open(&mut replay.clone()).is_err());
+        }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Written for the bulk path: a message is sealed where it was read and opened where it
 //! arrived ([`WriteHalf::buffer`], [`ReadHalf::next`]), a frame goes to the transport in one
-//! write, and a read takes as many frames as the transport holds. Memory per direction is one
+//! write, and a read takes as many frames as the transport holds. Both buffers keep the
+//! cipher's [`ROOM`] free in front of every message, so that neither side copies one. Memory per direction is one
 //! buffer, sized for [`MESSAGE`] and growing only for a larger message a peer sends (at most
 //! the 16 MiB a 3-byte length allows, shrunk back after it).
 
@@ -18,7 +19,7 @@ use blake2::digest::Mac;
 use blake2::Blake2bMac;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use cipher::{Opener, Sealer, HEADER_LEN, OVERHEAD};
+use cipher::{Opener, Sealer, HEADER_LEN, OVERHEAD, ROOM};
 
 /// The plaintext of one message we send, at most. Each message costs a frame header, a tag, a
 /// MAC and a nonce setup; 64 KiB makes that under 0.1 % of the bytes, and keeps a connection's
@@ -153,7 +154,9 @@ fn length_prefix(len: usize) -> [u8; LENGTH_LEN] {
 
 /// Frames from the transport, several per read.
 struct ReadState {
-    /// Allocated on the first read: an idle connection holds none.
+    /// Allocated on the first read: an idle connection holds none. Reads land from [`ROOM`]
+    /// on, so every message has the room the cipher opens it in: that, or the frames before
+    /// it, which are consumed.
     buf: Vec<u8>,
     /// `buf[start..end]` arrived and is not consumed yet.
     start: usize,
@@ -166,8 +169,8 @@ impl ReadState {
     fn new() -> ReadState {
         ReadState {
             buf: Vec::new(),
-            start: 0,
-            end: 0,
+            start: ROOM,
+            end: ROOM,
             opener: None,
         }
     }
@@ -216,25 +219,26 @@ impl ReadState {
     /// how large: at most the 16 MiB a 3-byte length allows).
     fn make_room(&mut self, frame: usize) {
         if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+            self.start = ROOM;
+            self.end = ROOM;
         }
-        let want = frame.max(READ_BUFFER);
-        let fits = self.buf.len() - self.start >= frame && self.end < self.buf.len();
+        let want = ROOM + frame.max(READ_BUFFER);
+        let fits = self.buf.len() >= self.start + frame && self.end < self.buf.len();
         if fits && self.buf.len() <= want {
             return;
         }
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
         // What is unread is less than the frame it belongs to, so `want` holds it: the usual
         // size again after a large frame, or one large enough for the frame now.
+        if self.buf.len() < want {
+            self.buf.reserve_exact(want - self.buf.len());
+            self.buf.resize(want, 0);
+        }
+        self.buf.copy_within(self.start..self.end, ROOM);
+        self.end -= self.start - ROOM;
+        self.start = ROOM;
         if self.buf.len() > want {
             self.buf.truncate(want);
             self.buf.shrink_to_fit();
-        } else {
-            self.buf.reserve_exact(want - self.buf.len());
-            self.buf.resize(want, 0);
         }
     }
 }
@@ -258,7 +262,7 @@ impl<R: AsyncRead + Unpin> ReadHalf<R> {
                 .opener
                 .as_mut()
                 .expect("set before the halves exist");
-            let len = opener.open(&mut self.state.buf[a..b])?.len();
+            let len = opener.open(&mut self.state.buf[a - ROOM..b])?.len();
             if len > 0 {
                 break (a + 1, a + 1 + len);
             }
@@ -272,7 +276,8 @@ impl<R: AsyncRead + Unpin> ReadHalf<R> {
     }
 }
 
-/// One frame being assembled: `[length][tag][plaintext ...][MAC]`.
+/// One frame being assembled: `[room][length][tag][plaintext ...][MAC]`, the length inside
+/// the cipher's room (written once the message is sealed).
 struct WriteState {
     sealer: Sealer,
     /// Allocated on the first write.
@@ -284,7 +289,9 @@ struct WriteState {
     sealed: usize,
 }
 
-const PLAINTEXT_AT: usize = LENGTH_LEN + 1;
+const PLAINTEXT_AT: usize = ROOM + 1;
+/// Where the frame that goes on the wire starts.
+const FRAME_AT: usize = ROOM - LENGTH_LEN;
 
 impl WriteState {
     fn new(sealer: Sealer) -> WriteState {
@@ -307,9 +314,9 @@ impl WriteState {
     /// Seals the first `n` bytes of [`WriteState::buffer`] into the frame to write next.
     fn seal(&mut self, n: usize) {
         let end = PLAINTEXT_AT + n + OVERHEAD - 1;
-        self.frame[..LENGTH_LEN].copy_from_slice(&length_prefix(n + OVERHEAD));
-        self.sealer.seal(&mut self.frame[LENGTH_LEN..end]);
-        (self.unsent, self.sealed) = (0, end);
+        self.sealer.seal(&mut self.frame[..end]);
+        self.frame[FRAME_AT..ROOM].copy_from_slice(&length_prefix(n + OVERHEAD));
+        (self.unsent, self.sealed) = (FRAME_AT, end);
     }
 }
 
@@ -430,18 +437,22 @@ mod tests {
         let (mut r, _) = b.into_split();
         let big = MAX_FRAME - OVERHEAD;
         tokio::spawn(async move {
-            let mut frame = vec![0u8; LENGTH_LEN + MAX_FRAME];
-            frame[..LENGTH_LEN].copy_from_slice(&length_prefix(MAX_FRAME));
+            let mut frame = vec![0u8; ROOM + MAX_FRAME];
             frame[PLAINTEXT_AT..PLAINTEXT_AT + big].fill(9);
-            w.state.sealer.seal(&mut frame[LENGTH_LEN..]);
-            w.raw.write_all(&frame).await.unwrap();
+            w.state.sealer.seal(&mut frame);
+            frame[FRAME_AT..ROOM].copy_from_slice(&length_prefix(MAX_FRAME));
+            w.raw.write_all(&frame[FRAME_AT..]).await.unwrap();
             w.write(b"small").await.unwrap();
         });
         let m = r.next().await.unwrap().unwrap();
         assert_eq!(m.len(), big);
         assert!(m.iter().all(|&b| b == 9));
         assert_eq!(r.next().await.unwrap().unwrap(), b"small");
-        assert_eq!(r.state.buf.len(), READ_BUFFER, "back to the usual size");
+        assert_eq!(
+            r.state.buf.len(),
+            ROOM + READ_BUFFER,
+            "back to the usual size"
+        );
         assert!(
             r.state.buf.capacity() < 2 * READ_BUFFER,
             "and its memory freed"
