@@ -110,6 +110,7 @@ pub fn mux_frames(data: &[u8]) {
         window: 64 * 1024,
         max_window: 256 * 1024,
         growth_budget: 384 * 1024,
+        cold_window: 128 * 1024,
     };
     let role = if data.first().is_some_and(|b| b & 1 == 1) {
         Role::Client

@@ -539,6 +539,7 @@ pub(super) mod tests {
         window: 1000,
         max_window: 1000,
         growth_budget: 0,
+        cold_window: 0,
     };
 
     /// The hand-written end of a connection: both halves of its secret stream.
