@@ -28,7 +28,6 @@ use crate::error::{Error, Result, Stage};
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::lock::lock;
 use crate::nat::Firewall;
-use crate::noise_session::Features;
 use crate::peer::{Link, Path, PeerStream};
 use crate::policy::{relay_choice, RelayOffer, RelayPlan};
 use crate::relay::client::Lease;
@@ -89,13 +88,6 @@ impl Connector {
         ours: Option<RelayOffer>,
     ) -> Option<RelayPlan> {
         answer.remote.holepunch.as_ref()?;
-        // A sharer that left our extension unanswered is a hyperdht server: it follows our
-        // move, but in one lab run of three neither side heard the other after it (docs/relay.md,
-        // "Not done yet"), so it gets the punch first and the relay only if the punch fails.
-        // Without an offer of ours (`--no-multiplex`) there is no telling, and the move stays.
-        if self.features != Features::default() && answer.hs.features == Features::default() {
-            return None;
-        }
         let plan = relay_choice(answer.sharers_relay(), ours, false)?;
         let (us, them) = (
             self.our_nat().await,
@@ -236,7 +228,7 @@ async fn move_to_direct(p: LaterPunch, relayed: StreamObserver, lease: Lease) {
             drop(socket);
         });
     }
-    let completed = lease.release_after_move(&relayed).await;
+    let completed = lease.confirm_move(&relayed).await;
     info!(peer = %addr, completed, "connection moved to the direct path");
 }
 
