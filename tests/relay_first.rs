@@ -220,7 +220,8 @@ fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
 
 /// Against a Node hyperdht server that names a relay, the same hard pair punches first and
 /// takes the relay only if the punch fails: after our move such a server followed, then in
-/// one run of three neither side heard the other (docs/relay.md, "Not done yet"). The connect
+/// one lab run of ten its move stalled on a packet our relay would not pass on (docs/relay.md,
+/// "Against a hyperdht server"). The connect
 /// offers our extension (multiplexing, the default), which a hyperdht server leaves
 /// unanswered: that is how it tells. 10 MiB out and back through the echo, verified.
 #[test]

@@ -94,6 +94,9 @@ pub(crate) enum Event {
     MoveOut(Handover),
     /// To the socket a stream moves to: its protocol state.
     MoveIn(Handover),
+    /// To the socket a stream moved to: a packet for it that arrived on the socket it left
+    /// (from its old remote, which may resend there: see `Stream::hears`).
+    Forwarded(Arc<StreamShared>, Bytes, SocketAddr),
     /// To the socket a stream moves to: the state never came (the stream was gone, or the
     /// socket it left stopped); release the id and close the handle.
     MoveFailed(Arc<StreamShared>),

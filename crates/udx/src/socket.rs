@@ -11,9 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::datagrams::DatagramSender;
@@ -42,6 +43,10 @@ pub(crate) struct Driver {
     /// handles sent before their protocol state arrived (a few: a Wake is sent once until
     /// serviced, a Destroy or Dropped once).
     incoming: HashMap<u32, (Arc<StreamShared>, Vec<Event>)>,
+    /// Streams that moved to another socket, by id, with the remote they had here: what that
+    /// remote still sends here (its resends) is passed on, nobody else's (the queue to the
+    /// other socket is unbounded). Pruned of finished streams at every move.
+    moved_out: HashMap<u32, (Weak<StreamShared>, Arc<SocketCore>, SocketAddr)>,
 }
 
 impl Driver {
@@ -59,6 +64,7 @@ impl Driver {
             endpoint: Endpoint::new(),
             shared: HashMap::new(),
             incoming: HashMap::new(),
+            moved_out: HashMap::new(),
         })
     }
 
@@ -165,7 +171,8 @@ impl Driver {
             | Event::ChangeRemote(s, ..)
             | Event::Message(s, _)
             | Event::Connect(s, ..)
-            | Event::Relay(s, _) => s,
+            | Event::Relay(s, _)
+            | Event::Forwarded(s, ..) => s,
             Event::MoveOut(h) => &h.shared,
             Event::Register(_) | Event::Expect(_) | Event::MoveIn(_) | Event::MoveFailed(_) => {
                 return Some(ev)
@@ -237,6 +244,11 @@ impl Driver {
                 self.incoming
                     .insert(shared.local_id, (shared.clone(), Vec::new()));
             }
+            Event::Forwarded(shared, packet, from) => {
+                if self.current(&shared).is_some() {
+                    self.endpoint.handle(now, from, &packet);
+                }
+            }
             Event::MoveOut(handover) => self.move_out(handover),
             Event::MoveIn(handover) => self.move_in(handover, now),
             Event::MoveFailed(shared) => {
@@ -272,6 +284,18 @@ impl Driver {
         };
         self.shared.remove(&id);
         lock(&self.registry).remove(&id);
+        self.moved_out
+            .retain(|_, (s, ..)| s.upgrade().is_some_and(|s| s.lock().closed.is_none()));
+        if let Some(old) = stream.remote() {
+            self.moved_out.insert(
+                id,
+                (
+                    Arc::downgrade(&handover.shared),
+                    handover.to.clone(),
+                    old.addr,
+                ),
+            );
+        }
         handover.stream = Some(stream);
         let to = handover.to.clone();
         to.send_event(Event::MoveIn(handover));
@@ -317,6 +341,30 @@ impl Driver {
         }
     }
 
+    /// Passes a packet for a stream that moved away (and whose id no stream here took since)
+    /// on to the socket it moved to. Returns false if there is none.
+    fn pass_to_moved(&mut self, data: &[u8], from: SocketAddr) -> bool {
+        let Some(h) = Header::decode(data) else {
+            return false;
+        };
+        let Some((shared, to, old)) = self.moved_out.get(&h.stream_id) else {
+            return false;
+        };
+        if *old != normalize(from) {
+            return false;
+        }
+        match shared.upgrade().filter(|s| s.lock().closed.is_none()) {
+            Some(shared) => {
+                to.send_event(Event::Forwarded(shared, Bytes::copy_from_slice(data), from));
+                true
+            }
+            None => {
+                self.moved_out.remove(&h.stream_id);
+                false
+            }
+        }
+    }
+
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
         if self.endpoint.handle(now, from, data) {
             return;
@@ -330,6 +378,9 @@ impl Driver {
                     return;
                 }
             }
+        }
+        if self.pass_to_moved(data, from) {
+            return;
         }
         if let Some(tx) = lock(&self.datagrams).as_mut() {
             let datagram = Datagram {

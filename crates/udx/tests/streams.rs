@@ -579,6 +579,35 @@ async fn change_remote_moves_a_transfer_from_a_relay_to_a_direct_path() {
     .await;
 }
 
+/// A stream that moved to another socket still hears its old remote on the socket it left:
+/// libudx resends a packet lost before its own move to where it first sent it (the relay),
+/// and a stream deaf there never acknowledges it, so the peer's move never completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_stream_still_hears_its_old_path() {
+    let (a, b) = two_sockets().await;
+    let a_direct = UdxSocket::bind(localhost()).await.unwrap();
+    let relay = Forwarder::start(a.local_addr().unwrap(), b.local_addr().unwrap(), 0.0).await;
+    let mut sa = a.create_stream(10).unwrap();
+    let mut sb = b.create_stream(20).unwrap();
+    sa.connect(20, relay.for_a).unwrap();
+    sb.connect(10, relay.for_b).unwrap();
+    let oa = sa.observer();
+    oa.change_remote(&a_direct, 20, b.local_addr().unwrap())
+        .unwrap();
+    eventually(10, "the stream moved to the other socket", || {
+        a.stream_count() == 0 && a_direct.stream_count() == 1
+    })
+    .await;
+    // b has not moved: what it writes goes by the relay to the socket a's stream left.
+    let late = b"sent by the old path after the move";
+    sb.write_all(late).await.unwrap();
+    let mut got = [0u8; 35];
+    within(10, "the late bytes arrive", sa.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(&got, late);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_remote_refuses_what_it_cannot_do() {
     let (a, b) = two_sockets().await;

@@ -133,3 +133,69 @@ pub(super) fn stick_to_relay_if_unpunchable(relayed_since: &Mutex<Option<Instant
         *lock(relayed_since) = Some(Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::PunchFailure;
+
+    fn sticks(why: Error) -> bool {
+        let since = Mutex::new(None);
+        stick_to_relay_if_unpunchable(&since, &why);
+        let stuck = lock(&since).is_some();
+        stuck
+    }
+
+    #[test]
+    fn only_nats_that_cannot_be_punched_make_the_relay_sticky() {
+        use Firewall::{Consistent, Random};
+        assert!(sticks(Error::RelayNeeded {
+            ours: Random,
+            theirs: Random,
+        }));
+        // Failures in passing say nothing about the next punch: lost rounds, a busy or
+        // declining sharer, probes that never came back, an attempt out of time.
+        let passing = [
+            PunchFailure::RoundNotPassed {
+                via: "127.0.0.1:1".parse().unwrap(),
+                tries: 3,
+            },
+            PunchFailure::TryLater,
+            PunchFailure::Declined,
+            PunchFailure::Unclassified { samples: 1 },
+            PunchFailure::NoProbeBack {
+                rounds: 4,
+                waited: Duration::from_secs(25),
+            },
+        ];
+        for failure in passing {
+            let why = Error::HolepunchFailed {
+                ours: Random,
+                theirs: Consistent,
+                failure: failure.clone(),
+            };
+            assert!(!sticks(why), "{failure:?} made the relay sticky");
+        }
+        assert!(!sticks(Error::NoDataPath {
+            path: Path::Punched,
+            peer: None,
+            waited: Duration::from_secs(10),
+        }));
+        assert!(!sticks(Error::AttemptTimedOut {
+            after: Duration::from_secs(30),
+            stage: Stage::Punch,
+        }));
+    }
+
+    #[test]
+    fn a_sticky_relay_is_renewed_by_the_next_unpunchable_pair() {
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        let since = Mutex::new(Some(long_ago));
+        let why = Error::RelayNeeded {
+            ours: Firewall::Random,
+            theirs: Firewall::Random,
+        };
+        stick_to_relay_if_unpunchable(&since, &why);
+        assert!(lock(&since).is_some_and(|t| t > long_ago));
+    }
+}

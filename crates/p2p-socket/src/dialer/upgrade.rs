@@ -90,9 +90,11 @@ impl Connector {
     ) -> Option<RelayPlan> {
         answer.remote.holepunch.as_ref()?;
         // A sharer that left our extension unanswered is a hyperdht server: it follows our
-        // move, but in one lab run of three neither side heard the other after it (docs/relay.md,
-        // "Not done yet"), so it gets the punch first and the relay only if the punch fails.
-        // Without an offer of ours (`--no-multiplex`) there is no telling, and the move stays.
+        // move, but a packet of its lost on the relay path is resent by libudx to the relay
+        // from its new socket, and our relay drops packets from an address other than the
+        // paired one; its move then never completes (1 lab run of 10, docs/relay.md). Until
+        // the relay takes them, it gets the punch first and the relay only if the punch
+        // fails. Without an offer of ours (`--no-multiplex`) there is no telling.
         if self.features != Features::default() && answer.hs.features == Features::default() {
             return None;
         }
@@ -236,7 +238,7 @@ async fn move_to_direct(p: LaterPunch, relayed: StreamObserver, lease: Lease) {
             drop(socket);
         });
     }
-    let completed = lease.release_after_move(&relayed).await;
+    let completed = lease.confirm_move(&relayed).await;
     info!(peer = %addr, completed, "connection moved to the direct path");
 }
 

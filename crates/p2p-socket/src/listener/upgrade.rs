@@ -165,7 +165,7 @@ pub(super) async fn follow_to_direct(
         keep_route(socket, &routes);
     }
     // The client leaves its relay once it hears us on the new path.
-    let completed = lease.release_after_move(&relayed).await;
+    let completed = lease.confirm_move(&relayed).await;
     info!(
         connection = n,
         peer = %from,

@@ -129,11 +129,14 @@ impl Lease {
     /// everything sent before the move is acknowledged there (at most [`MOVE_TIMEOUT`]: the
     /// peer may have left the relay already), send the empty message that tells the peer the
     /// path carries traffic (udx's `trySend`; a hyperdht peer closes its relay connection on
-    /// it), then unpair. Says whether the move completed in time.
-    pub(crate) async fn release_after_move(self, moved: &udx::StreamObserver) -> bool {
+    /// it). The pairing stays while the stream lives: libudx resends a packet lost before the
+    /// peer moved to the relay, for ever, and the moved stream hears it there (udx's
+    /// `Stream::hears`); a hyperdht peer ends the pairing itself once its own move completes.
+    /// Says whether the move completed in time.
+    pub(crate) async fn confirm_move(self, moved: &udx::StreamObserver) -> bool {
         let completed = tokio::time::timeout(MOVE_TIMEOUT, moved.remote_changed()).await;
         moved.send_message(&[]);
-        drop(self);
+        self.keep_while(moved);
         matches!(completed, Ok(Ok(())))
     }
 }

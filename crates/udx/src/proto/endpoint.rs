@@ -276,7 +276,7 @@ impl Endpoint {
         // A connected stream hears only its peer: anyone else who learns or guesses the id
         // could otherwise destroy it or acknowledge data away.
         let from_peer = match entry.stream.remote() {
-            Some(peer) => peer.addr == from,
+            Some(_) => entry.stream.hears(from),
             None => {
                 let adopted = entry.stream.accept_unconnected(data, from);
                 // Its first held packet is news (`StreamEvent::Held`).
@@ -512,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn after_change_remote_only_the_new_address_is_heard() {
+    fn after_change_remote_the_new_and_the_old_address_are_heard_no_other() {
         let now = Instant::now();
         let relay: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let direct: SocketAddr = "127.0.0.2:7001".parse().unwrap();
@@ -523,10 +523,14 @@ mod tests {
         assert_eq!(received(&mut ep, now), 5);
 
         assert!(ep.change_remote(1, 9, direct));
-        // A late packet by the old path is ours (not the DHT's) but ignored.
-        assert!(ep.handle(now, relay, &data_from_peer(1, 1)));
+        // A stranger is not heard.
+        let stranger: SocketAddr = "127.0.0.3:7002".parse().unwrap();
+        assert!(ep.handle(now, stranger, &data_from_peer(1, 1)));
         assert_eq!(received(&mut ep, now), 0);
-        assert!(ep.handle(now, direct, &data_from_peer(1, 1)));
+        // A late packet by the old path (libudx resends there) is heard.
+        assert!(ep.handle(now, relay, &data_from_peer(1, 1)));
+        assert_eq!(received(&mut ep, now), 5);
+        assert!(ep.handle(now, direct, &data_from_peer(1, 2)));
         assert_eq!(received(&mut ep, now), 5);
         assert!(!ep.change_remote(77, 9, direct), "no such stream");
     }

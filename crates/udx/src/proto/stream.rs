@@ -174,6 +174,8 @@ pub struct Remote {
 pub struct Stream {
     local_id: u32,
     remote: Option<Remote>,
+    /// The remote before the last `change_remote` to another address (see [`Stream::hears`]).
+    old_remote: Option<SocketAddr>,
     /// `connect_on_first_packet` was called with this remote id.
     connect_on_first: Option<u32>,
     held: Vec<(Bytes, SocketAddr)>,
@@ -277,6 +279,7 @@ impl Stream {
         Stream {
             local_id,
             remote: None,
+            old_remote: None,
             connect_on_first: None,
             held: Vec::new(),
             held_bytes: 0,
@@ -352,6 +355,14 @@ impl Stream {
     /// The peer, once known.
     pub fn remote(&self) -> Option<Remote> {
         self.remote
+    }
+
+    /// Whether a packet from `from` is the connected peer's: its remote, or the remote it had
+    /// before the last `change_remote`. libudx resends a lost packet to the address it first
+    /// sent it to (the relay, after a move to a punched path), until it is acknowledged;
+    /// a stream deaf to its old path never acknowledges it and the peer's move never completes.
+    pub fn hears(&self, from: SocketAddr) -> bool {
+        self.remote.is_some_and(|r| r.addr == from) || self.old_remote == Some(from)
     }
 
     /// Why the stream stopped, if it did.
@@ -448,9 +459,13 @@ impl Stream {
         if self.closed.is_some() || self.remote.is_none() {
             return false;
         }
+        let addr = super::normalize(addr);
+        if let Some(old) = self.remote.filter(|r| r.addr != addr) {
+            self.old_remote = Some(old.addr);
+        }
         self.remote = Some(Remote {
             id: remote_id,
-            addr: super::normalize(addr),
+            addr,
         });
         if self.snd_una < self.snd_nxt {
             self.remote_changing = Some(self.snd_nxt);
