@@ -3,7 +3,7 @@
 //! relay. The pair is hard (the punch takes the birthday approach, hundreds of milliseconds),
 //! so the connection starts on the relay at once and moves to the punched path when the punch,
 //! running in the background, opens. Against our share, and against a Node hyperdht server
-//! (which punches first: see the last test). Every byte is verified at both ends.
+//! (which follows through libudx's `firewall` hook). Every byte is verified at both ends.
 //!
 //! Needs root (the lab builds network namespaces) and, for the Node server, Node (`npm ci` in
 //! interop/node); without either the test fails saying so.
@@ -218,14 +218,14 @@ fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
     );
 }
 
-/// Against a Node hyperdht server that names a relay, the same hard pair punches first and
-/// takes the relay only if the punch fails: after our move such a server followed, then in
-/// one lab run of ten its move stalled on a packet our relay would not pass on (docs/relay.md,
-/// "Against a hyperdht server"). The connect
-/// offers our extension (multiplexing, the default), which a hyperdht server leaves
-/// unanswered: that is how it tells. 10 MiB out and back through the echo, verified.
+/// Against a Node hyperdht server that names a relay (`relayThrough`): the same first
+/// connection starts on the relay and moves to the direct path, the server following through
+/// libudx's `firewall` hook, then 10 MiB out and back through the echo, verified. A packet the
+/// server sent on the relay path just before it moved, if lost, is resent to the relay from
+/// the server's new socket: the relay passes it on (the paired peer's host) and the moved
+/// stream hears it there (docs/relay.md).
 #[test]
-fn against_a_node_server_that_names_a_relay_a_hard_pair_punches_first() {
+fn against_a_node_server_that_names_a_relay_the_connection_starts_on_it_and_moves() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (homes, service) = hard_pair();
     let relay_log = Log::new("relay-first-node-relay");
@@ -235,24 +235,12 @@ fn against_a_node_server_that_names_a_relay_a_hard_pair_punches_first() {
     let (_server, key) = homes.node_server_with(service.port(), &["--relay", &relay]);
     let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["-v"]);
     let logs = [&connect_log, &relay_log];
-    let stream = dialer(&homes, listen)();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    echo_bulk(stream, &logs);
-    let tally = service.next_tally(TRANSFER);
-    assert_eq!(
-        (tally.received, tally.sent),
-        (VOLUME, VOLUME),
-        "the service's tally"
-    );
-    let path = connect_log.field("connected to the sharer", 1, "path");
-    eprintln!("Node server naming a relay: {path:?}, 10 MiB out and back verified");
-    assert!(
-        !connect_log
-            .text()
-            .contains("a hard pair of NATs: starting on the relay"),
-        "the connect started on the relay against a hyperdht server\n{}",
-        dump(&logs)
+    first_connection_moves(
+        &homes,
+        listen,
+        &service,
+        &connect_log,
+        &logs,
+        "Node server naming a relay",
     );
 }

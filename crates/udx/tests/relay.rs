@@ -97,18 +97,9 @@ async fn a_destroy_passes_through_and_ends_the_relaying() {
     assert!(ra.stats().packets_received >= 2, "{:?}", ra.stats());
 }
 
-#[tokio::test]
-async fn only_the_paired_peer_is_relayed() {
-    let Relayed {
-        mut a,
-        mut b,
-        ra,
-        rb,
-        relay_addr,
-        ..
-    } = relayed().await;
-    // A stranger sends a DESTROY for the relay's stream 10 (A's way in).
-    let stranger = tokio::net::UdpSocket::bind(localhost()).await.unwrap();
+/// Sends, from a fresh socket bound to `from`, a DESTROY for the relay's stream 10 (A's way in).
+async fn destroy_stream_10_from(from: SocketAddr, relay_addr: SocketAddr) {
+    let sender = tokio::net::UdpSocket::bind(from).await.unwrap();
     let mut packet = [0u8; wire::HEADER_SIZE];
     wire::Header {
         flags: wire::FLAG_DESTROY,
@@ -119,7 +110,21 @@ async fn only_the_paired_peer_is_relayed() {
         ack: 0,
     }
     .encode(&mut packet);
-    stranger.send_to(&packet, relay_addr).await.unwrap();
+    sender.send_to(&packet, relay_addr).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_the_paired_peers_host_is_relayed() {
+    let Relayed {
+        mut a,
+        mut b,
+        ra,
+        rb,
+        relay_addr,
+        ..
+    } = relayed().await;
+    // A stranger on another host (127.0.0.2: loopback answers all of 127/8).
+    destroy_stream_10_from("127.0.0.2:0".parse().unwrap(), relay_addr).await;
 
     a.write_all(b"still here").await.unwrap();
     let mut got = [0u8; 10];
@@ -130,6 +135,27 @@ async fn only_the_paired_peer_is_relayed() {
     timeout(T, a.read_exact(&mut got)).await.unwrap().unwrap();
     assert_eq!(&got, b"and back");
     drop((ra, rb));
+}
+
+/// A hyperdht server that moved to a punched path resends a packet it had sent on the relay
+/// path from its new socket: another port of the paired peer's host, which must get through.
+#[tokio::test]
+async fn another_port_of_the_paired_peers_host_is_relayed() {
+    let Relayed {
+        a,
+        mut b,
+        ra,
+        rb,
+        relay_addr,
+        ..
+    } = relayed().await;
+    destroy_stream_10_from(localhost(), relay_addr).await;
+    let err = timeout(Duration::from_secs(5), b.read(&mut [0u8; 1]))
+        .await
+        .expect("b learns of the destroy at once")
+        .expect_err("b's stream is reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    drop((a, ra, rb));
 }
 
 #[tokio::test]

@@ -28,7 +28,6 @@ use crate::error::{Error, Result, Stage};
 use crate::holepunch::{punch_to_server, ClientPunch};
 use crate::lock::lock;
 use crate::nat::Firewall;
-use crate::noise_session::Features;
 use crate::peer::{Link, Path, PeerStream};
 use crate::policy::{relay_choice, RelayOffer, RelayPlan};
 use crate::relay::client::Lease;
@@ -89,15 +88,6 @@ impl Connector {
         ours: Option<RelayOffer>,
     ) -> Option<RelayPlan> {
         answer.remote.holepunch.as_ref()?;
-        // A sharer that left our extension unanswered is a hyperdht server: it follows our
-        // move, but a packet of its lost on the relay path is resent by libudx to the relay
-        // from its new socket, and our relay drops packets from an address other than the
-        // paired one; its move then never completes (1 lab run of 10, docs/relay.md). Until
-        // the relay takes them, it gets the punch first and the relay only if the punch
-        // fails. Without an offer of ours (`--no-multiplex`) there is no telling.
-        if self.features != Features::default() && answer.hs.features == Features::default() {
-            return None;
-        }
         let plan = relay_choice(answer.sharers_relay(), ours, false)?;
         let (us, them) = (
             self.our_nat().await,

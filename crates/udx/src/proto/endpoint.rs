@@ -11,8 +11,11 @@
 //! its packets go, and when it ends:
 //!
 //! - a packet from its peer goes out at once to the destination's peer, with the destination's
-//!   remote id in the header and every other byte as it came; packets from any other address
-//!   are dropped, so a relay passes on only the traffic of the two peers it paired;
+//!   remote id in the header and every other byte as it came; packets from any other host
+//!   are dropped, so a relay passes on only the traffic of the two peers it paired. Another
+//!   port of the peer's host is its peer: a hyperdht server that moves to a punched path
+//!   (libudx's `changeRemote`) resends a packet it had sent on the relay path from its new
+//!   socket, to the relay, and its move completes only once that packet is through;
 //! - a DESTROY from its peer is passed on too, then the stream closes, and so does every stream
 //!   relaying into it (nothing could reach its peer any more);
 //! - destroying or dropping a relayed stream closes it (and the streams relaying into it)
@@ -340,7 +343,8 @@ impl Endpoint {
         };
         let Some(to) = entry.relay_to else { return };
         let from_peer = match entry.stream.remote() {
-            Some(peer) => peer.addr == from,
+            // The peer's host, on any port (see the module's documentation).
+            Some(peer) => peer.addr.ip() == from.ip(),
             // Held until connect, or adopted as the peer by connect_on_first_packet.
             None => entry.stream.accept_unconnected(packet, from),
         };
