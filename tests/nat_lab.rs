@@ -202,12 +202,12 @@ impl Cell {
 
 /// A Rust share in a home behind `share_nat`, a Rust connect in one behind `connect_nat`, both
 /// told about the lab's relay. Only two randomising NATs, between which no hole can be punched,
-/// may go through it for every connection. A connect behind a randomising NAT that must punch
-/// (the share behind a cone NAT) knows the pair is hard before punching: its first connection
-/// starts on the relay and moves to the punched path (or, if it ended first, the punch goes on
-/// for the next ones; those that start before it opened start on the relay too). Elsewhere
-/// the relay must see no pairing (a randomising share is not known to be one before the punch:
-/// hyperdht's handshake says only open or not).
+/// may go through it for every connection. When one side is behind a randomising NAT and the
+/// other behind a cone NAT, the connect knows the pair is hard before punching (its own NAT
+/// from its DHT nodes, the sharer's from the sharer's handshake): its first connection starts
+/// on the relay and moves to the punched path (or, if it ended first, the punch goes on for
+/// the next ones; those that start before it opened start on the relay too). Elsewhere the
+/// relay must see no pairing (an open side is dialled directly).
 fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
     let cell = Cell::new(LabSpec::homes([share_nat, connect_nat]), VOLUME);
     let name = format!("{share_nat}-{connect_nat}");
@@ -230,7 +230,10 @@ fn rust_cell(share_nat: Nat, connect_nat: Nat) -> Outcome {
         return outcome;
     };
     let needs_relay = share_nat == Nat::Symmetric && connect_nat == Nat::Symmetric;
-    let relay_first = share_nat == Nat::Cone && connect_nat == Nat::Symmetric;
+    let relay_first = matches!(
+        (share_nat, connect_nat),
+        (Nat::Cone, Nat::Symmetric) | (Nat::Symmetric, Nat::Cone)
+    );
     let relayed = conns.iter().filter(|c| c.path == "relayed").count();
     let pairs = relay_log.text().matches("relaying a pair of peers").count();
     let (want_relayed, want_pairs) = if needs_relay {

@@ -14,6 +14,7 @@ use tracing::{debug, info};
 
 use crate::error::{Error, Result};
 use crate::lock::lock;
+use crate::nat::Firewall;
 
 /// The public HyperDHT bootstrap nodes, the same ones Node's hyperdht uses.
 pub const PUBLIC_BOOTSTRAP: [&str; 3] = [
@@ -331,6 +332,15 @@ impl DhtNode {
     /// Whether peers can send to our DHT socket without punching (false while unknown).
     pub(crate) fn is_open(&self) -> bool {
         *self.open.borrow() == Some(true)
+    }
+
+    /// Our NAT as the DHT nodes that answered us saw it (hyperdht's `firewalled`): Random when
+    /// the ports they report disagree; Unknown when we cannot tell.
+    pub(crate) async fn nat(&self) -> Firewall {
+        match self.handle.dht().firewalled().await {
+            Ok(wire) => Firewall::from_wire(wire),
+            Err(_) => Firewall::Unknown,
+        }
     }
 
     /// Waits (briefly) for the reachability check, so that the first connection already knows

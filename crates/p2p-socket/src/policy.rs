@@ -24,6 +24,17 @@ pub(crate) fn our_firewall(reachable: bool) -> Firewall {
     }
 }
 
+/// What a sharer says about itself: as [`our_firewall`], but Random when the DHT nodes saw its
+/// NAT give each socket its own port. A p2p-socket connect then knows before any punch that the
+/// pair is hard and starts on a relay if one is offered (`dialer/upgrade.rs`); a hyperdht client
+/// reads anything but Open as "punch", and its punch's own messages overwrite it.
+pub(crate) fn sharer_firewall(reachable: bool, nat: Firewall) -> Firewall {
+    match our_firewall(reachable) {
+        Firewall::Unknown if nat == Firewall::Random => Firewall::Random,
+        said => said,
+    }
+}
+
 /// A relay named in a handshake (`relayThrough`): its key, and the token both sides pair with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RelayOffer {
@@ -378,6 +389,11 @@ mod tests {
         }
         assert_eq!(our_firewall(true), Firewall::Open);
         assert_eq!(our_firewall(false), Firewall::Unknown);
+        assert_eq!(sharer_firewall(false, Firewall::Random), Firewall::Random);
+        assert_eq!(sharer_firewall(true, Firewall::Random), Firewall::Open);
+        for nat in [Firewall::Unknown, Firewall::Open, Firewall::Consistent] {
+            assert_eq!(sharer_firewall(false, nat), Firewall::Unknown, "{nat}");
+        }
     }
 
     #[test]

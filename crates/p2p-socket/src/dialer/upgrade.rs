@@ -61,10 +61,7 @@ struct LaterPunch {
 impl Connector {
     /// Our NAT as the DHT nodes that answered us saw it (hyperdht's `dht.firewalled`).
     async fn our_nat(&self) -> Firewall {
-        match self.node.handle().dht().firewalled().await {
-            Ok(wire) => Firewall::from_wire(wire),
-            Err(_) => Firewall::Unknown,
-        }
+        self.node.nat().await
     }
 
     /// Our relay, to name in a handshake whose connection may start on it: only when we know

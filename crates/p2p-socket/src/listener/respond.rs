@@ -27,7 +27,7 @@ use crate::nat::Firewall;
 use crate::noise_session::{Keys, Noise};
 use crate::peer::{Acceptor, Path};
 use crate::policy::{
-    dial_address, our_firewall, punch_offer, relay_choice, server_path, PunchOffer, RelayOffer,
+    dial_address, punch_offer, relay_choice, server_path, sharer_firewall, PunchOffer, RelayOffer,
     RelayPlan, ServerPath,
 };
 use crate::punch_socket::PunchSocket;
@@ -141,7 +141,7 @@ impl Server {
         let mut payload = our_payload(
             local_id,
             self.node.reachable_addresses().await,
-            our_firewall(open),
+            sharer_firewall(open, self.node.nat().await),
             holepunch,
         );
         payload.relay_through = relay.filter(|r| r.is_initiator).map(|r| r.offer.to_wire());
