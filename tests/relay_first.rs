@@ -167,26 +167,28 @@ fn dialer(homes: &TwoHomes, listen: SocketAddr) -> impl Fn() -> TcpStream + '_ {
     }
 }
 
-#[test]
-fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
+/// Our share behind `nats[0]`, naming the lab's relay, and our connect (`connect_args`) behind
+/// `nats[1]`, a hard pair: the first connection must start on the relay, its first byte within
+/// [`FIRST_BYTE`], and move to the direct path, the share following (`first_connection_moves`).
+/// `then` checks what comes next, with the homes, the connect's local address, the service and
+/// the logs of the share, the connect and the relay.
+fn our_hard_pair_moves(
+    nats: [Nat; 2],
+    name: &str,
+    connect_args: &[&str],
+    then: impl FnOnce(&TwoHomes, SocketAddr, &support::net::Service, [&Log; 3]),
+) {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (homes, service) = hard_pair([Nat::Cone, Nat::Symmetric]);
-    let relay_log = Log::new("relay-first-relay");
-    let share_log = Log::new("relay-first-share");
-    let connect_log = Log::new("relay-first-connect");
+    let (homes, service) = hard_pair(nats);
+    let relay_log = Log::new(&format!("{name}-relay"));
+    let share_log = Log::new(&format!("{name}-share"));
+    let connect_log = Log::new(&format!("{name}-connect"));
     let (_relay, relay) = homes.relay(&relay_log);
     // Only the share names the relay: its handshake offers it.
     let (_share, key) = homes.rust_share(service.port(), &share_log, &["--relay", &relay]);
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--no-multiplex", "-v"]);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, connect_args);
     let logs = [&share_log, &connect_log, &relay_log];
-    let moved = first_connection_moves(
-        &homes,
-        listen,
-        &service,
-        &connect_log,
-        &logs,
-        "connection 1",
-    );
+    let moved = first_connection_moves(&homes, listen, &service, &connect_log, &logs, name);
     assert!(
         moved.first_byte < FIRST_BYTE,
         "the first byte took {:?}, more than {FIRST_BYTE:?}\n{}",
@@ -200,21 +202,51 @@ fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
         "the share did not follow the connect to the punched path:\n{}",
         dump(&logs)
     );
+    then(&homes, listen, &service, logs);
+}
 
-    // The next connection takes the punched hole the move left: no relay, no new punch.
-    let (tally, first_byte) = exchange_timed(dialer(&homes, listen)(), VOLUME, 12)
-        .unwrap_or_else(|e| panic!("the second connection failed: {e}\n{}", dump(&logs)));
-    let server = service.next_tally(TRANSFER);
-    assert_exchanged(&tally, &server, VOLUME, 21, "connection 2");
-    let path = connect_log.field("connected to the sharer", 2, "path");
-    eprintln!("connection 2: {path:?}, first byte after {first_byte:?}, 10 MiB each way verified");
-    assert_eq!(path.as_deref(), Some("punched"), "{}", dump(&logs));
-    let pairs = relay_log.text().matches("relaying a pair of peers").count();
-    assert_eq!(
-        pairs,
-        1,
-        "the relay carried only the first connection\n{}",
-        dump(&logs)
+/// The connect behind the randomising NAT, `--no-multiplex` (each TCP connection its own
+/// connection): after the first moved, the next takes the punched hole the move left.
+#[test]
+fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
+    our_hard_pair_moves(
+        [Nat::Cone, Nat::Symmetric],
+        "relay-first",
+        &["--no-multiplex", "-v"],
+        |homes, listen, service, logs| {
+            let [_, connect_log, relay_log] = logs;
+            // No relay, no new punch.
+            let (tally, first_byte) = exchange_timed(dialer(homes, listen)(), VOLUME, 12)
+                .unwrap_or_else(|e| panic!("the second connection failed: {e}\n{}", dump(&logs)));
+            let server = service.next_tally(TRANSFER);
+            assert_exchanged(&tally, &server, VOLUME, 21, "connection 2");
+            let path = connect_log.field("connected to the sharer", 2, "path");
+            eprintln!(
+                "connection 2: {path:?}, first byte after {first_byte:?}, 10 MiB each way verified"
+            );
+            assert_eq!(path.as_deref(), Some("punched"), "{}", dump(&logs));
+            let pairs = relay_log.text().matches("relaying a pair of peers").count();
+            assert_eq!(
+                pairs,
+                1,
+                "the relay carried only the first connection\n{}",
+                dump(&logs)
+            );
+        },
+    );
+}
+
+/// The other way round: the sharer behind the randomising NAT, the connect behind a cone. The
+/// sharer's handshake says its NAT randomises (what its DHT nodes saw), so the connect knows
+/// the pair is hard before any punch and starts on the relay the sharer names; then the same
+/// move to the direct path. The default, multiplexed connect.
+#[test]
+fn a_sharer_behind_a_randomising_nat_is_answered_through_the_relay_then_moves() {
+    our_hard_pair_moves(
+        [Nat::Symmetric, Nat::Cone],
+        "relay-first-sharer-random",
+        &["-v"],
+        |_, _, _, _| {},
     );
 }
 
@@ -242,36 +274,5 @@ fn against_a_node_server_that_names_a_relay_the_connection_starts_on_it_and_move
         &connect_log,
         &logs,
         "Node server naming a relay",
-    );
-}
-
-/// The other way round: the sharer behind the randomising NAT, the connect behind a cone. The
-/// sharer's handshake says its NAT randomises (what its DHT nodes saw), so the connect knows
-/// the pair is hard before any punch and starts on the relay the sharer names; then the same
-/// move to the direct path, 10 MiB out and back verified. The default, multiplexed connect.
-#[test]
-fn a_sharer_behind_a_randomising_nat_is_answered_through_the_relay_then_moves() {
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (homes, service) = hard_pair([Nat::Symmetric, Nat::Cone]);
-    let relay_log = Log::new("relay-first-sharer-random-relay");
-    let share_log = Log::new("relay-first-sharer-random-share");
-    let connect_log = Log::new("relay-first-sharer-random-connect");
-    let (_relay, relay) = homes.relay(&relay_log);
-    let (_share, key) = homes.rust_share(service.port(), &share_log, &["--relay", &relay]);
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["-v"]);
-    let logs = [&share_log, &connect_log, &relay_log];
-    let moved = first_connection_moves(
-        &homes,
-        listen,
-        &service,
-        &connect_log,
-        &logs,
-        "sharer behind a randomising NAT",
-    );
-    assert!(
-        moved.first_byte < FIRST_BYTE,
-        "the first byte took {:?}, more than {FIRST_BYTE:?}\n{}",
-        moved.first_byte,
-        dump(&logs)
     );
 }
