@@ -686,9 +686,19 @@ impl Stream {
         // Window update, accepted only from packets not older than the last one that set it
         // (RFC 793's SND.WL1/WL2 rule, as libudx applies it).
         let seq32 = seq as u32;
-        if (self.wl1.wrapping_sub(seq32) as i32) < 0
-            || (self.wl1 == seq32 && (self.wl2.wrapping_sub(hdr.ack) as i32) <= 0)
-        {
+        let newer = (self.wl1.wrapping_sub(seq32) as i32) < 0
+            || (self.wl1 == seq32 && (self.wl2.wrapping_sub(hdr.ack) as i32) <= 0);
+        // One packet from the peer's address claiming a sequence number far ahead (a forgery,
+        // found by fuzzing) makes every real packet after it look older. Had it carried a
+        // window of 0, our sending would stop for good: a closed window reopens from any
+        // packet that claims nothing beyond what we took in order and acks nothing we already
+        // processed, which the peer's answers to our zero-window probes do. Honest traffic
+        // with an open window is ruled as libudx rules it (tests/upgrade.rs follows hyperdht).
+        let reopens = self.send_rwnd == 0
+            && hdr.recv_window > 0
+            && seq <= self.rcv_nxt
+            && ack >= self.snd_una;
+        if newer || reopens {
             self.send_rwnd = hdr.recv_window;
             self.wl1 = seq32;
             self.wl2 = hdr.ack;
@@ -1916,6 +1926,33 @@ mod tests {
         let end = run_silent(&mut conn, now, 3600);
         assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
         assert!(end - now < Duration::from_secs(120), "took {:?}", end - now);
+    }
+
+    #[test]
+    fn a_forged_far_ahead_window_of_zero_is_reopened_by_the_peers_next_packet() {
+        let (mut conn, now) = sender_with_in_flight(4);
+        // From the peer's address: a sequence number far ahead of anything it sent, window 0
+        // (fuzz/corpus/udx_stream/regression-forged-far-ahead-zero-window).
+        let (mut forged, body) = ack_packet(4, &[]);
+        forged.seq = 786_434;
+        forged.recv_window = 0;
+        conn.on_packet(&forged, &body, now, &mut Transmits::default());
+        assert_eq!(conn.send_rwnd, 0);
+        // The peer's real ack, its sequence number where it really is, reopens the window.
+        feed(&mut conn, now, 4, &[]);
+        assert_eq!(conn.send_rwnd, RECV_WINDOW as u32);
+    }
+
+    #[test]
+    fn a_stale_ack_does_not_reopen_a_closed_window() {
+        let (mut conn, now) = sender_with_in_flight(4);
+        let (mut closing, body) = ack_packet(4, &[]);
+        closing.recv_window = 0;
+        conn.on_packet(&closing, &body, now, &mut Transmits::default());
+        assert_eq!(conn.send_rwnd, 0);
+        // Overtaken on the way: an older ack that still saw an open window.
+        feed(&mut conn, now, 2, &[]);
+        assert_eq!(conn.send_rwnd, 0);
     }
 
     #[test]
