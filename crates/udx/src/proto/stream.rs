@@ -91,6 +91,9 @@ const MAX_HELD_BYTES: usize = 512 * 1024;
 const MAX_UNANSWERED_HEARTBEATS: u32 = 6;
 /// A dropped-after-shutdown stream waits at most this long for the peer to end too.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A DESTROY that overtook the peer's last packets waits at most this long (and at most one
+/// retransmission timeout) for them.
+const MAX_DESTROY_WAIT: Duration = Duration::from_secs(2);
 /// Lower bound of the tail-loss-probe timeout: the runtime's timers tick in milliseconds and
 /// the receiver acks once per received burst.
 const MIN_PTO: Duration = Duration::from_millis(2);
@@ -193,6 +196,9 @@ pub struct Stream {
     closed: Option<CloseReason>,
     handle_dropped: bool,
     linger_deadline: Option<Instant>,
+    /// The peer's DESTROY arrived ahead of packets it sent before it: its sequence number,
+    /// and until when we wait for those packets ([`MAX_DESTROY_WAIT`]).
+    remote_destroy: Option<(u64, Instant)>,
 
     // receive side
     rcv_nxt: u64,
@@ -291,6 +297,7 @@ impl Stream {
             closed: None,
             handle_dropped: false,
             linger_deadline: None,
+            remote_destroy: None,
             rcv_nxt: 0,
             out_of_order: BTreeMap::new(),
             out_of_order_bytes: 0,
@@ -601,8 +608,16 @@ impl Stream {
                 self.remote_end = Some(seq);
             }
             if hdr.flags & wire::FLAG_DESTROY != 0 {
-                self.close(CloseReason::Reset);
-                return;
+                if seq == self.rcv_nxt {
+                    self.close(CloseReason::Reset);
+                    return;
+                }
+                // libudx (hyperswarm's secret stream) destroys a stream as soon as both sides
+                // ended, with its last packets maybe still on the way: on a path that
+                // reorders (a relay and a punched path at once, while moving) the DESTROY
+                // can overtake them. Closing now would lose bytes the peer sent.
+                let wait = self.rtt.rto().min(MAX_DESTROY_WAIT);
+                self.remote_destroy.get_or_insert((seq, now + wait));
             }
         }
         if hdr.flags & (wire::FLAG_DATA | wire::FLAG_END) != 0 {
@@ -621,6 +636,13 @@ impl Stream {
         }
 
         self.on_ack(hdr, seq, sacks, now);
+        if self
+            .remote_destroy
+            .is_some_and(|(destroy, _)| self.rcv_nxt >= destroy)
+        {
+            // Everything the peer sent before its DESTROY arrived.
+            self.close(CloseReason::Reset);
+        }
     }
 
     fn on_data(&mut self, seq: u64, flags: u8, payload: &[u8]) {
@@ -1294,6 +1316,7 @@ impl Stream {
             self.keepalive_deadline,
             self.linger_deadline,
             self.ack_deadline,
+            self.remote_destroy.map(|(_, until)| until),
         ]
         .into_iter()
         .flatten()
@@ -1340,6 +1363,13 @@ impl Stream {
                 "peer did not end a dropped stream in time, destroying it"
             );
             self.destroy(now, out);
+        }
+        if self.remote_destroy.is_some_and(|(_, until)| until <= now) {
+            tracing::debug!(
+                stream = self.local_id,
+                "packets sent before the peer's DESTROY never came"
+            );
+            self.close(CloseReason::Reset);
         }
     }
 
@@ -1467,6 +1497,7 @@ impl Stream {
         self.keepalive_deadline = None;
         self.linger_deadline = None;
         self.ack_deadline = None;
+        self.remote_destroy = None;
         self.sent.clear();
         self.sacked = 0;
         self.retransmit.clear();
@@ -1804,6 +1835,59 @@ mod tests {
         .write_to(&mut p);
         p.extend_from_slice(payload);
         p
+    }
+
+    fn destroy_packet(seq: u32) -> Vec<u8> {
+        let mut p = Vec::new();
+        Header {
+            flags: wire::FLAG_DESTROY,
+            data_offset: 0,
+            stream_id: 1,
+            recv_window: RECV_WINDOW as u32,
+            seq,
+            ack: 0,
+        }
+        .write_to(&mut p);
+        p
+    }
+
+    #[test]
+    fn a_destroy_that_overtook_the_peers_last_data_waits_for_it() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut out = Transmits::default();
+        conn.handle_packet(&data_packet(0, b"first "), now, &mut out);
+        // Packet 1 is still on a slower path when the DESTROY (sent after it) arrives.
+        conn.handle_packet(&destroy_packet(2), now, &mut out);
+        assert!(
+            conn.closed.is_none(),
+            "closed before the data sent ahead of the DESTROY"
+        );
+        conn.handle_packet(&data_packet(1, b"last"), now, &mut out);
+        assert_eq!(conn.closed, Some(CloseReason::Reset));
+        assert_eq!(conn.take_received().as_deref(), Some(&b"first last"[..]));
+    }
+
+    #[test]
+    fn a_destroy_waits_for_missing_data_only_a_bounded_time() {
+        let now = Instant::now();
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut out = Transmits::default();
+        conn.handle_packet(&destroy_packet(5), now, &mut out);
+        assert!(conn.closed.is_none());
+        let until = conn
+            .next_timeout()
+            .expect("a deadline for the missing packets");
+        assert!(until - now <= MAX_DESTROY_WAIT);
+        conn.on_timeout(until, &mut out);
+        assert_eq!(conn.closed, Some(CloseReason::Reset));
+        // In order, a DESTROY ends the stream at once.
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        conn.handle_packet(&destroy_packet(0), now, &mut out);
+        assert_eq!(conn.closed, Some(CloseReason::Reset));
     }
 
     #[test]
