@@ -139,6 +139,18 @@ pub fn listening(connect: &mut LabProcess) -> SocketAddr {
         .unwrap_or_else(|e| panic!("connect did not listen: {e}"))
 }
 
+/// How long a connect took to reach the sharer when it started (its `sharer_reached` event), as
+/// a user who starts it and then types a command would find it; none if it could not.
+pub fn reached_at_start(connect: &mut LabProcess) -> Option<Duration> {
+    let event = connect
+        .wait_for(READY, |l| {
+            crate::cli::event(l, "sharer_reached")
+                .or_else(|| crate::cli::event(l, "sharer_unreachable"))
+        })
+        .unwrap_or_else(|e| panic!("connect said nothing about reaching the sharer: {e}"));
+    event["took_ms"].as_u64().map(Duration::from_millis)
+}
+
 pub fn json_field(process: &mut LabProcess, name: &str) -> serde_json::Value {
     process
         .wait_for(READY, |l| {
@@ -357,6 +369,9 @@ pub struct FetchRun {
     pub tunnel: Tunnel,
     pub fetches: Vec<Fetch>,
     pub failure: Option<String>,
+    /// How long our connect took to reach the sharer when it started, before the first fetch
+    /// (Node's client dials for each connection: none).
+    pub reached_at_start: Option<Duration>,
 }
 
 /// `fetches` fetches of `volume` bytes in a row through one tunnel of `tunnel`'s kind, from a
@@ -387,13 +402,17 @@ pub fn fetch_run(
         tunnel,
         fetches: Vec::new(),
         failure: None,
+        reached_at_start: None,
     };
     // Set up inside catch_unwind: a tunnel that never comes up is a failed run, not a crash of
     // the caller (which wants the other tunnel's figures too).
     let started = catch_unwind(AssertUnwindSafe(|| match tunnel {
         Tunnel::Rust => {
             let (share, key) = homes.rust_share(service.port(), &share_log, &[]);
-            let (connect, listen) = homes.rust_connect(&key, &connect_log, &[]);
+            let (mut connect, listen) = homes.rust_connect(&key, &connect_log, &[]);
+            // The first fetch comes once the connect is up, as a user's first command does a
+            // moment after starting it.
+            run.reached_at_start = reached_at_start(&mut connect);
             (vec![share, connect], listen)
         }
         Tunnel::Node => {
