@@ -1,4 +1,4 @@
-//! A connect dials the sharer when it starts (docs/multiplexing.md, "Dialed at start"), with the
+//! A connect dials the sharer when it starts (docs/warm.md), with the
 //! real binary on a local DHT: the first local connection finds the shared connection open; a
 //! sharer that cannot be reached is reported at start and served once it is back; a Node sharer,
 //! which connects to its service for each of our connections, sees one spare connection at most,
@@ -78,26 +78,14 @@ fn the_first_local_connection_finds_the_shared_connection_open() {
 fn a_connect_started_while_the_sharer_is_down_says_so_and_serves_once_it_is_back() {
     let dht = LocalDht::start(NODES);
     let service = Service::start(Behaviour::Echo);
-    let seed = "5e".repeat(32);
-    let share_args = [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &service.port().to_string(),
-        "--seed",
-        &seed,
-    ];
-    // Killed, not stopped: its announcement stays in the DHT, so the connect finds a record
-    // and its dial at start is what fails.
-    let mut gone = ShareProcess::start_with(&dht.bootstrap, &share_args);
-    gone.process.signal("KILL");
-    gone.process.wait_exit(READY);
-
+    let (gone, share_args) = killed_share(&dht, &service);
     let (mut connect, log) =
         ConnectProcess::start_with_log(&dht.bootstrap, &gone.key, &["--port", "0"]);
+    let started = Instant::now();
     let unreachable = connect
         .process
         .wait_for(ATTEMPT_BOUND, |line| event(line, "sharer_unreachable"));
+    eprintln!("the dial at start gave up after {:?}", started.elapsed());
     assert_eq!(unreachable["key"], gone.key.as_str(), "{unreachable}");
     assert!(
         unreachable["reason"]
@@ -119,9 +107,50 @@ fn a_connect_started_while_the_sharer_is_down_says_so_and_serves_once_it_is_back
         "said once, not retried in a loop"
     );
 
+    let share_args: Vec<&str> = share_args.iter().map(String::as_str).collect();
     let back = ShareProcess::start_with(&dht.bootstrap, &share_args);
     assert_eq!(back.key, gone.key, "same seed, same key");
     echo_once(connect.addr, "back");
+}
+
+/// A share killed, not stopped: its announcement stays in the DHT, so a connect finds a
+/// record and only its dial at start fails. Returns the share's arguments for a restart.
+fn killed_share(dht: &LocalDht, service: &Service) -> (ShareProcess, Vec<String>) {
+    let args: Vec<String> = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &service.port().to_string(),
+        "--seed",
+        &"5e".repeat(32),
+    ]
+    .map(String::from)
+    .to_vec();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut gone = ShareProcess::start_with(&dht.bootstrap, &refs);
+    gone.process.signal("KILL");
+    gone.process.wait_exit(READY);
+    (gone, args)
+}
+
+#[test]
+fn stopping_while_the_dial_at_start_is_under_way_does_not_wait_for_it() {
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let (gone, _) = killed_share(&dht, &service);
+    let (mut connect, log) =
+        ConnectProcess::start_with_log(&dht.bootstrap, &gone.key, &["--port", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !log.read().contains("could not reach the sharer at start"),
+        "the dial is still under way when the stop comes"
+    );
+    let stopping = Instant::now();
+    connect.process.terminate();
+    let status = connect.process.wait_exit(Duration::from_secs(10));
+    eprintln!("stopped {:?} after SIGTERM", stopping.elapsed());
+    assert!(status.success(), "{status}");
+    assert!(stopping.elapsed() < Duration::from_secs(5));
 }
 
 #[test]

@@ -50,8 +50,8 @@ pub struct ConnectOptions {
     /// can too (docs/multiplexing.md); otherwise each gets a connection of its own.
     pub multiplex: bool,
     /// Dial the sharer as soon as the connect listens, so the first local connection finds
-    /// the connection open (docs/multiplexing.md, "Dialed at start"); otherwise the first
-    /// local connection dials. TCP and Unix listeners only: UDP flows dial when they start.
+    /// the connection open (docs/warm.md); otherwise the first local connection dials. TCP
+    /// and Unix listeners only: UDP flows dial when they start.
     pub dial_at_start: bool,
     /// Where the connect says what it does ([`Event`]s); subscribe before starting to see all.
     pub events: Events,
@@ -180,13 +180,12 @@ async fn accept_loop(
     pool: Arc<Pool>,
     shared: Shared,
     farewell: Farewell,
-    warm: bool,
+    mut warm: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     // Runs beside the accepting, and is dropped with it: a dial still under way when the
     // connect stops does not hold the stop up.
     let mut warming = Box::pin(pool.warm(shared.remote, &shared.events));
-    let mut warm = warm;
     let mut n = 0u64;
     loop {
         let (local, from) = tokio::select! {

@@ -1,4 +1,4 @@
-//! Dialing the sharer when the connect starts (docs/multiplexing.md, "Dialed at start"), so
+//! Dialing the sharer when the connect starts (docs/warm.md), so
 //! that the first local connection does not pay the lookup, handshake and punch before its
 //! first byte, and a sharer that cannot be reached is reported before any program connects.
 //!
