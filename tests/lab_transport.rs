@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use netlab::{LabSpec, Nat};
-use support::lab::{fetch_run, FetchRun, Tunnel, TwoHomes};
+use support::lab::{fetch_run, FetchRun, FirstFetch, Tunnel, TwoHomes};
 
 const MIB: u64 = 1024 * 1024;
 const VOLUME: u64 = 10 * MIB;
@@ -31,7 +31,16 @@ fn both_tunnels(uplinks: LabSpec) -> Vec<FetchRun> {
     let homes = TwoHomes::new(uplinks);
     [Tunnel::Rust, Tunnel::Node]
         .into_iter()
-        .map(|tunnel| fetch_run(&homes, tunnel, VOLUME, FETCHES, DEADLINE))
+        .map(|tunnel| {
+            fetch_run(
+                &homes,
+                tunnel,
+                VOLUME,
+                FETCHES,
+                DEADLINE,
+                FirstFetch::WhenReached,
+            )
+        })
         .collect()
 }
 
