@@ -204,3 +204,29 @@ fn a_node_sharer_sees_one_spare_connection_taken_by_the_first_local_one_or_close
     echo_once(unused.addr, "later");
     assert_eq!(service.accepted(), 4);
 }
+
+#[test]
+fn a_burst_at_start_to_a_node_sharer_uses_the_spare_and_adds_no_stray_connection() {
+    require_node();
+    let dht = LocalDht::start(NODES);
+    let service = Service::start(Behaviour::Echo);
+    let server = NodeServer::start(std::slice::from_ref(&dht.bootstrap), service.port(), None);
+    let connect = ConnectProcess::start(&dht.bootstrap, &server.public_key);
+    // At once, while the dial at start is under way (or just done).
+    let addr = connect.addr;
+    let clients: Vec<_> = (0..4)
+        .map(|i| std::thread::spawn(move || echo_once(addr, &format!("burst {i}"))))
+        .collect();
+    for client in clients {
+        client.join().expect("every local connection is echoed");
+    }
+    for _ in 0..4 {
+        service.next_tally(ATTEMPT_BOUND);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        service.accepted(),
+        4,
+        "one service connection per local connection, the spare among them"
+    );
+}

@@ -87,13 +87,15 @@ impl Pool {
     /// only when there is none to share.
     pub(crate) async fn open_within(&self, limit: Duration) -> Result<Opened> {
         if self.raw.load(Ordering::Relaxed) {
-            if let Some(spare) = self.take_spare() {
-                return Ok(spare);
-            }
-            let (peer, link, path) = self.connector.open_link_within(limit).await?;
-            return Ok(Opened::Raw(peer, path, link.peer()));
+            return self.open_raw(limit).await;
         }
         let mut current = self.current.lock().await;
+        if self.raw.load(Ordering::Relaxed) {
+            // Found raw by the dial we waited for (at start, or another local connection's):
+            // dial in parallel from now on, not one at a time under the lock.
+            drop(current);
+            return self.open_raw(limit).await;
+        }
         if let Some(c) = current.as_mut() {
             // Our address changed since it was opened or last answered: its path may lead
             // nowhere now.
@@ -119,10 +121,6 @@ impl Pool {
                 c.mux
                     .retire("it did not answer a ping; new streams go on a new connection");
             }
-        }
-        // Found raw while we waited for the connection dialed at start, which it left us.
-        if let Some(spare) = self.take_spare() {
-            return Ok(spare);
         }
         // None yet, or it ended, or it carries the most streams it may: a new one. One that
         // is full keeps serving its streams until they end.
@@ -174,10 +172,15 @@ impl Pool {
         }))
     }
 
-    /// The raw connection dialed at start, if it is still waiting for a local connection.
-    fn take_spare(&self) -> Option<Opened> {
-        let (peer, path, addr) = lock(&self.spare).take()?;
-        Some(Opened::Raw(peer, path, addr))
+    /// A connection of its own for a local connection to a raw sharer: the one dialed at
+    /// start if it still waits for a taker, else a new one.
+    async fn open_raw(&self, limit: Duration) -> Result<Opened> {
+        let spare = lock(&self.spare).take();
+        if let Some((peer, path, addr)) = spare {
+            return Ok(Opened::Raw(peer, path, addr));
+        }
+        let (peer, link, path) = self.connector.open_link_within(limit).await?;
+        Ok(Opened::Raw(peer, path, link.peer()))
     }
 }
 
