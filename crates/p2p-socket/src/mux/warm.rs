@@ -60,7 +60,7 @@ impl Pool {
             peer = ?peer,
             multiplexed,
             took_ms = took.as_millis() as u64,
-            "connected to the sharer at start; the first local connection goes on this connection"
+            "connected to the sharer at start; the first local connection need not wait for it"
         );
         events.emit(Event::SharerReached {
             key: remote,
