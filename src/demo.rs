@@ -88,6 +88,7 @@ pub async fn run() -> Result<()> {
         protocol: Protocol::Tcp,
         max_connections: Connect::DEFAULT_MAX_CONNECTIONS,
         multiplex: true,
+        dial_at_start: true,
         events: Events::new(),
     })
     .await

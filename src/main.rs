@@ -80,7 +80,8 @@ struct Cli {
 enum Command {
     /// Share a local port: prints a key; whoever has it can connect.
     Share(ShareArgs),
-    /// Connect to a share: listens locally and forwards every connection to the sharer.
+    /// Connect to a share: listens locally, dials the sharer at once, and forwards every
+    /// connection to the sharer.
     Connect {
         /// The key or connection string the sharer printed: 64 hex characters, 52 z-base-32
         /// characters, hs://0000<z32 key> (holesail public) or hs://s000<key string> (holesail
@@ -133,6 +134,14 @@ enum Command {
         /// sharer can carry them all on one (docs/multiplexing.md).
         #[arg(long)]
         no_multiplex: bool,
+        /// Dial the sharer only when the first local connection comes, not at start. By
+        /// default connect dials at once, so the first connection does not wait for the
+        /// lookup, handshake and hole punch, and an unreachable sharer is reported before any
+        /// program connects; a sharer that does not multiplex (Node, holesail) then opens one
+        /// connection to its service that stays unused until a local connection takes it (at
+        /// most 15 s).
+        #[arg(long)]
+        lazy: bool,
     },
     /// Create an identity file so `share` keeps the same key across restarts (compatible with
     /// the npm p2p-socket's identity.json).
@@ -316,6 +325,7 @@ async fn run(cli: Cli) -> Result<()> {
             access,
             max_connections,
             no_multiplex,
+            lazy,
         } => {
             let (key_pair, remote) = match (access.resolve()?, key) {
                 ((key_pair, Some(remote)), _) => (key_pair, remote),
@@ -372,6 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
                     protocol: udp.protocol()?,
                     max_connections,
                     multiplex: !no_multiplex,
+                    dial_at_start: !lazy,
                     events: Events::new(),
                 },
                 from_record,

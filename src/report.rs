@@ -125,6 +125,23 @@ pub fn event_json(event: &Event) -> Value {
             "bytes_out": bytes_out,
             "error": error,
         }),
+        Event::SharerReached {
+            key,
+            path,
+            peer,
+            multiplexed,
+            took,
+        } => json!({
+            "event": "sharer_reached",
+            "key": key.to_string(),
+            "path": path.to_string(),
+            "peer": peer.map(|a| a.to_string()),
+            "multiplexed": multiplexed,
+            "took_ms": took.as_millis() as u64,
+        }),
+        Event::SharerUnreachable { key, reason } => {
+            json!({"event": "sharer_unreachable", "key": key.to_string(), "reason": reason})
+        }
         other => json!({"event": "other", "debug": format!("{other:?}")}),
     }
 }

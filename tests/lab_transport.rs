@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use netlab::{LabSpec, Nat};
-use support::lab::{fetch_run, FetchRun, Tunnel, TwoHomes};
+use support::lab::{fetch_run, FetchRun, FirstFetch, Tunnel, TwoHomes};
 
 const MIB: u64 = 1024 * 1024;
 const VOLUME: u64 = 10 * MIB;
@@ -31,13 +31,22 @@ fn both_tunnels(uplinks: LabSpec) -> Vec<FetchRun> {
     let homes = TwoHomes::new(uplinks);
     [Tunnel::Rust, Tunnel::Node]
         .into_iter()
-        .map(|tunnel| fetch_run(&homes, tunnel, VOLUME, FETCHES, DEADLINE))
+        .map(|tunnel| {
+            fetch_run(
+                &homes,
+                tunnel,
+                VOLUME,
+                FETCHES,
+                DEADLINE,
+                FirstFetch::WhenReached,
+            )
+        })
         .collect()
 }
 
 fn print_table(title: &str, runs: &[FetchRun]) {
     let mut out = format!(
-        "\n{title}: {FETCHES} fetches of {} MiB in a row\n| tunnel | verified | time per fetch | throughput |\n|---|---|---|---|\n",
+        "\n{title}: {FETCHES} fetches of {} MiB in a row\n| tunnel | verified | time per fetch | first byte | throughput |\n|---|---|---|---|---|\n",
         VOLUME / MIB
     );
     for run in runs {
@@ -45,6 +54,11 @@ fn print_table(title: &str, runs: &[FetchRun]) {
             .fetches
             .iter()
             .map(|f| format!("{:.1} s", f.elapsed.as_secs_f64()))
+            .collect();
+        let first: Vec<String> = run
+            .fetches
+            .iter()
+            .map(|f| format!("{:.2} s", f.first_byte.as_secs_f64()))
             .collect();
         let speeds: Vec<String> = run
             .fetches
@@ -58,10 +72,11 @@ fn print_table(title: &str, runs: &[FetchRun]) {
             .map(|why| format!("; {}", why.replace('|', "/")))
             .unwrap_or_default();
         out += &format!(
-            "| {} | {}/{FETCHES} | {}{stopped} | {} |\n",
+            "| {} | {}/{FETCHES} | {}{stopped} | {} | {} |\n",
             run.tunnel.name(),
             run.fetches.len(),
             times.join(", "),
+            first.join(", "),
             speeds.join(", "),
         );
     }
@@ -72,8 +87,12 @@ fn print_table(title: &str, runs: &[FetchRun]) {
             .zip(&node.fetches)
             .map(|(a, b)| format!("{:.2}x", a.throughput() / b.throughput()))
             .collect();
+        let reached = ours
+            .reached_at_start
+            .map(|t| format!("{:.1} s", t.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
         out += &format!(
-            "| ours / Node | | | {} |\nload average {}\n",
+            "| ours / Node | | | | {} |\nours reached the sharer {reached} after starting, before fetch 1; load average {}\n",
             ratios.join(", "),
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()

@@ -4,6 +4,9 @@
 //! so the connection starts on the relay at once and moves to the punched path when the punch,
 //! running in the background, opens. Against our share, and against a Node hyperdht server
 //! (which follows through libudx's `firewall` hook). Every byte is verified at both ends.
+//! The connects are `--lazy`: the connection under test is the one the first local connection
+//! dials, with bytes flowing on the relay when it moves (dialed at start, docs/warm.md, it
+//! would move before any local connection came).
 //!
 //! Needs root (the lab builds network namespaces) and, for the Node server, Node (`npm ci` in
 //! interop/node); without either the test fails saying so.
@@ -212,7 +215,7 @@ fn a_hard_pair_answers_through_the_relay_then_moves_to_the_punched_path() {
     our_hard_pair_moves(
         [Nat::Cone, Nat::Symmetric],
         "relay-first",
-        &["--no-multiplex", "-v"],
+        &["--no-multiplex", "--lazy", "-v"],
         |homes, listen, service, logs| {
             let [_, connect_log, relay_log] = logs;
             // No relay, no new punch.
@@ -245,7 +248,7 @@ fn a_sharer_behind_a_randomising_nat_is_answered_through_the_relay_then_moves() 
     our_hard_pair_moves(
         [Nat::Symmetric, Nat::Cone],
         "relay-first-sharer-random",
-        &["-v"],
+        &["--lazy", "-v"],
         |_, _, _, _| {},
     );
 }
@@ -265,7 +268,7 @@ fn against_a_node_server_that_names_a_relay_the_connection_starts_on_it_and_move
     let (_relay, relay) = homes.relay(&relay_log);
     // The Node server names our relay (hyperdht's `relayThrough`); the connect knows none.
     let (_server, key) = homes.node_server_with(service.port(), &["--relay", &relay]);
-    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["-v"]);
+    let (_connect, listen) = homes.rust_connect(&key, &connect_log, &["--lazy", "-v"]);
     let logs = [&connect_log, &relay_log];
     first_connection_moves(
         &homes,

@@ -49,6 +49,10 @@ pub struct ConnectOptions {
     /// Carry every local connection as a stream of one encrypted connection, when the sharer
     /// can too (docs/multiplexing.md); otherwise each gets a connection of its own.
     pub multiplex: bool,
+    /// Dial the sharer as soon as the connect listens, so the first local connection finds
+    /// the connection open (docs/warm.md); otherwise the first local connection dials. TCP
+    /// and Unix listeners only: UDP flows dial when they start.
+    pub dial_at_start: bool,
     /// Where the connect says what it does ([`Event`]s); subscribe before starting to see all.
     pub events: Events,
 }
@@ -116,6 +120,7 @@ impl Connect {
                 let farewell = Farewell::new();
                 let guards = farewell.guards();
                 let pool = Pool::new(Arc::new(connector), guards.clone());
+                let warm = opts.dial_at_start;
                 let shared = Shared {
                     open: Arc::new(Semaphore::new(opts.max_connections)),
                     max: opts.max_connections,
@@ -124,7 +129,9 @@ impl Connect {
                     events,
                     guards,
                 };
-                Running::spawn(|stop| accept_loop(listener, pool, shared, farewell, stop))
+                Running::spawn(move |stop| {
+                    accept_loop(listener, pool, shared, farewell, warm, stop)
+                })
             }
             Local::Udp(socket, limits) => {
                 let connector = Arc::new(connector);
@@ -173,12 +180,20 @@ async fn accept_loop(
     pool: Arc<Pool>,
     shared: Shared,
     farewell: Farewell,
+    mut warm: bool,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Runs beside the accepting, and is dropped with it: a dial still under way when the
+    // connect stops does not hold the stop up.
+    let mut warming = Box::pin(pool.warm(shared.remote, &shared.events));
     let mut n = 0u64;
     loop {
         let (local, from) = tokio::select! {
             _ = stop.changed() => break,
+            () = &mut warming, if warm => {
+                warm = false;
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -209,6 +224,7 @@ async fn accept_loop(
         ));
     }
     drop(listener);
+    drop(warming);
     // Before the DHT node goes: the goodbyes leave on its sockets.
     farewell.part(PARTING).await;
     if let Ok(pool) = Arc::try_unwrap(pool) {

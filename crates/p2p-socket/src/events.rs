@@ -83,6 +83,29 @@ pub enum Event {
         /// The failed attempts in a row before it.
         failed_attempts: u32,
     },
+    /// A connect dialed the sharer when it started (unless told to wait for the first local
+    /// connection) and reached it: the first local connection goes on this connection.
+    SharerReached {
+        /// The sharer's key.
+        key: PublicKey,
+        /// How its packets travel.
+        path: Path,
+        /// Where the sharer's packets come from (the relay's address when relayed).
+        peer: Option<SocketAddr>,
+        /// Whether the sharer carries every local connection on this one; if not, it serves
+        /// only the first, and each later one dials its own.
+        multiplexed: bool,
+        /// How long reaching it took.
+        took: Duration,
+    },
+    /// A connect dialed the sharer when it started and could not reach it. It keeps
+    /// listening: each local connection tries again.
+    SharerUnreachable {
+        /// The sharer's key.
+        key: PublicKey,
+        /// Why, for people.
+        reason: String,
+    },
     /// A connection that opened has ended.
     ConnectionClosed {
         /// The connection's number.

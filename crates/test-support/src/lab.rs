@@ -139,6 +139,18 @@ pub fn listening(connect: &mut LabProcess) -> SocketAddr {
         .unwrap_or_else(|e| panic!("connect did not listen: {e}"))
 }
 
+/// How long a connect took to reach the sharer when it started (its `sharer_reached` event), as
+/// a user who starts it and then types a command would find it; none if it could not.
+pub fn reached_at_start(connect: &mut LabProcess) -> Option<Duration> {
+    let event = connect
+        .wait_for(READY, |l| {
+            crate::cli::event(l, "sharer_reached")
+                .or_else(|| crate::cli::event(l, "sharer_unreachable"))
+        })
+        .unwrap_or_else(|e| panic!("connect said nothing about reaching the sharer: {e}"));
+    event["took_ms"].as_u64().map(Duration::from_millis)
+}
+
 pub fn json_field(process: &mut LabProcess, name: &str) -> serde_json::Value {
     process
         .wait_for(READY, |l| {
@@ -357,6 +369,20 @@ pub struct FetchRun {
     pub tunnel: Tunnel,
     pub fetches: Vec<Fetch>,
     pub failure: Option<String>,
+    /// How long our connect took to reach the sharer when it started, before the first fetch
+    /// (Node's client dials for each connection: none).
+    pub reached_at_start: Option<Duration>,
+}
+
+/// When the first fetch of a [`fetch_run`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstFetch {
+    /// As soon as the tunnel listens: our connect's dial at start is still under way, so the
+    /// fetch pays for reaching the sharer, as Node's does (the benchmark's cold fetch).
+    AtOnce,
+    /// Once our connect reached the sharer (its `sharer_reached` event), as a user's first
+    /// command comes a moment after starting it (docs/warm.md).
+    WhenReached,
 }
 
 /// `fetches` fetches of `volume` bytes in a row through one tunnel of `tunnel`'s kind, from a
@@ -370,6 +396,7 @@ pub fn fetch_run(
     volume: u64,
     fetches: u64,
     deadline: Duration,
+    first: FirstFetch,
 ) -> FetchRun {
     let service = service_in(&homes.lab, homes.sharing_home(), move |n| {
         Behaviour::SendAndClose {
@@ -387,13 +414,17 @@ pub fn fetch_run(
         tunnel,
         fetches: Vec::new(),
         failure: None,
+        reached_at_start: None,
     };
     // Set up inside catch_unwind: a tunnel that never comes up is a failed run, not a crash of
     // the caller (which wants the other tunnel's figures too).
     let started = catch_unwind(AssertUnwindSafe(|| match tunnel {
         Tunnel::Rust => {
             let (share, key) = homes.rust_share(service.port(), &share_log, &[]);
-            let (connect, listen) = homes.rust_connect(&key, &connect_log, &[]);
+            let (mut connect, listen) = homes.rust_connect(&key, &connect_log, &[]);
+            if first == FirstFetch::WhenReached {
+                run.reached_at_start = reached_at_start(&mut connect);
+            }
             (vec![share, connect], listen)
         }
         Tunnel::Node => {

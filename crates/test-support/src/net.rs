@@ -8,7 +8,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -182,6 +183,8 @@ pub enum Behaviour {
 pub struct Service {
     pub addr: SocketAddr,
     pub tallies: mpsc::Receiver<Tally>,
+    /// Connections accepted so far, finished or not.
+    accepted: Arc<AtomicU64>,
 }
 
 impl Service {
@@ -215,8 +218,26 @@ impl Service {
         pick: impl Fn(u64) -> Behaviour + Send + 'static,
     ) -> Service {
         let addr = listener.local_addr().unwrap();
-        let tallies = serve_each(move || listener.accept().map(|(conn, _)| conn), pick);
-        Service { addr, tallies }
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        let tallies = serve_each(
+            move || {
+                let (conn, _) = listener.accept()?;
+                counted.fetch_add(1, Ordering::Relaxed);
+                Ok(conn)
+            },
+            pick,
+        );
+        Service {
+            addr,
+            tallies,
+            accepted,
+        }
+    }
+
+    /// Connections accepted so far, finished or not.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     pub fn port(&self) -> u16 {

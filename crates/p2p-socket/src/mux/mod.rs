@@ -14,6 +14,7 @@ mod pool;
 pub(crate) mod proto;
 mod roam;
 mod serve;
+mod warm;
 
 pub(crate) use driver::{Mux, MuxStream, Opening};
 pub(crate) use pipe::pipe_stream_and_log;

@@ -1,5 +1,5 @@
-//! The connecting side's multiplexed connection: the first local connection opens it, the
-//! next ones become streams on it, and when it ends (the sharer restarted, the path died) the
+//! The connecting side's multiplexed connection: the connect opens it when it starts
+//! ([`super::warm`]) or the first local connection does, the next ones become streams on it, and when it ends (the sharer restarted, the path died) the
 //! next local connection opens a new one. A connection that heard nothing for [`IDLE`], or
 //! was made before our address changed, must answer a PING first ([`Mux::answers`]).
 
@@ -22,10 +22,10 @@ use crate::lock::lock;
 use crate::peer::{Path, PeerStream};
 
 /// The shared connection, and what it was opened with.
-struct Current {
+pub(super) struct Current {
     mux: Mux,
-    path: Path,
-    peer: Option<SocketAddr>,
+    pub(super) path: Path,
+    pub(super) peer: Option<SocketAddr>,
     /// [`Connector::moves_so_far`] when it was opened or last answered a PING.
     moves: u64,
 }
@@ -50,9 +50,12 @@ pub(crate) struct Pool {
     connector: Arc<Connector>,
     /// Held while a connection opens, so that a burst of local connections waits for one
     /// handshake instead of making one each.
-    current: AsyncMutex<Option<Current>>,
+    pub(super) current: AsyncMutex<Option<Current>>,
     /// The sharer answered without multiplexing: every local connection dials, in parallel.
-    raw: AtomicBool,
+    pub(super) raw: AtomicBool,
+    /// A raw connection dialed when the connect started, for the first local connection
+    /// ([`super::warm`]).
+    pub(super) spare: Mutex<Option<Raw>>,
     /// Each connection says goodbye when the connect stops.
     guards: Guards,
     /// Sessions opened that may roam (docs/roaming.md), until [`roam::follow`] takes them.
@@ -67,6 +70,7 @@ impl Pool {
             connector,
             current: AsyncMutex::new(None),
             raw: AtomicBool::new(false),
+            spare: Mutex::new(None),
             guards,
             roaming: Mutex::new(Vec::new()),
         });
@@ -83,10 +87,15 @@ impl Pool {
     /// only when there is none to share.
     pub(crate) async fn open_within(&self, limit: Duration) -> Result<Opened> {
         if self.raw.load(Ordering::Relaxed) {
-            let (peer, link, path) = self.connector.open_link_within(limit).await?;
-            return Ok(Opened::Raw(peer, path, link.peer()));
+            return self.open_raw(limit).await;
         }
         let mut current = self.current.lock().await;
+        if self.raw.load(Ordering::Relaxed) {
+            // Found raw by the dial we waited for (at start, or another local connection's):
+            // dial in parallel from now on, not one at a time under the lock.
+            drop(current);
+            return self.open_raw(limit).await;
+        }
         if let Some(c) = current.as_mut() {
             // Our address changed since it was opened or last answered: its path may lead
             // nowhere now.
@@ -115,11 +124,37 @@ impl Pool {
         }
         // None yet, or it ended, or it carries the most streams it may: a new one. One that
         // is full keeps serving its streams until they end.
+        let c = match self.dial(limit).await? {
+            Dialed::Mux(c) => c,
+            Dialed::Raw(raw) => {
+                let (peer, path, addr) = *raw;
+                return Ok(Opened::Raw(peer, path, addr));
+            }
+        };
+        let stream = c.mux.open().await.ok_or_else(|| Error::NoDataPath {
+            path: c.path,
+            peer: None,
+            waited: Duration::ZERO,
+        })?;
+        let (path, peer) = (c.path, c.peer);
+        *current = Some(c);
+        Ok(Opened::Stream {
+            stream,
+            path,
+            fresh: true,
+            peer,
+        })
+    }
+
+    /// Opens a new connection to the sharer within `limit`: a multiplexed one to share, or,
+    /// when the sharer does not multiplex, a raw one (and from then on every local connection
+    /// dials its own).
+    pub(super) async fn dial(&self, limit: Duration) -> Result<Dialed> {
         let moves = self.connector.moves_so_far();
         let (peer, link, path) = self.connector.open_link_within(limit).await?;
         if !link.features.mux {
             self.raw.store(true, Ordering::Relaxed);
-            return Ok(Opened::Raw(peer, path, link.peer()));
+            return Ok(Dialed::Raw(Box::new((peer, path, link.peer()))));
         }
         let (mux, _) = Mux::start(
             peer,
@@ -128,24 +163,32 @@ impl Pool {
             link.features.ping,
             self.guards.guard(),
         );
-        let stream = mux.open().await.ok_or_else(|| Error::NoDataPath {
-            path,
-            peer: None,
-            waited: Duration::ZERO,
-        })?;
-        let peer = link.peer();
         lock(&self.roaming).extend(Roamable::of(&link, path, &mux));
-        *current = Some(Current {
+        Ok(Dialed::Mux(Current {
             mux,
             path,
-            peer,
+            peer: link.peer(),
             moves,
-        });
-        Ok(Opened::Stream {
-            stream,
-            path,
-            fresh: true,
-            peer,
-        })
+        }))
     }
+
+    /// A connection of its own for a local connection to a raw sharer: the one dialed at
+    /// start if it still waits for a taker, else a new one.
+    async fn open_raw(&self, limit: Duration) -> Result<Opened> {
+        let spare = lock(&self.spare).take();
+        if let Some((peer, path, addr)) = spare {
+            return Ok(Opened::Raw(peer, path, addr));
+        }
+        let (peer, link, path) = self.connector.open_link_within(limit).await?;
+        Ok(Opened::Raw(peer, path, link.peer()))
+    }
+}
+
+/// A raw connection to the sharer: the stream, how it travels, and the sharer's address.
+pub(super) type Raw = (PeerStream, Path, Option<SocketAddr>);
+
+/// A connection [`Pool::dial`] opened.
+pub(super) enum Dialed {
+    Mux(Current),
+    Raw(Box<Raw>),
 }
