@@ -441,9 +441,11 @@ fn a_second_random_punch_is_told_to_try_later_and_still_gets_through() {
         Log::new("random-punch-connect-2"),
     ];
     let (share, key) = cell.rust_share(&share_log, &[]);
+    // Both punch when their first local connections open, at once (`--lazy`): dialling at
+    // start, the second connect, started later, would punch after the first had finished.
     let connects: Vec<_> = connect_logs
         .iter()
-        .map(|log| cell.homes.rust_connect(&key, log, &[]))
+        .map(|log| cell.homes.rust_connect(&key, log, &["--lazy"]))
         .collect();
     let logs: Vec<&Log> = std::iter::once(&share_log)
         .chain(connect_logs.iter())
