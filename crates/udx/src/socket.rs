@@ -469,8 +469,8 @@ fn sync(shared: &StreamShared, stream: &mut Stream) {
     }
     let mut st = shared.lock();
     stream.set_keepalive(st.keepalive);
-    if !st.send_buf.is_empty() {
-        stream.write(st.send_buf.split().freeze());
+    while let Some(chunk) = st.send_buf.pop() {
+        stream.write(chunk);
     }
     if st.write_shutdown {
         stream.shutdown();
