@@ -12,13 +12,12 @@
 //! although almost no send ever finds the buffer full. Writability is watched only while a
 //! send is blocked ([`WriteWait`]).
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use quinn_udp::{RecvMeta, UdpSocketState};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -30,55 +29,6 @@ const RECV_BUFFERS: usize = 16;
 const RECV_BUFFER_SIZE: usize = 65536;
 /// Upper bound for the payload of one GSO send (IPv4's 65,507-byte limit, with room to spare).
 const MAX_GSO_BYTES: usize = 64000;
-
-/// What became of a send.
-enum Sent {
-    /// Gone to the kernel (or lost, as UDP may lose it).
-    Done,
-    /// The socket buffer is full: try again when it is writable.
-    Blocked,
-    /// Segmentation was refused and is off from now on: send the same datagrams again.
-    Retry,
-}
-
-/// Whether `e`, from a segmented send, is the kernel refusing segmentation (EIO from a device
-/// that cannot checksum in hardware, or EINVAL).
-#[cfg(target_os = "linux")]
-fn gso_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn gso_unsupported(_: &io::Error) -> bool {
-    true
-}
-
-/// The control message that asks for segmentation into datagrams of `segment` bytes
-/// (`UDP_SEGMENT`), laid out as `CMSG_SPACE(2)` bytes: a `cmsghdr` (length, level, type),
-/// then the size as a native u16, padded to the header's alignment. Returns the buffer and
-/// the length used.
-#[cfg(target_os = "linux")]
-fn gso_control(segment: usize) -> ([u8; 32], usize) {
-    const HEADER: usize = std::mem::size_of::<libc::cmsghdr>();
-    const ALIGN: usize = std::mem::align_of::<libc::cmsghdr>();
-    const SPACE: usize = HEADER + 2usize.next_multiple_of(ALIGN);
-    const LEN_FIELD: usize = std::mem::size_of::<usize>();
-    let mut buf = [0u8; 32];
-    // `cmsg_len` is a size_t at the start (CMSG_LEN(2)); level and type follow as ints.
-    buf[..LEN_FIELD].copy_from_slice(&(HEADER + 2).to_ne_bytes());
-    buf[HEADER - 8..HEADER - 4].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
-    buf[HEADER - 4..HEADER].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
-    // The batches are at most 64,000 bytes, so a segment fits.
-    let segment = u16::try_from(segment).unwrap_or(u16::MAX);
-    buf[HEADER..HEADER + 2].copy_from_slice(&segment.to_ne_bytes());
-    (buf, SPACE)
-}
-
-/// Segmentation is Linux's; elsewhere `max_gso_segments` is 1 and this is never asked for.
-#[cfg(not(target_os = "linux"))]
-fn gso_control(_segment: usize) -> ([u8; 32], usize) {
-    ([0; 32], 0)
-}
 
 /// A UDP socket registered with the runtime for readability only.
 pub(crate) type ReadSocket = AsyncFd<UdpSocket>;
@@ -103,8 +53,6 @@ pub(crate) struct UdpIo {
     pub(crate) udp: Arc<ReadSocket>,
     state: UdpSocketState,
     v6: bool,
-    /// A segmented send failed as unsupported: send one datagram per call from then on.
-    gso_refused: AtomicBool,
 }
 
 /// Reusable receive buffers.
@@ -127,12 +75,7 @@ impl RecvBuffers {
 impl UdpIo {
     pub(crate) fn new(udp: Arc<ReadSocket>, v6: bool) -> io::Result<UdpIo> {
         let state = UdpSocketState::new(udp.get_ref().into())?;
-        Ok(UdpIo {
-            udp,
-            state,
-            v6,
-            gso_refused: AtomicBool::new(false),
-        })
+        Ok(UdpIo { udp, state, v6 })
     }
 
     /// Reads what is queued (one system call, several datagrams) and hands every datagram
@@ -186,64 +129,52 @@ impl UdpIo {
 
     /// Writes queued datagrams until done (true) or the socket buffer is full (false: wait
     /// for writability and call again). Runs of equal-sized datagrams to the same peer go out
-    /// as one segmented (GSO) send where the platform supports it, each datagram's header and
-    /// payload gathered from where they lie.
+    /// as one segmented (GSO) send where the platform supports it.
     pub(crate) fn flush(&self, out: &mut Transmits) -> bool {
-        while let Some(batch) = out.next_batch(self.max_segments(), self.max_gso_bytes()) {
-            let segment_size = (batch.count > 1).then_some(batch.segment);
-            match self.send(batch.addr, &out.slices(batch.count), segment_size) {
-                Sent::Done => out.consume(batch.count),
-                Sent::Blocked => return false,
-                // Segmentation was just turned off: the same datagrams go out one by one.
-                Sent::Retry => {}
+        while let Some((addr, bytes, segment, count)) =
+            out.next_batch(self.max_segments(), self.max_gso_bytes())
+        {
+            let segment_size = (count > 1).then_some(segment);
+            if self.send(addr, bytes, segment_size).is_err() {
+                return false; // WouldBlock
             }
+            out.consume(count);
         }
         true
     }
 
     /// How many datagrams one send may carry.
     pub(crate) fn max_segments(&self) -> usize {
-        if self.gso_refused.load(Ordering::Relaxed) {
-            1
-        } else {
-            self.state.max_gso_segments()
-        }
+        self.state.max_gso_segments()
     }
 
-    /// Sends the concatenation of `slices` to `dest`: one datagram, or with `segment_size`
-    /// several of that size (the last may be shorter). Errors other than a full buffer lose
-    /// the datagrams, as UDP may.
-    fn send(&self, dest: SocketAddr, slices: &[IoSlice<'_>], segment_size: Option<usize>) -> Sent {
-        let addr = socket2::SockAddr::from(to_socket_family(dest, self.v6));
-        let control = segment_size.map(gso_control);
-        let mut msg = socket2::MsgHdr::new().with_addr(&addr).with_buffers(slices);
-        if let Some((buf, len)) = &control {
-            msg = msg.with_control(&buf[..*len]);
-        }
+    /// Sends `contents` to `dest`: one datagram, or with `segment_size` several of that
+    /// size (the last may be shorter). Only `WouldBlock` is reported; other errors lose the
+    /// datagrams, as UDP may.
+    pub(crate) fn send(
+        &self,
+        dest: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: to_socket_family(dest, self.v6),
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
         // Straight to the kernel: the runtime does not track writability (see the module
         // comment), and a full buffer answers WouldBlock by itself.
-        let sock = socket2::SockRef::from(self.udp.get_ref());
-        loop {
-            let e = match sock.sendmsg(&msg, 0) {
-                Ok(_) => return Sent::Done,
-                Err(e) => e,
-            };
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Sent::Blocked,
-                _ => {}
+        match self.state.try_send(self.udp.get_ref().into(), &transmit) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                // Unreachable or refused destination: retransmission and timeouts deal
+                // with the consequences.
+                tracing::debug!(addr = %dest, error = %e, "UDP send failed");
+                Ok(())
             }
-            if segment_size.is_some() && gso_unsupported(&e) {
-                // Some devices and drivers cannot segment; Linux says so only when asked to.
-                if !self.gso_refused.swap(true, Ordering::Relaxed) {
-                    tracing::info!(error = %e, "UDP segmentation offload refused, sending datagrams one by one");
-                }
-                return Sent::Retry;
-            }
-            // Unreachable or refused destination: retransmission and timeouts deal with the
-            // consequences.
-            tracing::debug!(addr = %dest, error = %e, "UDP send failed");
-            return Sent::Done;
         }
     }
 
@@ -321,85 +252,6 @@ pub(crate) fn to_socket_family(addr: SocketAddr, v6: bool) -> SocketAddr {
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    use bytes::Bytes;
-
-    use crate::wire::{Header, HEADER_SIZE};
-
-    /// A burst of data packets, each gathered from a header in the transmit buffer and a
-    /// payload referenced where it lies (small ones copied in, an MTU probe's padding), goes
-    /// out in segmented sends that the kernel accepts (segmentation is not turned off) and
-    /// arrives as the same datagrams, byte for byte.
-    #[tokio::test]
-    async fn gathered_segmented_sends_arrive_as_the_datagrams_queued() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        udp.set_nonblocking(true).unwrap();
-        let io = UdpIo::new(Arc::new(register(udp).unwrap()), false).unwrap();
-        let to = rx.local_addr().unwrap();
-        #[cfg(target_os = "linux")]
-        assert!(io.max_segments() > 1, "this kernel has UDP segmentation (Linux 4.18+)");
-        let mut out = Transmits::default();
-        let mut expected = Vec::new();
-        for i in 0..40u32 {
-            let header = Header {
-                flags: crate::wire::FLAG_DATA,
-                data_offset: if i == 3 { 16 } else { 0 },
-                stream_id: 7,
-                recv_window: 1 << 20,
-                seq: i,
-                ack: 0,
-            };
-            // Equal sizes in runs (one segmented send each), a short one ending each run,
-            // and payloads small enough to be copied next to their header.
-            let (len, padding) = match i {
-                3 => (1164, 16),
-                9 | 25 => (700, 0),
-                30..=34 => (100, 0),
-                _ => (1180, 0),
-            };
-            let payload = Bytes::from(
-                (0..len)
-                    .map(|b| (b as u32 * 7 + i) as u8)
-                    .collect::<Vec<_>>(),
-            );
-            out.push_data(to, &header, padding, &payload);
-            let mut datagram = Vec::new();
-            header.write_to(&mut datagram);
-            datagram.resize(HEADER_SIZE + padding, 0);
-            datagram.extend_from_slice(&payload);
-            expected.push(datagram);
-        }
-        let patience = std::time::Instant::now() + Duration::from_secs(10);
-        while !io.flush(&mut out) {
-            assert!(std::time::Instant::now() < patience, "socket never drained");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(
-            !io.gso_refused.load(Ordering::Relaxed),
-            "the kernel refused our segmentation request: the control message is malformed"
-        );
-        let mut buf = [0u8; 2048];
-        for (i, want) in expected.iter().enumerate() {
-            let n = rx.recv(&mut buf).unwrap();
-            assert_eq!(&buf[..n], &want[..], "datagram {i}");
-        }
-    }
-
-    /// The control message is `CMSG_SPACE(2)` bytes with `CMSG_LEN(2)` in its length field,
-    /// as the kernel parses it (on this 64-bit Linux: a 16-byte header).
-    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-    #[test]
-    fn the_segmentation_control_message_has_the_kernels_layout() {
-        let (buf, len) = gso_control(1180);
-        assert_eq!(len, 24);
-        assert_eq!(&buf[..8], &18usize.to_ne_bytes());
-        assert_eq!(&buf[8..12], &libc::SOL_UDP.to_ne_bytes());
-        assert_eq!(&buf[12..16], &libc::UDP_SEGMENT.to_ne_bytes());
-        assert_eq!(&buf[16..18], &1180u16.to_ne_bytes());
-        assert!(buf[18..24].iter().all(|&b| b == 0));
-    }
 
     /// The blocked-send path relies on epoll reporting a descriptor that is already writable
     /// when it is registered: the room freed between a failed send and `arm` must wake us.

@@ -1061,7 +1061,7 @@ impl Stream {
                 pkt.retransmitted = true;
                 pkt.time_sent = now;
                 pkt.stamp = stamp;
-                out.push_data(remote.addr, &hdr, 0, &pkt.data);
+                out.push_packet(remote.addr, &hdr, 0, &pkt.data);
                 self.in_flight += 1;
                 self.pacer.on_sent(len);
                 self.stats.retransmits += 1;
@@ -1074,7 +1074,7 @@ impl Stream {
                     // one is lost almost every time: a round trip more). A second copy makes
                     // that a loss of both, 1 in 400, for one packet per repaired hole.
                     let pkt = &self.sent[idx];
-                    out.push_data(remote.addr, &hdr, 0, &pkt.data);
+                    out.push_packet(remote.addr, &hdr, 0, &pkt.data);
                     self.pacer.on_sent(len);
                     self.stats.packets_sent += 1;
                 }
@@ -1137,7 +1137,7 @@ impl Stream {
             let seq = self.snd_nxt;
             let mut hdr = self.header(flags, seq);
             hdr.data_offset = padding;
-            out.push_data(remote.addr, &hdr, padding as usize, &data);
+            out.push_packet(remote.addr, &hdr, padding as usize, &data);
             let stamp = self.rate.on_send(now, self.in_flight);
             self.sent.push_back(Sent {
                 data,
@@ -1207,7 +1207,7 @@ impl Stream {
         pkt.retransmitted = true;
         pkt.time_sent = now;
         let was_probe = std::mem::take(&mut pkt.padding) > 0;
-        out.push_data(remote.addr, &hdr, 0, &pkt.data);
+        out.push_packet(remote.addr, &hdr, 0, &pkt.data);
         if was_probe {
             self.on_probe_lost();
         }

@@ -1,48 +1,17 @@
 //! Datagrams produced by the protocol core, waiting to be written to the socket.
 //!
-//! Headers (and small payloads) are laid out back to back in one buffer that is reused, so
-//! building a burst costs no allocation. A data packet's payload is not copied in: the
-//! datagram keeps a reference to the stream's `Bytes` (which it holds anyway until the packet
-//! is acknowledged), and the socket gathers header and payload in one vectored send. That
-//! copy was a tenth of a bulk transfer's CPU.
+//! They are laid out back to back in one buffer that is reused, so building a burst costs
+//! no allocation, and a burst for one peer is contiguous (ready for batched sends).
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
-
-use bytes::Bytes;
 
 use crate::wire::{Header, HEADER_SIZE};
 
-/// Payloads up to this size are copied next to their header rather than referenced: one
-/// slice fewer in the send, for a copy that costs less than the reference.
-const INLINE_PAYLOAD: usize = 128;
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Segment {
-    /// Where its header (and inline payload) starts in the buffer.
     start: usize,
-    /// Bytes in the buffer.
-    inline: usize,
-    /// The payload, when it is not inline.
-    payload: Bytes,
+    len: usize,
     addr: SocketAddr,
-}
-
-impl Segment {
-    fn len(&self) -> usize {
-        self.inline + self.payload.len()
-    }
-}
-
-/// A run of queued datagrams that go out in one segmented send (see [`Transmits::next_batch`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Batch {
-    /// Where they go.
-    pub(crate) addr: SocketAddr,
-    /// Size of each (the last may be shorter).
-    pub(crate) segment: usize,
-    /// How many.
-    pub(crate) count: usize,
 }
 
 /// A queue of datagrams to send.
@@ -55,7 +24,7 @@ pub struct Transmits {
 }
 
 impl Transmits {
-    /// Queues a packet: header, `padding` zero bytes (MTU probe), payload (copied).
+    /// Queues a packet: header, `padding` zero bytes (MTU probe), payload.
     pub(crate) fn push_packet(
         &mut self,
         addr: SocketAddr,
@@ -69,27 +38,9 @@ impl Transmits {
         self.buf.extend_from_slice(payload);
         self.segments.push(Segment {
             start,
-            inline: self.buf.len() - start,
-            payload: Bytes::new(),
+            len: self.buf.len() - start,
             addr,
         });
-    }
-
-    /// Queues a packet whose payload is referenced, not copied (unless it is small).
-    pub(crate) fn push_data(
-        &mut self,
-        addr: SocketAddr,
-        header: &Header,
-        padding: usize,
-        payload: &Bytes,
-    ) {
-        if payload.len() <= INLINE_PAYLOAD {
-            return self.push_packet(addr, header, padding, payload);
-        }
-        self.push_packet(addr, header, padding, &[]);
-        if let Some(seg) = self.segments.last_mut() {
-            seg.payload = payload.clone();
-        }
     }
 
     /// Queues an ack with SACK blocks.
@@ -103,8 +54,7 @@ impl Transmits {
         }
         self.segments.push(Segment {
             start,
-            inline: self.buf.len() - start,
-            payload: Bytes::new(),
+            len: self.buf.len() - start,
             addr,
         });
     }
@@ -114,56 +64,49 @@ impl Transmits {
         self.segments.len() - self.next
     }
 
+    /// The next queued datagram and its destination, without taking it.
+    pub fn peek(&self) -> Option<(SocketAddr, &[u8])> {
+        let seg = self.segments.get(self.next)?;
+        Some((seg.addr, &self.buf[seg.start..seg.start + seg.len]))
+    }
+
     /// Takes the next queued datagram (copied out; the simulator and tests use this).
     pub fn pop(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        let seg = self.segments.get(self.next)?;
-        let mut data = Vec::with_capacity(seg.len());
-        data.extend_from_slice(&self.buf[seg.start..seg.start + seg.inline]);
-        data.extend_from_slice(&seg.payload);
-        let addr = seg.addr;
+        let (addr, data) = self.peek().map(|(a, d)| (a, d.to_vec()))?;
         self.consume(1);
         Some((addr, data))
     }
 
     /// The queued datagrams from the next one on that go out together in one segmented
-    /// send: same destination, equal sizes (only the last may be shorter), at most
-    /// `max_segments` of them and `max_bytes` in all.
-    pub(crate) fn next_batch(&self, max_segments: usize, max_bytes: usize) -> Option<Batch> {
-        let first = self.segments.get(self.next)?;
-        let segment = first.len();
+    /// send: same destination, back to back, equal sizes (only the last may be shorter), at
+    /// most `max_segments` of them and `max_bytes` in all. Returns (destination, bytes,
+    /// segment size, count).
+    pub(crate) fn next_batch(
+        &self,
+        max_segments: usize,
+        max_bytes: usize,
+    ) -> Option<(SocketAddr, &[u8], usize, usize)> {
+        let first = self.segments.get(self.next).copied()?;
         let mut count = 1;
-        let mut total = segment;
+        let mut end = first.start + first.len;
         while count < max_segments {
             let Some(seg) = self.segments.get(self.next + count) else {
                 break;
             };
-            let len = seg.len();
-            if seg.addr != first.addr || len > segment || total + len > max_bytes {
+            if seg.addr != first.addr
+                || seg.start != end
+                || seg.len > first.len
+                || end - first.start + seg.len > max_bytes
+            {
                 break;
             }
-            total += len;
+            end += seg.len;
             count += 1;
-            if len < segment {
+            if seg.len < first.len {
                 break;
             }
         }
-        Some(Batch {
-            addr: first.addr,
-            segment,
-            count,
-        })
-    }
-
-    /// The bytes of the next `count` datagrams, in order, as slices for a vectored send.
-    pub(crate) fn slices(&self, count: usize) -> Vec<IoSlice<'_>> {
-        let mut slices = Vec::with_capacity(count * 2);
-        for seg in self.segments[self.next..].iter().take(count) {
-            slices.push(IoSlice::new(&self.buf[seg.start..seg.start + seg.inline]));
-            if !seg.payload.is_empty() {
-                slices.push(IoSlice::new(&seg.payload));
-            }
-        }
-        slices
+        Some((first.addr, &self.buf[first.start..end], first.len, count))
     }
 
     /// Marks the next `count` datagrams as sent; frees the buffer once all are.
