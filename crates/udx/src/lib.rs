@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod change_remote;
+mod chunks;
 mod congestion;
 mod datagrams;
 pub mod proto;
@@ -432,7 +433,7 @@ impl AsyncWrite for UdxStream {
             return Poll::Pending;
         }
         let n = room.min(data.len());
-        st.send_buf.extend_from_slice(&data[..n]);
+        st.send_buf.push(&data[..n]);
         st.send_outstanding += n;
         drop(st);
         self.wake_driver();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 pub(crate) use crate::proto::CloseReason;
 use std::collections::HashSet;
@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicU64;
 
 use tokio::sync::mpsc;
 
+use crate::chunks::ChunkQueue;
 use crate::datagrams::DatagramSender;
 use crate::proto::Stream;
 
@@ -152,7 +153,7 @@ pub(crate) struct StreamShared {
 pub(crate) struct SharedState {
     // application -> driver
     /// Written, not yet taken by the driver.
-    pub(crate) send_buf: BytesMut,
+    pub(crate) send_buf: ChunkQueue,
     /// Written and not yet acknowledged by the peer (backpressure accounting).
     pub(crate) send_outstanding: usize,
     /// `send_outstanding` may not exceed this (set by the driver from its window).

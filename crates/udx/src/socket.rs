@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::datagrams::DatagramSender;
-use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, Stream, StreamEvent};
+use crate::proto::{normalize, CloseReason, Endpoint, EndpointEvent, IdMap, Stream, StreamEvent};
 use crate::shared::{lock, SocketCore};
 use crate::shared::{Event, Handover, StreamShared};
 use crate::udp_io::{RecvBuffers, UdpIo, WriteWait};
@@ -38,7 +38,7 @@ pub(crate) struct Driver {
     datagrams: Arc<Mutex<Option<DatagramSender>>>,
     endpoint: Endpoint,
     /// The handle side of every stream the endpoint knows.
-    shared: HashMap<u32, Arc<StreamShared>>,
+    shared: IdMap<Arc<StreamShared>>,
     /// Streams moving here from another socket (`change_remote`), with the events their
     /// handles sent before their protocol state arrived (a few: a Wake is sent once until
     /// serviced, a Destroy or Dropped once).
@@ -62,7 +62,7 @@ impl Driver {
             registry: core.registry.clone(),
             datagrams: core.datagrams.clone(),
             endpoint: Endpoint::new(),
-            shared: HashMap::new(),
+            shared: IdMap::default(),
             incoming: HashMap::new(),
             moved_out: HashMap::new(),
         })
@@ -469,8 +469,8 @@ fn sync(shared: &StreamShared, stream: &mut Stream) {
     }
     let mut st = shared.lock();
     stream.set_keepalive(st.keepalive);
-    if !st.send_buf.is_empty() {
-        stream.write(st.send_buf.split().freeze());
+    while let Some(chunk) = st.send_buf.pop() {
+        stream.write(chunk);
     }
     if st.write_shutdown {
         stream.shutdown();

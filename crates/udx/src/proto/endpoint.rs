@@ -26,6 +26,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use super::ids::IdMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -80,7 +82,7 @@ struct Entry {
 /// Every stream of one socket. See the module documentation.
 #[derive(Default)]
 pub struct Endpoint {
-    entries: HashMap<u32, Entry>,
+    entries: IdMap<Entry>,
     active: VecDeque<u32>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     out: Transmits,

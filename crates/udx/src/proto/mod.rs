@@ -35,12 +35,14 @@
 //! ```
 
 mod endpoint;
+mod ids;
 mod stream;
 mod transmits;
 
 use std::net::SocketAddr;
 
 pub use endpoint::{Endpoint, EndpointEvent, SEND_BUDGET};
+pub(crate) use ids::IdMap;
 pub use stream::{CloseReason, Remote, Stream, StreamEvent, MAX_BUFFERED, RECV_WINDOW};
 pub use transmits::Transmits;
 
