@@ -150,7 +150,8 @@ impl Shared {
             }
             Event::Data(id, bytes) => {
                 let delivery = inner.streams.get(&id).map(|io| Arc::clone(&io.delivery));
-                // Not under the lock: the stream's own pipe takes it to send.
+                // The write is a system call: not under the lock, which every stream's pipe
+                // takes for each message it sends.
                 drop(inner);
                 self.deliver(id, bytes, delivery)?;
             }
@@ -283,7 +284,7 @@ impl Mux {
                 rtt: None,
                 retired: false,
             }),
-            out: Outgoing::new(writer),
+            out: Outgoing::new(writer, limits.max_streams),
             closed,
             pongs: watch::channel(0).0,
         });
