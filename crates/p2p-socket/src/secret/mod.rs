@@ -399,7 +399,17 @@ mod tests {
         SecretStream<tokio::io::DuplexStream>,
         SecretStream<tokio::io::DuplexStream>,
     ) {
-        let (a, b) = tokio::io::duplex(1 << 20);
+        pair_over(1 << 20).await
+    }
+
+    /// Two ends over a pipe that holds `capacity` bytes.
+    async fn pair_over(
+        capacity: usize,
+    ) -> (
+        SecretStream<tokio::io::DuplexStream>,
+        SecretStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(capacity);
         let (tx, rx) = ([1u8; 32], [2u8; 32]);
         let (a, b) = tokio::join!(
             SecretStream::from_session(true, a, tx, rx, HASH, [0; 32]),
@@ -418,13 +428,8 @@ mod tests {
     /// further, which must not lose or reorder any (the small ones then come in one read).
     #[tokio::test]
     async fn messages_that_arrive_in_small_pieces_arrive_in_order() {
-        let (a, b) = tokio::io::duplex(777);
-        let (tx, rx) = ([1u8; 32], [2u8; 32]);
-        let (a, b) = tokio::join!(
-            SecretStream::from_session(true, a, tx, rx, HASH, [0; 32]),
-            SecretStream::from_session(false, b, rx, tx, HASH, [0; 32]),
-        );
-        messages_arrive_in_order(a.unwrap(), b.unwrap()).await;
+        let (a, b) = pair_over(777).await;
+        messages_arrive_in_order(a, b).await;
     }
 
     async fn messages_arrive_in_order(
@@ -488,14 +493,9 @@ mod tests {
     /// the middle of a write: the rest of that frame must go out before the next one.
     #[tokio::test]
     async fn a_write_cancelled_half_way_is_finished_by_the_next() {
-        let (a, b) = tokio::io::duplex(1024);
-        let (tx, rx) = ([1u8; 32], [2u8; 32]);
-        let (a, b) = tokio::join!(
-            SecretStream::from_session(true, a, tx, rx, HASH, [0; 32]),
-            SecretStream::from_session(false, b, rx, tx, HASH, [0; 32]),
-        );
-        let (_, mut w) = a.unwrap().into_split();
-        let (mut r, _) = b.unwrap().into_split();
+        let (a, b) = pair_over(1024).await;
+        let (_, mut w) = a.into_split();
+        let (mut r, _) = b.into_split();
         let first = vec![1u8; 10_000];
         let cut = tokio::time::timeout(Duration::from_millis(50), w.write(&first)).await;
         assert!(
