@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cli::{bin, ConnectProcess, LocalDht, ShareProcess};
-use support::net::{assert_exchanged, exchange, pattern_sha, Behaviour, Service};
+use support::net::{assert_exchanged, exchange, pattern_sha, read_all, Behaviour, Service};
 use support::node::{require_node, NodeClient, NodeServer};
 
 const KIB: u64 = 1024;
@@ -62,6 +62,58 @@ fn fifty_connections_ride_one_encrypted_connection() {
         "50 local connections, one encrypted connection:\n{log}"
     );
     assert!(log.contains("multiplexed"), "{log}");
+}
+
+/// A local reader that takes `chunk` bytes at a time and pauses after each.
+struct Slow<R> {
+    inner: R,
+    chunk: usize,
+    pause: Duration,
+}
+
+impl<R: Read> Read for Slow<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        thread::sleep(self.pause);
+        let n = buf.len().min(self.chunk);
+        self.inner.read(&mut buf[..n])
+    }
+}
+
+/// The connection's reader writes the peer's bytes into the local connection itself while it
+/// takes them, and hands the rest to the stream's pipe when it does not: a local program that
+/// reads slowly fills its socket, so both ways alternate through the transfer, and every byte
+/// must still arrive once and in order, on both streams, while another stream runs at full
+/// speed beside them.
+#[test]
+fn a_slow_local_reader_gets_every_byte_in_order_beside_a_fast_one() {
+    let dht = LocalDht::start(NODES);
+    let volume = 24 * MIB;
+    let service = Service::start(Behaviour::SendAndClose {
+        send: volume,
+        seed: 11,
+    });
+    let share = ShareProcess::start(&dht.bootstrap, service.port(), &[]);
+    let connect = ConnectProcess::start(&dht.bootstrap, &share.key);
+    let addr = connect.addr;
+    let readers: Vec<_> = [
+        (16 * KIB as usize, Duration::from_micros(300)),
+        (256 * KIB as usize, Duration::ZERO),
+    ]
+    .into_iter()
+    .map(|(chunk, pause)| {
+        thread::spawn(move || {
+            let mut slow = Slow {
+                inner: dial(addr),
+                chunk,
+                pause,
+            };
+            read_all(&mut slow).unwrap()
+        })
+    })
+    .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), (volume, pattern_sha(volume, 11)));
+    }
 }
 
 #[test]

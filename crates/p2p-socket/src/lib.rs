@@ -60,6 +60,7 @@ mod holepunch;
 mod identity;
 mod listener;
 mod local;
+mod local_shared;
 mod lock;
 mod mux;
 mod nat;

@@ -10,12 +10,14 @@ use std::fmt;
 use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{Error, Result};
+use crate::local_shared::SharedIo;
 
 /// What a share forwards its connections to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,19 +75,27 @@ pub(crate) trait LocalIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// tunnel failed, and the program on the other end must see an error, not a clean end of
     /// data it could take for a complete transfer. A Unix socket has no reset: it just ends.
     fn reset_on_drop(&self) {}
+
+    /// The connection as one socket for two tasks ([`crate::local_shared`]).
+    fn into_shared(self: Box<Self>) -> Arc<dyn SharedIo>;
 }
 
 impl LocalIo for TcpStream {
     fn reset_on_drop(&self) {
-        // Linger 0 makes close() send RST and drop unsent data, without blocking.
-        if let Err(e) = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO)) {
-            tracing::debug!(error = %e, "could not make the local connection end with a reset");
-        }
+        SharedIo::reset_on_drop(self);
+    }
+
+    fn into_shared(self: Box<Self>) -> Arc<dyn SharedIo> {
+        Arc::new(*self)
     }
 }
 
 #[cfg(unix)]
-impl LocalIo for tokio::net::UnixStream {}
+impl LocalIo for tokio::net::UnixStream {
+    fn into_shared(self: Box<Self>) -> Arc<dyn SharedIo> {
+        Arc::new(*self)
+    }
+}
 
 pub(crate) type LocalStream = Box<dyn LocalIo>;
 

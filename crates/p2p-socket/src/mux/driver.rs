@@ -16,6 +16,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, watch, MutexGuard, Notify};
 use tracing::{debug, warn};
 
+use super::deliver::Delivery;
 use super::outgoing::{Out, Outgoing};
 use super::proto::{self, Event, Limits, Role, Session, HEADER, MAX_DATA};
 use crate::farewell::Guard;
@@ -34,16 +35,17 @@ pub(super) const FIRST_READ: usize = 4096;
 // Every frame goes out as one secret-stream message, so the peer reads it whole.
 const _: () = assert!(HEADER + MAX_DATA <= crate::secret::MESSAGE);
 
-/// What a stream's reader gets; the channel ending without [`Incoming::Fin`] means the stream
+/// What a stream's pipe gets; the channel ending without [`Incoming::Fin`] means the stream
 /// was reset or the connection is gone.
 pub(super) enum Incoming {
-    /// A whole DATA frame: the bytes start at [`HEADER`], so no copy is made.
+    /// The peer's bytes the local connection did not take at once ([`Delivery`]).
     Data(Vec<u8>),
     Fin,
 }
 
 pub(super) struct StreamIo {
     incoming: mpsc::UnboundedSender<Incoming>,
+    delivery: Arc<Delivery>,
     /// Woken when the stream gets credit, or ends.
     wake: Arc<Notify>,
 }
@@ -118,10 +120,10 @@ impl Shared {
     /// Hands the peer's message to the session; an error ends the connection.
     fn on_message(
         self: &Arc<Self>,
-        message: Vec<u8>,
+        message: &[u8],
         accepted: &mpsc::Sender<MuxStream>,
     ) -> Result<(), String> {
-        let frame = proto::decode(&message).map_err(|v| self.violated(v))?;
+        let frame = proto::decode(message).map_err(|v| self.violated(v))?;
         let mut inner = lock(&self.inner);
         inner.heard = Instant::now();
         let event = inner.session.receive(frame).map_err(|v| self.violated(v))?;
@@ -146,16 +148,12 @@ impl Shared {
                 );
                 self.control_now(proto::reset(id))?;
             }
-            Event::Data(id, _) => {
-                let delivered = inner
-                    .streams
-                    .get(&id)
-                    .is_some_and(|io| io.incoming.send(Incoming::Data(message)).is_ok());
-                if !delivered {
-                    // Its reader is gone: the stream ends, so the peer stops sending.
-                    self.control_now(proto::reset(id))?;
-                    self.forget(&mut inner, id);
-                }
+            Event::Data(id, bytes) => {
+                let delivery = inner.streams.get(&id).map(|io| Arc::clone(&io.delivery));
+                // The write is a system call: not under the lock, which every stream's pipe
+                // takes for each message it sends.
+                drop(inner);
+                self.deliver(id, bytes, delivery)?;
             }
             Event::Fin(id) => {
                 // The stream's pipe forgets it once both directions ended.
@@ -183,6 +181,37 @@ impl Shared {
                 });
             }
             Event::Late => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the peer's `bytes` for stream `id` into its local connection, and hands what it
+    /// did not take to the stream's pipe.
+    fn deliver(
+        &self,
+        id: u32,
+        bytes: &[u8],
+        delivery: Option<Arc<Delivery>>,
+    ) -> Result<(), String> {
+        let written = delivery.as_ref().map_or(0, |d| d.write_now(bytes));
+        let mut inner = lock(&self.inner);
+        if written > 0 {
+            if let Some(grant) = inner.session.taken(id, written) {
+                self.control_now(proto::window(id, grant))?;
+            }
+        }
+        if written == bytes.len() {
+            return Ok(());
+        }
+        let queued = inner.streams.get(&id).is_some_and(|io| {
+            io.delivery.queue();
+            let rest = bytes[written..].to_vec();
+            io.incoming.send(Incoming::Data(rest)).is_ok()
+        });
+        if !queued {
+            // Its pipe is gone: the stream ends, so the peer stops sending.
+            self.control_now(proto::reset(id))?;
+            self.forget(&mut inner, id);
         }
         Ok(())
     }
@@ -255,7 +284,7 @@ impl Mux {
                 rtt: None,
                 retired: false,
             }),
-            out: Outgoing::new(writer),
+            out: Outgoing::new(writer, limits.max_streams),
             closed,
             pongs: watch::channel(0).0,
         });
@@ -265,7 +294,7 @@ impl Mux {
             let why = loop {
                 let message = tokio::select! {
                     _ = closed.changed() => return,
-                    m = reader.read() => m,
+                    m = reader.next() => m,
                 };
                 let result = match message {
                     Ok(Some(m)) => reading.on_message(m, &accepted_tx),
@@ -359,6 +388,7 @@ pub(crate) struct MuxStream {
     pub(super) id: u32,
     pub(super) shared: Arc<Shared>,
     pub(super) incoming: mpsc::UnboundedReceiver<Incoming>,
+    pub(super) delivery: Arc<Delivery>,
     pub(super) wake: Arc<Notify>,
 }
 
@@ -367,14 +397,17 @@ impl MuxStream {
         // Unbounded, yet bounded: the session refuses data beyond the window we granted.
         let (incoming_tx, incoming) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
+        let delivery = Arc::new(Delivery::default());
         let stream = MuxStream {
             id,
             shared: Arc::clone(shared),
             incoming,
+            delivery: Arc::clone(&delivery),
             wake: Arc::clone(&wake),
         };
         let io = StreamIo {
             incoming: incoming_tx,
+            delivery,
             wake,
         };
         (stream, io)

@@ -6,6 +6,7 @@
 //! where either did not stays one raw byte stream, exactly as with Node peers. [`proto`] is the
 //! protocol without I/O, [`driver`] runs it on a secret stream, writing through [`outgoing`].
 
+mod deliver;
 mod driver;
 mod live;
 mod outgoing;

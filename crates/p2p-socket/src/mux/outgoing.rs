@@ -21,6 +21,12 @@ pub(super) type Writer = crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxS
 /// Control frames queued for the peer. The reader answers a refused OPEN without waiting, so
 /// a peer that floods us with them while reading nothing fills this, and is cut off.
 const CONTROL_QUEUE: usize = 1024;
+/// The reader also queues each stream's window grants without waiting
+/// ([`deliver`](super::deliver)). A grant goes once a quarter of the stream's window was
+/// taken, and the peer sends nothing beyond the credit it was granted, so while our writes
+/// are held up (a congested path) at most four grants per stream wait; room for them comes
+/// on top, so that a busy connection is never mistaken for a flooding peer.
+const GRANTS_PER_STREAM: usize = 4;
 
 pub(super) struct Outgoing {
     out: Mutex<Out>,
@@ -36,8 +42,10 @@ pub(super) struct Out {
 }
 
 impl Outgoing {
-    pub(super) fn new(writer: Writer) -> Outgoing {
-        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    /// For a connection of at most `max_streams` streams at once.
+    pub(super) fn new(writer: Writer, max_streams: usize) -> Outgoing {
+        let queue = CONTROL_QUEUE + GRANTS_PER_STREAM * max_streams;
+        let (control, control_rx) = mpsc::channel(queue);
         Outgoing {
             out: Mutex::new(Out {
                 writer,

@@ -3,14 +3,16 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use super::driver::{gone, Incoming, MuxStream, Opening, Sender, FIRST_READ};
-use super::proto::{HEADER, MAX_DATA};
+use super::proto::MAX_DATA;
 use crate::events::{Event, Events};
 use crate::local::LocalStream;
+use crate::local_shared::{SharedRead, SharedWrite};
 use crate::pipe::Transferred;
 
 /// [`pipe_stream`]s the stream of peer connection `n`, reporting it in `events` as a
@@ -65,6 +67,7 @@ pub(crate) async fn pipe_stream(
         id,
         shared,
         mut incoming,
+        delivery,
         wake,
     } = stream;
     let sender = Sender {
@@ -73,8 +76,13 @@ pub(crate) async fn pipe_stream(
         wake: &wake,
     };
     let to_peer = AtomicU64::new(0);
-    let from_peer = AtomicU64::new(0);
-    let (mut local_r, mut local_w) = tokio::io::split(local);
+    let local = local.into_shared();
+    // From here the connection's reader writes the peer's bytes into `local` itself.
+    delivery.attach(Arc::clone(&local), events);
+    let (mut local_r, mut local_w) = (
+        SharedRead(Arc::clone(&local)),
+        SharedWrite(Arc::clone(&local)),
+    );
     let upstream = async {
         // For bytes that had to be waited for: small for an interactive connection, grown to
         // one whole frame for one that fills it, so hundreds of idle local connections cost
@@ -108,11 +116,9 @@ pub(crate) async fn pipe_stream(
     let downstream = async {
         loop {
             match incoming.recv().await {
-                Some(Incoming::Data(frame)) => {
-                    let bytes = &frame[HEADER..];
-                    local_w.write_all(bytes).await?;
-                    events.count_in(bytes.len());
-                    from_peer.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Some(Incoming::Data(bytes)) => {
+                    local_w.write_all(&bytes).await?;
+                    delivery.written(bytes.len());
                     sender.taken(bytes.len()).await;
                 }
                 Some(Incoming::Fin) => {
@@ -129,7 +135,7 @@ pub(crate) async fn pipe_stream(
     let result = tokio::try_join!(upstream, downstream);
     let moved = Transferred {
         to_peer: to_peer.into_inner(),
-        from_peer: from_peer.into_inner(),
+        from_peer: delivery.delivered(),
     };
     match result {
         Ok(_) => {
@@ -138,7 +144,7 @@ pub(crate) async fn pipe_stream(
         }
         Err(e) => {
             sender.reset();
-            local_r.unsplit(local_w).reset_on_drop();
+            local.reset_on_drop();
             Err((moved, e))
         }
     }

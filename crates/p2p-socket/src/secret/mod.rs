@@ -183,7 +183,7 @@ impl ReadState {
     ) -> io::Result<Option<(usize, usize)>> {
         loop {
             let have = self.end - self.start;
-            if have >= LENGTH_LEN {
+            let upto = if have >= LENGTH_LEN {
                 let b = &self.buf[self.start..];
                 let len = usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16;
                 if have >= LENGTH_LEN + len {
@@ -192,10 +192,15 @@ impl ReadState {
                     return Ok(Some((at, at + len)));
                 }
                 self.make_room(LENGTH_LEN + len);
+                // No further than this frame's end: once it is consumed the buffer is empty
+                // and the next read lands at its front again, so a frame that arrives in
+                // parts is never moved there (a move of up to 64 KiB per message before).
+                self.start + LENGTH_LEN + len
             } else {
                 self.make_room(LENGTH_LEN);
-            }
-            let n = raw.read(&mut self.buf[self.end..]).await?;
+                self.buf.len()
+            };
+            let n = raw.read(&mut self.buf[self.end..upto]).await?;
             if n == 0 {
                 return if self.start == self.end {
                     Ok(None)
@@ -394,7 +399,17 @@ mod tests {
         SecretStream<tokio::io::DuplexStream>,
         SecretStream<tokio::io::DuplexStream>,
     ) {
-        let (a, b) = tokio::io::duplex(1 << 20);
+        pair_over(1 << 20).await
+    }
+
+    /// Two ends over a pipe that holds `capacity` bytes.
+    async fn pair_over(
+        capacity: usize,
+    ) -> (
+        SecretStream<tokio::io::DuplexStream>,
+        SecretStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(capacity);
         let (tx, rx) = ([1u8; 32], [2u8; 32]);
         let (a, b) = tokio::join!(
             SecretStream::from_session(true, a, tx, rx, HASH, [0; 32]),
@@ -406,6 +421,21 @@ mod tests {
     #[tokio::test]
     async fn messages_of_every_size_arrive_in_order() {
         let (a, b) = pair().await;
+        messages_arrive_in_order(a, b).await;
+    }
+
+    /// Frames that arrive a few hundred bytes at a time are read up to their end and no
+    /// further, which must not lose or reorder any (the small ones then come in one read).
+    #[tokio::test]
+    async fn messages_that_arrive_in_small_pieces_arrive_in_order() {
+        let (a, b) = pair_over(777).await;
+        messages_arrive_in_order(a, b).await;
+    }
+
+    async fn messages_arrive_in_order(
+        a: SecretStream<tokio::io::DuplexStream>,
+        b: SecretStream<tokio::io::DuplexStream>,
+    ) {
         let (_, mut w) = a.into_split();
         let (mut r, _) = b.into_split();
         let sizes = [1usize, 17, MESSAGE, MESSAGE + 1, 3 * MESSAGE + 5, 1000];
@@ -463,14 +493,9 @@ mod tests {
     /// the middle of a write: the rest of that frame must go out before the next one.
     #[tokio::test]
     async fn a_write_cancelled_half_way_is_finished_by_the_next() {
-        let (a, b) = tokio::io::duplex(1024);
-        let (tx, rx) = ([1u8; 32], [2u8; 32]);
-        let (a, b) = tokio::join!(
-            SecretStream::from_session(true, a, tx, rx, HASH, [0; 32]),
-            SecretStream::from_session(false, b, rx, tx, HASH, [0; 32]),
-        );
-        let (_, mut w) = a.unwrap().into_split();
-        let (mut r, _) = b.unwrap().into_split();
+        let (a, b) = pair_over(1024).await;
+        let (_, mut w) = a.into_split();
+        let (mut r, _) = b.into_split();
         let first = vec![1u8; 10_000];
         let cut = tokio::time::timeout(Duration::from_millis(50), w.write(&first)).await;
         assert!(
