@@ -83,7 +83,7 @@ fn a_node_client_that_names_a_relay_is_followed_to_the_punched_path() {
         if n < ATTEMPTS {
             Behaviour::Echo
         } else {
-            Behaviour::Exchange {
+            Behaviour::ExchangeEndingLast {
                 send: VOLUME,
                 seed: 20 + n,
             }

@@ -143,20 +143,36 @@ pub fn exchange(stream: impl Duplex, send: u64, seed: u64) -> std::io::Result<Ta
 
 /// Like [`exchange`], also saying how long the other side's first byte took to arrive.
 pub fn exchange_timed(
+    stream: impl Duplex,
+    send: u64,
+    seed: u64,
+) -> std::io::Result<(Tally, Option<Duration>)> {
+    exchange_ending(stream, send, seed, false)
+}
+
+/// Like [`exchange_timed`]; with `end_last`, our write side is shut only after the other side
+/// ended its own.
+fn exchange_ending(
     mut stream: impl Duplex,
     send: u64,
     seed: u64,
+    end_last: bool,
 ) -> std::io::Result<(Tally, Option<Duration>)> {
     let started = Instant::now();
     stream.read_timeout(Duration::from_secs(120))?;
     let mut writer = stream.clone_handle()?;
     let sender = thread::spawn(move || {
         let sha = send_pattern(&mut writer, send, seed)?;
-        writer.shutdown_write()?;
-        Ok::<_, std::io::Error>(sha)
+        if !end_last {
+            writer.shutdown_write()?;
+        }
+        Ok::<_, std::io::Error>((sha, writer))
     });
     let (received, received_sha, first_byte) = read_all_timed(&mut stream, started)?;
-    let sent_sha = sender.join().expect("sender thread")?;
+    let (sent_sha, writer) = sender.join().expect("sender thread")?;
+    if end_last {
+        writer.shutdown_write()?;
+    }
     let tally = Tally {
         received,
         received_sha,
@@ -171,6 +187,10 @@ pub fn exchange_timed(
 pub enum Behaviour {
     /// Send `send` bytes and read to EOF at the same time, then close.
     Exchange { send: u64, seed: u64 },
+    /// As [`Behaviour::Exchange`], but end our side only after the client ended its own. A Node
+    /// hyperdht client destroys its connection as soon as both sides ended and loses what it
+    /// had not sent yet (docs/transport.md, "DESTROY"): ending last keeps a test of ours clear of that.
+    ExchangeEndingLast { send: u64, seed: u64 },
     /// Send `send` bytes and close at once without reading (HTTP/1.0 style).
     SendAndClose { send: u64, seed: u64 },
     /// Echo everything back; half-close when the client does.
@@ -309,6 +329,9 @@ fn serve(conn: impl Duplex, behaviour: Behaviour) -> std::io::Result<Tally> {
     conn.read_timeout(Duration::from_secs(120))?;
     match behaviour {
         Behaviour::Exchange { send, seed } => exchange(conn, send, seed),
+        Behaviour::ExchangeEndingLast { send, seed } => {
+            exchange_ending(conn, send, seed, true).map(|(tally, _)| tally)
+        }
         Behaviour::SendAndClose { send, seed } => {
             let mut w = conn;
             let sent_sha = send_pattern(&mut w, send, seed)?;
