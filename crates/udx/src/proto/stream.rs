@@ -1823,9 +1823,17 @@ mod tests {
     }
 
     fn data_packet(seq: u32, payload: &[u8]) -> Vec<u8> {
+        packet(wire::FLAG_DATA, seq, payload)
+    }
+
+    fn destroy_packet(seq: u32) -> Vec<u8> {
+        packet(wire::FLAG_DESTROY, seq, &[])
+    }
+
+    fn packet(flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut p = Vec::new();
         Header {
-            flags: wire::FLAG_DATA,
+            flags,
             data_offset: 0,
             stream_id: 1,
             recv_window: RECV_WINDOW as u32,
@@ -1834,20 +1842,6 @@ mod tests {
         }
         .write_to(&mut p);
         p.extend_from_slice(payload);
-        p
-    }
-
-    fn destroy_packet(seq: u32) -> Vec<u8> {
-        let mut p = Vec::new();
-        Header {
-            flags: wire::FLAG_DESTROY,
-            data_offset: 0,
-            stream_id: 1,
-            recv_window: RECV_WINDOW as u32,
-            seq,
-            ack: 0,
-        }
-        .write_to(&mut p);
         p
     }
 
