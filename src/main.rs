@@ -2,6 +2,7 @@
 //! is the `p2p-socket` library crate.
 
 mod access;
+mod allocator;
 mod config;
 mod demo;
 mod holesail;
@@ -275,6 +276,7 @@ const EXIT_FAILED: i32 = 1;
 
 #[tokio::main]
 async fn main() {
+    allocator::tune();
     let args = match config::expand(&Cli::command(), std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
