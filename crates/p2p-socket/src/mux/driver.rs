@@ -641,6 +641,41 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_that_pings_but_never_reads_is_cut_off_when_the_answers_fill_the_queue() {
+        let (hostile, share) = pair().await;
+        let mut hostile = Hand::new(hostile);
+        let (mux, _accepted) = Mux::start(share, Role::Server, SMALL, true, no_guard());
+        // Each PING is answered with a PONG through the control queue. A peer that sends them
+        // faster than the answers can leave, or never reads them, fills it (here after about
+        // 14,000 PINGs in 40 ms), and the reader ends the connection rather than wait for the
+        // writer or queue without bound.
+        let started = Instant::now();
+        let mut n = 0u32;
+        while !mux.is_closed() {
+            assert!(
+                n < 2_000_000 && started.elapsed() < Duration::from_secs(120),
+                "still open after {n} PINGs"
+            );
+            if hostile.write(&proto::ping(n)).await.is_err() {
+                break;
+            }
+            n += 1;
+        }
+        for _ in 0..100 {
+            if mux.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let why = lock(&mux.shared.inner).closed.clone();
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("does not read ours")),
+            "{why:?} after {n} PINGs"
+        );
+    }
+
+    #[tokio::test]
     async fn violations_end_the_connection_with_a_reason() {
         let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
             (
