@@ -59,18 +59,13 @@ struct LaterPunch {
 }
 
 impl Connector {
-    /// Our NAT as the DHT nodes that answered us saw it (hyperdht's `dht.firewalled`).
-    async fn our_nat(&self) -> Firewall {
-        self.node.nat().await
-    }
-
     /// Our relay, to name in a handshake whose connection may start on it: only when we know
     /// now that the pair is hard (the sharer's own relay, if it has one, wins anyway).
     pub(super) async fn relay_first_offer(&self) -> Option<RelayOffer> {
         if self.force_relay || self.relay.is_none() {
             return None;
         }
-        if !hard_pair(self.our_nat().await, Firewall::Unknown) {
+        if !hard_pair(self.node.nat().await, Firewall::Unknown) {
             return None;
         }
         self.our_offer()
@@ -87,7 +82,7 @@ impl Connector {
         answer.remote.holepunch.as_ref()?;
         let plan = relay_choice(answer.sharers_relay(), ours, false)?;
         let (us, them) = (
-            self.our_nat().await,
+            self.node.nat().await,
             Firewall::from_wire(answer.remote.firewall),
         );
         if !hard_pair(us, them) {

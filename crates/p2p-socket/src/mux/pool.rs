@@ -1,7 +1,8 @@
 //! The connecting side's multiplexed connection: the connect opens it when it starts
-//! ([`super::warm`]) or the first local connection does, the next ones become streams on it, and when it ends (the sharer restarted, the path died) the
-//! next local connection opens a new one. A connection that heard nothing for [`IDLE`], or
-//! was made before our address changed, must answer a PING first ([`Mux::answers`]).
+//! ([`super::warm`]) or the first local connection does, the next ones become streams on it,
+//! and when it ends (the sharer restarted, the path died) the next local connection opens a
+//! new one. A connection that heard nothing for [`IDLE`], or was made before our address
+//! changed, must answer a PING first ([`Mux::answers`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -26,11 +26,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-
-use super::ids::IdMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::ids::IdMap;
 use super::stream::{CloseReason, Stream, StreamEvent};
 use super::transmits::Transmits;
 use crate::wire::{Header, FLAG_DATA, FLAG_DESTROY, FLAG_END, HEADER_SIZE};

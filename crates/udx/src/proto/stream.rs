@@ -715,7 +715,7 @@ impl Stream {
         // window of 0, our sending would stop for good: a closed window reopens from any
         // packet that claims nothing beyond what we took in order and acks nothing we already
         // processed, which the peer's answers to our zero-window probes do. Honest traffic
-        // with an open window is ruled as libudx rules it (tests/upgrade.rs follows hyperdht).
+        // with an open window is ruled exactly as libudx rules it.
         let reopens = self.send_rwnd == 0
             && hdr.recv_window > 0
             && seq <= self.rcv_nxt
