@@ -1515,11 +1515,17 @@ mod tests {
 
     const PEER: &str = "127.0.0.1:9";
 
+    /// Stream 1, connected to stream 2 of [`PEER`].
+    fn connected(now: Instant) -> Stream {
+        let mut conn = Stream::new(1, now);
+        conn.connect(2, Some(PEER.parse().unwrap()));
+        conn
+    }
+
     /// A connected stream with `packets` full data packets in flight.
     fn sender_with_in_flight(packets: usize) -> (Stream, Instant) {
         let now = Instant::now();
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
         conn.write(Bytes::from(vec![7u8; packets * BASE_PAYLOAD]));
         conn.service(now, &mut Transmits::default(), packets);
         assert_eq!(conn.snd_nxt, packets as u64);
@@ -1653,8 +1659,7 @@ mod tests {
     #[test]
     fn a_lone_small_packet_is_acked_by_the_answer_or_after_the_ack_delay() {
         let now = Instant::now();
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
 
         // A request: no ack yet, a deadline instead.
         assert_eq!(
@@ -1701,8 +1706,7 @@ mod tests {
             ),
         ];
         for (what, packets) in cases {
-            let mut conn = Stream::new(1, now);
-            conn.connect(2, Some(PEER.parse().unwrap()));
+            let mut conn = connected(now);
             let mut last = (0, 0);
             for (seq, flags, len) in packets {
                 last = receive(&mut conn, now, peer_data(seq, flags, len));
@@ -1848,8 +1852,7 @@ mod tests {
     #[test]
     fn a_destroy_that_overtook_the_peers_last_data_waits_for_it() {
         let now = Instant::now();
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
         let mut out = Transmits::default();
         conn.handle_packet(&data_packet(0, b"first "), now, &mut out);
         // Packet 1 is still on a slower path when the DESTROY (sent after it) arrives.
@@ -1866,8 +1869,7 @@ mod tests {
     #[test]
     fn a_destroy_waits_for_missing_data_only_a_bounded_time() {
         let now = Instant::now();
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
         let mut out = Transmits::default();
         conn.handle_packet(&destroy_packet(5), now, &mut out);
         assert!(conn.closed.is_none());
@@ -1878,8 +1880,7 @@ mod tests {
         conn.on_timeout(until, &mut out);
         assert_eq!(conn.closed, Some(CloseReason::Reset));
         // In order, a DESTROY ends the stream at once.
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
         conn.handle_packet(&destroy_packet(0), now, &mut out);
         assert_eq!(conn.closed, Some(CloseReason::Reset));
     }
@@ -1897,8 +1898,7 @@ mod tests {
     #[test]
     fn data_beyond_the_advertised_window_is_dropped() {
         let now = Instant::now();
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
         let payload = vec![1u8; MAX_PAYLOAD];
         let mut out = Transmits::default();
         // Out of order (seq 0 never comes): all of it would sit in memory.
@@ -1908,8 +1908,7 @@ mod tests {
         }
         assert!(conn.stats().packets_dropped > 0);
         // In order, with an application that reads nothing.
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
         for seq in 0..(2 * RECV_WINDOW / MAX_PAYLOAD) as u32 {
             conn.handle_packet(&data_packet(seq, &payload), now, &mut out);
             if let Some(chunk) = conn.take_received() {
@@ -2036,8 +2035,7 @@ mod tests {
     #[test]
     fn keepalives_to_a_dead_peer_end_the_stream() {
         let now = Instant::now();
-        let mut conn = Stream::new(1, now);
-        conn.connect(2, Some(PEER.parse().unwrap()));
+        let mut conn = connected(now);
         conn.set_keepalive(Some(Duration::from_secs(5)));
         let end = run_silent(&mut conn, now, 3600);
         assert_eq!(conn.closed(), Some(CloseReason::TimedOut));
