@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use netlab::{LabSpec, Nat};
-use support::lab::{fetch_run, FetchRun, FirstFetch, Tunnel, TwoHomes};
+use support::lab::{fetch_run, Fetch, FetchRun, FirstFetch, Tunnel, TwoHomes};
 
 const MIB: u64 = 1024 * 1024;
 const VOLUME: u64 = 10 * MIB;
@@ -49,22 +49,18 @@ fn print_table(title: &str, runs: &[FetchRun]) {
         "\n{title}: {FETCHES} fetches of {} MiB in a row\n| tunnel | verified | time per fetch | first byte | throughput |\n|---|---|---|---|---|\n",
         VOLUME / MIB
     );
+    // One cell: a figure of each fetch of the run, in order.
+    let column = |run: &FetchRun, figure: &dyn Fn(&Fetch) -> String| -> String {
+        run.fetches
+            .iter()
+            .map(figure)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for run in runs {
-        let times: Vec<String> = run
-            .fetches
-            .iter()
-            .map(|f| format!("{:.1} s", f.elapsed.as_secs_f64()))
-            .collect();
-        let first: Vec<String> = run
-            .fetches
-            .iter()
-            .map(|f| format!("{:.2} s", f.first_byte.as_secs_f64()))
-            .collect();
-        let speeds: Vec<String> = run
-            .fetches
-            .iter()
-            .map(|f| format!("{:.1} MB/s", f.throughput() / 1e6))
-            .collect();
+        let times = column(run, &|f| format!("{:.1} s", f.elapsed.as_secs_f64()));
+        let first = column(run, &|f| format!("{:.2} s", f.first_byte.as_secs_f64()));
+        let speeds = column(run, &|f| format!("{:.1} MB/s", f.throughput() / 1e6));
         let stopped = run
             .failure
             .as_ref()
@@ -75,13 +71,13 @@ fn print_table(title: &str, runs: &[FetchRun]) {
             "| {} | {}/{FETCHES} | {}{stopped} | {} | {} |\n",
             run.tunnel.name(),
             run.fetches.len(),
-            times.join(", "),
-            first.join(", "),
-            speeds.join(", "),
+            times,
+            first,
+            speeds,
         );
     }
     if let [ours, node] = runs {
-        let ratio = |rate: fn(&support::lab::Fetch) -> f64| -> String {
+        let ratio = |rate: fn(&Fetch) -> f64| -> String {
             ours.fetches
                 .iter()
                 .zip(&node.fetches)
@@ -89,9 +85,8 @@ fn print_table(title: &str, runs: &[FetchRun]) {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        // As the user sees it: the whole fetch, from dialling the tunnel to the last byte.
-        let end_to_end = ratio(|f| 1.0 / f.elapsed.as_secs_f64());
-        let ratios = ratio(support::lab::Fetch::throughput);
+        let end_to_end = ratio(Fetch::overall);
+        let ratios = ratio(Fetch::throughput);
         let reached = ours
             .reached_at_start
             .map(|t| format!("{:.1} s", t.as_secs_f64()))

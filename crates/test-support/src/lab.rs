@@ -361,6 +361,12 @@ impl Fetch {
     pub fn throughput(&self) -> f64 {
         self.volume as f64 / self.elapsed.saturating_sub(self.first_byte).as_secs_f64()
     }
+
+    /// Bytes per second over the whole fetch, from dialling the tunnel to the last byte, as
+    /// the user waits for it.
+    pub fn overall(&self) -> f64 {
+        self.volume as f64 / self.elapsed.as_secs_f64()
+    }
 }
 
 /// The fetches through one tunnel, in order, and why the run stopped early, if it did.
