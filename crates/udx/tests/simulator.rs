@@ -324,8 +324,10 @@ fn random_loss_does_not_collapse_the_rate() {
 /// acks are both lost, no bottleneck but the path's own (veth, far faster than the flow),
 /// three verified 10 MiB transfers one after another. Random loss must cost little: no
 /// retransmission timeout (the tail is repaired by RACK and the tail loss probe), and each
-/// transfer within 1.5x the clean path's time (before the fixes in docs/transport.md: 2.8-3.3x,
-/// with one to three timeouts each).
+/// transfer within four round trips of the clean path's time (before the fixes in
+/// docs/transport.md it took 2.8-3.3x as long, with one to three timeouts each). In round
+/// trips, not as a ratio: the faster the clean start (0.89 s from 32 packets, 0.56 s since the
+/// rated start), the larger the share of the same few repair round trips.
 #[test]
 fn lab_lossy_cell_three_transfers_of_ten_mib() {
     let transfer = |loss: f64, seed: u64| {
@@ -356,7 +358,7 @@ fn lab_lossy_cell_three_transfers_of_ten_mib() {
             "seed {seed:#x}: a retransmission timeout at 5 % loss"
         );
         assert!(
-            took.as_secs_f64() < 1.5 * clean.as_secs_f64(),
+            took < clean + MS * 400,
             "seed {seed:#x}: {took:?} at 5 % loss against {clean:?} on the clean path"
         );
     }

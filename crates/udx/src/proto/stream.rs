@@ -876,17 +876,18 @@ impl Stream {
     }
 
     fn after_acks(&mut self, now: Instant) {
-        if let Some((_, rtt)) = self.rtt_sample.take() {
+        let latest_rtt = self.rtt_sample.take().map(|(_, rtt)| rtt);
+        if let Some(rtt) = latest_rtt {
             self.rtt.on_sample(rtt);
         }
         if self.newly_acked > 0 {
             let sample = self.rate.take_sample();
+            self.cc.on_rtt(latest_rtt, self.rtt.min_rtt());
             self.cc.on_ack(
                 now,
                 self.newly_acked,
                 sample,
                 self.rate.delivered(),
-                self.rtt.min_rtt(),
                 self.in_flight,
             );
             self.newly_acked = 0;
