@@ -87,12 +87,23 @@ fn print_table(title: &str, runs: &[FetchRun]) {
         };
         let end_to_end = ratio(Fetch::overall);
         let ratios = ratio(Fetch::throughput);
+        // The tunnel's throughput over the whole cell, as the issue measured Node's (all the
+        // bytes over all the fetches' time).
+        let cell = |run: &FetchRun| -> f64 {
+            let bytes: u64 = run.fetches.iter().map(|f| f.volume).sum();
+            let time: f64 = run.fetches.iter().map(|f| f.elapsed.as_secs_f64()).sum();
+            bytes as f64 / time
+        };
+        let (ours_cell, node_cell) = (cell(ours), cell(node));
         let reached = ours
             .reached_at_start
             .map(|t| format!("{:.1} s", t.as_secs_f64()))
             .unwrap_or_else(|| "-".into());
         out += &format!(
-            "| ours / Node | | {end_to_end} | | {ratios} |\nours reached the sharer {reached} after starting, before fetch 1; load average {}\n",
+            "| ours / Node | | {end_to_end} | | {ratios} |\nall fetches, whole time: ours {:.1} MB/s, Node {:.1} MB/s, {:.2}x\nours reached the sharer {reached} after starting, before fetch 1; load average {}\n",
+            ours_cell / 1e6,
+            node_cell / 1e6,
+            ours_cell / node_cell,
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .trim()
