@@ -14,6 +14,7 @@
 //! let other = socket.create_stream(local_id + 1)?;
 //! other.connect_on_first_packet(remote_id);         // adopt the address of whoever sends first
 //! // stream: AsyncRead + AsyncWrite; poll_shutdown sends END (half-close); drop/destroy sends DESTROY
+//! // or stream.poll_read_chunk(cx, max): received bytes as they lie, without a copy
 //! let (relay_a, relay_b) = (socket.create_stream(2)?, socket.create_stream(3)?);
 //! relay_a.relay_to(&relay_b)?;                      // before connect: a blind relay
 //! # Ok(())
