@@ -61,7 +61,7 @@ pub enum StreamEvent {
 pub const RECV_WINDOW: usize = 8 << 20;
 
 /// Size of the allocations received bytes are put in, once a stream has received a few
-/// (they start at 16 KiB and double). A reader that needs messages whole
+/// (they start at [`FIRST_RECV_ALLOCATION`] and double). A reader that needs messages whole
 /// (the secret stream's 64 KiB ones) takes them where they arrived as long as they lie in one
 /// allocation, and copies only one that straddles two: one message in eight at this size.
 /// The window, not this, bounds what a peer makes us hold.
