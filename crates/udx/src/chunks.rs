@@ -29,10 +29,8 @@ pub(crate) struct ChunkQueue {
     tail: BytesMut,
     /// Bytes held, in `full` and `tail`.
     len: usize,
-    /// Size of the next allocation.
+    /// Size of each allocation.
     allocation: usize,
-    /// What allocations grow to, doubling from the first.
-    max_allocation: usize,
 }
 
 impl Default for ChunkQueue {
@@ -44,18 +42,11 @@ impl Default for ChunkQueue {
 impl ChunkQueue {
     /// A queue that allocates `allocation` bytes at a time (none until the first append).
     pub(crate) fn new(allocation: usize) -> ChunkQueue {
-        ChunkQueue::growing(allocation, allocation)
-    }
-
-    /// A queue whose allocations start at `first` bytes and double up to `max`: a queue that
-    /// only ever holds a few bytes does not hold a large allocation for them.
-    pub(crate) fn growing(first: usize, max: usize) -> ChunkQueue {
         ChunkQueue {
             full: VecDeque::new(),
             tail: BytesMut::new(),
             len: 0,
-            allocation: first.min(max),
-            max_allocation: max,
+            allocation,
         }
     }
 
@@ -71,7 +62,6 @@ impl ChunkQueue {
                 // Empty now: this allocates (or reuses an allocation nobody else holds any
                 // more) without copying anything.
                 self.tail.reserve(self.allocation);
-                self.allocation = (self.allocation * 2).min(self.max_allocation);
                 continue;
             }
             let n = room.min(data.len());
@@ -166,14 +156,5 @@ mod tests {
         assert_eq!(&first[..1001], &[&[1; 1000][..], &[2]].concat()[..]);
         assert_eq!(q.pop().unwrap().len(), 1000);
         assert!(q.pop().is_none());
-    }
-
-    /// A growing queue starts small and doubles up to its largest allocation, then stays.
-    #[test]
-    fn allocations_double_from_the_first_up_to_the_largest() {
-        let mut q = ChunkQueue::growing(1024, 8192);
-        q.push(&vec![5; 1024 + 2048 + 4096 + 8192 + 8192 + 100]);
-        let sizes: Vec<usize> = std::iter::from_fn(|| q.pop()).map(|c| c.len()).collect();
-        assert_eq!(sizes, [1024, 2048, 4096, 8192, 8192, 100]);
     }
 }

@@ -60,16 +60,11 @@ pub enum StreamEvent {
 /// sender back a round trip before its rate was found.
 pub const RECV_WINDOW: usize = 8 << 20;
 
-/// Size of the allocations received bytes are put in, once a stream has received a few
-/// (they start at [`FIRST_RECV_ALLOCATION`] and double). A reader that needs messages whole
+/// Size of each allocation received bytes are put in. A reader that needs messages whole
 /// (the secret stream's 64 KiB ones) takes them where they arrived as long as they lie in one
 /// allocation, and copies only one that straddles two: one message in eight at this size.
 /// The window, not this, bounds what a peer makes us hold.
 pub const RECV_ALLOCATION: usize = 512 << 10;
-
-/// The first allocation of a stream's received bytes: an interactive stream that receives
-/// little holds little.
-const FIRST_RECV_ALLOCATION: usize = 16 << 10;
 /// Most received bytes a stream ever holds: the window plus one packet (the largest UDP
 /// payload), see [`Stream::buffered_bytes`].
 pub const MAX_BUFFERED: usize = RECV_WINDOW + 65536;
@@ -317,7 +312,7 @@ impl Stream {
             out_of_order_bytes: 0,
             remote_end: None,
             eof_delivered: false,
-            received: ChunkQueue::growing(FIRST_RECV_ALLOCATION, RECV_ALLOCATION),
+            received: ChunkQueue::new(RECV_ALLOCATION),
             unread: 0,
             window_update_wanted: false,
             ack_needed: false,
