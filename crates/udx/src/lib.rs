@@ -439,6 +439,28 @@ impl UdxStream {
     }
 }
 
+impl AsyncRead for UdxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_into(cx, buf)
+    }
+}
+
+/// Reading and writing share nothing but the stream's lock, so one task may read while
+/// another writes through shared references (as with `tokio::net::TcpStream`).
+impl AsyncRead for &UdxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_into(cx, buf)
+    }
+}
+
 impl UdxStream {
     fn poll_write_from(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if data.is_empty() {
@@ -490,39 +512,38 @@ impl UdxStream {
     }
 }
 
-/// `AsyncRead` and `AsyncWrite` for the stream and for a shared reference to it: reading and
-/// writing share nothing but the stream's lock, so one task may read while another writes
-/// through `&UdxStream` (as with `tokio::net::TcpStream`).
-macro_rules! io_impls {
-    ($($ty:ty),*) => {$(
-        impl AsyncRead for $ty {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                self.poll_read_into(cx, buf)
-            }
-        }
+impl AsyncWrite for UdxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_from(cx, data)
+    }
 
-        impl AsyncWrite for $ty {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                data: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                self.poll_write_from(cx, data)
-            }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_now()
+    }
 
-            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                self.poll_flush_now()
-            }
-
-            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                self.poll_shutdown_now()
-            }
-        }
-    )*};
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_shutdown_now()
+    }
 }
 
-io_impls!(UdxStream, &UdxStream);
+impl AsyncWrite for &UdxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_from(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_now()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_shutdown_now()
+    }
+}

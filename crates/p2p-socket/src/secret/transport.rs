@@ -31,25 +31,15 @@ pub(crate) trait Transport: ChunkRead + AsyncWrite + Send {
     fn split(self) -> (Self::Read, Self::Write);
 }
 
-/// [`ChunkRead`] for each type, by the function given (`fn(&mut Self, cx, max)`).
-macro_rules! chunk_read {
-    ($($ty:ty => $read:expr),* $(,)?) => {$(
-        impl ChunkRead for $ty {
-            fn poll_read_chunk(
-                &mut self,
-                cx: &mut Context<'_>,
-                max: usize,
-            ) -> Poll<io::Result<Option<BytesMut>>> {
-                $read(self, cx, max)
-            }
-        }
-    )*};
+impl ChunkRead for UdxStream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<BytesMut>>> {
+        UdxStream::poll_read_chunk(self, cx, max)
+    }
 }
-
-chunk_read!(
-    UdxStream => |s: &mut UdxStream, cx, max| s.poll_read_chunk(cx, max),
-    UdxReadHalf => |h: &mut UdxReadHalf, cx, max| h.0.poll_read_chunk(cx, max),
-);
 
 /// The read half of a UDX stream under a secret stream.
 pub(crate) struct UdxReadHalf(Arc<UdxStream>);
@@ -66,6 +56,16 @@ impl Transport for UdxStream {
         // lock of their own (unlike `tokio::io::split`).
         let stream = Arc::new(self);
         (UdxReadHalf(stream.clone()), UdxWriteHalf(stream))
+    }
+}
+
+impl ChunkRead for UdxReadHalf {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<BytesMut>>> {
+        self.0.poll_read_chunk(cx, max)
     }
 }
 
@@ -108,10 +108,25 @@ mod pipe {
         Poll::Ready(Ok((n > 0).then(|| BytesMut::from(&chunk[..]))))
     }
 
-    chunk_read!(
-        DuplexStream => poll_copy::<DuplexStream>,
-        ReadHalf<DuplexStream> => poll_copy::<ReadHalf<DuplexStream>>,
-    );
+    impl ChunkRead for DuplexStream {
+        fn poll_read_chunk(
+            &mut self,
+            cx: &mut Context<'_>,
+            max: usize,
+        ) -> Poll<io::Result<Option<BytesMut>>> {
+            poll_copy(self, cx, max)
+        }
+    }
+
+    impl ChunkRead for ReadHalf<DuplexStream> {
+        fn poll_read_chunk(
+            &mut self,
+            cx: &mut Context<'_>,
+            max: usize,
+        ) -> Poll<io::Result<Option<BytesMut>>> {
+            poll_copy(self, cx, max)
+        }
+    }
 
     impl Transport for DuplexStream {
         type Read = ReadHalf<DuplexStream>;
