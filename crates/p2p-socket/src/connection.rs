@@ -8,15 +8,14 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
-use udx::UdxStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::identity::PublicKey;
 use crate::peer::{Path, PeerStream};
 use crate::secret::{self, SecretStreamError, MESSAGE as MAX_MESSAGE};
 
-type Reader = secret::ReadHalf<ReadHalf<UdxStream>>;
-type Writer = secret::WriteHalf<WriteHalf<UdxStream>>;
+type Reader = secret::ReadHalf<secret::UdxReadHalf>;
+type Writer = secret::WriteHalf<secret::UdxWriteHalf>;
 type Step<H, T, E> = Pin<Box<dyn Future<Output = (H, Result<T, E>)> + Send>>;
 
 /// One encrypted connection to a peer, opened by [`crate::Connector::connect`].

@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::events::{Event, Events};
@@ -42,7 +42,7 @@ pub(crate) async fn pipe<T>(
     guard: &mut Guard,
 ) -> (Transferred, io::Result<()>)
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send,
+    T: crate::secret::Transport,
 {
     let (mut local_r, mut local_w) = tokio::io::split(local);
     let (mut peer_r, mut peer_w) = peer.into_split();
@@ -105,7 +105,7 @@ pub(crate) async fn pipe_and_log<T>(
     events: &Events,
     mut guard: Guard,
 ) where
-    T: AsyncRead + AsyncWrite + Unpin + Send,
+    T: crate::secret::Transport,
 {
     events.emit(Event::ConnectionOpened {
         id,

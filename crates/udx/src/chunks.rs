@@ -1,47 +1,67 @@
 //! A byte queue that copies what is appended once and never again: what a stream's writer
-//! hands to the driver.
+//! hands to the driver, and what the driver received in order for the reader.
 //!
 //! A `BytesMut` that is appended to while its earlier contents wait to be taken grows by
 //! reallocation, which copies those contents again: in the profile of a bulk transfer, the
 //! writer's buffer growing under 256 KiB writes was 7 % of the CPU, as much as the copy
 //! of the writes themselves. Here a buffer is never grown: when an append does not fit, what
 //! it holds becomes a chunk of its own and the rest of the append goes to a fresh allocation.
-//! Chunks are taken out in order as `Bytes`, sharing the allocations, so taking them copies
+//! Chunks are taken out in order as `BytesMut`, sharing the allocations, so taking them copies
 //! nothing either.
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
-/// Size of each allocation. All the same and under the allocator's threshold for a mapping
-/// of its own (glibc's starts at 128 KiB), so a freed one is reused by the next instead of
-/// being handed back to the kernel and faulted in afresh: chunks the size of the writes
-/// (256 KiB in the benchmark) tripled the page faults of a bulk transfer. A write larger
-/// than this spans chunks; the stream joins the short tail of one with the head of the next
-/// (a copy of less than a packet per allocation).
-const ALLOCATION: usize = 64 << 10;
+/// Size of each allocation of the send side. All the same and under the allocator's
+/// threshold for a mapping of its own (glibc's starts at 128 KiB), so a freed one is reused
+/// by the next instead of being handed back to the kernel and faulted in afresh: chunks the
+/// size of the writes (256 KiB in the benchmark) tripled the page faults of a bulk transfer. A
+/// write larger than this spans chunks; the stream joins the short tail of one with the head
+/// of the next (a copy of less than a packet per allocation).
+pub(crate) const SEND_ALLOCATION: usize = 64 << 10;
 
 /// Bytes in order, as chunks. See the module documentation.
-#[derive(Default)]
 pub(crate) struct ChunkQueue {
-    /// Chunks frozen because an append did not fit behind them, oldest first.
-    full: VecDeque<Bytes>,
+    /// Chunks cut off because an append did not fit behind them, oldest first.
+    full: VecDeque<BytesMut>,
     /// The newest bytes, with room behind them.
     tail: BytesMut,
+    /// Bytes held, in `full` and `tail`.
+    len: usize,
+    /// Size of each allocation.
+    allocation: usize,
+}
+
+impl Default for ChunkQueue {
+    fn default() -> ChunkQueue {
+        ChunkQueue::new(SEND_ALLOCATION)
+    }
 }
 
 impl ChunkQueue {
+    /// A queue that allocates `allocation` bytes at a time (none until the first append).
+    pub(crate) fn new(allocation: usize) -> ChunkQueue {
+        ChunkQueue {
+            full: VecDeque::new(),
+            tail: BytesMut::new(),
+            len: 0,
+            allocation,
+        }
+    }
+
     /// Appends a copy of `data`, filling the current allocation before starting another.
     pub(crate) fn push(&mut self, mut data: &[u8]) {
+        self.len += data.len();
         while !data.is_empty() {
             let room = self.tail.capacity() - self.tail.len();
             if room == 0 {
                 if !self.tail.is_empty() {
-                    self.full.push_back(self.tail.split().freeze());
+                    self.full.push_back(self.tail.split());
                 }
                 // Empty now: this allocates (or reuses an allocation nobody else holds any
                 // more) without copying anything.
-                self.tail.reserve(ALLOCATION);
+                self.tail.reserve(self.allocation);
                 continue;
             }
             let n = room.min(data.len());
@@ -50,18 +70,28 @@ impl ChunkQueue {
         }
     }
 
-    /// The oldest bytes not taken yet, as one chunk.
-    pub(crate) fn pop(&mut self) -> Option<Bytes> {
-        if let Some(chunk) = self.full.pop_front() {
-            return Some(chunk);
-        }
-        (!self.tail.is_empty()).then(|| self.tail.split().freeze())
+    /// The oldest bytes not taken yet, as one chunk. Chunks taken one after the other from
+    /// the same allocation lie next to each other in memory (see `BytesMut::unsplit`).
+    pub(crate) fn pop(&mut self) -> Option<BytesMut> {
+        let chunk = match self.full.pop_front() {
+            Some(chunk) => chunk,
+            None if !self.tail.is_empty() => self.tail.split(),
+            None => return None,
+        };
+        self.len -= chunk.len();
+        Some(chunk)
     }
 
     /// Bytes held.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.full.iter().map(Bytes::len).sum::<usize>() + self.tail.len()
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Drops what is held (the allocation it shared with nothing else goes too).
+    pub(crate) fn clear(&mut self) {
+        self.full.clear();
+        self.tail = BytesMut::new();
+        self.len = 0;
     }
 }
 
@@ -86,7 +116,7 @@ mod tests {
                 0 => (seed % 16) as usize,
                 1 => 1452,
                 2 => (seed % 70_000) as usize,
-                _ => ALLOCATION,
+                _ => SEND_ALLOCATION,
             };
             let data: Vec<u8> = (0..len)
                 .map(|_| {
@@ -119,10 +149,10 @@ mod tests {
         let mut q = ChunkQueue::default();
         q.push(&[1; 1000]);
         let before = q.tail.as_ptr();
-        q.push(&vec![2; ALLOCATION]);
+        q.push(&vec![2; SEND_ALLOCATION]);
         let first = q.pop().unwrap();
         assert_eq!(first.as_ptr(), before, "the first bytes were not copied");
-        assert_eq!(first.len(), ALLOCATION);
+        assert_eq!(first.len(), SEND_ALLOCATION);
         assert_eq!(&first[..1001], &[&[1; 1000][..], &[2]].concat()[..]);
         assert_eq!(q.pop().unwrap().len(), 1000);
         assert!(q.pop().is_none());

@@ -14,6 +14,7 @@
 //! let other = socket.create_stream(local_id + 1)?;
 //! other.connect_on_first_packet(remote_id);         // adopt the address of whoever sends first
 //! // stream: AsyncRead + AsyncWrite; poll_shutdown sends END (half-close); drop/destroy sends DESTROY
+//! // or stream.poll_read_chunk(cx, max): received bytes as they lie, without a copy
 //! let (relay_a, relay_b) = (socket.create_stream(2)?, socket.create_stream(3)?);
 //! relay_a.relay_to(&relay_b)?;                      // before connect: a blind relay
 //! # Ok(())
@@ -355,35 +356,42 @@ impl Drop for UdxStream {
     }
 }
 
-impl AsyncRead for UdxStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl UdxStream {
+    /// Like `poll_read`, but hands out received bytes where they lie instead of copying them:
+    /// at most `max` bytes (`max > 0`) of the oldest received burst; `None` at the end of the
+    /// stream. A chunk taken right after another of the same allocation lies next to it in
+    /// memory (see [`proto::RECV_ALLOCATION`]), so `BytesMut::unsplit` joins them without a
+    /// copy. What a chunk holds no longer counts against the receive window.
+    pub fn poll_read_chunk(
+        &self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+        max: usize,
+    ) -> Poll<io::Result<Option<bytes::BytesMut>>> {
+        debug_assert!(max > 0, "a chunk of nothing would look like the end");
+        self.poll_receive(cx, |queue| {
+            let front = queue.front_mut()?;
+            let chunk = if front.len() <= max {
+                queue.pop_front()?
+            } else {
+                front.split_to(max)
+            };
+            Some((chunk.len(), chunk))
+        })
+    }
+
+    /// Reads with `take`, which takes what it wants from the receive queue and says how much;
+    /// `Some(None)` at the end of the stream. The window is reopened as the reader makes room.
+    fn poll_receive<R>(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut std::collections::VecDeque<bytes::BytesMut>) -> Option<(usize, R)>,
+    ) -> Poll<io::Result<Option<R>>> {
         let mut st = self.shared.lock();
         if st.closed == Some(CloseReason::Destroyed) {
             return Poll::Ready(Err(CloseReason::Destroyed.to_io_error()));
         }
-        let mut copied = 0;
-        while buf.remaining() > 0 {
-            let Some(front) = st.recv_queue.front_mut() else {
-                break;
-            };
-            let n = front.len().min(buf.remaining());
-            buf.put_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                st.recv_queue.pop_front();
-            }
-            copied += n;
-        }
-        if copied > 0 {
-            let left = self
-                .shared
-                .recv_buffered
-                .fetch_sub(copied, Ordering::AcqRel)
-                - copied;
+        if let Some((taken, got)) = take(&mut st.recv_queue).filter(|(n, _)| *n > 0) {
+            let left = self.shared.recv_buffered.fetch_sub(taken, Ordering::AcqRel) - taken;
             drop(st);
             if left < proto::RECV_WINDOW / 2
                 && self
@@ -395,10 +403,10 @@ impl AsyncRead for UdxStream {
                 self.shared.window_update_due.store(true, Ordering::Release);
                 self.wake_driver();
             }
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(Some(got)));
         }
         if st.recv_eof || st.finished {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(None));
         }
         if let Some(reason) = st.closed {
             return Poll::Ready(Err(reason.to_io_error()));
@@ -406,14 +414,55 @@ impl AsyncRead for UdxStream {
         st.read_waker = Some(cx.waker().clone());
         Poll::Pending
     }
+
+    fn poll_read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_receive(cx, |queue| {
+            let mut copied = 0;
+            while buf.remaining() > 0 {
+                let Some(front) = queue.front_mut() else {
+                    break;
+                };
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front[..n]);
+                front.advance(n);
+                if front.is_empty() {
+                    queue.pop_front();
+                }
+                copied += n;
+            }
+            Some((copied, ()))
+        })
+        .map_ok(|_| ())
+    }
 }
 
-impl AsyncWrite for UdxStream {
-    fn poll_write(
+impl AsyncRead for UdxStream {
+    fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_into(cx, buf)
+    }
+}
+
+/// Reading and writing share nothing but the stream's lock, so one task may read while
+/// another writes through shared references (as with `tokio::net::TcpStream`).
+impl AsyncRead for &UdxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_into(cx, buf)
+    }
+}
+
+impl UdxStream {
+    fn poll_write_from(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -440,14 +489,14 @@ impl AsyncWrite for UdxStream {
         Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush_now(&self) -> Poll<io::Result<()>> {
         match self.shared.lock().closed {
             Some(reason) => Poll::Ready(Err(reason.to_io_error())),
             None => Poll::Ready(Ok(())),
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown_now(&self) -> Poll<io::Result<()>> {
         {
             let mut st = self.shared.lock();
             if let Some(reason) = st.closed {
@@ -460,5 +509,41 @@ impl AsyncWrite for UdxStream {
         }
         self.wake_driver();
         Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for UdxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_from(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_now()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_shutdown_now()
+    }
+}
+
+impl AsyncWrite for &UdxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_from(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_now()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_shutdown_now()
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 pub(crate) use crate::proto::CloseReason;
 use std::collections::HashSet;
@@ -161,7 +161,7 @@ pub(crate) struct SharedState {
     pub(crate) write_shutdown: bool,
     pub(crate) write_waker: Option<Waker>,
     // driver -> application
-    pub(crate) recv_queue: VecDeque<Bytes>,
+    pub(crate) recv_queue: VecDeque<BytesMut>,
     pub(crate) recv_eof: bool,
     pub(crate) read_waker: Option<Waker>,
     // lifecycle

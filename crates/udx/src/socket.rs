@@ -470,16 +470,18 @@ fn sync(shared: &StreamShared, stream: &mut Stream) {
     let mut st = shared.lock();
     stream.set_keepalive(st.keepalive);
     while let Some(chunk) = st.send_buf.pop() {
-        stream.write(chunk);
+        stream.write(chunk.freeze());
     }
     if st.write_shutdown {
         stream.shutdown();
     }
-    if let Some(chunk) = stream.take_received() {
-        shared
-            .recv_buffered
-            .fetch_add(chunk.len(), Ordering::AcqRel);
+    let mut received = 0;
+    while let Some(chunk) = stream.take_received() {
+        received += chunk.len();
         st.recv_queue.push_back(chunk);
+    }
+    if received > 0 {
+        shared.recv_buffered.fetch_add(received, Ordering::AcqRel);
         if let Some(w) = st.read_waker.take() {
             w.wake();
         }

@@ -707,3 +707,44 @@ async fn a_placeholder_must_be_unconnected_and_have_the_same_id() {
     // Still on its socket, still usable.
     assert_eq!(a.stream_count(), 1);
 }
+
+/// Read a chunk at a time, as the secret stream does: every byte arrives in order, more than
+/// the receive window goes through (taking a chunk makes room, as a read does), and most
+/// chunks lie right behind the one before, which is what lets a reader join them without a
+/// copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_reads_hand_out_every_byte_and_chunks_lie_next_to_each_other() {
+    use sha2::{Digest, Sha256};
+    const MAX: usize = 100_000;
+    let (a, b) = two_sockets().await;
+    let (mut sa, sb) = stream_pair(&a, &b, 1, 2).await;
+    let len = udx::proto::RECV_WINDOW * 3 / 2;
+    let sender = tokio::spawn(async move { send_random(&mut sa, len, 7).await });
+    let receive = async {
+        let (mut hash, mut total, mut chunks, mut adjacent, mut prev_end) =
+            (Sha256::new(), 0, 0, 0, 0);
+        while let Some(chunk) = std::future::poll_fn(|cx| sb.poll_read_chunk(cx, MAX))
+            .await
+            .expect("read")
+        {
+            assert!(
+                !chunk.is_empty() && chunk.len() <= MAX,
+                "{} bytes",
+                chunk.len()
+            );
+            adjacent += usize::from(chunk.as_ptr() as usize == prev_end);
+            prev_end = chunk.as_ptr() as usize + chunk.len();
+            hash.update(&chunk);
+            total += chunk.len();
+            chunks += 1;
+        }
+        (total, hex::encode(hash.finalize()), chunks, adjacent)
+    };
+    let (total, hash, chunks, adjacent) = within(60, "a chunked read", receive).await;
+    assert_eq!(total, len);
+    assert_eq!(hash, sender.await.unwrap());
+    assert!(
+        adjacent * 2 > chunks,
+        "{adjacent} of {chunks} chunks lie behind the one before"
+    );
+}

@@ -577,8 +577,8 @@ pub(super) mod tests {
 
     /// The hand-written end of a connection: both halves of its secret stream.
     pub(crate) struct Hand {
-        r: crate::secret::ReadHalf<tokio::io::ReadHalf<udx::UdxStream>>,
-        w: crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>,
+        r: crate::secret::ReadHalf<crate::secret::UdxReadHalf>,
+        w: crate::secret::WriteHalf<crate::secret::UdxWriteHalf>,
     }
 
     impl Hand {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Mutex, MutexGuard, Notify};
 
 use super::proto;
 
-pub(super) type Writer = crate::secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>;
+pub(super) type Writer = crate::secret::WriteHalf<crate::secret::UdxWriteHalf>;
 
 /// Control frames queued for the peer. The reader answers a refused OPEN without waiting, so
 /// a peer that floods us with them while reading nothing fills this, and is cut off.

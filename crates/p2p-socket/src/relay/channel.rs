@@ -8,10 +8,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
-use udx::UdxStream;
 
 use super::wire::{self, Incoming, Pair, Token, PROTOCOL};
 use crate::peer::PeerStream;
@@ -111,8 +109,8 @@ async fn until_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
-type Reader = secret::ReadHalf<ReadHalf<UdxStream>>;
-type Writer = secret::WriteHalf<WriteHalf<UdxStream>>;
+type Reader = secret::ReadHalf<secret::UdxReadHalf>;
+type Writer = secret::WriteHalf<secret::UdxWriteHalf>;
 
 async fn write_loop(
     mut w: Writer,

@@ -38,8 +38,8 @@ async fn echo_service() -> u16 {
     port
 }
 
-type Reader = secret::ReadHalf<tokio::io::ReadHalf<udx::UdxStream>>;
-type Writer = secret::WriteHalf<tokio::io::WriteHalf<udx::UdxStream>>;
+type Reader = secret::ReadHalf<secret::UdxReadHalf>;
+type Writer = secret::WriteHalf<secret::UdxWriteHalf>;
 
 /// Sends `text` on mux stream 1 and reads it back from the echo service.
 async fn echoed(reader: &mut Reader, writer: &mut Writer, text: &[u8]) -> Vec<u8> {

@@ -11,15 +11,19 @@
 //! the 16 MiB a 3-byte length allows, shrunk back after it).
 
 pub(crate) mod cipher;
+mod transport;
 
+use std::future::poll_fn;
 use std::io;
 
 use blake2::digest::consts::U32;
 use blake2::digest::Mac;
 use blake2::Blake2bMac;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use cipher::{Opener, Sealer, HEADER_LEN, OVERHEAD, ROOM};
+pub(crate) use transport::{ChunkRead, Transport, UdxReadHalf, UdxWriteHalf};
 
 /// The plaintext of one message we send, at most. Each message costs a frame header, a tag, a
 /// MAC and a nonce setup; 64 KiB makes that under 0.1 % of the bytes, and keeps a connection's
@@ -81,7 +85,7 @@ pub(crate) struct SecretStream<T> {
     remote_public_key: [u8; 32],
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> SecretStream<T> {
+impl<T: Transport> SecretStream<T> {
     /// Exchanges stream ids and headers over `raw` with the keys a Noise handshake produced
     /// (hyperdht's `NoiseSecretStream` with `{ handshake }`).
     pub(crate) async fn from_session(
@@ -101,10 +105,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecretStream<T> {
         raw.write_all(&first).await?;
 
         let mut read = ReadState::new();
-        let body = read
-            .frame(&mut raw)
+        let at = read
+            .frame_at(&mut raw)
             .await?
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let (buf, a, b) = read.locate(&at);
+        let body = &buf[a..b];
         if body.len() != ID_FRAME_BODY {
             return Err(SecretStreamError::Header { got: body.len() });
         }
@@ -112,7 +118,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecretStream<T> {
             return Err(SecretStreamError::StreamId);
         }
         let header: [u8; HEADER_LEN] = body[ID_LEN..].try_into().expect("24 bytes");
-        read.opener = Some(Opener::new(&rx, &header));
+        read.opener = Some(Box::new(Opener::new(&rx, &header)));
         Ok(SecretStream {
             raw,
             read,
@@ -127,13 +133,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecretStream<T> {
     }
 
     /// A read half and a write half that can be driven at the same time.
-    pub(crate) fn into_split(
-        self,
-    ) -> (
-        ReadHalf<tokio::io::ReadHalf<T>>,
-        WriteHalf<tokio::io::WriteHalf<T>>,
-    ) {
-        let (r, w) = tokio::io::split(self.raw);
+    pub(crate) fn into_split(self) -> (ReadHalf<T::Read>, WriteHalf<T::Write>) {
+        let (r, w) = self.raw.split();
         (
             ReadHalf {
                 raw: r,
@@ -152,99 +153,159 @@ fn length_prefix(len: usize) -> [u8; LENGTH_LEN] {
     [b[0], b[1], b[2]]
 }
 
-/// Frames from the transport, several per read.
+/// Frames from the transport, opened where the transport put them.
+///
+/// The transport hands over its received bytes as they lie ([`ChunkRead`]); chunks of one
+/// allocation follow each other in memory and are joined without a copy. A frame is opened in
+/// place when its bytes lie in one run with the cipher's [`ROOM`] in front (the end of the
+/// frame before it, consumed by then). One that does not (it straddles two allocations, or
+/// starts one) is copied into `joined` first: one frame per allocation of the transport.
 struct ReadState {
-    /// Allocated on the first read: an idle connection holds none. Reads land from [`ROOM`]
-    /// on, so every message has the room the cipher opens it in: that, or the frames before
-    /// it, which are consumed.
-    buf: Vec<u8>,
-    /// `buf[start..end]` arrived and is not consumed yet.
+    /// One run of the transport's bytes: `buf[..start]` is consumed (what the cipher may
+    /// clobber as the room before the next frame), `buf[start..]` is not.
+    buf: BytesMut,
     start: usize,
-    end: usize,
-    /// Known once the peer's header arrived.
-    opener: Option<Opener>,
+    /// A frame being put together by copying, laid out as `[FRAME_AT bytes][length][body]`,
+    /// so that its body has the room in front; empty when there is none.
+    joined: BytesMut,
+    /// `joined` holds a frame that was handed out: cleared before the next.
+    joined_taken: bool,
+    /// Known once the peer's header arrived. Boxed: the key is larger than the rest of a
+    /// stream's reading state, and a connection in waiting is moved around whole.
+    opener: Option<Box<Opener>>,
+}
+
+/// Where the next frame's body lies.
+enum Body {
+    /// `buf[a..b]`.
+    InPlace(usize, usize),
+    /// `joined[ROOM..]`.
+    Joined,
+}
+
+fn frame_len(prefix: &[u8]) -> usize {
+    usize::from(prefix[0]) | usize::from(prefix[1]) << 8 | usize::from(prefix[2]) << 16
 }
 
 impl ReadState {
     fn new() -> ReadState {
         ReadState {
-            buf: Vec::new(),
-            start: ROOM,
-            end: ROOM,
+            buf: BytesMut::new(),
+            start: 0,
+            joined: BytesMut::new(),
+            joined_taken: false,
             opener: None,
         }
     }
 
-    /// The next frame's body (`None` at a clean end between frames), or where it lies in
-    /// `buf`.
-    async fn frame_at<R: AsyncRead + Unpin>(
-        &mut self,
-        raw: &mut R,
-    ) -> io::Result<Option<(usize, usize)>> {
+    /// The next frame's body (`None` at a clean end between frames), and where it lies.
+    async fn frame_at<R: ChunkRead>(&mut self, raw: &mut R) -> io::Result<Option<Body>> {
+        if std::mem::take(&mut self.joined_taken) {
+            self.joined.clear();
+            if self.joined.capacity() > FRAME_AT + LENGTH_LEN + OVERHEAD + MESSAGE {
+                // A larger frame than we send: its memory goes with it.
+                self.joined = BytesMut::new();
+            }
+        }
         loop {
-            let have = self.end - self.start;
-            let upto = if have >= LENGTH_LEN {
-                let b = &self.buf[self.start..];
-                let len = usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16;
-                if have >= LENGTH_LEN + len {
-                    let at = self.start + LENGTH_LEN;
-                    self.start = at + len;
-                    return Ok(Some((at, at + len)));
-                }
-                self.make_room(LENGTH_LEN + len);
-                // No further than this frame's end: once it is consumed the buffer is empty
-                // and the next read lands at its front again, so a frame that arrives in
-                // parts is never moved there (a move of up to 64 KiB per message before).
-                self.start + LENGTH_LEN + len
-            } else {
-                self.make_room(LENGTH_LEN);
-                self.buf.len()
-            };
-            let n = raw.read(&mut self.buf[self.end..upto]).await?;
-            if n == 0 {
-                return if self.start == self.end {
-                    Ok(None)
-                } else {
-                    Err(io::Error::new(
+            if let Some(body) = self.complete() {
+                return Ok(Some(body));
+            }
+            match poll_fn(|cx| raw.poll_read_chunk(cx, READ_BUFFER)).await? {
+                Some(chunk) => self.push(chunk),
+                None if self.joined.is_empty() && self.start == self.buf.len() => return Ok(None),
+                None => {
+                    return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the peer ended its stream in the middle of a message",
                     ))
-                };
+                }
             }
-            self.end += n;
         }
     }
 
-    async fn frame<R: AsyncRead + Unpin>(&mut self, raw: &mut R) -> io::Result<Option<&mut [u8]>> {
-        Ok(self.frame_at(raw).await?.map(|(a, b)| &mut self.buf[a..b]))
+    /// The next frame, if all of it is here.
+    fn complete(&mut self) -> Option<Body> {
+        if self.joined.is_empty() {
+            let have = self.buf.len() - self.start;
+            if have < LENGTH_LEN {
+                return None;
+            }
+            let len = frame_len(&self.buf[self.start..]);
+            if self.start + LENGTH_LEN >= ROOM {
+                if have < LENGTH_LEN + len {
+                    return None;
+                }
+                let at = self.start + LENGTH_LEN;
+                self.start = at + len;
+                return Some(Body::InPlace(at, at + len));
+            }
+            // No room in front: the frame starts the transport's allocation.
+            self.joined.reserve(FRAME_AT + LENGTH_LEN + len);
+            self.joined.resize(FRAME_AT, 0);
+        }
+        // Copy into `joined` what the frame still lacks: its length first, then its body.
+        loop {
+            let got = self.joined.len() - FRAME_AT;
+            let frame = if got >= LENGTH_LEN {
+                LENGTH_LEN + frame_len(&self.joined[FRAME_AT..])
+            } else {
+                LENGTH_LEN
+            };
+            if got == frame && got >= LENGTH_LEN {
+                self.joined_taken = true;
+                return Some(Body::Joined);
+            }
+            let n = (frame - got).min(self.buf.len() - self.start);
+            if n == 0 {
+                return None;
+            }
+            self.joined
+                .extend_from_slice(&self.buf[self.start..self.start + n]);
+            self.start += n;
+        }
     }
 
-    /// Makes `buf[start..]` hold at least `frame` bytes: moves what is unread to the front and
-    /// sizes the buffer for the usual read, or for one larger frame (the length prefix says
-    /// how large: at most the 16 MiB a 3-byte length allows).
-    fn make_room(&mut self, frame: usize) {
-        if self.start == self.end {
-            self.start = ROOM;
-            self.end = ROOM;
+    /// The buffer a frame's body lies in, and where in it.
+    fn locate(&mut self, body: &Body) -> (&mut [u8], usize, usize) {
+        match *body {
+            Body::InPlace(a, b) => (&mut self.buf, a, b),
+            Body::Joined => {
+                let b = self.joined.len();
+                (&mut self.joined, ROOM, b)
+            }
         }
-        let want = ROOM + frame.max(READ_BUFFER);
-        let fits = self.buf.len() >= self.start + frame && self.end < self.buf.len();
-        if fits && self.buf.len() <= want {
+    }
+
+    /// Takes a chunk from the transport in.
+    fn push(&mut self, chunk: BytesMut) {
+        let follows = self.buf.as_ptr().wrapping_add(self.buf.len()) == chunk.as_ptr();
+        if follows && !self.buf.is_empty() {
+            // Keep only the room the next frame is opened in, of what is consumed.
+            if self.start > ROOM {
+                self.buf.advance(self.start - ROOM);
+                self.start = ROOM;
+            }
+            // No copy: the chunk lies right behind (in the same allocation; otherwise this
+            // copies, which is correct too).
+            self.buf.unsplit(chunk);
             return;
         }
-        // What is unread is less than the frame it belongs to, so `want` holds it: the usual
-        // size again after a large frame, or one large enough for the frame now.
-        if self.buf.len() < want {
-            self.buf.reserve_exact(want - self.buf.len());
-            self.buf.resize(want, 0);
+        // A new run of memory: the start of a frame that is not consumed yet goes into
+        // `joined` (where `complete` goes on with the new run's bytes).
+        if self.joined.is_empty() && self.start < self.buf.len() {
+            let rest = &self.buf[self.start..];
+            let frame = if rest.len() >= LENGTH_LEN {
+                LENGTH_LEN + frame_len(rest)
+            } else {
+                LENGTH_LEN
+            };
+            self.joined.reserve(FRAME_AT + frame);
+            self.joined.resize(FRAME_AT, 0);
+            self.joined.extend_from_slice(rest);
         }
-        self.buf.copy_within(self.start..self.end, ROOM);
-        self.end -= self.start - ROOM;
-        self.start = ROOM;
-        if self.buf.len() > want {
-            self.buf.truncate(want);
-            self.buf.shrink_to_fit();
-        }
+        self.buf = chunk;
+        self.start = 0;
     }
 }
 
@@ -254,25 +315,26 @@ pub(crate) struct ReadHalf<R> {
     state: ReadState,
 }
 
-impl<R: AsyncRead + Unpin> ReadHalf<R> {
+impl<R: ChunkRead> ReadHalf<R> {
     /// The next message's plaintext, opened where it arrived; `None` once the peer ended its
     /// side. Empty messages (keepalives) are skipped, as Node does.
     pub(crate) async fn next(&mut self) -> Result<Option<&mut [u8]>, SecretStreamError> {
-        let range = loop {
-            let Some((a, b)) = self.state.frame_at(&mut self.raw).await? else {
+        let state = &mut self.state;
+        let (at, len) = loop {
+            let Some(body) = state.frame_at(&mut self.raw).await? else {
                 return Ok(None);
             };
-            let opener = self
-                .state
-                .opener
-                .as_mut()
-                .expect("set before the halves exist");
-            let len = opener.open(&mut self.state.buf[a - ROOM..b])?.len();
+            let mut opener = state.opener.take().expect("set before the halves exist");
+            let (buf, a, b) = state.locate(&body);
+            let opened = opener.open(&mut buf[a - ROOM..b]).map(|m| m.len());
+            state.opener = Some(opener);
+            let len = opened?;
             if len > 0 {
-                break (a + 1, a + 1 + len);
+                break (body, len);
             }
         };
-        Ok(Some(&mut self.state.buf[range.0..range.1]))
+        let (buf, a, _) = state.locate(&at);
+        Ok(Some(&mut buf[a + 1..a + 1 + len]))
     }
 
     /// Like [`ReadHalf::next`], as an owned buffer.
@@ -478,14 +540,107 @@ mod tests {
         assert_eq!(m.len(), big);
         assert!(m.iter().all(|&b| b == 9));
         assert_eq!(r.next().await.unwrap().unwrap(), b"small");
-        assert_eq!(
-            r.state.buf.len(),
-            ROOM + READ_BUFFER,
-            "back to the usual size"
-        );
         assert!(
-            r.state.buf.capacity() < 2 * READ_BUFFER,
-            "and its memory freed"
+            r.state.joined.capacity() < READ_BUFFER && r.state.buf.capacity() < READ_BUFFER,
+            "the large frame's memory went with it"
+        );
+    }
+
+    /// A transport that hands out its bytes as UDX does: allocations of `allocation` bytes,
+    /// each cut in chunks of assorted sizes that lie next to each other.
+    struct Chunked {
+        chunks: std::collections::VecDeque<BytesMut>,
+    }
+
+    impl Chunked {
+        /// Also says where the allocations start.
+        fn new(bytes: &[u8], allocation: usize, seed: &mut u32) -> (Chunked, Vec<usize>) {
+            let mut chunks = std::collections::VecDeque::new();
+            let mut allocations = Vec::new();
+            for piece in bytes.chunks(allocation) {
+                let mut alloc = BytesMut::with_capacity(allocation);
+                alloc.extend_from_slice(piece);
+                allocations.push(alloc.as_ptr() as usize);
+                while !alloc.is_empty() {
+                    *seed ^= *seed << 13;
+                    *seed ^= *seed >> 17;
+                    *seed ^= *seed << 5;
+                    let n = [1, 3, 70, 1452, 20_000, 100_000][*seed as usize % 6];
+                    chunks.push_back(alloc.split_to(n.min(alloc.len())));
+                }
+            }
+            (Chunked { chunks }, allocations)
+        }
+    }
+
+    impl ChunkRead for Chunked {
+        fn poll_read_chunk(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+            max: usize,
+        ) -> std::task::Poll<io::Result<Option<BytesMut>>> {
+            let chunk = self.chunks.front_mut().map(|front| {
+                if front.len() > max {
+                    front.split_to(max)
+                } else {
+                    std::mem::take(front)
+                }
+            });
+            if self.chunks.front().is_some_and(|c| c.is_empty()) {
+                self.chunks.pop_front();
+            }
+            std::task::Poll::Ready(Ok(chunk))
+        }
+    }
+
+    /// Messages whose bytes arrive in chunks that lie next to each other are opened where
+    /// they lie, all but those at the start of an allocation, which are copied; none is
+    /// lost, reordered or corrupted either way.
+    #[tokio::test]
+    async fn messages_in_one_run_of_memory_are_opened_where_they_lie() {
+        const ALLOCATION: usize = 512 << 10;
+        let (sealer, header) = Sealer::new(&[1; 32]);
+        let mut w = WriteHalf {
+            raw: Vec::new(),
+            state: WriteState::new(sealer),
+        };
+        let mut seed = 0x9e37_79b9_u32;
+        let mut sent = Vec::new();
+        for i in 0..200u32 {
+            let n = match i % 5 {
+                0 => 1,
+                1 => 100,
+                _ => MESSAGE,
+            };
+            let message: Vec<u8> = (0..n).map(|j| (i as usize * 7 + j) as u8).collect();
+            w.write(&message).await.unwrap();
+            sent.push(message);
+        }
+        let (raw, allocations) = Chunked::new(&w.raw, ALLOCATION, &mut seed);
+        let mut r = ReadHalf {
+            raw,
+            state: ReadState::new(),
+        };
+        r.state.opener = Some(Box::new(Opener::new(&[1; 32], &header)));
+        let mut in_place = 0;
+        for message in &sent {
+            let got = r.next().await.unwrap().expect("a message");
+            assert_eq!(&got[..], &message[..]);
+            let at = got.as_ptr() as usize;
+            in_place += usize::from(
+                allocations
+                    .iter()
+                    .any(|&start| (start..start + ALLOCATION).contains(&at)),
+            );
+        }
+        assert!(r.next().await.unwrap().is_none(), "a clean end");
+        // Per allocation, the frame across its start, and the one after it when that
+        // leaves less than the room in front of it.
+        let straddling = 2 * (w.raw.len() / ALLOCATION + 1);
+        assert!(
+            in_place >= sent.len() - straddling,
+            "{in_place} of {} opened in place",
+            sent.len()
         );
     }
 

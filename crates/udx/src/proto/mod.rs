@@ -43,7 +43,9 @@ use std::net::SocketAddr;
 
 pub use endpoint::{Endpoint, EndpointEvent, SEND_BUDGET};
 pub(crate) use ids::IdMap;
-pub use stream::{CloseReason, Remote, Stream, StreamEvent, MAX_BUFFERED, RECV_WINDOW};
+pub use stream::{
+    CloseReason, Remote, Stream, StreamEvent, MAX_BUFFERED, RECV_ALLOCATION, RECV_WINDOW,
+};
 pub use transmits::Transmits;
 
 /// Reports v4-mapped IPv6 sources as plain IPv4, as libudx does.

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::chunks::ChunkQueue;
+
 use super::transmits::Transmits;
 use crate::congestion::{Congestion, DeliveryRate, Pacer, SendStamp};
 use crate::rtt::RttEstimator;
@@ -57,6 +59,12 @@ pub enum StreamEvent {
 /// more (three when the retransmission is lost too): at 5 % loss and 100 ms, 4 MiB held the
 /// sender back a round trip before its rate was found.
 pub const RECV_WINDOW: usize = 8 << 20;
+
+/// Size of each allocation received bytes are put in. A reader that needs messages whole
+/// (the secret stream's 64 KiB ones) takes them where they arrived as long as they lie in one
+/// allocation, and copies only one that straddles two: one message in eight at this size.
+/// The window, not this, bounds what a peer makes us hold.
+pub const RECV_ALLOCATION: usize = 512 << 10;
 /// Most received bytes a stream ever holds: the window plus one packet (the largest UDP
 /// payload), see [`Stream::buffered_bytes`].
 pub const MAX_BUFFERED: usize = RECV_WINDOW + 65536;
@@ -207,7 +215,8 @@ pub struct Stream {
     out_of_order_bytes: usize,
     remote_end: Option<u64>,
     eof_delivered: bool,
-    read_acc: BytesMut,
+    /// Received in order, not yet taken by the application.
+    received: ChunkQueue,
     /// Bytes handed to the application that it has not read yet.
     unread: usize,
     /// We advertised less than half the window: the application should ask for a window
@@ -303,7 +312,7 @@ impl Stream {
             out_of_order_bytes: 0,
             remote_end: None,
             eof_delivered: false,
-            read_acc: BytesMut::new(),
+            received: ChunkQueue::new(RECV_ALLOCATION),
             unread: 0,
             window_update_wanted: false,
             ack_needed: false,
@@ -550,7 +559,7 @@ impl Stream {
 
     /// Received bytes we hold or the application has not read: what the window is cut by.
     fn buffered(&self) -> usize {
-        self.unread + self.read_acc.len()
+        self.unread + self.received.len()
     }
 
     fn advertised_window(&mut self) -> u32 {
@@ -696,7 +705,7 @@ impl Stream {
         // libudx hands out the payload only of DATA packets (an END-only packet's is ignored).
         // Nobody reads a dropped handle: acknowledge the data but do not keep it.
         if flags & wire::FLAG_DATA != 0 && !self.handle_dropped {
-            self.read_acc.extend_from_slice(payload);
+            self.received.push(payload);
         }
     }
 
@@ -1002,9 +1011,11 @@ impl Stream {
         std::mem::take(&mut self.acked_bytes)
     }
 
-    /// Bytes received in order since the last call.
-    pub fn take_received(&mut self) -> Option<Bytes> {
-        (!self.read_acc.is_empty()).then(|| self.read_acc.split().freeze())
+    /// Bytes received in order since the last call, a chunk at a time (call until `None`).
+    /// Consecutive chunks of one allocation ([`RECV_ALLOCATION`]) lie next to each other in
+    /// memory, so a reader can join them without a copy (`BytesMut::unsplit`).
+    pub fn take_received(&mut self) -> Option<BytesMut> {
+        self.received.pop()
     }
 
     /// The peer ended its write side and everything before its END was received.
@@ -1481,7 +1492,7 @@ impl Stream {
             self.destroy(now, out);
         }
         // Received but unread data is of no use to anyone now.
-        self.read_acc.clear();
+        self.received.clear();
         self.unread = 0;
     }
 

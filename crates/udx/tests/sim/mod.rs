@@ -367,7 +367,7 @@ impl Side {
             if self.read_rate.is_some() {
                 self.unread += chunk.len();
             }
-            self.inbox.push(chunk);
+            self.inbox.push(chunk.freeze());
         }
         stream.set_unread(self.unread);
         self.want_update |= stream.take_window_update_wanted();
