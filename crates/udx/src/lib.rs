@@ -414,8 +414,14 @@ impl UdxStream {
         st.read_waker = Some(cx.waker().clone());
         Poll::Pending
     }
+}
 
-    fn poll_read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+impl AsyncRead for UdxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -436,28 +442,6 @@ impl UdxStream {
             Some((copied, ()))
         })
         .map_ok(|_| ())
-    }
-}
-
-impl AsyncRead for UdxStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.poll_read_into(cx, buf)
-    }
-}
-
-/// Reading and writing share nothing but the stream's lock, so one task may read while
-/// another writes through shared references (as with `tokio::net::TcpStream`).
-impl AsyncRead for &UdxStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.poll_read_into(cx, buf)
     }
 }
 
@@ -530,6 +514,8 @@ impl AsyncWrite for UdxStream {
     }
 }
 
+/// Writing needs nothing but the stream's lock, so one task may write through a shared
+/// reference while another reads chunks (`poll_read_chunk`), as with `tokio::net::TcpStream`.
 impl AsyncWrite for &UdxStream {
     fn poll_write(
         self: Pin<&mut Self>,
