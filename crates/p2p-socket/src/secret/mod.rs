@@ -187,6 +187,16 @@ fn frame_len(prefix: &[u8]) -> usize {
     usize::from(prefix[0]) | usize::from(prefix[1]) << 8 | usize::from(prefix[2]) << 16
 }
 
+/// The size of the frame that `start` begins, as far as it is known: its length prefix and
+/// body once the prefix is there, the prefix alone before.
+fn known_frame_size(start: &[u8]) -> usize {
+    if start.len() >= LENGTH_LEN {
+        LENGTH_LEN + frame_len(start)
+    } else {
+        LENGTH_LEN
+    }
+}
+
 impl ReadState {
     fn new() -> ReadState {
         ReadState {
@@ -247,11 +257,7 @@ impl ReadState {
         // Copy into `joined` what the frame still lacks: its length first, then its body.
         loop {
             let got = self.joined.len() - FRAME_AT;
-            let frame = if got >= LENGTH_LEN {
-                LENGTH_LEN + frame_len(&self.joined[FRAME_AT..])
-            } else {
-                LENGTH_LEN
-            };
+            let frame = known_frame_size(&self.joined[FRAME_AT..]);
             if got == frame && got >= LENGTH_LEN {
                 self.joined_taken = true;
                 return Some(Body::Joined);
@@ -295,11 +301,7 @@ impl ReadState {
         // `joined` (where `complete` goes on with the new run's bytes).
         if self.joined.is_empty() && self.start < self.buf.len() {
             let rest = &self.buf[self.start..];
-            let frame = if rest.len() >= LENGTH_LEN {
-                LENGTH_LEN + frame_len(rest)
-            } else {
-                LENGTH_LEN
-            };
+            let frame = known_frame_size(rest);
             self.joined.reserve(FRAME_AT + frame);
             self.joined.resize(FRAME_AT, 0);
             self.joined.extend_from_slice(rest);
