@@ -334,10 +334,8 @@ impl Congestion {
             // 10 MiB over 100 ms then takes about 5 rounds from 64 packets instead of 7. On
             // a path with a small bottleneck the queue shows within a round of filling it, and
             // the growth is slow start's again, so the overshoot stays one round's worth.
-            let growth = match self.mode == Mode::Startup && !self.recovering && !self.queue_seen {
-                true => acked * 2,
-                false => acked,
-            };
+            let fast = self.mode == Mode::Startup && !self.recovering && !self.queue_seen;
+            let growth = if fast { acked * 2 } else { acked };
             let floor = self.min_rtt.map_or(INITIAL_WINDOW, initial_window);
             self.cwnd = (self.cwnd + growth).min(target.max(floor));
             if self.cwnd >= target {
