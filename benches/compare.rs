@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::cli::{ConnectProcess, LocalDht, ShareProcess};
-use support::node::{NodeClient, NodeServer};
+use support::node::{hypertele_client, NodeClient, NodeServer};
 use support::process::ChildProcess;
 
 const MIB: u64 = 1024 * 1024;
@@ -203,6 +203,8 @@ struct Path {
     port: u16,
     /// The sharing side's and the connecting side's process ids.
     pids: Option<(u32, u32)>,
+    /// Our share's key, which other tools' clients are pointed at too.
+    share_key: Option<String>,
     _processes: Vec<ChildProcess>,
 }
 
@@ -211,6 +213,7 @@ fn direct(service: u16) -> Path {
         name: "direct TCP",
         port: service,
         pids: None,
+        share_key: None,
         _processes: Vec::new(),
     }
 }
@@ -222,6 +225,7 @@ fn ours(dht: &LocalDht, service: u16) -> Path {
         name: "p2p-socket (Rust)",
         port: connect.addr.port(),
         pids: Some((share.process.pid(), connect.process.pid())),
+        share_key: Some(share.key),
         _processes: vec![share.process, connect.process],
     }
 }
@@ -234,6 +238,7 @@ fn node(dht: &LocalDht, service: u16) -> Path {
         name: "Node hyperdht",
         port: client.port,
         pids: Some((server.process.pid(), client.process.pid())),
+        share_key: None,
         _processes: vec![server.process, client.process],
     }
 }
@@ -320,6 +325,7 @@ fn dumbpipe_path(bin: &std::path::Path, service: u16) -> Path {
         name: "dumbpipe 0.40.1",
         port,
         pids: Some((listen.pid(), connect.pid())),
+        share_key: None,
         _processes: vec![listen, connect],
     }
 }
@@ -453,6 +459,8 @@ struct Figures {
     bulk_rss: Option<(f64, f64)>,
     /// CPU seconds per GiB moved by the bulk transfers, share and connect side.
     bulk_cpu: Option<(f64, f64)>,
+    /// Whether a Node client and a hypertele client moved verified bytes through our share.
+    foreign_clients: Option<(bool, bool)>,
 }
 
 fn rss_pair(pids: Option<(u32, u32)>, field: &str) -> Option<(f64, f64)> {
@@ -542,6 +550,20 @@ fn measure(path: &Path, w: &Workload) -> Figures {
     f
 }
 
+/// Node's and hypertele's own clients against our share, while it is the share just measured:
+/// each downloads and uploads `size` bytes through it; whether every transfer was verified.
+fn foreign_clients(dht: &LocalDht, key: &str, size: u64) -> (bool, bool) {
+    let through = |port: u16| {
+        matches!(download(port, size), Ok(true)) && matches!(upload(port, size), Ok(true))
+    };
+    eprintln!("a Node client and a hypertele client against our share");
+    let node = NodeClient::start(std::slice::from_ref(&dht.bootstrap), key, 0);
+    let node_ok = through(node.port);
+    drop(node);
+    let (_hypertele, addr) = hypertele_client(&dht.bootstrap, &["-s", key]);
+    (node_ok, through(addr.port()))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The table.
 
@@ -619,6 +641,18 @@ fn table(w: &Workload, runs: &[(&str, Figures)]) -> String {
     row("CPU per GiB of bulk, share / connect (s)".into(), &|f| {
         pair(f.bulk_cpu, 2)
     });
+    row(
+        format!(
+            "Node / hypertele client through this share, {} KiB each way",
+            w.concurrent_size / 1024
+        ),
+        &|f| {
+            let verdict = |ok| if ok { "verified" } else { "FAILED" };
+            f.foreign_clients.map_or("-".into(), |(n, h)| {
+                format!("{} / {}", verdict(n), verdict(h))
+            })
+        },
+    );
 
     let mut out = String::from("| |");
     for (name, _) in runs {
@@ -714,7 +748,11 @@ fn main() {
             continue;
         }
         let path = start();
-        let figures = measure(&path, w);
+        let mut figures = measure(&path, w);
+        // Other tools' clients still work against the share just measured (with Node in the run).
+        if let (Some(key), true) = (&path.share_key, wanted("node")) {
+            figures.foreign_clients = Some(foreign_clients(&dht, key, w.concurrent_size));
+        }
         runs.push((path.name, figures));
         // The table so far, in case a later path fails or the run is cut short.
         eprintln!("{}", table(w, &runs));

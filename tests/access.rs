@@ -7,15 +7,13 @@ use test_support as support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use p2p_socket::KeyPair;
-use support::cli::{bin, ConnectProcess, LocalDht, ShareProcess, READY};
+use support::cli::{bin, ConnectProcess, LocalDht, ShareProcess};
 use support::net::{Behaviour, Service};
-use support::node::{interop_dir, require_node};
-use support::process::ChildProcess;
+use support::node::{hypertele_client, hypertele_server};
 
 const NODES: usize = 3;
 const BANNER: &[u8] = b"hello from the shared service\n";
@@ -121,55 +119,6 @@ fn expect_no_service_connection(service: &Service, what: &str) {
         Err(RecvTimeoutError::Timeout) => {}
         other => panic!("{what}: the service saw a connection: {other:?}"),
     }
-}
-
-/// A hypertele 1.1.4 CLI (`server.js` is hypertele-server, `client.js` hypertele) with its
-/// test-only `--bootstrap PORT`, which means 127.0.0.1:PORT.
-fn hypertele(script: &str, bootstrap: &str, args: &[&str]) -> ChildProcess {
-    require_node();
-    let dir = interop_dir().join("node_modules/hypertele");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: run `npm ci` in interop/node",
-        dir.display()
-    );
-    let port = bootstrap.rsplit(':').next().unwrap();
-    let mut cmd = Command::new("node");
-    cmd.arg(dir.join(script))
-        .args(args)
-        .args(["--bootstrap", port])
-        .current_dir(interop_dir());
-    ChildProcess::spawn(cmd, &format!("hypertele {script}"))
-}
-
-/// A hypertele client and the local address it listens on.
-fn hypertele_client(bootstrap: &str, args: &[&str]) -> (ChildProcess, SocketAddr) {
-    let mut args = args.to_vec();
-    args.extend(["-p", "0"]);
-    let mut client = hypertele("client.js", bootstrap, &args);
-    let addr = client.wait_for(READY, |line| {
-        line.strip_prefix("Server ready @")
-            .and_then(|a| a.trim().parse().ok())
-    });
-    (client, addr)
-}
-
-/// hypertele-server and the key it listens on.
-fn hypertele_server(bootstrap: &str, port: u16, args: &[&str]) -> (ChildProcess, String) {
-    let port = port.to_string();
-    let mut all = vec!["-l", port.as_str()];
-    all.extend(args);
-    let mut server = hypertele("server.js", bootstrap, &all);
-    // "hypertele: KEY", or in private mode "... (listening on KEY)".
-    let key = server.wait_for(READY, |line| {
-        let rest = line
-            .split_once("listening on ")
-            .map(|(_, rest)| rest)
-            .or_else(|| line.strip_prefix("hypertele:"))?;
-        let key = rest.trim().trim_end_matches(')');
-        (key.len() == 64).then(|| key.to_owned())
-    });
-    (server, key)
 }
 
 /// A local DHT, a banner service and a share of it that admits only `allowed`.

@@ -2,12 +2,14 @@
 //! child processes (hyperdht 6.34.0 from the lock file), talk to the test over
 //! JSON lines on stdout and die with it (they exit when their stdin closes).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli::READY;
 use crate::process::ChildProcess;
 
 /// Generous for a loaded 2-core machine; a healthy testnet is ready in well under a second.
@@ -242,4 +244,53 @@ impl Holesail {
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or_else(|| panic!("holesail info {} has no port", self.info))
     }
+}
+
+/// A hypertele 1.1.4 CLI (`server.js` is hypertele-server, `client.js` hypertele) with its
+/// test-only `--bootstrap PORT`, which means 127.0.0.1:PORT.
+pub fn hypertele(script: &str, bootstrap: &str, args: &[&str]) -> ChildProcess {
+    require_node();
+    let dir = interop_dir().join("node_modules/hypertele");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run `npm ci` in interop/node",
+        dir.display()
+    );
+    let port = bootstrap.rsplit(':').next().unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script))
+        .args(args)
+        .args(["--bootstrap", port])
+        .current_dir(interop_dir());
+    ChildProcess::spawn(cmd, &format!("hypertele {script}"))
+}
+
+/// A hypertele client and the local address it listens on.
+pub fn hypertele_client(bootstrap: &str, args: &[&str]) -> (ChildProcess, SocketAddr) {
+    let mut args = args.to_vec();
+    args.extend(["-p", "0"]);
+    let mut client = hypertele("client.js", bootstrap, &args);
+    let addr = client.wait_for(READY, |line| {
+        line.strip_prefix("Server ready @")
+            .and_then(|a| a.trim().parse().ok())
+    });
+    (client, addr)
+}
+
+/// hypertele-server and the key it listens on.
+pub fn hypertele_server(bootstrap: &str, port: u16, args: &[&str]) -> (ChildProcess, String) {
+    let port = port.to_string();
+    let mut all = vec!["-l", port.as_str()];
+    all.extend(args);
+    let mut server = hypertele("server.js", bootstrap, &all);
+    // "hypertele: KEY", or in private mode "... (listening on KEY)".
+    let key = server.wait_for(READY, |line| {
+        let rest = line
+            .split_once("listening on ")
+            .map(|(_, rest)| rest)
+            .or_else(|| line.strip_prefix("hypertele:"))?;
+        let key = rest.trim().trim_end_matches(')');
+        (key.len() == 64).then(|| key.to_owned())
+    });
+    (server, key)
 }
