@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::chunks::ChunkQueue;
-
 use super::transmits::Transmits;
+use crate::chunks::ChunkQueue;
 use crate::congestion::{Congestion, DeliveryRate, Pacer, SendStamp};
 use crate::rtt::RttEstimator;
 use crate::wire::{self, Header};
